@@ -1,0 +1,47 @@
+use std::path::PathBuf;
+
+/// Everything that can go wrong below the HTTP layer, each variant naming what it found.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("model `{0}` is neither a local directory nor a Hugging Face Hub id (owner/name)")]
+    ModelNotFound(String),
+    #[error("`{file}` is missing from model directory {}", dir.display())]
+    MissingFile { dir: PathBuf, file: String },
+    #[error("could not fetch `{file}` of `{repo}` from the Hugging Face Hub: {message}")]
+    Hub {
+        repo: String,
+        file: String,
+        message: String,
+    },
+    #[error("{}: {message}", path.display())]
+    InvalidFile { path: PathBuf, message: String },
+    #[error(
+        "unsupported architecture: found architectures {found:?} (model_type {model_type:?}); zerank-server runs Qwen3ForCausalLM checkpoints"
+    )]
+    UnsupportedArchitecture {
+        found: Vec<String>,
+        model_type: Option<String>,
+    },
+    #[error("unsupported model configuration: {0}")]
+    UnsupportedConfig(String),
+    #[error("could not load weights: {0}")]
+    Weights(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("chat template: {0}")]
+    Template(String),
+    #[error("device: {0}")]
+    Device(String),
+    #[error("input too long: {0}")]
+    InputTooLong(String),
+    #[error("inference failed: {0}")]
+    Inference(String),
+}
+
+impl From<candle_core::Error> for ModelError {
+    fn from(err: candle_core::Error) -> Self {
+        ModelError::Inference(err.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ModelError>;

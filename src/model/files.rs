@@ -1,0 +1,244 @@
+//! Where a checkpoint's files are: a local directory, or a Hugging Face Hub repository
+//! (downloaded into the `HF_HOME` cache, read from it alone when offline).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use hf_hub::api::sync::ApiBuilder;
+use hf_hub::{Cache, Repo, RepoType};
+
+use super::error::{ModelError, Result};
+
+const CONFIG: &str = "config.json";
+const TOKENIZER: &str = "tokenizer.json";
+const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
+const CHAT_TEMPLATE: &str = "chat_template.jinja";
+const SINGLE_WEIGHTS: &str = "model.safetensors";
+const SHARD_INDEX: &str = "model.safetensors.index.json";
+
+/// The files a checkpoint is made of, all on local disk.
+#[derive(Debug, Clone)]
+pub struct CheckpointFiles {
+    pub config: PathBuf,
+    pub tokenizer: PathBuf,
+    pub tokenizer_config: Option<PathBuf>,
+    pub chat_template: Option<PathBuf>,
+    pub weights: Vec<PathBuf>,
+}
+
+/// What `--model` names.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelSource {
+    Local(PathBuf),
+    Hub {
+        repo: String,
+        revision: Option<String>,
+    },
+}
+
+impl ModelSource {
+    /// An existing directory is local; `owner/name` is a Hub id; anything else is an error.
+    pub fn parse(model: &str, revision: Option<&str>) -> Result<Self> {
+        let path = Path::new(model);
+        if path.is_dir() {
+            return Ok(ModelSource::Local(path.to_owned()));
+        }
+        let mut parts = model.split('/');
+        let is_hub_id = matches!(
+            (parts.next(), parts.next(), parts.next()),
+            (Some(owner), Some(name), None) if !owner.is_empty() && !name.is_empty()
+                && !model.starts_with('.') && !path.exists()
+        );
+        if is_hub_id {
+            Ok(ModelSource::Hub {
+                repo: model.to_owned(),
+                revision: revision.map(str::to_owned),
+            })
+        } else {
+            Err(ModelError::ModelNotFound(model.to_owned()))
+        }
+    }
+
+    pub fn locate(&self) -> Result<CheckpointFiles> {
+        match self {
+            ModelSource::Local(dir) => locate_with(&LocalDir(dir.clone())),
+            ModelSource::Hub { repo, revision } => locate_with(&HubRepo::new(repo, revision)?),
+        }
+    }
+}
+
+/// One way of turning a file name of the checkpoint into a local path.
+trait FileSource {
+    /// The local path of `file`, or why it could not be had.
+    fn fetch(&self, file: &str) -> std::result::Result<PathBuf, String>;
+    fn missing(&self, file: &str, why: String) -> ModelError;
+}
+
+struct LocalDir(PathBuf);
+
+impl FileSource for LocalDir {
+    fn fetch(&self, file: &str) -> std::result::Result<PathBuf, String> {
+        let path = self.0.join(file);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err("not found".into())
+        }
+    }
+
+    fn missing(&self, file: &str, _why: String) -> ModelError {
+        ModelError::MissingFile {
+            dir: self.0.clone(),
+            file: file.to_owned(),
+        }
+    }
+}
+
+struct HubRepo {
+    name: String,
+    repo: Repo,
+    cache: Cache,
+    api: Option<hf_hub::api::sync::Api>,
+}
+
+impl HubRepo {
+    fn new(name: &str, revision: &Option<String>) -> Result<Self> {
+        let repo = Repo::with_revision(
+            name.to_owned(),
+            RepoType::Model,
+            revision.clone().unwrap_or_else(|| "main".into()),
+        );
+        let cache = Cache::from_env();
+        let api = if offline() {
+            None
+        } else {
+            let token = std::env::var("HF_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+                .or_else(|| cache.token());
+            let api = ApiBuilder::from_env()
+                .with_token(token)
+                .with_progress(false)
+                .build()
+                .map_err(|err| ModelError::Hub {
+                    repo: name.to_owned(),
+                    file: String::new(),
+                    message: err.to_string(),
+                })?;
+            Some(api)
+        };
+        Ok(HubRepo {
+            name: name.to_owned(),
+            repo,
+            cache,
+            api,
+        })
+    }
+}
+
+fn offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE")
+        .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+        .unwrap_or(false)
+}
+
+impl FileSource for HubRepo {
+    fn fetch(&self, file: &str) -> std::result::Result<PathBuf, String> {
+        // A warm cache answers without touching the network.
+        if let Some(path) = self.cache.repo(self.repo.clone()).get(file) {
+            return Ok(path);
+        }
+        match &self.api {
+            Some(api) => api
+                .repo(self.repo.clone())
+                .get(file)
+                .map_err(|err| err.to_string()),
+            None => Err("not in the local cache and HF_HUB_OFFLINE is set".into()),
+        }
+    }
+
+    fn missing(&self, file: &str, why: String) -> ModelError {
+        ModelError::Hub {
+            repo: self.name.clone(),
+            file: file.to_owned(),
+            message: why,
+        }
+    }
+}
+
+fn locate_with(source: &dyn FileSource) -> Result<CheckpointFiles> {
+    let required = |file: &str| source.fetch(file).map_err(|why| source.missing(file, why));
+    let config = required(CONFIG)?;
+    let tokenizer = required(TOKENIZER)?;
+    let tokenizer_config = source.fetch(TOKENIZER_CONFIG).ok();
+    let chat_template = source.fetch(CHAT_TEMPLATE).ok();
+    let weights = match source.fetch(SHARD_INDEX) {
+        Ok(index) => shard_names(&index)?
+            .iter()
+            .map(|shard| required(shard))
+            .collect::<Result<Vec<_>>>()?,
+        Err(index_why) => match source.fetch(SINGLE_WEIGHTS) {
+            Ok(single) => vec![single],
+            Err(single_why) => {
+                return Err(source.missing(
+                    &format!("{SINGLE_WEIGHTS} (or {SHARD_INDEX})"),
+                    format!("{single_why}; {index_why}"),
+                ));
+            }
+        },
+    };
+    Ok(CheckpointFiles {
+        config,
+        tokenizer,
+        tokenizer_config,
+        chat_template,
+        weights,
+    })
+}
+
+/// The distinct shard files an index's `weight_map` points at, in name order.
+fn shard_names(index: &Path) -> Result<Vec<String>> {
+    let invalid = |message: String| ModelError::InvalidFile {
+        path: index.to_owned(),
+        message,
+    };
+    let text = std::fs::read_to_string(index).map_err(|err| invalid(err.to_string()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|err| invalid(format!("not valid JSON: {err}")))?;
+    let map = value
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| invalid("no `weight_map` object".into()))?;
+    let mut shards = BTreeSet::new();
+    for (tensor, file) in map {
+        let file = file
+            .as_str()
+            .filter(|f| !f.contains("..") && !f.starts_with('/'))
+            .ok_or_else(|| invalid(format!("bad shard name for tensor `{tensor}`")))?;
+        shards.insert(file.to_owned());
+    }
+    if shards.is_empty() {
+        return Err(invalid("`weight_map` is empty".into()));
+    }
+    Ok(shards.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_ids_and_bad_names() {
+        assert_eq!(
+            ModelSource::parse("zeroentropy/zerank-1-small", Some("abc")).unwrap(),
+            ModelSource::Hub {
+                repo: "zeroentropy/zerank-1-small".into(),
+                revision: Some("abc".into())
+            }
+        );
+        for bad in ["no-such-dir", "./no/such", "a/b/c", "/abs/missing", "owner/"] {
+            let err = ModelSource::parse(bad, None).unwrap_err();
+            assert!(matches!(err, ModelError::ModelNotFound(_)), "{bad}: {err}");
+        }
+    }
+}

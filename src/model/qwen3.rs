@@ -1,0 +1,283 @@
+//! Qwen3 written for scoring, not generation: one forward over a right-padded batch, no KV
+//! cache, and of the LM head only the row of the "Yes" token, applied to each row's last
+//! real token.
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{D, DType, Device, Module, Tensor};
+use candle_nn::{Linear, RmsNorm, VarBuilder};
+
+use super::config::Qwen3Config;
+use super::error::{ModelError, Result};
+
+/// Rotary tables for positions `0..max_len`, shared by every layer.
+struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rotary {
+    fn new(config: &Qwen3Config, dtype: DType, device: &Device) -> Result<Self> {
+        let half = config.head_dim / 2;
+        let max_len = config.max_position_embeddings;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| (1.0 / config.rope_theta.powf(2.0 * i as f64 / config.head_dim as f64)) as f32)
+            .collect();
+        let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
+        let positions = Tensor::arange(0u32, max_len as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((max_len, 1))?;
+        let freqs = positions.broadcast_mul(&inv_freq)?;
+        Ok(Rotary {
+            cos: freqs.cos()?.to_dtype(dtype)?,
+            sin: freqs.sin()?.to_dtype(dtype)?,
+        })
+    }
+
+    /// `x`: (batch, heads, seq, head_dim), positions from 0.
+    fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let seq_len = x.dim(2)?;
+        let cos = self.cos.narrow(0, 0, seq_len)?;
+        let sin = self.sin.narrow(0, 0, seq_len)?;
+        candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)
+    }
+}
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: RmsNorm,
+    k_norm: RmsNorm,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(config: &Qwen3Config, vb: VarBuilder) -> candle_core::Result<Self> {
+        let (hidden, head_dim) = (config.hidden_size, config.head_dim);
+        let (heads, kv_heads) = (config.num_attention_heads, config.num_key_value_heads);
+        let bias = config.attention_bias;
+        Ok(Attention {
+            q_proj: candle_nn::linear_b(hidden, heads * head_dim, bias, vb.pp("q_proj"))?,
+            k_proj: candle_nn::linear_b(hidden, kv_heads * head_dim, bias, vb.pp("k_proj"))?,
+            v_proj: candle_nn::linear_b(hidden, kv_heads * head_dim, bias, vb.pp("v_proj"))?,
+            o_proj: candle_nn::linear_b(heads * head_dim, hidden, bias, vb.pp("o_proj"))?,
+            q_norm: candle_nn::rms_norm(head_dim, config.rms_norm_eps, vb.pp("q_norm"))?,
+            k_norm: candle_nn::rms_norm(head_dim, config.rms_norm_eps, vb.pp("k_norm"))?,
+            heads,
+            kv_heads,
+            head_dim,
+        })
+    }
+
+    /// `x`: (batch, seq, hidden); `mask`: (seq, seq) additive causal mask.
+    fn forward(&self, x: &Tensor, mask: &Tensor, rotary: &Rotary) -> candle_core::Result<Tensor> {
+        let (batch, seq_len, _) = x.dims3()?;
+        let split_heads = |t: Tensor, n: usize| t.reshape((batch, seq_len, n, self.head_dim));
+        // Qwen3 normalises each head's q and k before the rotation.
+        let q = self.q_norm.forward(&split_heads(self.q_proj.forward(x)?, self.heads)?)?;
+        let k = self.k_norm.forward(&split_heads(self.k_proj.forward(x)?, self.kv_heads)?)?;
+        let v = split_heads(self.v_proj.forward(x)?, self.kv_heads)?;
+        let q = rotary.apply(&q.transpose(1, 2)?)?;
+        let k = rotary.apply(&k.transpose(1, 2)?)?;
+        let v = v.transpose(1, 2)?.contiguous()?;
+        let repeat = self.heads / self.kv_heads;
+        let k = candle_transformers::utils::repeat_kv(k, repeat)?;
+        let v = candle_transformers::utils::repeat_kv(v, repeat)?;
+
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = weights.matmul(&v)?;
+        let out = out
+            .transpose(1, 2)?
+            .reshape((batch, seq_len, self.heads * self.head_dim))?;
+        self.o_proj.forward(&out)
+    }
+}
+
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn load(config: &Qwen3Config, vb: VarBuilder) -> candle_core::Result<Self> {
+        let (hidden, inner) = (config.hidden_size, config.intermediate_size);
+        Ok(Mlp {
+            gate_proj: candle_nn::linear_no_bias(hidden, inner, vb.pp("gate_proj"))?,
+            up_proj: candle_nn::linear_no_bias(hidden, inner, vb.pp("up_proj"))?,
+            down_proj: candle_nn::linear_no_bias(inner, hidden, vb.pp("down_proj"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
+        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+    }
+}
+
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    attention: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl DecoderLayer {
+    fn load(config: &Qwen3Config, vb: VarBuilder) -> candle_core::Result<Self> {
+        let eps = config.rms_norm_eps;
+        Ok(DecoderLayer {
+            input_layernorm: candle_nn::rms_norm(config.hidden_size, eps, vb.pp("input_layernorm"))?,
+            attention: Attention::load(config, vb.pp("self_attn"))?,
+            post_attention_layernorm: candle_nn::rms_norm(
+                config.hidden_size,
+                eps,
+                vb.pp("post_attention_layernorm"),
+            )?,
+            mlp: Mlp::load(config, vb.pp("mlp"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mask: &Tensor, rotary: &Rotary) -> candle_core::Result<Tensor> {
+        let attended = self
+            .attention
+            .forward(&self.input_layernorm.forward(x)?, mask, rotary)?;
+        let x = (x + attended)?;
+        let transformed = self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?;
+        x + transformed
+    }
+}
+
+/// The scoring model: embeddings, decoder layers, final norm, and the "Yes" head row.
+pub struct Qwen3Scorer {
+    embed_tokens: candle_nn::Embedding,
+    layers: Vec<DecoderLayer>,
+    /// Final norm and head row in f32: the last dot product is where precision matters.
+    final_norm: RmsNorm,
+    yes_row: Tensor,
+    rotary: Rotary,
+    device: Device,
+    dtype: DType,
+    max_length: usize,
+}
+
+impl Qwen3Scorer {
+    /// `vb` reads `tensors` at the compute dtype and device; the head row is read from
+    /// `tensors` directly.
+    pub fn load(
+        config: &Qwen3Config,
+        tensors: &MmapedSafetensors,
+        vb: VarBuilder,
+        yes_token_id: u32,
+    ) -> Result<Self> {
+        let weights = |err: candle_core::Error| ModelError::Weights(err.to_string());
+        if yes_token_id as usize >= config.vocab_size {
+            return Err(ModelError::Weights(format!(
+                "token id {yes_token_id} of \"Yes\" is outside the vocabulary of {}",
+                config.vocab_size
+            )));
+        }
+        let (device, dtype) = (vb.device().clone(), vb.dtype());
+        let model = vb.pp("model");
+        let embed_tokens =
+            candle_nn::embedding(config.vocab_size, config.hidden_size, model.pp("embed_tokens"))
+                .map_err(weights)?;
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| DecoderLayer::load(config, model.pp("layers").pp(i)))
+            .collect::<candle_core::Result<Vec<_>>>()
+            .map_err(weights)?;
+        let final_norm = candle_nn::rms_norm(
+            config.hidden_size,
+            config.rms_norm_eps,
+            vb.set_dtype(DType::F32).pp("model").pp("norm"),
+        )
+        .map_err(weights)?;
+        let head = if config.tie_word_embeddings {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
+        };
+        let yes_row = head_row(tensors, head, yes_token_id)
+            .and_then(|row| row.to_device(&device))
+            .map_err(weights)?;
+        Ok(Qwen3Scorer {
+            embed_tokens,
+            layers,
+            final_norm,
+            yes_row,
+            rotary: Rotary::new(config, dtype, &device)?,
+            device,
+            dtype,
+            max_length: config.max_position_embeddings,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// `yes_logit` of each sequence. `input_ids` is (batch, seq) right-padded; `lengths` holds
+    /// each row's real length. Rows do not influence each other: with right padding and a
+    /// causal mask, real tokens only ever attend to real tokens.
+    pub fn yes_logits(&self, input_ids: &Tensor, lengths: &[usize]) -> Result<Vec<f32>> {
+        let (batch, seq_len) = input_ids.dims2()?;
+        if lengths.len() != batch || lengths.iter().any(|&n| n == 0 || n > seq_len) {
+            return Err(ModelError::Inference(format!(
+                "lengths {lengths:?} do not fit a batch of {batch} x {seq_len}"
+            )));
+        }
+        if seq_len > self.max_length {
+            return Err(ModelError::InputTooLong(format!(
+                "{seq_len} tokens, the model allows {}",
+                self.max_length
+            )));
+        }
+        let mask = causal_mask(seq_len, self.dtype, &self.device)?;
+        let mut hidden = self.embed_tokens.forward(input_ids)?;
+        for layer in &self.layers {
+            hidden = layer.forward(&hidden, &mask, &self.rotary)?;
+        }
+        let last_rows: Vec<u32> = lengths
+            .iter()
+            .enumerate()
+            .map(|(row, &len)| (row * seq_len + len - 1) as u32)
+            .collect();
+        let last_rows = Tensor::from_vec(last_rows, batch, &self.device)?;
+        let last = hidden
+            .flatten_to(1)?
+            .index_select(&last_rows, 0)?
+            .to_dtype(DType::F32)?;
+        let normed = self.final_norm.forward(&last)?;
+        let logits = normed.broadcast_mul(&self.yes_row)?.sum(D::Minus1)?;
+        Ok(logits.to_device(&Device::Cpu)?.to_vec1::<f32>()?)
+    }
+}
+
+/// Row `token_id` of `name` (vocab, hidden), copied out of the memory map without reading
+/// or converting the rest of the vocabulary matrix.
+fn head_row(weights: &MmapedSafetensors, name: &str, token_id: u32) -> candle_core::Result<Tensor> {
+    let view = weights.get(name)?;
+    let dtype = DType::try_from(view.dtype())?;
+    let (rows, width) = match view.shape() {
+        &[rows, width] => (rows, width),
+        other => candle_core::bail!("`{name}` has shape {other:?}, expected (vocab, hidden)"),
+    };
+    if token_id as usize >= rows {
+        candle_core::bail!("`{name}` has {rows} rows, token id {token_id} is past them");
+    }
+    let row_bytes = width * dtype.size_in_bytes();
+    let start = token_id as usize * row_bytes;
+    let bytes = &view.data()[start..start + row_bytes];
+    Tensor::from_raw_buffer(bytes, dtype, &[width], &Device::Cpu)?.to_dtype(DType::F32)
+}
+
+fn causal_mask(seq_len: usize, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+    let mask: Vec<f32> = (0..seq_len)
+        .flat_map(|i| (0..seq_len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(mask, (seq_len, seq_len), device)?.to_dtype(dtype)
+}

@@ -1,0 +1,53 @@
+//! Shared by the integration tests: the committed fixtures and their goldens.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use zerank_server::model::{DTypeSpec, DeviceSpec, Engine, LoadOptions};
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("fixtures")
+        .join(name)
+}
+
+#[derive(Deserialize)]
+pub struct Goldens {
+    pub yes_token_id: u32,
+    pub pairs: Vec<GoldenPair>,
+    pub models: std::collections::HashMap<String, GoldenScores>,
+}
+
+#[derive(Deserialize)]
+pub struct GoldenPair {
+    pub query: String,
+    pub document: String,
+    pub input_ids: Vec<u32>,
+    pub reference_ids_differ: bool,
+}
+
+#[derive(Deserialize)]
+pub struct GoldenScores {
+    pub yes_logit: Vec<f32>,
+    pub score: Vec<f32>,
+}
+
+pub fn goldens() -> Goldens {
+    let text = std::fs::read_to_string(fixture("goldens.json")).expect("goldens.json");
+    serde_json::from_str(&text).expect("goldens.json parses")
+}
+
+pub fn load(dir: &Path) -> Engine {
+    Engine::load(&options(dir)).unwrap_or_else(|err| panic!("{}: {err}", dir.display()))
+}
+
+pub fn options(dir: &Path) -> LoadOptions {
+    LoadOptions {
+        model: dir.to_string_lossy().into_owned(),
+        device: DeviceSpec::Cpu,
+        dtype: DTypeSpec::F32,
+        ..LoadOptions::default()
+    }
+}
