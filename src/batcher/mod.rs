@@ -1,0 +1,227 @@
+//! The dynamic batcher: pairs of every request enter one queue; a batching task forms
+//! length-sorted batches within the token budget whenever the model thread is free, so an
+//! idle server runs a lone request at once and a busy one packs pairs of many requests.
+
+mod queue;
+#[cfg(test)]
+mod tests;
+mod worker;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::metrics::Metrics;
+use crate::model::{BatchBudget, Engine, Score};
+
+/// What the model thread runs: a padded batch of token-id sequences in, one score each out.
+/// The engine is the real one; tests substitute their own.
+pub trait BatchScorer: Send + Sync + 'static {
+    fn score_batch(&self, sequences: &[&[u32]]) -> crate::model::Result<Vec<Score>>;
+}
+
+impl BatchScorer for Engine {
+    fn score_batch(&self, sequences: &[&[u32]]) -> crate::model::Result<Vec<Score>> {
+        Engine::score_batch(self, sequences)
+    }
+}
+use queue::{Pending, Queue};
+
+/// Why a submission got no scores.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BatchError {
+    #[error("the queue holds {queued} tokens; this request's {requested} would pass the limit of {limit}")]
+    QueueFull {
+        queued: usize,
+        requested: usize,
+        limit: usize,
+    },
+    #[error("{0}")]
+    Model(String),
+    #[error("the model worker has stopped")]
+    Stopped,
+}
+
+/// A request's scores, in its own order, and where its time went.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    pub scores: Vec<Score>,
+    /// From submission to the start of the last batch that held one of its pairs.
+    pub queue_time: Duration,
+    /// Forward-pass time of the batches that held its pairs.
+    pub inference_time: Duration,
+}
+
+/// One request's share of the batcher's work: where its scores gather.
+struct Request {
+    state: std::sync::Mutex<RequestState>,
+    /// Set once the request no longer wants answers (client gone, timed out, or failed).
+    closed: AtomicBool,
+    submitted: Instant,
+}
+
+struct RequestState {
+    scores: Vec<Option<Score>>,
+    remaining: usize,
+    queue_time: Duration,
+    inference_time: Duration,
+    reply: Option<oneshot::Sender<Result<Scored, BatchError>>>,
+}
+
+impl Request {
+    /// Stores one pair's score; the last one answers the request.
+    fn record(&self, position: usize, score: Score, batch_started: Instant) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.reply.is_none() || state.scores[position].is_some() {
+            return;
+        }
+        state.scores[position] = Some(score);
+        state.remaining -= 1;
+        state.queue_time = state
+            .queue_time
+            .max(batch_started.saturating_duration_since(self.submitted));
+        if state.remaining > 0 {
+            return;
+        }
+        let scored = Scored {
+            scores: state.scores.iter().flatten().copied().collect(),
+            queue_time: state.queue_time,
+            inference_time: state.inference_time,
+        };
+        self.closed.store(true, Ordering::SeqCst);
+        if let Some(reply) = state.reply.take() {
+            let _ = reply.send(Ok(scored));
+        }
+    }
+
+    /// Adds a batch's forward time once per batch, not once per pair.
+    fn add_inference_time(&self, inference: Duration) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.inference_time += inference;
+    }
+
+    fn fail(&self, error: BatchError) {
+        self.closed.store(true, Ordering::SeqCst);
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(reply) = state.reply.take() {
+            let _ = reply.send(Err(error));
+        }
+    }
+}
+
+/// Handle to the batcher; cheap to clone.
+#[derive(Clone)]
+pub struct Batcher {
+    queue: Arc<Queue>,
+    max_queued_tokens: usize,
+    worker_alive: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+}
+
+impl Batcher {
+    /// Starts the model thread and the batching task; call inside a Tokio runtime.
+    pub fn spawn(engine: Arc<dyn BatchScorer>, budget: BatchBudget, max_queued_tokens: usize, metrics: Arc<Metrics>) -> Self {
+        let queue = Arc::new(Queue::new(budget, metrics.clone()));
+        let worker_alive = Arc::new(AtomicBool::new(true));
+        // The model takes one batch at a time; the next is formed only when it is free, so
+        // that pairs arriving meanwhile can join it.
+        let (batches, incoming) = mpsc::channel(1);
+        worker::spawn(engine, incoming, worker_alive.clone(), metrics.clone());
+        let model_free = Arc::new(Semaphore::new(1));
+        let batching_queue = queue.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok(permit) = model_free.clone().acquire_owned().await else {
+                    return;
+                };
+                let batch = batching_queue.next_batch().await;
+                if batches.send((batch, permit)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Batcher {
+            queue,
+            max_queued_tokens,
+            worker_alive,
+            metrics,
+        }
+    }
+
+    /// Whether the model thread is still running.
+    pub fn is_healthy(&self) -> bool {
+        self.worker_alive.load(Ordering::SeqCst)
+    }
+
+    /// Scores the sequences (token ids of encoded pairs), returned in their order. Dropping
+    /// the future (client gone, timeout) takes the request's remaining pairs off the queue.
+    pub async fn score(&self, sequences: Vec<Vec<u32>>) -> Result<Scored, BatchError> {
+        if !self.is_healthy() {
+            return Err(BatchError::Stopped);
+        }
+        if sequences.is_empty() {
+            return Ok(Scored {
+                scores: Vec::new(),
+                queue_time: Duration::ZERO,
+                inference_time: Duration::ZERO,
+            });
+        }
+        let requested: usize = sequences.iter().map(Vec::len).sum();
+        for seq in &sequences {
+            self.metrics.input_tokens.observe(seq.len() as f64);
+        }
+        let (reply, answer) = oneshot::channel();
+        let request = Arc::new(Request {
+            state: std::sync::Mutex::new(RequestState {
+                scores: vec![None; sequences.len()],
+                remaining: sequences.len(),
+                queue_time: Duration::ZERO,
+                inference_time: Duration::ZERO,
+                reply: Some(reply),
+            }),
+            closed: AtomicBool::new(false),
+            submitted: Instant::now(),
+        });
+        let pending = sequences
+            .into_iter()
+            .enumerate()
+            .map(|(position, ids)| Pending {
+                request: request.clone(),
+                position,
+                ids,
+            })
+            .collect();
+        // A request alone in an empty queue is always admitted, however large.
+        self.queue
+            .push(pending, self.max_queued_tokens)
+            .map_err(|queued| BatchError::QueueFull {
+                queued,
+                requested,
+                limit: self.max_queued_tokens,
+            })?;
+        let _withdraw_on_drop = Withdraw {
+            queue: &self.queue,
+            request: &request,
+        };
+        let result = answer.await.unwrap_or(Err(BatchError::Stopped));
+        if let Ok(scored) = &result {
+            self.metrics.queue_duration.observe(scored.queue_time.as_secs_f64());
+        }
+        result
+    }
+}
+
+/// Takes a request's pairs off the queue when its caller stops waiting.
+struct Withdraw<'a> {
+    queue: &'a Queue,
+    request: &'a Arc<Request>,
+}
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        self.request.closed.store(true, Ordering::SeqCst);
+        self.queue.withdraw(self.request);
+    }
+}

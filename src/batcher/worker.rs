@@ -1,0 +1,97 @@
+//! The model thread: runs one batch at a time and hands each score to its request.
+
+use std::collections::HashSet;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+
+use super::queue::Pending;
+use super::{BatchError, BatchScorer, Request};
+use crate::metrics::Metrics;
+
+pub(super) type BatchMessage = (Vec<Pending>, OwnedSemaphorePermit);
+
+pub(super) fn spawn(
+    engine: Arc<dyn BatchScorer>,
+    mut incoming: mpsc::Receiver<BatchMessage>,
+    alive: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+) {
+    std::thread::Builder::new()
+        .name("zerank-model".into())
+        .spawn(move || {
+            while let Some((batch, permit)) = incoming.blocking_recv() {
+                run_batch(engine.as_ref(), batch, &metrics);
+                drop(permit);
+            }
+            alive.store(false, Ordering::SeqCst);
+        })
+        .expect("the model thread starts");
+}
+
+fn run_batch(engine: &dyn BatchScorer, batch: Vec<Pending>, metrics: &Metrics) {
+    let started = Instant::now();
+    let sequences: Vec<&[u32]> = batch.iter().map(|p| p.ids.as_slice()).collect();
+    // A panic inside the forward fails this batch's requests, not the server.
+    let outcome = catch_unwind(AssertUnwindSafe(|| engine.score_batch(&sequences)));
+    let inference = started.elapsed();
+    observe(&batch, metrics, inference.as_secs_f64());
+
+    let mut requests: Vec<&Arc<Request>> = Vec::new();
+    let mut seen = HashSet::new();
+    for pending in &batch {
+        if seen.insert(Arc::as_ptr(&pending.request)) {
+            requests.push(&pending.request);
+        }
+    }
+    match outcome {
+        Ok(Ok(scores)) => {
+            for request in &requests {
+                request.add_inference_time(inference);
+            }
+            for (pending, score) in batch.iter().zip(scores) {
+                pending.request.record(pending.position, score, started);
+            }
+        }
+        Ok(Err(err)) => {
+            tracing::error!(error = %err, pairs = batch.len(), "batch failed");
+            for request in requests {
+                request.fail(BatchError::Model(err.to_string()));
+            }
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!(panic = %what, pairs = batch.len(), "the forward pass panicked");
+            for request in requests {
+                request.fail(BatchError::Model(format!("the forward pass panicked: {what}")));
+            }
+        }
+    }
+}
+
+fn observe(batch: &[Pending], metrics: &Metrics, seconds: f64) {
+    let real: usize = batch.iter().map(|p| p.ids.len()).sum();
+    let longest = batch.iter().map(|p| p.ids.len()).max().unwrap_or(0);
+    let padded = longest * batch.len();
+    let distinct: HashSet<*const Request> = batch.iter().map(|p| Arc::as_ptr(&p.request)).collect();
+    metrics.inference_duration.observe(seconds);
+    metrics.batch_pairs.observe(batch.len() as f64);
+    metrics.batch_requests.observe(distinct.len() as f64);
+    if distinct.len() > 1 {
+        metrics.multi_request_batches.inc();
+    }
+    metrics.batch_tokens.observe(real as f64);
+    metrics.batch_padded_tokens.observe(padded as f64);
+    if padded > 0 {
+        metrics
+            .batch_padding_ratio
+            .observe((padded - real) as f64 / padded as f64);
+    }
+}

@@ -1,0 +1,181 @@
+//! Prometheus metrics, all prefixed `zerank_`, served as text at `/metrics`.
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub queue_duration: Histogram,
+    pub tokenization_duration: Histogram,
+    pub inference_duration: Histogram,
+    pub batch_pairs: Histogram,
+    pub batch_requests: Histogram,
+    pub multi_request_batches: IntCounter,
+    pub batch_tokens: Histogram,
+    pub batch_padded_tokens: Histogram,
+    pub batch_padding_ratio: Histogram,
+    pub queue_pairs: IntGauge,
+    pub queue_tokens: IntGauge,
+    pub requests_in_flight: IntGauge,
+    pub input_tokens: Histogram,
+    pub errors: IntCounterVec,
+    pub model_load_seconds: Gauge,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let seconds = |name: &str, help: &str| {
+            HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec())
+        };
+        let exponential = |name: &str, help: &str, start: f64, count: usize| {
+            HistogramOpts::new(name, help)
+                .buckets(prometheus::exponential_buckets(start, 2.0, count).expect("valid buckets"))
+        };
+        let metrics = Metrics {
+            requests: IntCounterVec::new(
+                Opts::new("zerank_requests_total", "HTTP requests by route and status"),
+                &["route", "status"],
+            )
+            .expect("valid metric"),
+            request_duration: HistogramVec::new(
+                seconds("zerank_request_duration_seconds", "HTTP request duration by route"),
+                &["route"],
+            )
+            .expect("valid metric"),
+            queue_duration: Histogram::with_opts(seconds(
+                "zerank_queue_duration_seconds",
+                "Time a request's pairs waited in the batch queue (until its last pair's batch started)",
+            ))
+            .expect("valid metric"),
+            tokenization_duration: Histogram::with_opts(seconds(
+                "zerank_tokenization_duration_seconds",
+                "Time to build and tokenize one request's prompts",
+            ))
+            .expect("valid metric"),
+            inference_duration: Histogram::with_opts(seconds(
+                "zerank_inference_duration_seconds",
+                "Forward-pass time of one batch",
+            ))
+            .expect("valid metric"),
+            batch_pairs: Histogram::with_opts(exponential(
+                "zerank_batch_pairs",
+                "Pairs per batch",
+                1.0,
+                10,
+            ))
+            .expect("valid metric"),
+            batch_requests: Histogram::with_opts(exponential(
+                "zerank_batch_requests",
+                "Distinct requests whose pairs share a batch",
+                1.0,
+                8,
+            ))
+            .expect("valid metric"),
+            multi_request_batches: IntCounter::new(
+                "zerank_multi_request_batches_total",
+                "Batches that held pairs of more than one request",
+            )
+            .expect("valid metric"),
+            batch_tokens: Histogram::with_opts(exponential(
+                "zerank_batch_tokens",
+                "Real (unpadded) tokens per batch",
+                64.0,
+                12,
+            ))
+            .expect("valid metric"),
+            batch_padded_tokens: Histogram::with_opts(exponential(
+                "zerank_batch_padded_tokens",
+                "Padded tokens per batch (longest x pairs)",
+                64.0,
+                12,
+            ))
+            .expect("valid metric"),
+            batch_padding_ratio: Histogram::with_opts(
+                HistogramOpts::new(
+                    "zerank_batch_padding_ratio",
+                    "Share of a batch's padded tokens that are padding",
+                )
+                .buckets(vec![0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0]),
+            )
+            .expect("valid metric"),
+            queue_pairs: IntGauge::new("zerank_queue_pairs", "Pairs waiting in the batch queue")
+                .expect("valid metric"),
+            queue_tokens: IntGauge::new("zerank_queue_tokens", "Tokens waiting in the batch queue")
+                .expect("valid metric"),
+            requests_in_flight: IntGauge::new(
+                "zerank_requests_in_flight",
+                "Scoring requests admitted and not yet answered",
+            )
+            .expect("valid metric"),
+            input_tokens: Histogram::with_opts(exponential(
+                "zerank_input_tokens",
+                "Prompt tokens per pair",
+                16.0,
+                12,
+            ))
+            .expect("valid metric"),
+            errors: IntCounterVec::new(
+                Opts::new("zerank_errors_total", "Failed requests by error kind"),
+                &["kind"],
+            )
+            .expect("valid metric"),
+            model_load_seconds: Gauge::new(
+                "zerank_model_load_seconds",
+                "Time it took to load the model and warm it up",
+            )
+            .expect("valid metric"),
+            registry,
+        };
+        metrics.register_all();
+        metrics
+    }
+
+    fn register_all(&self) {
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(self.requests.clone()),
+            Box::new(self.request_duration.clone()),
+            Box::new(self.queue_duration.clone()),
+            Box::new(self.tokenization_duration.clone()),
+            Box::new(self.inference_duration.clone()),
+            Box::new(self.batch_pairs.clone()),
+            Box::new(self.batch_requests.clone()),
+            Box::new(self.multi_request_batches.clone()),
+            Box::new(self.batch_tokens.clone()),
+            Box::new(self.batch_padded_tokens.clone()),
+            Box::new(self.batch_padding_ratio.clone()),
+            Box::new(self.queue_pairs.clone()),
+            Box::new(self.queue_tokens.clone()),
+            Box::new(self.requests_in_flight.clone()),
+            Box::new(self.input_tokens.clone()),
+            Box::new(self.errors.clone()),
+            Box::new(self.model_load_seconds.clone()),
+        ];
+        for collector in collectors {
+            self.registry.register(collector).expect("metric names are unique");
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("text encoding is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,354 @@
+//! Settings: built-in defaults < `config/default.toml` (or `--config FILE`) < `ZERANK_*`
+//! environment < command-line flags.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{BatchBudget, DTypeSpec, DeviceSpec, LoadOptions};
+
+pub const DEFAULT_MODEL: &str = "zeroentropy/zerank-1-small";
+const DEFAULT_CONFIG_FILE: &str = "config/default.toml";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Every setting of the service, with its built-in default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub model: String,
+    pub revision: Option<String>,
+    pub dtype: String,
+    pub device: String,
+    pub host: String,
+    pub port: u16,
+    /// Names clients may put in `model`; the model id when empty.
+    pub served_model_names: Vec<String>,
+    pub max_batch_tokens: usize,
+    pub max_batch_pairs: usize,
+    pub max_concurrent_requests: usize,
+    pub max_queued_tokens: usize,
+    pub max_documents_per_request: usize,
+    pub max_tokens_per_doc: Option<usize>,
+    pub max_length: Option<usize>,
+    pub payload_limit_bytes: usize,
+    pub request_timeout_secs: f64,
+    pub api_key: Option<String>,
+    /// Whether `/health` and `/metrics` also need the API key.
+    pub protect_health_and_metrics: bool,
+    pub log_format: LogFormat,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let budget = BatchBudget::default();
+        Settings {
+            model: DEFAULT_MODEL.into(),
+            revision: None,
+            dtype: "auto".into(),
+            device: "auto".into(),
+            host: "0.0.0.0".into(),
+            port: 8080,
+            served_model_names: Vec::new(),
+            max_batch_tokens: budget.max_tokens,
+            max_batch_pairs: budget.max_sequences,
+            max_concurrent_requests: 256,
+            max_queued_tokens: 2_000_000,
+            max_documents_per_request: 1_000,
+            max_tokens_per_doc: None,
+            max_length: None,
+            payload_limit_bytes: 8 * 1024 * 1024,
+            request_timeout_secs: 60.0,
+            api_key: None,
+            protect_health_and_metrics: false,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "zerank-server",
+    version,
+    about = "Serves zerank-1 rerankers over HTTP (POST /rerank)",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Score (query, document) pairs from a JSONL file, one score per output line.
+    Score(ScoreArgs),
+}
+
+/// Model selection, shared by serving and offline scoring.
+#[derive(Args, Debug, Default, Clone)]
+pub struct ModelArgs {
+    /// Settings file (TOML) [default: config/default.toml when present].
+    #[arg(long, env = "ZERANK_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Local checkpoint directory or Hugging Face Hub id [default: zeroentropy/zerank-1-small].
+    #[arg(long, env = "ZERANK_MODEL")]
+    pub model: Option<String>,
+    /// Hub revision (branch, tag or commit) [default: main].
+    #[arg(long, env = "ZERANK_REVISION")]
+    pub revision: Option<String>,
+    /// Compute dtype: auto (f32 on CPU, bf16 on GPU), f32, bf16, f16.
+    #[arg(long, env = "ZERANK_DTYPE")]
+    pub dtype: Option<String>,
+    /// Device: auto, cpu, cuda[:N], metal[:N].
+    #[arg(long, env = "ZERANK_DEVICE")]
+    pub device: Option<String>,
+    /// Most padded tokens (longest × pairs) in one forward pass [default: 16384].
+    #[arg(long, env = "ZERANK_MAX_BATCH_TOKENS")]
+    pub max_batch_tokens: Option<usize>,
+    /// Most pairs in one forward pass [default: 64].
+    #[arg(long, env = "ZERANK_MAX_BATCH_PAIRS")]
+    pub max_batch_pairs: Option<usize>,
+    /// Cut documents to this many tokens (after the reference's 10,000-character cut).
+    #[arg(long, env = "ZERANK_MAX_TOKENS_PER_DOC")]
+    pub max_tokens_per_doc: Option<usize>,
+    /// Cap on a whole prompt in tokens [default: the model's max_position_embeddings].
+    #[arg(long, env = "ZERANK_MAX_LENGTH")]
+    pub max_length: Option<usize>,
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Address to listen on [default: 0.0.0.0].
+    #[arg(long, env = "ZERANK_HOST")]
+    pub host: Option<String>,
+    /// Port to listen on [default: 8080].
+    #[arg(long, env = "ZERANK_PORT")]
+    pub port: Option<u16>,
+    /// Model names clients may send, comma-separated [default: the model id].
+    #[arg(long, env = "ZERANK_SERVED_MODEL_NAMES", value_delimiter = ',')]
+    pub served_model_names: Option<Vec<String>>,
+    /// Requests served at once; more get 429 [default: 256].
+    #[arg(long, env = "ZERANK_MAX_CONCURRENT_REQUESTS")]
+    pub max_concurrent_requests: Option<usize>,
+    /// Tokens waiting in the queue; a request that would exceed it gets 429 [default: 2000000].
+    #[arg(long, env = "ZERANK_MAX_QUEUED_TOKENS")]
+    pub max_queued_tokens: Option<usize>,
+    /// Documents in one request; more get 413 [default: 1000].
+    #[arg(long, env = "ZERANK_MAX_DOCUMENTS_PER_REQUEST")]
+    pub max_documents_per_request: Option<usize>,
+    /// Largest request body in bytes; larger get 413 [default: 8388608].
+    #[arg(long, env = "ZERANK_PAYLOAD_LIMIT_BYTES")]
+    pub payload_limit_bytes: Option<usize>,
+    /// Seconds a request may take, queue included, before it fails with 504 [default: 60].
+    #[arg(long, env = "ZERANK_REQUEST_TIMEOUT_SECS")]
+    pub request_timeout_secs: Option<f64>,
+    /// Require `Authorization: Bearer <key>` (or the bare key) on scoring routes.
+    #[arg(long, env = "ZERANK_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Require the API key on /health and /metrics too.
+    #[arg(long, env = "ZERANK_PROTECT_HEALTH_AND_METRICS")]
+    pub protect_health_and_metrics: Option<bool>,
+    /// Log format.
+    #[arg(long, env = "ZERANK_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// JSONL file with one {"query", "document"} object per line; `-` reads stdin.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Where to write the scores, one per line [default: stdout].
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Write raw scores (yes_logit / 5) instead of sigmoid scores.
+    #[arg(long)]
+    pub raw: bool,
+}
+
+impl Settings {
+    /// Defaults overlaid with the settings file, then with environment and flags.
+    pub fn resolve(args: &ServeArgs) -> anyhow::Result<Self> {
+        let mut settings = Self::from_file(args.model.config.as_deref())?;
+        settings.apply_model_args(&args.model);
+        set(&mut settings.host, &args.host);
+        set(&mut settings.port, &args.port);
+        set(&mut settings.served_model_names, &args.served_model_names);
+        set(&mut settings.max_concurrent_requests, &args.max_concurrent_requests);
+        set(&mut settings.max_queued_tokens, &args.max_queued_tokens);
+        set(&mut settings.max_documents_per_request, &args.max_documents_per_request);
+        set(&mut settings.payload_limit_bytes, &args.payload_limit_bytes);
+        set(&mut settings.request_timeout_secs, &args.request_timeout_secs);
+        set(&mut settings.protect_health_and_metrics, &args.protect_health_and_metrics);
+        set(&mut settings.log_format, &args.log_format);
+        set_some(&mut settings.api_key, &args.api_key);
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Settings for offline scoring: the file and the model flags.
+    pub fn resolve_model(args: &ModelArgs) -> anyhow::Result<Self> {
+        let mut settings = Self::from_file(args.config.as_deref())?;
+        settings.apply_model_args(args);
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn from_file(explicit: Option<&Path>) -> anyhow::Result<Self> {
+        let path = match explicit {
+            Some(path) => path.to_owned(),
+            None if Path::new(DEFAULT_CONFIG_FILE).is_file() => DEFAULT_CONFIG_FILE.into(),
+            None => return Ok(Settings::default()),
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|err| anyhow::anyhow!("settings file {}: {err}", path.display()))?;
+        toml::from_str(&text).map_err(|err| anyhow::anyhow!("settings file {}: {err}", path.display()))
+    }
+
+    fn apply_model_args(&mut self, args: &ModelArgs) {
+        set(&mut self.model, &args.model);
+        set_some(&mut self.revision, &args.revision);
+        set(&mut self.dtype, &args.dtype);
+        set(&mut self.device, &args.device);
+        set(&mut self.max_batch_tokens, &args.max_batch_tokens);
+        set(&mut self.max_batch_pairs, &args.max_batch_pairs);
+        set_some(&mut self.max_tokens_per_doc, &args.max_tokens_per_doc);
+        set_some(&mut self.max_length, &args.max_length);
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        self.device.parse::<DeviceSpec>().map_err(anyhow::Error::msg)?;
+        self.dtype.parse::<DTypeSpec>().map_err(anyhow::Error::msg)?;
+        let positive = [
+            ("max_batch_tokens", self.max_batch_tokens),
+            ("max_batch_pairs", self.max_batch_pairs),
+            ("max_concurrent_requests", self.max_concurrent_requests),
+            ("max_queued_tokens", self.max_queued_tokens),
+            ("max_documents_per_request", self.max_documents_per_request),
+            ("payload_limit_bytes", self.payload_limit_bytes),
+        ];
+        for (name, value) in positive {
+            anyhow::ensure!(value > 0, "{name} must be positive");
+        }
+        anyhow::ensure!(
+            self.request_timeout_secs.is_finite() && self.request_timeout_secs > 0.0,
+            "request_timeout_secs must be positive"
+        );
+        Ok(())
+    }
+
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            model: self.model.clone(),
+            revision: self.revision.clone(),
+            // Both were checked by `validate`.
+            device: self.device.parse().unwrap_or_default(),
+            dtype: self.dtype.parse().unwrap_or_default(),
+            max_length: self.max_length,
+        }
+    }
+
+    pub fn batch_budget(&self) -> BatchBudget {
+        BatchBudget {
+            max_tokens: self.max_batch_tokens,
+            max_sequences: self.max_batch_pairs,
+        }
+    }
+
+    /// The names clients may send in `model`.
+    pub fn served_names(&self) -> Vec<String> {
+        if self.served_model_names.is_empty() {
+            vec![self.model.clone()]
+        } else {
+            self.served_model_names.clone()
+        }
+    }
+
+    /// For the start-up log: the API key never appears.
+    pub fn redacted(&self) -> Self {
+        Settings {
+            api_key: self.api_key.as_ref().map(|_| "<redacted>".into()),
+            ..self.clone()
+        }
+    }
+}
+
+/// A setting given on a higher layer replaces the one below.
+fn set<T: Clone>(target: &mut T, value: &Option<T>) {
+    if let Some(v) = value {
+        *target = v.clone();
+    }
+}
+
+fn set_some<T: Clone>(target: &mut Option<T>, value: &Option<T>) {
+    if value.is_some() {
+        *target = value.clone();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.toml");
+        std::fs::write(&file, "port = 9000\nmax_batch_pairs = 8\nhost = \"127.0.0.1\"\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "zerank-server",
+            "--config",
+            file.to_str().unwrap(),
+            "--port",
+            "9100",
+            "--api-key",
+            "s3cret",
+        ])
+        .unwrap();
+        let settings = Settings::resolve(&cli.serve).unwrap();
+        assert_eq!(settings.port, 9100);
+        assert_eq!(settings.max_batch_pairs, 8);
+        assert_eq!(settings.host, "127.0.0.1");
+        assert_eq!(settings.max_batch_tokens, Settings::default().max_batch_tokens);
+        assert_eq!(settings.model, DEFAULT_MODEL);
+        assert!(!format!("{:?}", settings.redacted()).contains("s3cret"));
+    }
+
+    #[test]
+    fn unknown_file_keys_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.toml");
+        std::fs::write(&file, "prot = 9000\n").unwrap();
+        let args = ServeArgs {
+            model: ModelArgs {
+                config: Some(file.clone()),
+                ..ModelArgs::default()
+            },
+            ..ServeArgs::default()
+        };
+        let err = Settings::resolve(&args).unwrap_err().to_string();
+        assert!(err.contains("prot"), "{err}");
+        std::fs::write(&file, "device = \"tpu\"\n").unwrap();
+        assert!(Settings::resolve(&args).unwrap_err().to_string().contains("tpu"));
+    }
+
+    #[test]
+    fn the_shipped_config_file_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_FILE);
+        let shipped: Settings = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert_eq!(shipped, Settings::default());
+    }
+}
