@@ -6,6 +6,7 @@
 //! - [`model`]: checkpoint loading, prompt building, the Qwen3 scoring forward.
 
 pub mod batcher;
+pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod settings;

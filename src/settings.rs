@@ -268,13 +268,18 @@ impl Settings {
         }
     }
 
-    /// The names clients may send in `model`.
+    /// The names clients may send in `model`: by default the model id and its last path
+    /// component (`zeroentropy/zerank-1-small` and `zerank-1-small`).
     pub fn served_names(&self) -> Vec<String> {
-        if self.served_model_names.is_empty() {
-            vec![self.model.clone()]
-        } else {
-            self.served_model_names.clone()
+        if !self.served_model_names.is_empty() {
+            return self.served_model_names.clone();
         }
+        let mut names = vec![self.model.clone()];
+        let short = self.model.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+        if !short.is_empty() && short != self.model {
+            names.push(short.to_owned());
+        }
+        names
     }
 
     /// For the start-up log: the API key never appears.

@@ -1,0 +1,144 @@
+//! Every failure a client can see, and the one place that maps it to a status and a body.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::batcher::BatchError;
+use crate::model::ModelError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("{0}")]
+    Validation(String),
+    #[error("request body is over the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("{count} documents is over the limit of {limit} per request")]
+    TooManyDocuments { count: usize, limit: usize },
+    #[error("{0}")]
+    InputTooLong(String),
+    #[error("content type must be application/json, got `{0}`")]
+    UnsupportedMediaType(String),
+    #[error("model `{requested}` is not served here; served models: {served:?}")]
+    UnknownModel { requested: String, served: Vec<String> },
+    #[error("no route {method} {path}")]
+    NotFound { method: String, path: String },
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    #[error("missing or invalid API key")]
+    Unauthorized,
+    #[error("server is at capacity: {0}; retry shortly")]
+    Overloaded(String),
+    #[error("request took longer than the {0:.1} s limit")]
+    Timeout(f64),
+    #[error("model is still loading")]
+    NotReady,
+    #[error("model failed: {0}")]
+    Model(String),
+}
+
+/// The one error body, readable by every client family: TEI and Haystack read `error` and
+/// `error_type`, Cohere `message`, Jina and LangChain `detail`.
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    error_type: &'a str,
+    message: &'a str,
+    detail: &'a str,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::PayloadTooLarge { .. }
+            | ApiError::TooManyDocuments { .. }
+            | ApiError::InputTooLong(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::UnknownModel { .. } | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Model(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A stable machine-readable kind; also the `kind` label of `zerank_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApiError::InvalidJson(_) => "invalid_json",
+            ApiError::Validation(_) => "validation",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::TooManyDocuments { .. } => "too_many_documents",
+            ApiError::InputTooLong(_) => "input_too_long",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::UnknownModel { .. } => "unknown_model",
+            ApiError::NotFound { .. } => "not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Overloaded(_) => "overloaded",
+            ApiError::Timeout(_) => "timeout",
+            ApiError::NotReady => "not_ready",
+            ApiError::Model(_) => "model_error",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let message = self.to_string();
+        let kind = self.kind();
+        let body = ErrorBody {
+            error: &message,
+            error_type: kind,
+            message: &message,
+            detail: &message,
+        };
+        let mut response = (self.status(), Json(body)).into_response();
+        match self {
+            ApiError::Overloaded(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::Unauthorized => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        // Read by the metrics middleware.
+        response.extensions_mut().insert(ErrorKind(kind));
+        response
+    }
+}
+
+/// Marks a response as an error of this kind.
+#[derive(Clone, Copy)]
+pub struct ErrorKind(pub &'static str);
+
+impl From<ModelError> for ApiError {
+    fn from(err: ModelError) -> Self {
+        match err {
+            ModelError::InputTooLong(message) => ApiError::InputTooLong(message),
+            other => ApiError::Model(other.to_string()),
+        }
+    }
+}
+
+impl From<BatchError> for ApiError {
+    fn from(err: BatchError) -> Self {
+        match err {
+            BatchError::QueueFull { .. } => ApiError::Overloaded(err.to_string()),
+            BatchError::Model(message) => ApiError::Model(message),
+            BatchError::Stopped => ApiError::Model(err.to_string()),
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! The HTTP layer: routes, the state they share, authentication, metrics middleware, and
+//! the server's life cycle (listen at once, load, warm up, serve, drain on SIGTERM).
+
+pub mod error;
+mod routes;
+pub mod types;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use subtle::ConstantTimeEq;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::batcher::Batcher;
+use crate::metrics::Metrics;
+use crate::model::{Engine, TokenLimits};
+use crate::settings::Settings;
+use error::{ApiError, ErrorKind};
+
+/// The model and its batcher, once loaded.
+pub struct Ready {
+    pub engine: Arc<Engine>,
+    pub batcher: Batcher,
+}
+
+pub struct AppState {
+    pub settings: Settings,
+    pub served_names: Vec<String>,
+    pub metrics: Arc<Metrics>,
+    ready: OnceLock<Ready>,
+    admission: Arc<Semaphore>,
+    created: u64,
+}
+
+/// Holds an admitted request's place until it is answered.
+pub struct Admitted {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.metrics.requests_in_flight.dec();
+    }
+}
+
+impl AppState {
+    pub fn new(settings: Settings, metrics: Arc<Metrics>) -> Self {
+        AppState {
+            served_names: settings.served_names(),
+            admission: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
+            settings,
+            metrics,
+            ready: OnceLock::new(),
+            created: routes::unix_now(),
+        }
+    }
+
+    /// Makes the model available to the routes; `/health` turns 200.
+    pub fn set_ready(&self, ready: Ready) {
+        let _ = self.ready.set(ready);
+    }
+
+    fn ready(&self) -> Result<&Ready, ApiError> {
+        match self.ready.get() {
+            Some(ready) if ready.batcher.is_healthy() => Ok(ready),
+            Some(_) => Err(ApiError::Model("the model worker has stopped".into())),
+            None => Err(ApiError::NotReady),
+        }
+    }
+
+    fn admit(&self) -> Result<Admitted, ApiError> {
+        let permit = self.admission.clone().try_acquire_owned().map_err(|_| {
+            ApiError::Overloaded(format!(
+                "{} requests are in flight",
+                self.settings.max_concurrent_requests
+            ))
+        })?;
+        self.metrics.requests_in_flight.inc();
+        Ok(Admitted {
+            _permit: permit,
+            metrics: self.metrics.clone(),
+        })
+    }
+
+    /// The name to answer with: the requested one if served, the first served name if absent.
+    fn check_model(&self, requested: Option<&str>) -> Result<String, ApiError> {
+        match requested.filter(|name| !name.is_empty()) {
+            None => Ok(self.served_names[0].clone()),
+            Some(name) if self.served_names.iter().any(|s| s == name) => Ok(name.to_owned()),
+            Some(name) => Err(ApiError::UnknownModel {
+                requested: name.to_owned(),
+                served: self.served_names.clone(),
+            }),
+        }
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let scoring = Router::new()
+        .route("/rerank", post(routes::rerank))
+        .route("/v1/rerank", post(routes::rerank_v1))
+        .route("/v2/rerank", post(routes::rerank_v2))
+        .route("/v1/models/rerank", post(routes::rerank_zeroentropy))
+        .route("/score", post(routes::score))
+        .route("/v1/score", post(routes::score))
+        .route("/info", get(routes::info))
+        .route("/v1/models", get(routes::models))
+        .route("/openapi.yaml", get(routes::openapi));
+    let probes = Router::new()
+        .route("/health", get(routes::health))
+        .route("/metrics", get(routes::metrics));
+    let guarded = |r: Router<Arc<AppState>>| r.route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
+    let scoring = guarded(scoring);
+    let probes = if state.settings.protect_health_and_metrics {
+        guarded(probes)
+    } else {
+        probes
+    };
+    let request_id = HeaderName::from_static("x-request-id");
+    Router::new()
+        .merge(scoring)
+        .merge(probes)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
+        .layer(DefaultBodyLimit::max(state.settings.payload_limit_bytes))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Model("internal error while handling the request".into()).into_response()
+        }))
+        .layer(TraceLayer::new_for_http())
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::NotFound {
+        method: request.method().to_string(),
+        path: request.uri().path().to_owned(),
+    }
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: request.method().to_string(),
+        path: request.uri().path().to_owned(),
+    }
+}
+
+/// `Authorization: Bearer <key>` or the bare key, compared in constant time.
+async fn require_api_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    if let Some(expected) = &state.settings.api_key {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim())
+            .map(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(v).trim())
+            .unwrap_or("");
+        if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+            return ApiError::Unauthorized.into_response();
+        }
+    }
+    next.run(request).await
+}
+
+async fn record_metrics(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let metrics = &state.metrics;
+    metrics
+        .request_duration
+        .with_label_values(&[&route])
+        .observe(started.elapsed().as_secs_f64());
+    metrics
+        .requests
+        .with_label_values(&[&route, response.status().as_str()])
+        .inc();
+    if let Some(ErrorKind(kind)) = response.extensions().get::<ErrorKind>() {
+        metrics.errors.with_label_values(&[kind]).inc();
+    }
+    response
+}
+
+/// Loads the engine and runs a warm-up batch, so that a model that does not fit shows at
+/// boot rather than on the first user. Blocking: call off the async runtime.
+pub fn load_engine(settings: &Settings, metrics: &Metrics) -> anyhow::Result<Engine> {
+    let started = Instant::now();
+    let engine = Engine::load(&settings.load_options())?;
+    let sample = engine.encode(
+        "What does a reranker do?",
+        "A reranker scores each retrieved document against the query.",
+        TokenLimits::default(),
+    )?;
+    let on_gpu = engine.info().device != "cpu";
+    // On a GPU the warm-up fills the whole budget; on a CPU one pair shows the weights work.
+    let (count, length) = if on_gpu {
+        let budget = settings.batch_budget();
+        let length = (budget.max_tokens / budget.max_sequences.max(1)).clamp(sample.ids.len(), engine.info().max_length);
+        ((budget.max_tokens / length).clamp(1, budget.max_sequences), length)
+    } else {
+        (1, sample.ids.len())
+    };
+    let mut warm = sample.ids.clone();
+    warm.resize(length, sample.ids[sample.ids.len() - 1]);
+    let batch: Vec<&[u32]> = vec![warm.as_slice(); count];
+    engine.score_batch(&batch)?;
+    metrics.model_load_seconds.set(started.elapsed().as_secs_f64());
+    tracing::info!(
+        seconds = started.elapsed().as_secs_f64(),
+        warmup_pairs = count,
+        warmup_tokens = length,
+        info = ?engine.info(),
+        "model ready"
+    );
+    Ok(engine)
+}
+
+/// Runs the service until SIGTERM or SIGINT, then answers what is in flight and returns.
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let state = Arc::new(AppState::new(settings.clone(), metrics.clone()));
+    let address = format!("{}:{}", settings.host, settings.port);
+    let listener = tokio::net::TcpListener::bind(&address)
+        .await
+        .map_err(|err| anyhow::anyhow!("cannot listen on {address}: {err}"))?;
+    tracing::info!(address = %listener.local_addr()?, "listening; /health answers 503 until the model is ready");
+
+    let loading = {
+        let (state, settings, metrics) = (state.clone(), settings.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let engine = tokio::task::spawn_blocking(move || load_engine(&settings, &metrics).map(|e| (e, settings, metrics)))
+                .await
+                .map_err(|err| anyhow::anyhow!("model loading panicked: {err}"))??;
+            let (engine, settings, metrics) = engine;
+            let engine = Arc::new(engine);
+            let batcher = Batcher::spawn(engine.clone(), settings.batch_budget(), settings.max_queued_tokens, metrics);
+            state.set_ready(Ready { engine, batcher });
+            anyhow::Ok(())
+        })
+    };
+    let load_failure = async move {
+        match loading.await {
+            Ok(Ok(())) => std::future::pending().await,
+            Ok(Err(err)) => err.context("could not load the model"),
+            Err(err) => anyhow::anyhow!("model loading task failed: {err}"),
+        }
+    };
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal());
+    tokio::select! {
+        served = server => {
+            served?;
+            tracing::info!("drained; exiting");
+            Ok(())
+        }
+        err = load_failure => Err(err),
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutdown signal: no new connections; answering requests in flight");
+}
+
