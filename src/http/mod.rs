@@ -232,12 +232,22 @@ pub fn load_engine(settings: &Settings, metrics: &Metrics) -> anyhow::Result<Eng
 
 /// Runs the service until SIGTERM or SIGINT, then answers what is in flight and returns.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::new());
-    let state = Arc::new(AppState::new(settings.clone(), metrics.clone()));
     let address = format!("{}:{}", settings.host, settings.port);
     let listener = tokio::net::TcpListener::bind(&address)
         .await
         .map_err(|err| anyhow::anyhow!("cannot listen on {address}: {err}"))?;
+    serve_on(listener, settings, shutdown_signal()).await
+}
+
+/// Serves on `listener` until `shutdown` completes, then stops accepting, answers every
+/// request in flight and returns. The model loads in the background meanwhile.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    settings: Settings,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let state = Arc::new(AppState::new(settings.clone(), metrics.clone()));
     tracing::info!(address = %listener.local_addr()?, "listening; /health answers 503 until the model is ready");
 
     let loading = {
@@ -260,7 +270,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             Err(err) => anyhow::anyhow!("model loading task failed: {err}"),
         }
     };
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal());
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown);
     tokio::select! {
         served = server => {
             served?;

@@ -1,0 +1,489 @@
+//! The service over real TCP, on the fixture checkpoint: every route and shape, scores equal
+//! to the engine's, batching across concurrent requests, limits, and draining on SIGTERM.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{fixture, load};
+use serde_json::{Value, json};
+use zerank_server::model::{Engine, TokenLimits};
+use zerank_server::settings::Settings;
+
+struct TestServer {
+    address: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    fn start(configure: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = Settings {
+            model: fixture("tiny").to_string_lossy().into_owned(),
+            device: "cpu".into(),
+            host: "127.0.0.1".into(),
+            port: 0,
+            ..Settings::default()
+        };
+        configure(&mut settings);
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let address = std_listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener)?;
+                zerank_server::http::serve_on(listener, settings, async {
+                    let _ = stopped.await;
+                })
+                .await
+            })
+        });
+        let server = TestServer {
+            address,
+            stop: Some(stop),
+            thread: Some(thread),
+        };
+        server.wait_healthy();
+        server
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(response) = ureq::get(&self.url("/health")).call() {
+                assert_eq!(response.status(), 200);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the server did not become healthy");
+    }
+
+    /// POSTs a JSON body; any status comes back with its headers and JSON body.
+    fn post(&self, path: &str, body: &Value) -> Reply {
+        self.post_raw(path, "application/json", &body.to_string())
+    }
+
+    fn post_raw(&self, path: &str, content_type: &str, body: &str) -> Reply {
+        let result = ureq::post(&self.url(path))
+            .set("content-type", content_type)
+            .send_string(body);
+        Reply::from(result)
+    }
+
+    fn get(&self, path: &str) -> Reply {
+        Reply::from(ureq::get(&self.url(path)).call())
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let text = self.get("/metrics").text;
+        text.lines()
+            .find(|line| line.split([' ', '{']).next() == Some(name))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} not in /metrics"))
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    text: String,
+}
+
+impl Reply {
+    fn from(result: Result<ureq::Response, ureq::Error>) -> Self {
+        let response = match result {
+            Ok(response) => response,
+            Err(ureq::Error::Status(_, response)) => response,
+            Err(err) => panic!("transport error: {err}"),
+        };
+        let status = response.status();
+        let headers = response
+            .headers_names()
+            .into_iter()
+            .map(|name| {
+                let value = response.header(&name).unwrap_or("").to_owned();
+                (name, value)
+            })
+            .collect();
+        let text = response.into_string().unwrap();
+        Reply {
+            status,
+            headers,
+            text,
+        }
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("{e}: {}", self.text))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// An error reply in the one error shape, of this status.
+    fn assert_error(&self, status: u16, error_type: &str) -> Value {
+        assert_eq!(self.status, status, "{}", self.text);
+        let body = self.json();
+        assert_eq!(body["error_type"], error_type, "{body}");
+        for field in ["error", "message", "detail"] {
+            assert!(body[field].as_str().is_some_and(|s| !s.is_empty()), "{body}");
+        }
+        body
+    }
+}
+
+const QUERY: &str = "What is the capital of France?";
+const DOCUMENTS: [&str; 5] = [
+    "Paris is the capital and most populous city of France.",
+    "Berlin is the capital of Germany.",
+    "The Eiffel Tower is in Paris.",
+    "",
+    "France is a country in Western Europe; its capital is Paris.",
+];
+
+/// Scores of the engine itself, one pair alone.
+fn engine_scores(engine: &Engine, query: &str, documents: &[&str]) -> Vec<(f32, f32)> {
+    documents
+        .iter()
+        .map(|d| {
+            let ids = engine.encode(query, d, TokenLimits::default()).unwrap().ids;
+            let s = engine.score_batch(&[&ids]).unwrap()[0];
+            (s.score, s.raw)
+        })
+        .collect()
+}
+
+fn close(a: f64, b: f32) -> bool {
+    (a - b as f64).abs() <= 1e-5
+}
+
+#[test]
+fn every_route_answers_in_its_shape_with_the_engines_scores() {
+    let engine = load(&fixture("tiny"));
+    let expected = engine_scores(&engine, QUERY, &DOCUMENTS);
+    let server = TestServer::start(|_| {});
+
+    // Jina / Cohere v1 shape on /rerank and /v1/rerank, documents as strings and objects.
+    for path in ["/rerank", "/v1/rerank"] {
+        let mixed: Vec<Value> = DOCUMENTS
+            .iter()
+            .enumerate()
+            .map(|(i, d)| if i % 2 == 0 { json!(d) } else { json!({ "text": d, "id": i }) })
+            .collect();
+        let reply = server.post(path, &json!({ "query": QUERY, "documents": mixed, "return_documents": true }));
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        assert!(reply.text.starts_with("{\"results\""), "{}", reply.text);
+        for header in ["x-request-id", "x-queue-time", "x-inference-time", "x-total-time"] {
+            assert!(reply.header(header).is_some(), "{header} missing");
+        }
+        let body = reply.json();
+        let results = body["results"].as_array().unwrap();
+        assert_eq!(results.len(), DOCUMENTS.len());
+        let mut previous = f64::INFINITY;
+        for r in results {
+            let index = r["index"].as_u64().unwrap() as usize;
+            let score = r["relevance_score"].as_f64().unwrap();
+            assert!(close(score, expected[index].0), "{path} doc {index}: {score} vs {:?}", expected[index]);
+            assert!(score <= previous);
+            previous = score;
+            assert_eq!(r["document"]["text"], DOCUMENTS[index]);
+        }
+        assert_eq!(body["model"], server_model_name());
+        assert!(body["usage"]["total_tokens"].as_u64().unwrap() > 0);
+        assert_eq!(body["meta"]["api_version"]["version"], "1");
+        assert!(body["id"].as_str().is_some());
+    }
+
+    // top_n: absent, null and 0 mean all; larger than the count means all; documents off by default.
+    for (top_n, count) in [(json!(null), 5), (json!(0), 5), (json!(2), 2), (json!(50), 5)] {
+        let body = server
+            .post("/rerank", &json!({ "query": QUERY, "documents": DOCUMENTS, "top_n": top_n }))
+            .json();
+        let results = body["results"].as_array().unwrap();
+        assert_eq!(results.len(), count, "top_n {top_n}");
+        assert!(results[0].get("document").is_none());
+    }
+
+    // TEI shape: `texts` gives a bare array, raw_scores and return_text honoured.
+    let body = server
+        .post("/rerank", &json!({ "query": QUERY, "texts": DOCUMENTS, "raw_scores": true, "return_text": true, "truncate": true, "truncation_direction": "Right", "top_n": 3 }))
+        .json();
+    let ranks = body.as_array().expect("TEI answers a bare array");
+    assert_eq!(ranks.len(), 3);
+    for r in ranks {
+        let index = r["index"].as_u64().unwrap() as usize;
+        assert!(close(r["score"].as_f64().unwrap(), expected[index].1));
+        assert_eq!(r["text"], DOCUMENTS[index]);
+    }
+    let body = server.post("/rerank", &json!({ "query": QUERY, "texts": DOCUMENTS })).json();
+    let first = &body.as_array().unwrap()[0];
+    assert!(close(first["score"].as_f64().unwrap(), expected[first["index"].as_u64().unwrap() as usize].0));
+    assert!(first.get("text").is_none());
+
+    // Cohere v2.
+    let body = server
+        .post("/v2/rerank", &json!({ "model": "tiny", "query": QUERY, "documents": DOCUMENTS, "top_n": 2 }))
+        .json();
+    assert_eq!(body["meta"]["api_version"]["version"], "2");
+    assert_eq!(body["meta"]["billed_units"]["search_units"], 1);
+    assert_eq!(body["results"].as_array().unwrap().len(), 2);
+    assert!(body["id"].as_str().is_some());
+
+    // ZeroEntropy.
+    let body = server
+        .post("/v1/models/rerank", &json!({ "model": "tiny", "query": QUERY, "documents": DOCUMENTS, "latency": null }))
+        .json();
+    assert_eq!(body["actual_latency_mode"], "fast");
+    for field in ["e2e_latency", "inference_latency"] {
+        assert!(body[field].as_f64().unwrap() >= 0.0);
+    }
+    let bytes: usize = DOCUMENTS.iter().map(|d| QUERY.len() + d.len()).sum();
+    assert_eq!(body["total_bytes"], bytes);
+    assert!(body["total_tokens"].as_u64().unwrap() > 0);
+    let r0 = &body["results"][0];
+    assert!(close(r0["relevance_score"].as_f64().unwrap(), expected[r0["index"].as_u64().unwrap() as usize].0));
+
+    // vLLM score: one against many, element-wise, input order kept.
+    let body = server.post("/score", &json!({ "text_1": QUERY, "text_2": DOCUMENTS })).json();
+    assert_eq!(body["object"], "list");
+    for (i, item) in body["data"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(item["index"], i);
+        assert_eq!(item["object"], "score");
+        assert!(close(item["score"].as_f64().unwrap(), expected[i].0));
+    }
+    assert!(body["usage"]["total_tokens"].as_u64().unwrap() > 0);
+    let pairwise = server
+        .post("/score", &json!({ "text_1": ["a query", QUERY], "text_2": ["a document", DOCUMENTS[0]] }))
+        .json();
+    let alone = engine_scores(&engine, "a query", &["a document"]);
+    assert!(close(pairwise["data"][0]["score"].as_f64().unwrap(), alone[0].0));
+    assert!(close(pairwise["data"][1]["score"].as_f64().unwrap(), expected[0].0));
+    server
+        .post("/score", &json!({ "text_1": ["a", "b"], "text_2": ["c", "d", "e"] }))
+        .assert_error(422, "validation");
+
+    // Unknown model names the served ones; absent model is fine.
+    let body = server
+        .post("/rerank", &json!({ "model": "other", "query": QUERY, "documents": DOCUMENTS }))
+        .assert_error(404, "unknown_model");
+    assert!(body["error"].as_str().unwrap().contains("tiny"));
+
+    // Read-only routes.
+    assert_eq!(server.get("/health").json()["status"], "ok");
+    let info = server.get("/info").json();
+    assert_eq!(info["model"]["dtype"], "f32");
+    assert_eq!(info["model"]["device"], "cpu");
+    assert!(info["limits"]["max_batch_tokens"].as_u64().is_some());
+    assert!(info["version"].as_str().is_some());
+    let models = server.get("/v1/models").json();
+    assert_eq!(models["object"], "list");
+    assert!(models["data"].as_array().unwrap().iter().any(|m| m["id"] == "tiny" && m["object"] == "model"));
+    let spec = server.get("/openapi.yaml");
+    assert_eq!(spec.status, 200);
+    assert!(spec.text.contains("openapi: 3.1"));
+    let metrics = server.get("/metrics").text;
+    for name in [
+        "zerank_requests_total",
+        "zerank_request_duration_seconds",
+        "zerank_queue_duration_seconds",
+        "zerank_tokenization_duration_seconds",
+        "zerank_inference_duration_seconds",
+        "zerank_batch_pairs",
+        "zerank_batch_tokens",
+        "zerank_batch_padded_tokens",
+        "zerank_batch_padding_ratio",
+        "zerank_queue_pairs",
+        "zerank_requests_in_flight",
+        "zerank_input_tokens",
+        "zerank_errors_total",
+        "zerank_model_load_seconds",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+    server.get("/nope").assert_error(404, "not_found");
+    server.get("/rerank").assert_error(405, "method_not_allowed");
+}
+
+fn server_model_name() -> String {
+    fixture("tiny").to_string_lossy().into_owned()
+}
+
+#[test]
+fn concurrent_requests_score_as_sequential_ones_and_share_batches() {
+    let server = Arc::new(TestServer::start(|_| {}));
+    let request = |i: usize| {
+        let documents: Vec<String> = (0..12)
+            .map(|d| format!("document {d} of request {i}: {}", "words about things ".repeat(d + i % 4)))
+            .collect();
+        json!({ "query": format!("query number {i}"), "documents": documents })
+    };
+    let sequential: Vec<Value> = (0..16).map(|i| server.post("/rerank", &request(i)).json()["results"].clone()).collect();
+    let batches_before = server.metric("zerank_multi_request_batches_total");
+    let threads: Vec<_> = (0..16)
+        .map(|i| {
+            let server = server.clone();
+            let body = request(i);
+            std::thread::spawn(move || server.post("/rerank", &body).json()["results"].clone())
+        })
+        .collect();
+    for (i, thread) in threads.into_iter().enumerate() {
+        let concurrent = thread.join().unwrap();
+        let (a, b) = (concurrent.as_array().unwrap(), sequential[i].as_array().unwrap());
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert_eq!(x["index"], y["index"], "request {i}");
+            let (sx, sy) = (x["relevance_score"].as_f64().unwrap(), y["relevance_score"].as_f64().unwrap());
+            assert!((sx - sy).abs() <= 1e-5, "request {i}: {sx} vs {sy}");
+        }
+    }
+    assert!(
+        server.metric("zerank_multi_request_batches_total") > batches_before,
+        "no batch held pairs of more than one request"
+    );
+    assert_eq!(server.metric("zerank_queue_pairs"), 0.0);
+}
+
+#[test]
+fn requests_over_a_limit_get_clear_errors_and_the_server_keeps_serving() {
+    let server = TestServer::start(|s| {
+        s.max_documents_per_request = 4;
+        s.payload_limit_bytes = 4_096;
+    });
+    let ok = json!({ "query": "q", "documents": ["a", "b"] });
+    server
+        .post("/rerank", &json!({ "query": "q", "documents": vec!["a"; 5] }))
+        .assert_error(413, "too_many_documents");
+    server
+        .post("/rerank", &json!({ "query": "q", "documents": ["x".repeat(5_000)] }))
+        .assert_error(413, "payload_too_large");
+    server.post("/rerank", &json!({ "query": "q", "documents": [] })).assert_error(422, "validation");
+    server.post("/rerank", &json!({ "documents": ["a"] })).assert_error(422, "validation");
+    server.post("/rerank", &json!({ "query": "q" })).assert_error(422, "validation");
+    server.post("/rerank", &json!({ "query": "q", "documents": ["a"], "top_n": -1 })).assert_error(422, "validation");
+    server.post("/rerank", &json!({ "query": "q", "documents": ["a"], "top_n": 1.5 })).assert_error(422, "validation");
+    server.post("/rerank", &json!({ "query": "q", "documents": [1] })).assert_error(422, "validation");
+    server.post_raw("/rerank", "application/json", "{\"query\": ").assert_error(400, "invalid_json");
+    server.post_raw("/rerank", "text/plain", &ok.to_string()).assert_error(415, "unsupported_media_type");
+    let deep = format!("{{\"query\":\"q\",\"documents\":{}{}}}", "[".repeat(1_000), "]".repeat(1_000));
+    server.post_raw("/rerank", "application/json", &deep).assert_error(400, "invalid_json");
+    server.post_raw("/rerank", "application/json", "[1, 2]").assert_error(422, "validation");
+    assert_eq!(server.post("/rerank", &ok).status, 200);
+    assert_eq!(server.get("/health").status, 200);
+}
+
+#[test]
+fn past_the_concurrency_limit_clients_get_429_with_retry_after() {
+    let server = Arc::new(TestServer::start(|s| s.max_concurrent_requests = 1));
+    let documents: Vec<String> = (0..60).map(|i| format!("document {i} {}", "text ".repeat(60))).collect();
+    let body = json!({ "query": "q", "documents": documents });
+    let threads: Vec<_> = (0..6)
+        .map(|_| {
+            let (server, body) = (server.clone(), body.clone());
+            std::thread::spawn(move || {
+                let reply = server.post("/rerank", &body);
+                (reply.status, reply.header("retry-after").map(str::to_owned), reply.text)
+            })
+        })
+        .collect();
+    let replies: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(replies.iter().all(|(s, _, _)| *s == 200 || *s == 429), "{replies:?}");
+    assert!(replies.iter().any(|(s, _, _)| *s == 200));
+    let rejected: Vec<_> = replies.iter().filter(|(s, _, _)| *s == 429).collect();
+    assert!(!rejected.is_empty(), "six concurrent requests against a limit of one");
+    for (_, retry_after, text) in rejected {
+        assert_eq!(retry_after.as_deref(), Some("1"));
+        assert!(text.contains("overloaded"));
+    }
+    assert_eq!(server.post("/rerank", &json!({ "query": "q", "documents": ["a"] })).status, 200);
+    assert_eq!(server.metric("zerank_requests_in_flight"), 0.0);
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_during_load_answers_every_accepted_request_then_exits_zero() {
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_zerank-server"))
+        .args(["--model", &server_model_name(), "--host", "127.0.0.1", "--port", &port.to_string(), "--device", "cpu"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ureq::get(&format!("{base}/health")).call().is_err() {
+        assert!(Instant::now() < deadline, "server never became healthy");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let documents: Vec<String> = (0..100).map(|i| format!("document {i} {}", "some text ".repeat(40))).collect();
+    let body = json!({ "query": "q", "documents": documents }).to_string();
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            let (url, body) = (format!("{base}/rerank"), body.clone());
+            std::thread::spawn(move || {
+                ureq::post(&url)
+                    .set("content-type", "application/json")
+                    .send_string(&body)
+                    .map(|r| (r.status(), r.into_json::<Value>().unwrap()["results"].as_array().unwrap().len()))
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    // Wait until every client is admitted, then ask the server to stop.
+    let metrics_url = format!("{base}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = ureq::get(&metrics_url).call().unwrap().into_string().unwrap();
+        let in_flight = text
+            .lines()
+            .find(|l| l.starts_with("zerank_requests_in_flight "))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if in_flight >= 6.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "clients were never all admitted");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    for client in clients {
+        assert_eq!(client.join().unwrap(), Ok((200, 100)));
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(ureq::get(&format!("{base}/health")).call().is_err(), "still accepting after shutdown");
+}
