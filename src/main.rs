@@ -27,7 +27,9 @@ fn main() -> anyhow::Result<()> {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -59,13 +61,17 @@ fn score_file(args: &ScoreArgs) -> anyhow::Result<()> {
     };
     let mut output: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(BufWriter::new(
-            std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
         )),
         None => Box::new(BufWriter::new(std::io::stdout().lock())),
     };
     let mut chunk: Vec<PairLine> = Vec::with_capacity(PAIRS_PER_CHUNK);
     let flush = |chunk: &mut Vec<PairLine>, output: &mut dyn Write| -> anyhow::Result<()> {
-        let pairs: Vec<(&str, &str)> = chunk.iter().map(|p| (p.query.as_str(), p.document.as_str())).collect();
+        let pairs: Vec<(&str, &str)> = chunk
+            .iter()
+            .map(|p| (p.query.as_str(), p.document.as_str()))
+            .collect();
         for score in engine.score_pairs(&pairs, limits, settings.batch_budget())? {
             writeln!(output, "{}", if args.raw { score.raw } else { score.score })?;
         }
@@ -75,9 +81,13 @@ fn score_file(args: &ScoreArgs) -> anyhow::Result<()> {
     for (number, line) in input.lines().enumerate() {
         let line = line.with_context(|| format!("reading line {}", number + 1))?;
         if line.trim().is_empty() {
-            anyhow::bail!("line {} is empty; every line must be a {{\"query\", \"document\"}} object", number + 1);
+            anyhow::bail!(
+                "line {} is empty; every line must be a {{\"query\", \"document\"}} object",
+                number + 1
+            );
         }
-        let pair: PairLine = serde_json::from_str(&line).with_context(|| format!("line {}", number + 1))?;
+        let pair: PairLine =
+            serde_json::from_str(&line).with_context(|| format!("line {}", number + 1))?;
         chunk.push(pair);
         if chunk.len() == PAIRS_PER_CHUNK {
             flush(&mut chunk, &mut output)?;

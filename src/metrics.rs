@@ -160,7 +160,9 @@ impl Metrics {
             Box::new(self.model_load_seconds.clone()),
         ];
         for collector in collectors {
-            self.registry.register(collector).expect("metric names are unique");
+            self.registry
+                .register(collector)
+                .expect("metric names are unique");
         }
     }
 

@@ -187,12 +187,24 @@ impl Settings {
         set(&mut settings.host, &args.host);
         set(&mut settings.port, &args.port);
         set(&mut settings.served_model_names, &args.served_model_names);
-        set(&mut settings.max_concurrent_requests, &args.max_concurrent_requests);
+        set(
+            &mut settings.max_concurrent_requests,
+            &args.max_concurrent_requests,
+        );
         set(&mut settings.max_queued_tokens, &args.max_queued_tokens);
-        set(&mut settings.max_documents_per_request, &args.max_documents_per_request);
+        set(
+            &mut settings.max_documents_per_request,
+            &args.max_documents_per_request,
+        );
         set(&mut settings.payload_limit_bytes, &args.payload_limit_bytes);
-        set(&mut settings.request_timeout_secs, &args.request_timeout_secs);
-        set(&mut settings.protect_health_and_metrics, &args.protect_health_and_metrics);
+        set(
+            &mut settings.request_timeout_secs,
+            &args.request_timeout_secs,
+        );
+        set(
+            &mut settings.protect_health_and_metrics,
+            &args.protect_health_and_metrics,
+        );
         set(&mut settings.log_format, &args.log_format);
         set_some(&mut settings.api_key, &args.api_key);
         settings.validate()?;
@@ -215,7 +227,8 @@ impl Settings {
         };
         let text = std::fs::read_to_string(&path)
             .map_err(|err| anyhow::anyhow!("settings file {}: {err}", path.display()))?;
-        toml::from_str(&text).map_err(|err| anyhow::anyhow!("settings file {}: {err}", path.display()))
+        toml::from_str(&text)
+            .map_err(|err| anyhow::anyhow!("settings file {}: {err}", path.display()))
     }
 
     fn apply_model_args(&mut self, args: &ModelArgs) {
@@ -230,8 +243,12 @@ impl Settings {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        self.device.parse::<DeviceSpec>().map_err(anyhow::Error::msg)?;
-        self.dtype.parse::<DTypeSpec>().map_err(anyhow::Error::msg)?;
+        self.device
+            .parse::<DeviceSpec>()
+            .map_err(anyhow::Error::msg)?;
+        self.dtype
+            .parse::<DTypeSpec>()
+            .map_err(anyhow::Error::msg)?;
         let positive = [
             ("max_batch_tokens", self.max_batch_tokens),
             ("max_batch_pairs", self.max_batch_pairs),
@@ -275,7 +292,12 @@ impl Settings {
             return self.served_model_names.clone();
         }
         let mut names = vec![self.model.clone()];
-        let short = self.model.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+        let short = self
+            .model
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or("");
         if !short.is_empty() && short != self.model {
             names.push(short.to_owned());
         }
@@ -312,7 +334,11 @@ mod tests {
     fn flags_override_the_file_which_overrides_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("s.toml");
-        std::fs::write(&file, "port = 9000\nmax_batch_pairs = 8\nhost = \"127.0.0.1\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "port = 9000\nmax_batch_pairs = 8\nhost = \"127.0.0.1\"\n",
+        )
+        .unwrap();
         let cli = Cli::try_parse_from([
             "zerank-server",
             "--config",
@@ -327,7 +353,10 @@ mod tests {
         assert_eq!(settings.port, 9100);
         assert_eq!(settings.max_batch_pairs, 8);
         assert_eq!(settings.host, "127.0.0.1");
-        assert_eq!(settings.max_batch_tokens, Settings::default().max_batch_tokens);
+        assert_eq!(
+            settings.max_batch_tokens,
+            Settings::default().max_batch_tokens
+        );
         assert_eq!(settings.model, DEFAULT_MODEL);
         assert!(!format!("{:?}", settings.redacted()).contains("s3cret"));
     }
@@ -347,7 +376,12 @@ mod tests {
         let err = Settings::resolve(&args).unwrap_err().to_string();
         assert!(err.contains("prot"), "{err}");
         std::fs::write(&file, "device = \"tpu\"\n").unwrap();
-        assert!(Settings::resolve(&args).unwrap_err().to_string().contains("tpu"));
+        assert!(
+            Settings::resolve(&args)
+                .unwrap_err()
+                .to_string()
+                .contains("tpu")
+        );
     }
 
     #[test]

@@ -105,7 +105,10 @@ fn score_pairs_and_rank_agree_with_the_goldens() {
         .score_pairs(&pairs, TokenLimits::default(), budget)
         .unwrap();
     for (k, &i) in indices.iter().enumerate() {
-        assert!((scores[k].yes_logit() - expected[i]).abs() <= 1e-4, "pair {i}");
+        assert!(
+            (scores[k].yes_logit() - expected[i]).abs() <= 1e-4,
+            "pair {i}"
+        );
     }
 
     // One query against several documents: best first, cut to top_n.
@@ -124,7 +127,10 @@ fn score_pairs_and_rank_agree_with_the_goldens() {
         .unwrap();
     assert_eq!(top, all[..2]);
     let alone = engine
-        .score_batch(&[&engine.encode(query, documents[all[0].index], TokenLimits::default()).unwrap().ids])
+        .score_batch(&[&engine
+            .encode(query, documents[all[0].index], TokenLimits::default())
+            .unwrap()
+            .ids])
         .unwrap()[0];
     assert!((alone.raw - all[0].score.raw).abs() <= 1e-6);
 }
@@ -185,14 +191,18 @@ fn token_limits_shorten_only_the_document() {
             },
         )
         .unwrap();
-    let first_three = engine.encode("q", "one two three", TokenLimits::default()).unwrap();
+    let first_three = engine
+        .encode("q", "one two three", TokenLimits::default())
+        .unwrap();
     assert_eq!(right.ids, first_three.ids);
 
     // A model length limit shortens the document to fit, and refuses an over-long query.
     let mut opts = options(&fixture("tiny"));
     opts.max_length = Some(full.ids.len() - 4);
     let capped = Engine::load(&opts).unwrap();
-    let cut = capped.encode("q", document, TokenLimits::default()).unwrap();
+    let cut = capped
+        .encode("q", document, TokenLimits::default())
+        .unwrap();
     assert_eq!(cut.ids.len(), full.ids.len() - 4);
     assert_eq!(cut.truncated_tokens, 4);
     let long_query = "word ".repeat(200);
@@ -214,9 +224,14 @@ fn sharded_single_file_and_both_config_layouts_score_the_same() {
 
     let hub_layout = work.path().join("hub-layout");
     copy_tokenizer_and_config(&source, &hub_layout);
-    std::fs::copy(source.join("model.safetensors"), hub_layout.join("model.safetensors")).unwrap();
+    std::fs::copy(
+        source.join("model.safetensors"),
+        hub_layout.join("model.safetensors"),
+    )
+    .unwrap();
     let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(source.join("config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(source.join("config.json")).unwrap())
+            .unwrap();
     let theta = config["rope_parameters"]["rope_theta"].clone();
     assert!(theta.is_number(), "fixture config uses the new layout");
     let object = config.as_object_mut().unwrap();
@@ -227,12 +242,19 @@ fn sharded_single_file_and_both_config_layouts_score_the_same() {
     std::fs::write(hub_layout.join("config.json"), config.to_string()).unwrap();
 
     let goldens = goldens();
-    let sequences: Vec<&[u32]> = goldens.pairs[..6].iter().map(|p| p.input_ids.as_slice()).collect();
+    let sequences: Vec<&[u32]> = goldens.pairs[..6]
+        .iter()
+        .map(|p| p.input_ids.as_slice())
+        .collect();
     let expected = reference.score_batch(&sequences).unwrap();
     for dir in [&sharded, &hub_layout] {
         let scores = load(dir).score_batch(&sequences).unwrap();
         for (a, b) in scores.iter().zip(&expected) {
-            assert!((a.yes_logit() - b.yes_logit()).abs() <= 1e-6, "{}", dir.display());
+            assert!(
+                (a.yes_logit() - b.yes_logit()).abs() <= 1e-6,
+                "{}",
+                dir.display()
+            );
         }
     }
 }
@@ -259,13 +281,18 @@ fn errors_name_the_problem() {
         r#"{"architectures":["BertForMaskedLM"],"model_type":"bert","hidden_size":32}"#,
     )
     .unwrap();
-    std::fs::copy(source.join("model.safetensors"), bert.join("model.safetensors")).unwrap();
+    std::fs::copy(
+        source.join("model.safetensors"),
+        bert.join("model.safetensors"),
+    )
+    .unwrap();
     assert_error_mentions(&bert, &["BertForMaskedLM", "Qwen3ForCausalLM"]);
 
     // A checkpoint missing a tensor.
     let missing_tensor = work.path().join("missing-tensor");
     copy_tokenizer_and_config(&source, &missing_tensor);
-    let mut tensors = candle_core::safetensors::load(source.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut tensors =
+        candle_core::safetensors::load(source.join("model.safetensors"), &Device::Cpu).unwrap();
     tensors.remove("model.layers.1.mlp.up_proj.weight");
     candle_core::safetensors::save(&tensors, missing_tensor.join("model.safetensors")).unwrap();
     assert_error_mentions(&missing_tensor, &["model.layers.1.mlp.up_proj.weight"]);
@@ -273,7 +300,8 @@ fn errors_name_the_problem() {
     // A tensor of the wrong shape.
     let wrong_shape = work.path().join("wrong-shape");
     copy_tokenizer_and_config(&source, &wrong_shape);
-    let mut tensors = candle_core::safetensors::load(source.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut tensors =
+        candle_core::safetensors::load(source.join("model.safetensors"), &Device::Cpu).unwrap();
     tensors.insert(
         "model.layers.0.self_attn.q_proj.weight".into(),
         Tensor::zeros((7, 32), candle_core::DType::BF16, &Device::Cpu).unwrap(),
@@ -284,7 +312,11 @@ fn errors_name_the_problem() {
     // A corrupt weights file.
     let corrupt = work.path().join("corrupt");
     copy_tokenizer_and_config(&source, &corrupt);
-    std::fs::write(corrupt.join("model.safetensors"), b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}").unwrap();
+    std::fs::write(
+        corrupt.join("model.safetensors"),
+        b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}",
+    )
+    .unwrap();
     assert_error_mentions(&corrupt, &["model.safetensors"]);
 
     // Not a directory and not a Hub id.
@@ -300,7 +332,11 @@ fn assert_error_mentions(dir: &Path, needles: &[&str]) {
         Err(err) => err.to_string(),
     };
     for needle in needles {
-        assert!(err.contains(needle), "{}: `{err}` lacks `{needle}`", dir.display());
+        assert!(
+            err.contains(needle),
+            "{}: `{err}` lacks `{needle}`",
+            dir.display()
+        );
     }
 }
 
@@ -327,7 +363,11 @@ fn write_sharded(single: &Path, target: &Path) {
         candle_core::safetensors::save(shard, file).unwrap();
     }
     let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
-    std::fs::write(target.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    std::fs::write(
+        target.join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
 }
 
 fn truncate(s: &str) -> String {

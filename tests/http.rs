@@ -154,7 +154,10 @@ impl Reply {
         let body = self.json();
         assert_eq!(body["error_type"], error_type, "{body}");
         for field in ["error", "message", "detail"] {
-            assert!(body[field].as_str().is_some_and(|s| !s.is_empty()), "{body}");
+            assert!(
+                body[field].as_str().is_some_and(|s| !s.is_empty()),
+                "{body}"
+            );
         }
         body
     }
@@ -196,12 +199,26 @@ fn every_route_answers_in_its_shape_with_the_engines_scores() {
         let mixed: Vec<Value> = DOCUMENTS
             .iter()
             .enumerate()
-            .map(|(i, d)| if i % 2 == 0 { json!(d) } else { json!({ "text": d, "id": i }) })
+            .map(|(i, d)| {
+                if i % 2 == 0 {
+                    json!(d)
+                } else {
+                    json!({ "text": d, "id": i })
+                }
+            })
             .collect();
-        let reply = server.post(path, &json!({ "query": QUERY, "documents": mixed, "return_documents": true }));
+        let reply = server.post(
+            path,
+            &json!({ "query": QUERY, "documents": mixed, "return_documents": true }),
+        );
         assert_eq!(reply.status, 200, "{}", reply.text);
         assert!(reply.text.starts_with("{\"results\""), "{}", reply.text);
-        for header in ["x-request-id", "x-queue-time", "x-inference-time", "x-total-time"] {
+        for header in [
+            "x-request-id",
+            "x-queue-time",
+            "x-inference-time",
+            "x-total-time",
+        ] {
             assert!(reply.header(header).is_some(), "{header} missing");
         }
         let body = reply.json();
@@ -211,7 +228,11 @@ fn every_route_answers_in_its_shape_with_the_engines_scores() {
         for r in results {
             let index = r["index"].as_u64().unwrap() as usize;
             let score = r["relevance_score"].as_f64().unwrap();
-            assert!(close(score, expected[index].0), "{path} doc {index}: {score} vs {:?}", expected[index]);
+            assert!(
+                close(score, expected[index].0),
+                "{path} doc {index}: {score} vs {:?}",
+                expected[index]
+            );
             assert!(score <= previous);
             previous = score;
             assert_eq!(r["document"]["text"], DOCUMENTS[index]);
@@ -223,9 +244,17 @@ fn every_route_answers_in_its_shape_with_the_engines_scores() {
     }
 
     // top_n: absent, null and 0 mean all; larger than the count means all; documents off by default.
-    for (top_n, count) in [(json!(null), 5), (json!(0), 5), (json!(2), 2), (json!(50), 5)] {
+    for (top_n, count) in [
+        (json!(null), 5),
+        (json!(0), 5),
+        (json!(2), 2),
+        (json!(50), 5),
+    ] {
         let body = server
-            .post("/rerank", &json!({ "query": QUERY, "documents": DOCUMENTS, "top_n": top_n }))
+            .post(
+                "/rerank",
+                &json!({ "query": QUERY, "documents": DOCUMENTS, "top_n": top_n }),
+            )
             .json();
         let results = body["results"].as_array().unwrap();
         assert_eq!(results.len(), count, "top_n {top_n}");
@@ -243,14 +272,22 @@ fn every_route_answers_in_its_shape_with_the_engines_scores() {
         assert!(close(r["score"].as_f64().unwrap(), expected[index].1));
         assert_eq!(r["text"], DOCUMENTS[index]);
     }
-    let body = server.post("/rerank", &json!({ "query": QUERY, "texts": DOCUMENTS })).json();
+    let body = server
+        .post("/rerank", &json!({ "query": QUERY, "texts": DOCUMENTS }))
+        .json();
     let first = &body.as_array().unwrap()[0];
-    assert!(close(first["score"].as_f64().unwrap(), expected[first["index"].as_u64().unwrap() as usize].0));
+    assert!(close(
+        first["score"].as_f64().unwrap(),
+        expected[first["index"].as_u64().unwrap() as usize].0
+    ));
     assert!(first.get("text").is_none());
 
     // Cohere v2.
     let body = server
-        .post("/v2/rerank", &json!({ "model": "tiny", "query": QUERY, "documents": DOCUMENTS, "top_n": 2 }))
+        .post(
+            "/v2/rerank",
+            &json!({ "model": "tiny", "query": QUERY, "documents": DOCUMENTS, "top_n": 2 }),
+        )
         .json();
     assert_eq!(body["meta"]["api_version"]["version"], "2");
     assert_eq!(body["meta"]["billed_units"]["search_units"], 1);
@@ -259,7 +296,10 @@ fn every_route_answers_in_its_shape_with_the_engines_scores() {
 
     // ZeroEntropy.
     let body = server
-        .post("/v1/models/rerank", &json!({ "model": "tiny", "query": QUERY, "documents": DOCUMENTS, "latency": null }))
+        .post(
+            "/v1/models/rerank",
+            &json!({ "model": "tiny", "query": QUERY, "documents": DOCUMENTS, "latency": null }),
+        )
         .json();
     assert_eq!(body["actual_latency_mode"], "fast");
     for field in ["e2e_latency", "inference_latency"] {
@@ -269,10 +309,15 @@ fn every_route_answers_in_its_shape_with_the_engines_scores() {
     assert_eq!(body["total_bytes"], bytes);
     assert!(body["total_tokens"].as_u64().unwrap() > 0);
     let r0 = &body["results"][0];
-    assert!(close(r0["relevance_score"].as_f64().unwrap(), expected[r0["index"].as_u64().unwrap() as usize].0));
+    assert!(close(
+        r0["relevance_score"].as_f64().unwrap(),
+        expected[r0["index"].as_u64().unwrap() as usize].0
+    ));
 
     // vLLM score: one against many, element-wise, input order kept.
-    let body = server.post("/score", &json!({ "text_1": QUERY, "text_2": DOCUMENTS })).json();
+    let body = server
+        .post("/score", &json!({ "text_1": QUERY, "text_2": DOCUMENTS }))
+        .json();
     assert_eq!(body["object"], "list");
     for (i, item) in body["data"].as_array().unwrap().iter().enumerate() {
         assert_eq!(item["index"], i);
@@ -281,18 +326,33 @@ fn every_route_answers_in_its_shape_with_the_engines_scores() {
     }
     assert!(body["usage"]["total_tokens"].as_u64().unwrap() > 0);
     let pairwise = server
-        .post("/score", &json!({ "text_1": ["a query", QUERY], "text_2": ["a document", DOCUMENTS[0]] }))
+        .post(
+            "/score",
+            &json!({ "text_1": ["a query", QUERY], "text_2": ["a document", DOCUMENTS[0]] }),
+        )
         .json();
     let alone = engine_scores(&engine, "a query", &["a document"]);
-    assert!(close(pairwise["data"][0]["score"].as_f64().unwrap(), alone[0].0));
-    assert!(close(pairwise["data"][1]["score"].as_f64().unwrap(), expected[0].0));
+    assert!(close(
+        pairwise["data"][0]["score"].as_f64().unwrap(),
+        alone[0].0
+    ));
+    assert!(close(
+        pairwise["data"][1]["score"].as_f64().unwrap(),
+        expected[0].0
+    ));
     server
-        .post("/score", &json!({ "text_1": ["a", "b"], "text_2": ["c", "d", "e"] }))
+        .post(
+            "/score",
+            &json!({ "text_1": ["a", "b"], "text_2": ["c", "d", "e"] }),
+        )
         .assert_error(422, "validation");
 
     // Unknown model names the served ones; absent model is fine.
     let body = server
-        .post("/rerank", &json!({ "model": "other", "query": QUERY, "documents": DOCUMENTS }))
+        .post(
+            "/rerank",
+            &json!({ "model": "other", "query": QUERY, "documents": DOCUMENTS }),
+        )
         .assert_error(404, "unknown_model");
     assert!(body["error"].as_str().unwrap().contains("tiny"));
 
@@ -305,7 +365,13 @@ fn every_route_answers_in_its_shape_with_the_engines_scores() {
     assert!(info["version"].as_str().is_some());
     let models = server.get("/v1/models").json();
     assert_eq!(models["object"], "list");
-    assert!(models["data"].as_array().unwrap().iter().any(|m| m["id"] == "tiny" && m["object"] == "model"));
+    assert!(
+        models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == "tiny" && m["object"] == "model")
+    );
     let spec = server.get("/openapi.yaml");
     assert_eq!(spec.status, 200);
     assert!(spec.text.contains("openapi: 3.1"));
@@ -329,7 +395,9 @@ fn every_route_answers_in_its_shape_with_the_engines_scores() {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
     server.get("/nope").assert_error(404, "not_found");
-    server.get("/rerank").assert_error(405, "method_not_allowed");
+    server
+        .get("/rerank")
+        .assert_error(405, "method_not_allowed");
 }
 
 fn server_model_name() -> String {
@@ -341,11 +409,18 @@ fn concurrent_requests_score_as_sequential_ones_and_share_batches() {
     let server = Arc::new(TestServer::start(|_| {}));
     let request = |i: usize| {
         let documents: Vec<String> = (0..12)
-            .map(|d| format!("document {d} of request {i}: {}", "words about things ".repeat(d + i % 4)))
+            .map(|d| {
+                format!(
+                    "document {d} of request {i}: {}",
+                    "words about things ".repeat(d + i % 4)
+                )
+            })
             .collect();
         json!({ "query": format!("query number {i}"), "documents": documents })
     };
-    let sequential: Vec<Value> = (0..16).map(|i| server.post("/rerank", &request(i)).json()["results"].clone()).collect();
+    let sequential: Vec<Value> = (0..16)
+        .map(|i| server.post("/rerank", &request(i)).json()["results"].clone())
+        .collect();
     let batches_before = server.metric("zerank_multi_request_batches_total");
     let threads: Vec<_> = (0..16)
         .map(|i| {
@@ -356,11 +431,17 @@ fn concurrent_requests_score_as_sequential_ones_and_share_batches() {
         .collect();
     for (i, thread) in threads.into_iter().enumerate() {
         let concurrent = thread.join().unwrap();
-        let (a, b) = (concurrent.as_array().unwrap(), sequential[i].as_array().unwrap());
+        let (a, b) = (
+            concurrent.as_array().unwrap(),
+            sequential[i].as_array().unwrap(),
+        );
         assert_eq!(a.len(), b.len());
         for (x, y) in a.iter().zip(b) {
             assert_eq!(x["index"], y["index"], "request {i}");
-            let (sx, sy) = (x["relevance_score"].as_f64().unwrap(), y["relevance_score"].as_f64().unwrap());
+            let (sx, sy) = (
+                x["relevance_score"].as_f64().unwrap(),
+                y["relevance_score"].as_f64().unwrap(),
+            );
             assert!((sx - sy).abs() <= 1e-5, "request {i}: {sx} vs {sy}");
         }
     }
@@ -379,22 +460,58 @@ fn requests_over_a_limit_get_clear_errors_and_the_server_keeps_serving() {
     });
     let ok = json!({ "query": "q", "documents": ["a", "b"] });
     server
-        .post("/rerank", &json!({ "query": "q", "documents": vec!["a"; 5] }))
+        .post(
+            "/rerank",
+            &json!({ "query": "q", "documents": vec!["a"; 5] }),
+        )
         .assert_error(413, "too_many_documents");
     server
-        .post("/rerank", &json!({ "query": "q", "documents": ["x".repeat(5_000)] }))
+        .post(
+            "/rerank",
+            &json!({ "query": "q", "documents": ["x".repeat(5_000)] }),
+        )
         .assert_error(413, "payload_too_large");
-    server.post("/rerank", &json!({ "query": "q", "documents": [] })).assert_error(422, "validation");
-    server.post("/rerank", &json!({ "documents": ["a"] })).assert_error(422, "validation");
-    server.post("/rerank", &json!({ "query": "q" })).assert_error(422, "validation");
-    server.post("/rerank", &json!({ "query": "q", "documents": ["a"], "top_n": -1 })).assert_error(422, "validation");
-    server.post("/rerank", &json!({ "query": "q", "documents": ["a"], "top_n": 1.5 })).assert_error(422, "validation");
-    server.post("/rerank", &json!({ "query": "q", "documents": [1] })).assert_error(422, "validation");
-    server.post_raw("/rerank", "application/json", "{\"query\": ").assert_error(400, "invalid_json");
-    server.post_raw("/rerank", "text/plain", &ok.to_string()).assert_error(415, "unsupported_media_type");
-    let deep = format!("{{\"query\":\"q\",\"documents\":{}{}}}", "[".repeat(1_000), "]".repeat(1_000));
-    server.post_raw("/rerank", "application/json", &deep).assert_error(400, "invalid_json");
-    server.post_raw("/rerank", "application/json", "[1, 2]").assert_error(422, "validation");
+    server
+        .post("/rerank", &json!({ "query": "q", "documents": [] }))
+        .assert_error(422, "validation");
+    server
+        .post("/rerank", &json!({ "documents": ["a"] }))
+        .assert_error(422, "validation");
+    server
+        .post("/rerank", &json!({ "query": "q" }))
+        .assert_error(422, "validation");
+    server
+        .post(
+            "/rerank",
+            &json!({ "query": "q", "documents": ["a"], "top_n": -1 }),
+        )
+        .assert_error(422, "validation");
+    server
+        .post(
+            "/rerank",
+            &json!({ "query": "q", "documents": ["a"], "top_n": 1.5 }),
+        )
+        .assert_error(422, "validation");
+    server
+        .post("/rerank", &json!({ "query": "q", "documents": [1] }))
+        .assert_error(422, "validation");
+    server
+        .post_raw("/rerank", "application/json", "{\"query\": ")
+        .assert_error(400, "invalid_json");
+    server
+        .post_raw("/rerank", "text/plain", &ok.to_string())
+        .assert_error(415, "unsupported_media_type");
+    let deep = format!(
+        "{{\"query\":\"q\",\"documents\":{}{}}}",
+        "[".repeat(1_000),
+        "]".repeat(1_000)
+    );
+    server
+        .post_raw("/rerank", "application/json", &deep)
+        .assert_error(400, "invalid_json");
+    server
+        .post_raw("/rerank", "application/json", "[1, 2]")
+        .assert_error(422, "validation");
     assert_eq!(server.post("/rerank", &ok).status, 200);
     assert_eq!(server.get("/health").status, 200);
 }
@@ -402,27 +519,44 @@ fn requests_over_a_limit_get_clear_errors_and_the_server_keeps_serving() {
 #[test]
 fn past_the_concurrency_limit_clients_get_429_with_retry_after() {
     let server = Arc::new(TestServer::start(|s| s.max_concurrent_requests = 1));
-    let documents: Vec<String> = (0..60).map(|i| format!("document {i} {}", "text ".repeat(60))).collect();
+    let documents: Vec<String> = (0..60)
+        .map(|i| format!("document {i} {}", "text ".repeat(60)))
+        .collect();
     let body = json!({ "query": "q", "documents": documents });
     let threads: Vec<_> = (0..6)
         .map(|_| {
             let (server, body) = (server.clone(), body.clone());
             std::thread::spawn(move || {
                 let reply = server.post("/rerank", &body);
-                (reply.status, reply.header("retry-after").map(str::to_owned), reply.text)
+                (
+                    reply.status,
+                    reply.header("retry-after").map(str::to_owned),
+                    reply.text,
+                )
             })
         })
         .collect();
     let replies: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-    assert!(replies.iter().all(|(s, _, _)| *s == 200 || *s == 429), "{replies:?}");
+    assert!(
+        replies.iter().all(|(s, _, _)| *s == 200 || *s == 429),
+        "{replies:?}"
+    );
     assert!(replies.iter().any(|(s, _, _)| *s == 200));
     let rejected: Vec<_> = replies.iter().filter(|(s, _, _)| *s == 429).collect();
-    assert!(!rejected.is_empty(), "six concurrent requests against a limit of one");
+    assert!(
+        !rejected.is_empty(),
+        "six concurrent requests against a limit of one"
+    );
     for (_, retry_after, text) in rejected {
         assert_eq!(retry_after.as_deref(), Some("1"));
         assert!(text.contains("overloaded"));
     }
-    assert_eq!(server.post("/rerank", &json!({ "query": "q", "documents": ["a"] })).status, 200);
+    assert_eq!(
+        server
+            .post("/rerank", &json!({ "query": "q", "documents": ["a"] }))
+            .status,
+        200
+    );
     assert_eq!(server.metric("zerank_requests_in_flight"), 0.0);
 }
 
@@ -434,7 +568,16 @@ fn sigterm_during_load_answers_every_accepted_request_then_exits_zero() {
         probe.local_addr().unwrap().port()
     };
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_zerank-server"))
-        .args(["--model", &server_model_name(), "--host", "127.0.0.1", "--port", &port.to_string(), "--device", "cpu"])
+        .args([
+            "--model",
+            &server_model_name(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--device",
+            "cpu",
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -445,7 +588,9 @@ fn sigterm_during_load_answers_every_accepted_request_then_exits_zero() {
         assert!(Instant::now() < deadline, "server never became healthy");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let documents: Vec<String> = (0..100).map(|i| format!("document {i} {}", "some text ".repeat(40))).collect();
+    let documents: Vec<String> = (0..100)
+        .map(|i| format!("document {i} {}", "some text ".repeat(40)))
+        .collect();
     let body = json!({ "query": "q", "documents": documents }).to_string();
     let clients: Vec<_> = (0..6)
         .map(|_| {
@@ -454,7 +599,15 @@ fn sigterm_during_load_answers_every_accepted_request_then_exits_zero() {
                 ureq::post(&url)
                     .set("content-type", "application/json")
                     .send_string(&body)
-                    .map(|r| (r.status(), r.into_json::<Value>().unwrap()["results"].as_array().unwrap().len()))
+                    .map(|r| {
+                        (
+                            r.status(),
+                            r.into_json::<Value>().unwrap()["results"]
+                                .as_array()
+                                .unwrap()
+                                .len(),
+                        )
+                    })
                     .map_err(|e| e.to_string())
             })
         })
@@ -463,7 +616,11 @@ fn sigterm_during_load_answers_every_accepted_request_then_exits_zero() {
     let metrics_url = format!("{base}/metrics");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let text = ureq::get(&metrics_url).call().unwrap().into_string().unwrap();
+        let text = ureq::get(&metrics_url)
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
         let in_flight = text
             .lines()
             .find(|l| l.starts_with("zerank_requests_in_flight "))
@@ -485,5 +642,8 @@ fn sigterm_during_load_answers_every_accepted_request_then_exits_zero() {
     }
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
-    assert!(ureq::get(&format!("{base}/health")).call().is_err(), "still accepting after shutdown");
+    assert!(
+        ureq::get(&format!("{base}/health")).call().is_err(),
+        "still accepting after shutdown"
+    );
 }

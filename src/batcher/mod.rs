@@ -32,7 +32,9 @@ use queue::{Pending, Queue};
 /// Why a submission got no scores.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BatchError {
-    #[error("the queue holds {queued} tokens; this request's {requested} would pass the limit of {limit}")]
+    #[error(
+        "the queue holds {queued} tokens; this request's {requested} would pass the limit of {limit}"
+    )]
     QueueFull {
         queued: usize,
         requested: usize,
@@ -122,7 +124,12 @@ pub struct Batcher {
 
 impl Batcher {
     /// Starts the model thread and the batching task; call inside a Tokio runtime.
-    pub fn spawn(engine: Arc<dyn BatchScorer>, budget: BatchBudget, max_queued_tokens: usize, metrics: Arc<Metrics>) -> Self {
+    pub fn spawn(
+        engine: Arc<dyn BatchScorer>,
+        budget: BatchBudget,
+        max_queued_tokens: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let queue = Arc::new(Queue::new(budget, metrics.clone()));
         let worker_alive = Arc::new(AtomicBool::new(true));
         // The model takes one batch at a time; the next is formed only when it is free, so
@@ -207,7 +214,9 @@ impl Batcher {
         };
         let result = answer.await.unwrap_or(Err(BatchError::Stopped));
         if let Ok(scored) = &result {
-            self.metrics.queue_duration.observe(scored.queue_time.as_secs_f64());
+            self.metrics
+                .queue_duration
+                .observe(scored.queue_time.as_secs_f64());
         }
         result
     }

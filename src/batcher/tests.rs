@@ -21,7 +21,10 @@ impl BatchScorer for FakeScorer {
         if sequences.iter().any(|s| s.contains(&999)) {
             return Err(ModelError::Inference("non-finite logit".into()));
         }
-        Ok(sequences.iter().map(|s| Score::from_yes_logit(expected(s))).collect())
+        Ok(sequences
+            .iter()
+            .map(|s| Score::from_yes_logit(expected(s)))
+            .collect())
     }
 }
 
@@ -29,12 +32,19 @@ fn expected(ids: &[u32]) -> f32 {
     ids.iter().map(|&i| i as f32).sum::<f32>() / 1000.0 + ids.len() as f32
 }
 
-fn batcher(delay_ms: u64, budget: BatchBudget, max_queued_tokens: usize) -> (Batcher, Arc<Metrics>) {
+fn batcher(
+    delay_ms: u64,
+    budget: BatchBudget,
+    max_queued_tokens: usize,
+) -> (Batcher, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new());
     let scorer = Arc::new(FakeScorer {
         delay: Duration::from_millis(delay_ms),
     });
-    (Batcher::spawn(scorer, budget, max_queued_tokens, metrics.clone()), metrics)
+    (
+        Batcher::spawn(scorer, budget, max_queued_tokens, metrics.clone()),
+        metrics,
+    )
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -92,7 +102,11 @@ fn concurrent_requests_share_batches() {
         let tasks: Vec<_> = (0..8)
             .map(|r| {
                 let batcher = batcher.clone();
-                tokio::spawn(async move { batcher.score(vec![sequence(r, 10), sequence(r + 50, 12)]).await })
+                tokio::spawn(async move {
+                    batcher
+                        .score(vec![sequence(r, 10), sequence(r + 50, 12)])
+                        .await
+                })
             })
             .collect();
         for task in tasks {
@@ -105,7 +119,10 @@ fn concurrent_requests_share_batches() {
 #[test]
 fn a_request_that_stops_waiting_leaves_the_queue() {
     runtime().block_on(async {
-        let budget = BatchBudget { max_tokens: 1_000, max_sequences: 1 };
+        let budget = BatchBudget {
+            max_tokens: 1_000,
+            max_sequences: 1,
+        };
         let (batcher, metrics) = batcher(200, budget, usize::MAX);
         // The first request occupies the model; the second waits in the queue, then gives up.
         let busy = tokio::spawn({
@@ -130,10 +147,16 @@ fn a_request_that_stops_waiting_leaves_the_queue() {
 #[test]
 fn model_failures_fail_their_requests_and_the_batcher_goes_on() {
     runtime().block_on(async {
-        let budget = BatchBudget { max_tokens: 1_000, max_sequences: 1 };
+        let budget = BatchBudget {
+            max_tokens: 1_000,
+            max_sequences: 1,
+        };
         let (batcher, _) = batcher(0, budget, usize::MAX);
         for poison in [999, 666] {
-            let err = batcher.score(vec![vec![1, 2], vec![poison]]).await.unwrap_err();
+            let err = batcher
+                .score(vec![vec![1, 2], vec![poison]])
+                .await
+                .unwrap_err();
             assert!(matches!(err, BatchError::Model(_)), "{err}");
             assert!(batcher.is_healthy());
             let ok = batcher.score(vec![vec![1, 2, 3]]).await.unwrap();
@@ -145,7 +168,10 @@ fn model_failures_fail_their_requests_and_the_batcher_goes_on() {
 #[test]
 fn the_queue_refuses_tokens_past_its_limit() {
     runtime().block_on(async {
-        let budget = BatchBudget { max_tokens: 1_000, max_sequences: 1 };
+        let budget = BatchBudget {
+            max_tokens: 1_000,
+            max_sequences: 1,
+        };
         let (batcher, _) = batcher(200, budget, 30);
         let first = tokio::spawn({
             let batcher = batcher.clone();
@@ -159,7 +185,10 @@ fn the_queue_refuses_tokens_past_its_limit() {
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         let err = batcher.score(vec![sequence(3, 20)]).await.unwrap_err();
-        assert!(matches!(err, BatchError::QueueFull { queued: 20, .. }), "{err}");
+        assert!(
+            matches!(err, BatchError::QueueFull { queued: 20, .. }),
+            "{err}"
+        );
         first.await.unwrap().unwrap();
         waiting.await.unwrap().unwrap();
         // An empty queue admits any request, however large.

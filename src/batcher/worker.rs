@@ -70,7 +70,9 @@ fn run_batch(engine: &dyn BatchScorer, batch: Vec<Pending>, metrics: &Metrics) {
                 .unwrap_or_else(|| "unknown panic".into());
             tracing::error!(panic = %what, pairs = batch.len(), "the forward pass panicked");
             for request in requests {
-                request.fail(BatchError::Model(format!("the forward pass panicked: {what}")));
+                request.fail(BatchError::Model(format!(
+                    "the forward pass panicked: {what}"
+                )));
             }
         }
     }

@@ -23,7 +23,10 @@ pub enum ApiError {
     #[error("content type must be application/json, got `{0}`")]
     UnsupportedMediaType(String),
     #[error("model `{requested}` is not served here; served models: {served:?}")]
-    UnknownModel { requested: String, served: Vec<String> },
+    UnknownModel {
+        requested: String,
+        served: Vec<String>,
+    },
     #[error("no route {method} {path}")]
     NotFound { method: String, path: String },
     #[error("method {method} is not allowed on {path}")]

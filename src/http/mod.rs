@@ -8,12 +8,12 @@ pub mod types;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use subtle::ConstantTimeEq;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -119,7 +119,12 @@ pub fn router(state: Arc<AppState>) -> Router {
     let probes = Router::new()
         .route("/health", get(routes::health))
         .route("/metrics", get(routes::metrics));
-    let guarded = |r: Router<Arc<AppState>>| r.route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
+    let guarded = |r: Router<Arc<AppState>>| {
+        r.route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ))
+    };
     let scoring = guarded(scoring);
     let probes = if state.settings.protect_health_and_metrics {
         guarded(probes)
@@ -132,7 +137,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(probes)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_metrics,
+        ))
         .layer(DefaultBodyLimit::max(state.settings.payload_limit_bytes))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Model("internal error while handling the request".into()).into_response()
@@ -158,14 +166,23 @@ async fn method_not_allowed(request: Request) -> ApiError {
 }
 
 /// `Authorization: Bearer <key>` or the bare key, compared in constant time.
-async fn require_api_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+async fn require_api_key(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     if let Some(expected) = &state.settings.api_key {
         let given = request
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .map(|v| v.trim())
-            .map(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(v).trim())
+            .map(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+                    .unwrap_or(v)
+                    .trim()
+            })
             .unwrap_or("");
         if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
             return ApiError::Unauthorized.into_response();
@@ -174,7 +191,11 @@ async fn require_api_key(State(state): State<Arc<AppState>>, request: Request, n
     next.run(request).await
 }
 
-async fn record_metrics(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+async fn record_metrics(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -210,8 +231,12 @@ pub fn load_engine(settings: &Settings, metrics: &Metrics) -> anyhow::Result<Eng
     // On a GPU the warm-up fills the whole budget; on a CPU one pair shows the weights work.
     let (count, length) = if on_gpu {
         let budget = settings.batch_budget();
-        let length = (budget.max_tokens / budget.max_sequences.max(1)).clamp(sample.ids.len(), engine.info().max_length);
-        ((budget.max_tokens / length).clamp(1, budget.max_sequences), length)
+        let length = (budget.max_tokens / budget.max_sequences.max(1))
+            .clamp(sample.ids.len(), engine.info().max_length);
+        (
+            (budget.max_tokens / length).clamp(1, budget.max_sequences),
+            length,
+        )
     } else {
         (1, sample.ids.len())
     };
@@ -219,7 +244,9 @@ pub fn load_engine(settings: &Settings, metrics: &Metrics) -> anyhow::Result<Eng
     warm.resize(length, sample.ids[sample.ids.len() - 1]);
     let batch: Vec<&[u32]> = vec![warm.as_slice(); count];
     engine.score_batch(&batch)?;
-    metrics.model_load_seconds.set(started.elapsed().as_secs_f64());
+    metrics
+        .model_load_seconds
+        .set(started.elapsed().as_secs_f64());
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
         warmup_pairs = count,
@@ -253,12 +280,19 @@ pub async fn serve_on(
     let loading = {
         let (state, settings, metrics) = (state.clone(), settings.clone(), metrics.clone());
         tokio::spawn(async move {
-            let engine = tokio::task::spawn_blocking(move || load_engine(&settings, &metrics).map(|e| (e, settings, metrics)))
-                .await
-                .map_err(|err| anyhow::anyhow!("model loading panicked: {err}"))??;
+            let engine = tokio::task::spawn_blocking(move || {
+                load_engine(&settings, &metrics).map(|e| (e, settings, metrics))
+            })
+            .await
+            .map_err(|err| anyhow::anyhow!("model loading panicked: {err}"))??;
             let (engine, settings, metrics) = engine;
             let engine = Arc::new(engine);
-            let batcher = Batcher::spawn(engine.clone(), settings.batch_budget(), settings.max_queued_tokens, metrics);
+            let batcher = Batcher::spawn(
+                engine.clone(),
+                settings.batch_budget(),
+                settings.max_queued_tokens,
+                metrics,
+            );
             state.set_ready(Ready { engine, batcher });
             anyhow::Ok(())
         })
@@ -300,4 +334,3 @@ async fn shutdown_signal() {
     }
     tracing::info!("shutdown signal: no new connections; answering requests in flight");
 }
-

@@ -51,7 +51,10 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
 /// The pairs of one request.
 enum Pairs {
     /// One query against many documents: the query is tokenized per pair but stored once.
-    OneQuery { query: String, documents: Vec<String> },
+    OneQuery {
+        query: String,
+        documents: Vec<String>,
+    },
     Listed(Vec<(String, String)>),
 }
 
@@ -99,7 +102,10 @@ impl Scoring {
             ("x-total-time", self.started.elapsed()),
         ] {
             let ms = format!("{}", time.as_millis());
-            headers.insert(name, HeaderValue::from_str(&ms).expect("digits are a valid header"));
+            headers.insert(
+                name,
+                HeaderValue::from_str(&ms).expect("digits are a valid header"),
+            );
         }
         headers
     }
@@ -141,7 +147,8 @@ async fn score_pairs(
         })
         .await
         .map_err(|err| ApiError::Model(format!("tokenization task failed: {err}")))??;
-        if refuse_truncation && let Some(i) = sequences.iter().position(|e| e.truncated_tokens > 0) {
+        if refuse_truncation && let Some(i) = sequences.iter().position(|e| e.truncated_tokens > 0)
+        {
             return Err(ApiError::InputTooLong(format!(
                 "document {i} is over the model's length limit and `truncate` is false"
             )));
@@ -175,23 +182,39 @@ enum Flavor {
     ZeroEntropy,
 }
 
-pub async fn rerank(State(state): State<Arc<AppState>>, JsonBody(req): JsonBody<RerankRequest>) -> Result<Response, ApiError> {
+pub async fn rerank(
+    State(state): State<Arc<AppState>>,
+    JsonBody(req): JsonBody<RerankRequest>,
+) -> Result<Response, ApiError> {
     rerank_as(&state, req, Flavor::Generic).await
 }
 
-pub async fn rerank_v1(State(state): State<Arc<AppState>>, JsonBody(req): JsonBody<RerankRequest>) -> Result<Response, ApiError> {
+pub async fn rerank_v1(
+    State(state): State<Arc<AppState>>,
+    JsonBody(req): JsonBody<RerankRequest>,
+) -> Result<Response, ApiError> {
     rerank_as(&state, req, Flavor::CohereV1).await
 }
 
-pub async fn rerank_v2(State(state): State<Arc<AppState>>, JsonBody(req): JsonBody<RerankRequest>) -> Result<Response, ApiError> {
+pub async fn rerank_v2(
+    State(state): State<Arc<AppState>>,
+    JsonBody(req): JsonBody<RerankRequest>,
+) -> Result<Response, ApiError> {
     rerank_as(&state, req, Flavor::CohereV2).await
 }
 
-pub async fn rerank_zeroentropy(State(state): State<Arc<AppState>>, JsonBody(req): JsonBody<RerankRequest>) -> Result<Response, ApiError> {
+pub async fn rerank_zeroentropy(
+    State(state): State<Arc<AppState>>,
+    JsonBody(req): JsonBody<RerankRequest>,
+) -> Result<Response, ApiError> {
     rerank_as(&state, req, Flavor::ZeroEntropy).await
 }
 
-async fn rerank_as(state: &AppState, req: RerankRequest, flavor: Flavor) -> Result<Response, ApiError> {
+async fn rerank_as(
+    state: &AppState,
+    req: RerankRequest,
+    flavor: Flavor,
+) -> Result<Response, ApiError> {
     let model = state.check_model(req.model.as_deref())?;
     let documents = req.document_texts()?;
     if documents.is_empty() {
@@ -269,10 +292,15 @@ async fn rerank_as(state: &AppState, req: RerankRequest, flavor: Flavor) -> Resu
     Ok((headers, Json(body)).into_response())
 }
 
-pub async fn score(State(state): State<Arc<AppState>>, JsonBody(req): JsonBody<ScoreRequest>) -> Result<Response, ApiError> {
+pub async fn score(
+    State(state): State<Arc<AppState>>,
+    JsonBody(req): JsonBody<ScoreRequest>,
+) -> Result<Response, ApiError> {
     let model = state.check_model(req.model.as_deref())?;
     let limits = TokenLimits {
-        max_document_tokens: req.truncate_prompt_tokens.or(state.settings.max_tokens_per_doc),
+        max_document_tokens: req
+            .truncate_prompt_tokens
+            .or(state.settings.max_tokens_per_doc),
         ..TokenLimits::default()
     };
     let pairs = Pairs::Listed(req.pairs()?);
@@ -300,7 +328,9 @@ pub async fn score(State(state): State<Arc<AppState>>, JsonBody(req): JsonBody<S
     Ok((scoring.timing_headers(), Json(body)).into_response())
 }
 
-pub async fn health(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn health(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     state.ready()?;
     Ok(Json(serde_json::json!({ "status": "ok" })))
 }
@@ -346,7 +376,10 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
 
 pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render(),
     )
 }

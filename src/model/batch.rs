@@ -58,7 +58,10 @@ mod tests {
         assert_eq!(seen, (0..lengths.len()).collect::<Vec<_>>());
         for batch in &batches {
             let longest = batch.iter().map(|&i| lengths[i]).max().unwrap();
-            assert!(batch.len() == 1 || budget.fits(longest, batch.len()), "{batch:?}");
+            assert!(
+                batch.len() == 1 || budget.fits(longest, batch.len()),
+                "{batch:?}"
+            );
         }
         // The over-long sequence runs alone, first.
         assert_eq!(batches[0], vec![6]);

@@ -174,13 +174,13 @@ impl RawConfig {
             .unwrap_or(DEFAULT_ROPE_THETA);
         let heads = self.num_attention_heads;
         let kv_heads = self.num_key_value_heads.unwrap_or(heads);
-        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+        if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
             return Err(ModelError::UnsupportedConfig(format!(
                 "num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
             )));
         }
         let head_dim = self.head_dim.unwrap_or(self.hidden_size / heads);
-        if head_dim == 0 || head_dim % 2 != 0 {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(ModelError::UnsupportedConfig(format!(
                 "head_dim {head_dim} must be even and non-zero"
             )));

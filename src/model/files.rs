@@ -236,7 +236,13 @@ mod tests {
                 revision: Some("abc".into())
             }
         );
-        for bad in ["no-such-dir", "./no/such", "a/b/c", "/abs/missing", "owner/"] {
+        for bad in [
+            "no-such-dir",
+            "./no/such",
+            "a/b/c",
+            "/abs/missing",
+            "owner/",
+        ] {
             let err = ModelSource::parse(bad, None).unwrap_err();
             assert!(matches!(err, ModelError::ModelNotFound(_)), "{bad}: {err}");
         }

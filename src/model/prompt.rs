@@ -112,14 +112,12 @@ impl PromptEncoder {
         chat_template_path: Option<&Path>,
         model_max_position: usize,
     ) -> Result<Self> {
-        let tokenizer = Tokenizer::from_file(tokenizer_path).map_err(|err| {
-            ModelError::Tokenizer(format!("{}: {err}", tokenizer_path.display()))
-        })?;
+        let tokenizer = Tokenizer::from_file(tokenizer_path)
+            .map_err(|err| ModelError::Tokenizer(format!("{}: {err}", tokenizer_path.display())))?;
         let config: TokenizerConfig = match tokenizer_config_path {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|err| {
-                    ModelError::Tokenizer(format!("{}: {err}", path.display()))
-                })?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|err| ModelError::Tokenizer(format!("{}: {err}", path.display())))?;
                 serde_json::from_str(&text).map_err(|err| ModelError::InvalidFile {
                     path: path.to_owned(),
                     message: err.to_string(),
@@ -128,9 +126,8 @@ impl PromptEncoder {
             None => TokenizerConfig::default(),
         };
         let template = match chat_template_path {
-            Some(path) => std::fs::read_to_string(path).map_err(|err| {
-                ModelError::Template(format!("{}: {err}", path.display()))
-            })?,
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|err| ModelError::Template(format!("{}: {err}", path.display())))?,
             None => config.template()?,
         };
         let max_length = config
@@ -278,9 +275,12 @@ fn render_template(template: &str, config: &TokenizerConfig) -> Result<String> {
         .map_err(|err| ModelError::Template(err.to_string()))?;
     env.set_syntax(syntax);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function("raise_exception", |message: String| -> std::result::Result<String, JinjaError> {
-        Err(JinjaError::new(ErrorKind::InvalidOperation, message))
-    });
+    env.add_function(
+        "raise_exception",
+        |message: String| -> std::result::Result<String, JinjaError> {
+            Err(JinjaError::new(ErrorKind::InvalidOperation, message))
+        },
+    );
     let template_error = |err: JinjaError| ModelError::Template(err.to_string());
     env.add_template("chat", template).map_err(template_error)?;
     let special = |t: &Option<SpecialToken>| t.as_ref().map(|t| t.content().to_owned());
@@ -300,7 +300,11 @@ fn render_template(template: &str, config: &TokenizerConfig) -> Result<String> {
 }
 
 /// `text` split around its one occurrence of `placeholder`.
-fn split_once_exactly<'a>(text: &'a str, placeholder: &str, what: &str) -> Result<(&'a str, &'a str)> {
+fn split_once_exactly<'a>(
+    text: &'a str,
+    placeholder: &str,
+    what: &str,
+) -> Result<(&'a str, &'a str)> {
     let parts: Vec<&str> = text.split(placeholder).collect();
     match parts.as_slice() {
         [before, after] => Ok((*before, *after)),
@@ -326,7 +330,10 @@ fn split_rendered(rendered: &str) -> Result<(&str, &str, &str)> {
 /// The reference's `text[:limit].strip()`: a cut at `limit` characters (code points), then
 /// Python's notion of whitespace stripped from both ends.
 pub fn cut_and_strip(text: &str, limit: usize) -> &str {
-    let end = text.char_indices().nth(limit).map_or(text.len(), |(i, _)| i);
+    let end = text
+        .char_indices()
+        .nth(limit)
+        .map_or(text.len(), |(i, _)| i);
     text[..end].trim_matches(is_python_whitespace)
 }
 
@@ -344,7 +351,10 @@ mod tests {
         assert_eq!(cut_and_strip("  héllo  ", 100), "héllo");
         assert_eq!(cut_and_strip("ééééé", 3), "ééé");
         assert_eq!(cut_and_strip("ab   cd", 4), "ab");
-        assert_eq!(cut_and_strip("\u{1c}\u{a0}\u{3000}x\u{85}\u{2029}", 100), "x");
+        assert_eq!(
+            cut_and_strip("\u{1c}\u{a0}\u{3000}x\u{85}\u{2029}", 100),
+            "x"
+        );
         assert_eq!(cut_and_strip("🙂🙂", 1), "🙂");
         assert_eq!(cut_and_strip("", 10), "");
         // Zero-width space is not whitespace to Python either.

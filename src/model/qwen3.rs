@@ -20,7 +20,11 @@ impl Rotary {
         let half = config.head_dim / 2;
         let max_len = config.max_position_embeddings;
         let inv_freq: Vec<f32> = (0..half)
-            .map(|i| (1.0 / config.rope_theta.powf(2.0 * i as f64 / config.head_dim as f64)) as f32)
+            .map(|i| {
+                (1.0 / config
+                    .rope_theta
+                    .powf(2.0 * i as f64 / config.head_dim as f64)) as f32
+            })
             .collect();
         let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
         let positions = Tensor::arange(0u32, max_len as u32, device)?
@@ -77,8 +81,12 @@ impl Attention {
         let (batch, seq_len, _) = x.dims3()?;
         let split_heads = |t: Tensor, n: usize| t.reshape((batch, seq_len, n, self.head_dim));
         // Qwen3 normalises each head's q and k before the rotation.
-        let q = self.q_norm.forward(&split_heads(self.q_proj.forward(x)?, self.heads)?)?;
-        let k = self.k_norm.forward(&split_heads(self.k_proj.forward(x)?, self.kv_heads)?)?;
+        let q = self
+            .q_norm
+            .forward(&split_heads(self.q_proj.forward(x)?, self.heads)?)?;
+        let k = self
+            .k_norm
+            .forward(&split_heads(self.k_proj.forward(x)?, self.kv_heads)?)?;
         let v = split_heads(self.v_proj.forward(x)?, self.kv_heads)?;
         let q = rotary.apply(&q.transpose(1, 2)?)?;
         let k = rotary.apply(&k.transpose(1, 2)?)?;
@@ -131,7 +139,11 @@ impl DecoderLayer {
     fn load(config: &Qwen3Config, vb: VarBuilder) -> candle_core::Result<Self> {
         let eps = config.rms_norm_eps;
         Ok(DecoderLayer {
-            input_layernorm: candle_nn::rms_norm(config.hidden_size, eps, vb.pp("input_layernorm"))?,
+            input_layernorm: candle_nn::rms_norm(
+                config.hidden_size,
+                eps,
+                vb.pp("input_layernorm"),
+            )?,
             attention: Attention::load(config, vb.pp("self_attn"))?,
             post_attention_layernorm: candle_nn::rms_norm(
                 config.hidden_size,
@@ -147,7 +159,9 @@ impl DecoderLayer {
             .attention
             .forward(&self.input_layernorm.forward(x)?, mask, rotary)?;
         let x = (x + attended)?;
-        let transformed = self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?;
+        let transformed = self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&x)?)?;
         x + transformed
     }
 }
@@ -183,9 +197,12 @@ impl Qwen3Scorer {
         }
         let (device, dtype) = (vb.device().clone(), vb.dtype());
         let model = vb.pp("model");
-        let embed_tokens =
-            candle_nn::embedding(config.vocab_size, config.hidden_size, model.pp("embed_tokens"))
-                .map_err(weights)?;
+        let embed_tokens = candle_nn::embedding(
+            config.vocab_size,
+            config.hidden_size,
+            model.pp("embed_tokens"),
+        )
+        .map_err(weights)?;
         let layers = (0..config.num_hidden_layers)
             .map(|i| DecoderLayer::load(config, model.pp("layers").pp(i)))
             .collect::<candle_core::Result<Vec<_>>>()
