@@ -3,7 +3,7 @@
 # fixture checkpoint. Usage: scripts/check_clients.sh [path/to/zerank-server]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-binary=${1:-target/debug/zerank-server}
+binary=${1:-${CARGO_TARGET_DIR:-target}/debug/zerank-server}
 python3 -m pip install --quiet --disable-pip-version-check zeroentropy cohere
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$binary" --model tests/fixtures/tiny --host 127.0.0.1 --port "$port" --device cpu >/tmp/zerank-clients.log 2>&1 &

@@ -14,6 +14,7 @@ use zerank_server::settings::Settings;
 
 struct TestServer {
     address: SocketAddr,
+    api_key: Option<String>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
 }
@@ -28,6 +29,7 @@ impl TestServer {
             ..Settings::default()
         };
         configure(&mut settings);
+        let api_key = settings.api_key.clone();
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         std_listener.set_nonblocking(true).unwrap();
         let address = std_listener.local_addr().unwrap();
@@ -47,6 +49,7 @@ impl TestServer {
         });
         let server = TestServer {
             address,
+            api_key,
             stop: Some(stop),
             thread: Some(thread),
         };
@@ -61,7 +64,11 @@ impl TestServer {
     fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if let Ok(response) = ureq::get(&self.url("/health")).call() {
+            let mut probe = ureq::get(&self.url("/health"));
+            if let Some(key) = &self.api_key {
+                probe = probe.set("authorization", &format!("Bearer {key}"));
+            }
+            if let Ok(response) = probe.call() {
                 assert_eq!(response.status(), 200);
                 return;
             }
@@ -646,4 +653,73 @@ fn sigterm_during_load_answers_every_accepted_request_then_exits_zero() {
         ureq::get(&format!("{base}/health")).call().is_err(),
         "still accepting after shutdown"
     );
+}
+
+#[test]
+fn the_api_key_guards_scoring_routes_and_optionally_probes() {
+    let server = TestServer::start(|s| s.api_key = Some("s3cret".into()));
+    let body = json!({ "query": "q", "documents": ["a"] }).to_string();
+    let with = |auth: Option<&str>| {
+        let mut request =
+            ureq::post(&server.url("/rerank")).set("content-type", "application/json");
+        if let Some(value) = auth {
+            request = request.set("authorization", value);
+        }
+        Reply::from(request.send_string(&body))
+    };
+    with(None).assert_error(401, "unauthorized");
+    with(Some("Bearer wrong")).assert_error(401, "unauthorized");
+    with(Some("Bearer s3cre")).assert_error(401, "unauthorized");
+    assert_eq!(with(Some("Bearer s3cret")).status, 200);
+    assert_eq!(with(Some("s3cret")).status, 200);
+    server.get("/info").assert_error(401, "unauthorized");
+    assert_eq!(server.get("/health").status, 200);
+    assert_eq!(server.get("/metrics").status, 200);
+    drop(server);
+
+    let strict = TestServer::start(|s| {
+        s.api_key = Some("s3cret".into());
+        s.protect_health_and_metrics = true;
+    });
+    strict.get("/metrics").assert_error(401, "unauthorized");
+    let health = ureq::get(&strict.url("/health"))
+        .set("authorization", "Bearer s3cret")
+        .call();
+    assert_eq!(Reply::from(health).status, 200);
+}
+
+#[test]
+fn a_client_that_disconnects_leaves_the_queue() {
+    use std::io::Write;
+    let server = Arc::new(TestServer::start(|s| s.max_batch_pairs = 1));
+    let documents: Vec<String> = (0..100)
+        .map(|i| format!("document {i} {}", "some text ".repeat(30)))
+        .collect();
+    let body = json!({ "query": "q", "documents": documents }).to_string();
+    let busy = std::thread::spawn({
+        let (server, body) = (server.clone(), body.clone());
+        move || server.post_raw("/rerank", "application/json", &body).status
+    });
+    let wait_for = |what: &str, done: &dyn Fn(f64) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done(server.metric("zerank_queue_pairs")) {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    wait_for("the first request queued", &|q| q > 0.0);
+    let mut gone = std::net::TcpStream::connect(server.address).unwrap();
+    write!(
+        gone,
+        "POST /rerank HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    wait_for("the second request queued", &|q| q > 100.0);
+    drop(gone);
+    wait_for("the disconnected request left the queue", &|q| q <= 100.0);
+    assert_eq!(busy.join().unwrap(), 200);
+    assert_eq!(server.metric("zerank_queue_pairs"), 0.0);
+    // The first request's 100 pairs ran one per batch; few, if any, of the second's did.
+    assert!(server.metric("zerank_batch_pairs_count") < 150.0);
 }
