@@ -723,3 +723,70 @@ fn a_client_that_disconnects_leaves_the_queue() {
     // The first request's 100 pairs ran one per batch; few, if any, of the second's did.
     assert!(server.metric("zerank_batch_pairs_count") < 150.0);
 }
+
+/// `openapi.yaml` lists exactly the routes the server serves, and its examples are accepted.
+#[test]
+fn the_openapi_spec_matches_the_served_routes() {
+    let spec: Value = serde_norway::from_str(include_str!("../openapi.yaml")).unwrap();
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3.1"));
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            documented.push((method.to_uppercase(), path.clone()));
+        }
+    }
+    documented.sort();
+
+    // The router's own table, read from its source.
+    let source = include_str!("../src/http/mod.rs");
+    let mut served: Vec<(String, String)> = source
+        .split(".route(\"")
+        .skip(1)
+        .map(|rest| {
+            let (path, after) = rest.split_once('"').unwrap();
+            let method = after.trim_start_matches(", ").split('(').next().unwrap();
+            (method.to_uppercase(), path.to_owned())
+        })
+        .collect();
+    served.sort();
+    assert_eq!(documented, served);
+
+    let server = TestServer::start(|_| {});
+    for (method, path) in &served {
+        let reply = if method == "GET" {
+            server.get(path)
+        } else {
+            server.post(
+                path,
+                &json!({ "query": "q", "documents": ["d"], "text_1": "q", "text_2": ["d"] }),
+            )
+        };
+        assert_eq!(reply.status, 200, "{method} {path}: {}", reply.text);
+    }
+    let mut examples = 0;
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        let Some(content) = item["post"]["requestBody"]["content"]["application/json"].as_object()
+        else {
+            continue;
+        };
+        for example in content
+            .get("examples")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flat_map(|e| e.values())
+        {
+            let reply = server.post(path, &example["value"]);
+            assert_eq!(reply.status, 200, "example for {path}: {}", reply.text);
+            examples += 1;
+        }
+    }
+    let shared =
+        &spec["components"]["requestBodies"]["Rerank"]["content"]["application/json"]["examples"];
+    for example in shared.as_object().unwrap().values() {
+        for path in ["/rerank", "/v1/rerank", "/v2/rerank", "/v1/models/rerank"] {
+            assert_eq!(server.post(path, &example["value"]).status, 200, "{path}");
+            examples += 1;
+        }
+    }
+    assert!(examples >= 5);
+}
