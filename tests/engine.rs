@@ -11,7 +11,7 @@ use common::{fixture, goldens, load, options};
 use zerank_server::model::{BatchBudget, Engine, ModelError, TokenLimits, TruncationDirection};
 
 const MODELS: [&str; 2] = ["tiny", "sharded"];
-/// Longest golden prompt put into the mixed batches (the 5,000-token one runs alone).
+/// Longest golden prompt put into the `score_pairs` batches.
 const BATCHABLE_TOKENS: usize = 512;
 
 #[test]
@@ -78,6 +78,25 @@ fn a_pair_in_a_mixed_batch_scores_as_it_does_alone() {
                 let diff = (together.yes_logit() - alone.yes_logit()).abs();
                 assert!(diff <= 1e-5, "{name} sequence {i}: |Δ yes_logit| {diff}");
             }
+        }
+        // The 5,008-token prompt spans ten attention chunks; short rows beside it are
+        // mostly padding.
+        let longest = goldens
+            .pairs
+            .iter()
+            .map(|p| p.input_ids.as_slice())
+            .max_by_key(|ids| ids.len())
+            .unwrap();
+        assert!(longest.len() > 4_000);
+        let mixed = [sequences[0], longest, sequences[1]];
+        let together = engine.score_batch(&mixed).unwrap();
+        for (seq, score) in mixed.iter().zip(together) {
+            let alone = engine.score_batch(&[seq]).unwrap()[0];
+            assert!(
+                (score.yes_logit() - alone.yes_logit()).abs() <= 1e-5,
+                "{name}: {} tokens",
+                seq.len()
+            );
         }
     }
 }

@@ -9,6 +9,9 @@ use candle_nn::{Linear, RmsNorm, VarBuilder};
 use super::config::Qwen3Config;
 use super::error::{ModelError, Result};
 
+/// Queries attended at once: bounds the score matrix to heads × 512 × length.
+const QUERY_CHUNK: usize = 512;
+
 /// Rotary tables for positions `0..max_len`, shared by every layer.
 struct Rotary {
     cos: Tensor,
@@ -76,8 +79,15 @@ impl Attention {
         })
     }
 
-    /// `x`: (batch, seq, hidden); `mask`: (seq, seq) additive causal mask.
-    fn forward(&self, x: &Tensor, mask: &Tensor, rotary: &Rotary) -> candle_core::Result<Tensor> {
+    /// `x`: (batch, seq, hidden); `causal_block`: the additive causal mask of one query chunk;
+    /// `lengths`: each row's real tokens.
+    fn forward(
+        &self,
+        x: &Tensor,
+        causal_block: &Tensor,
+        lengths: &[usize],
+        rotary: &Rotary,
+    ) -> candle_core::Result<Tensor> {
         let (batch, seq_len, _) = x.dims3()?;
         let split_heads = |t: Tensor, n: usize| t.reshape((batch, seq_len, n, self.head_dim));
         // Qwen3 normalises each head's q and k before the rotation.
@@ -95,14 +105,63 @@ impl Attention {
         let k = candle_transformers::utils::repeat_kv(k, repeat)?;
         let v = candle_transformers::utils::repeat_kv(v, repeat)?;
 
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
-        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = weights.matmul(&v)?;
-        let out = out
-            .transpose(1, 2)?
-            .reshape((batch, seq_len, self.heads * self.head_dim))?;
+        let rows = (0..batch)
+            .map(|row| {
+                let real = self.attend_row(
+                    &q.get(row)?,
+                    &k.get(row)?,
+                    &v.get(row)?,
+                    causal_block,
+                    lengths[row],
+                )?;
+                // Padding positions get zeros: nothing real ever reads them.
+                match seq_len - lengths[row] {
+                    0 => Ok(real),
+                    pad => Tensor::cat(
+                        &[
+                            real,
+                            Tensor::zeros((self.heads, pad, self.head_dim), q.dtype(), q.device())?,
+                        ],
+                        1,
+                    ),
+                }
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let out = Tensor::stack(&rows, 0)?.transpose(1, 2)?.reshape((
+            batch,
+            seq_len,
+            self.heads * self.head_dim,
+        ))?;
         self.o_proj.forward(&out)
+    }
+
+    /// Causal attention over one row's `len` real tokens, `QUERY_CHUNK` queries at a time, so
+    /// that the score matrix stays heads × chunk × len however long the row and however
+    /// long the padding around it.
+    fn attend_row(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        causal_block: &Tensor,
+        len: usize,
+    ) -> candle_core::Result<Tensor> {
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let chunks = (0..len)
+            .step_by(QUERY_CHUNK)
+            .map(|start| {
+                let count = QUERY_CHUNK.min(len - start);
+                // Causal: these queries see keys up to their own position only.
+                let keys = start + count;
+                let scores = (q
+                    .narrow(1, start, count)?
+                    .matmul(&k.narrow(1, 0, keys)?.t()?)?
+                    * scale)?
+                    .broadcast_add(&chunk_mask(causal_block, start, count)?)?;
+                candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v.narrow(1, 0, keys)?)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Tensor::cat(&chunks, 1)
     }
 }
 
@@ -154,10 +213,19 @@ impl DecoderLayer {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: &Tensor, rotary: &Rotary) -> candle_core::Result<Tensor> {
-        let attended = self
-            .attention
-            .forward(&self.input_layernorm.forward(x)?, mask, rotary)?;
+    fn forward(
+        &self,
+        x: &Tensor,
+        causal_block: &Tensor,
+        lengths: &[usize],
+        rotary: &Rotary,
+    ) -> candle_core::Result<Tensor> {
+        let attended = self.attention.forward(
+            &self.input_layernorm.forward(x)?,
+            causal_block,
+            lengths,
+            rotary,
+        )?;
         let x = (x + attended)?;
         let transformed = self
             .mlp
@@ -174,8 +242,9 @@ pub struct Qwen3Scorer {
     final_norm: RmsNorm,
     yes_row: Tensor,
     rotary: Rotary,
+    /// Additive causal mask of one query chunk against itself.
+    causal_block: Tensor,
     device: Device,
-    dtype: DType,
     max_length: usize,
 }
 
@@ -227,8 +296,8 @@ impl Qwen3Scorer {
             final_norm,
             yes_row,
             rotary: Rotary::new(config, dtype, &device)?,
+            causal_block: causal_mask(QUERY_CHUNK, dtype, &device)?,
             device,
-            dtype,
             max_length: config.max_position_embeddings,
         })
     }
@@ -253,10 +322,9 @@ impl Qwen3Scorer {
                 self.max_length
             )));
         }
-        let mask = causal_mask(seq_len, self.dtype, &self.device)?;
         let mut hidden = self.embed_tokens.forward(input_ids)?;
         for layer in &self.layers {
-            hidden = layer.forward(&hidden, &mask, &self.rotary)?;
+            hidden = layer.forward(&hidden, &self.causal_block, lengths, &self.rotary)?;
         }
         let last_rows: Vec<u32> = lengths
             .iter()
@@ -290,6 +358,17 @@ fn head_row(weights: &MmapedSafetensors, name: &str, token_id: u32) -> candle_co
     let start = token_id as usize * row_bytes;
     let bytes = &view.data()[start..start + row_bytes];
     Tensor::from_raw_buffer(bytes, dtype, &[width], &Device::Cpu)?.to_dtype(DType::F32)
+}
+
+/// The mask of queries `start..start + count` against keys `0..start + count`: earlier keys
+/// are all visible, the chunk's own keys only up to each query's position.
+fn chunk_mask(causal_block: &Tensor, start: usize, count: usize) -> candle_core::Result<Tensor> {
+    let own = causal_block.narrow(0, 0, count)?.narrow(1, 0, count)?;
+    if start == 0 {
+        return Ok(own);
+    }
+    let earlier = Tensor::zeros((count, start), own.dtype(), own.device())?;
+    Tensor::cat(&[&earlier, &own], 1)
 }
 
 fn causal_mask(seq_len: usize, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
