@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Overload and soak test of a zerank-server on loopback.
 
-Starts the server on the fixture checkpoint with deliberately small limits, drives it past
-them with many concurrent clients (bounded in request count and time), and reports:
+Starts the server on the fixture checkpoint with deliberately small limits; each round drives
+it past them with many concurrent clients, then within them with a few (every phase bounded
+in request count and time), and reports:
 requests sent, answered 2xx, rejected 429, errors (5xx and anything else), whether every
 request was answered exactly once, the queue afterwards, health, and the server's RSS
 before, during and after. Exits non-zero on any 5xx, transport error, unanswered request,
@@ -85,7 +86,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "zerank-server"))
     parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--clients", type=int, default=64, help="clients in the overload phase of each round")
+    parser.add_argument("--steady-clients", type=int, default=8, help="clients in the within-limits phase")
     parser.add_argument("--seconds", type=float, default=120)
     parser.add_argument("--soak-rounds", type=int, default=3)
     args = parser.parse_args()
@@ -95,7 +97,7 @@ def main():
     server = subprocess.Popen(
         [args.binary, "--model", os.path.join(ROOT, "tests", "fixtures", "tiny"), "--device", "cpu",
          "--host", "127.0.0.1", "--port", str(port),
-         "--max-concurrent-requests", "16", "--max-queued-tokens", "20000", "--max-batch-pairs", "32"],
+         "--max-concurrent-requests", "16", "--max-queued-tokens", "200000", "--max-batch-pairs", "32"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(600):
@@ -108,9 +110,11 @@ def main():
         totals = {"sent": 0, "ok": 0, "rejected_429": 0, "errors": 0, "skipped": 0}
         rounds = []
         failures = []
-        for round_number in range(1, args.soak_rounds + 1):
+        phases = [(r, phase, clients) for r in range(1, args.soak_rounds + 1)
+                  for phase, clients in (("overload", args.clients), ("steady", args.steady_clients))]
+        for round_number, phase, clients in phases:
             started = time.time()
-            answers, peak = drive(base, server.pid, args.requests, args.clients, args.seconds)
+            answers, peak = drive(base, server.pid, args.requests, clients, args.seconds)
             statuses = list(answers.values())
             counts = {
                 "ok": statuses.count(200),
@@ -123,7 +127,9 @@ def main():
             totals["sent"] += sent
             for k, v in counts.items():
                 totals[k] += v
-            rounds.append({"round": round_number, "sent": sent, **counts,
+            if phase == "steady" and counts["rejected_429"]:
+                failures.append(f"round {round_number}: 429 within the limits")
+            rounds.append({"round": round_number, "phase": phase, "clients": clients, "sent": sent, **counts,
                            "seconds": round(time.time() - started, 1),
                            "rss_peak_mib": round(peak / 1024, 1),
                            "rss_after_mib": round(rss_kib(server.pid) / 1024, 1)})
