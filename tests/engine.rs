@@ -196,6 +196,7 @@ fn token_limits_shorten_only_the_document() {
         let cut = engine.encode("q", document, limits).unwrap();
         assert_eq!(cut.ids.len(), full.ids.len() - cut.truncated_tokens);
         assert_eq!(cut.truncated_tokens, 10 - 3, "{direction:?}");
+        assert!(!cut.over_max_length);
         // Template head and tail are intact.
         assert_eq!(cut.ids[..6], full.ids[..6]);
         assert_eq!(cut.ids[cut.ids.len() - 5..], full.ids[full.ids.len() - 5..]);
@@ -224,6 +225,7 @@ fn token_limits_shorten_only_the_document() {
         .unwrap();
     assert_eq!(cut.ids.len(), full.ids.len() - 4);
     assert_eq!(cut.truncated_tokens, 4);
+    assert!(cut.over_max_length);
     let long_query = "word ".repeat(200);
     let err = capped
         .encode(&long_query, document, TokenLimits::default())

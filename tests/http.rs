@@ -503,6 +503,17 @@ fn requests_over_a_limit_get_clear_errors_and_the_server_keeps_serving() {
         .post("/rerank", &json!({ "query": "q", "documents": [1] }))
         .assert_error(422, "validation");
     server
+        .post(
+            "/rerank",
+            &json!({ "query": "q", "documents": ["a"], "max_tokens_per_doc": 0 }),
+        )
+        .assert_error(422, "validation");
+    let whole = server.post(
+        "/rerank",
+        &json!({ "query": "q", "documents": ["a", "b", "c"], "top_n": 2.0 }),
+    );
+    assert_eq!(whole.json()["results"].as_array().unwrap().len(), 2);
+    server
         .post_raw("/rerank", "application/json", "{\"query\": ")
         .assert_error(400, "invalid_json");
     server

@@ -147,8 +147,7 @@ async fn score_pairs(
         })
         .await
         .map_err(|err| ApiError::Model(format!("tokenization task failed: {err}")))??;
-        if refuse_truncation && let Some(i) = sequences.iter().position(|e| e.truncated_tokens > 0)
-        {
+        if refuse_truncation && let Some(i) = sequences.iter().position(|e| e.over_max_length) {
             return Err(ApiError::InputTooLong(format!(
                 "document {i} is over the model's length limit and `truncate` is false"
             )));

@@ -20,7 +20,7 @@ pub struct RerankRequest {
     /// TEI's name for the documents; selects TEI's response shape on `/rerank`.
     #[serde(default)]
     pub texts: Option<Vec<String>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub top_n: Option<usize>,
     #[serde(default)]
     pub return_documents: Option<bool>,
@@ -36,8 +36,36 @@ pub struct RerankRequest {
     #[serde(default, deserialize_with = "direction")]
     pub truncation_direction: Option<TruncationDirection>,
     /// Cohere v2: cut each document to this many tokens.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "positive_whole_number")]
     pub max_tokens_per_doc: Option<usize>,
+}
+
+/// A non-negative integer, also when written `3.0` (as JSON Schema's `integer` allows).
+fn whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(n) = number.as_u64() {
+        return usize::try_from(n)
+            .map(Some)
+            .map_err(serde::de::Error::custom);
+    }
+    match number.as_f64() {
+        // `as` saturates: a number past usize::MAX means "no limit" anyway.
+        Some(x) if x >= 0.0 && x.fract() == 0.0 => Ok(Some(x as usize)),
+        _ => Err(serde::de::Error::custom(format!(
+            "expected a non-negative integer, got {number}"
+        ))),
+    }
+}
+
+fn positive_whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    match whole_number(d)? {
+        Some(0) => Err(serde::de::Error::custom(
+            "expected an integer of at least 1, got 0",
+        )),
+        n => Ok(n),
+    }
 }
 
 fn direction<'de, D: Deserializer<'de>>(d: D) -> Result<Option<TruncationDirection>, D::Error> {
@@ -170,7 +198,7 @@ pub struct ScoreRequest {
     pub text_1: OneOrMany,
     pub text_2: OneOrMany,
     /// Cut each document to this many tokens.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "positive_whole_number")]
     pub truncate_prompt_tokens: Option<usize>,
 }
 
@@ -191,7 +219,8 @@ impl OneOrMany {
 }
 
 impl ScoreRequest {
-    /// (query, document) pairs: one `text_1` against every `text_2`, or element-wise.
+    /// (query, document) pairs: one `text_1` against every `text_2` (or every `text_1`
+    /// against one `text_2`), or element-wise.
     pub fn pairs(self) -> Result<Vec<(String, String)>, ApiError> {
         let (queries, documents) = (self.text_1.into_vec(), self.text_2.into_vec());
         match (queries.len(), documents.len()) {
@@ -202,9 +231,13 @@ impl ScoreRequest {
                 let query = &queries[0];
                 Ok(documents.into_iter().map(|d| (query.clone(), d)).collect())
             }
+            (_, 1) => {
+                let document = &documents[0];
+                Ok(queries.into_iter().map(|q| (q, document.clone())).collect())
+            }
             (n, m) if n == m => Ok(queries.into_iter().zip(documents).collect()),
             (n, m) => Err(ApiError::Validation(format!(
-                "text_1 has {n} texts and text_2 {m}: give one text_1, or as many as text_2"
+                "text_1 has {n} texts and text_2 {m}: give one of either, or as many of both"
             ))),
         }
     }

@@ -48,6 +48,8 @@ pub struct EncodedPair {
     pub ids: Vec<u32>,
     /// Document tokens dropped by the token limits.
     pub truncated_tokens: usize,
+    /// Whether the model's length limit, not just `max_document_tokens`, cut the document.
+    pub over_max_length: bool,
 }
 
 pub struct PromptEncoder {
@@ -212,8 +214,12 @@ impl PromptEncoder {
                 self.max_length
             )));
         }
-        let room = (self.max_length - fixed).min(limits.max_document_tokens.unwrap_or(usize::MAX));
-        let truncated_tokens = document.len().saturating_sub(room);
+        let requested = document
+            .len()
+            .min(limits.max_document_tokens.unwrap_or(usize::MAX));
+        let over_max_length = requested > self.max_length - fixed;
+        let room = requested.min(self.max_length - fixed);
+        let truncated_tokens = document.len() - room;
         if truncated_tokens > 0 {
             match limits.direction {
                 TruncationDirection::Right => document.truncate(room),
@@ -229,6 +235,7 @@ impl PromptEncoder {
         Ok(EncodedPair {
             ids,
             truncated_tokens,
+            over_max_length,
         })
     }
 
