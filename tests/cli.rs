@@ -83,3 +83,68 @@ fn a_bad_line_is_named() {
         "{stderr}"
     );
 }
+
+/// A Hub id resolves from a warm `HF_HOME` cache with the network off, sharded weights too.
+#[test]
+fn a_hub_id_loads_offline_from_a_warm_cache() {
+    let home = tempfile::tempdir().unwrap();
+    let repo = home
+        .path()
+        .join("hub")
+        .join("models--zeroentropy--zerank-test");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let snapshot = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs").join("main"), commit).unwrap();
+    for entry in std::fs::read_dir(fixture("sharded")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), snapshot.join(entry.file_name())).unwrap();
+    }
+    let input = home.path().join("pairs.jsonl");
+    let goldens = goldens();
+    let pair = &goldens.pairs[0];
+    std::fs::write(
+        &input,
+        serde_json::json!({ "query": pair.query, "document": pair.document }).to_string(),
+    )
+    .unwrap();
+
+    let run = |model: &str| {
+        Command::new(env!("CARGO_BIN_EXE_zerank-server"))
+            .args([
+                "score",
+                "--model",
+                model,
+                "--device",
+                "cpu",
+                "--input",
+                input.to_str().unwrap(),
+            ])
+            .env("HF_HOME", home.path())
+            .env("HF_HUB_OFFLINE", "1")
+            .env_remove("HF_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let output = run("zeroentropy/zerank-test");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let score: f32 = String::from_utf8(output.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((score - goldens.models["sharded"].score[0]).abs() <= 2e-5);
+
+    let missing = run("zeroentropy/not-cached");
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains("zeroentropy/not-cached") && stderr.contains("HF_HUB_OFFLINE"),
+        "{stderr}"
+    );
+}

@@ -801,3 +801,28 @@ fn the_openapi_spec_matches_the_served_routes() {
     }
     assert!(examples >= 5);
 }
+
+#[test]
+fn a_request_past_its_timeout_gets_504_and_leaves_nothing_queued() {
+    let server = TestServer::start(|s| s.request_timeout_secs = 1e-6);
+    let documents: Vec<String> = (0..50).map(|i| format!("document {i}")).collect();
+    server
+        .post("/rerank", &json!({ "query": "q", "documents": documents }))
+        .assert_error(504, "timeout");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(server.metric("zerank_queue_pairs"), 0.0);
+    assert_eq!(server.metric("zerank_requests_in_flight"), 0.0);
+}
+
+#[test]
+fn a_document_of_megabytes_is_cut_like_the_reference() {
+    let server = TestServer::start(|_| {});
+    let huge = "lorem ipsum dolor sit amet ".repeat(260_000); // ~7 MB, under the 8 MiB limit
+    let reply = server.post(
+        "/rerank",
+        &json!({ "query": "q", "documents": [huge, "short"] }),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    // 10,000 characters of this text are ~2,000 tokens, nowhere near 7 MB of them.
+    assert!(reply.json()["usage"]["total_tokens"].as_u64().unwrap() < 5_000);
+}
