@@ -16,8 +16,8 @@ pub struct Metrics {
     pub batch_requests: Histogram,
     pub multi_request_batches: IntCounter,
     pub batch_tokens: Histogram,
-    pub batch_padded_tokens: Histogram,
-    pub batch_padding_ratio: Histogram,
+    pub batch_computed_tokens: Histogram,
+    pub batch_shared_ratio: Histogram,
     pub queue_pairs: IntGauge,
     pub queue_tokens: IntGauge,
     pub requests_in_flight: IntGauge,
@@ -87,22 +87,22 @@ impl Metrics {
             .expect("valid metric"),
             batch_tokens: Histogram::with_opts(exponential(
                 "zerank_batch_tokens",
-                "Real (unpadded) tokens per batch",
+                "Prompt tokens per batch",
                 64.0,
                 12,
             ))
             .expect("valid metric"),
-            batch_padded_tokens: Histogram::with_opts(exponential(
-                "zerank_batch_padded_tokens",
-                "Padded tokens per batch (longest x pairs)",
+            batch_computed_tokens: Histogram::with_opts(exponential(
+                "zerank_batch_computed_tokens",
+                "Tokens the forward pass computes per batch (packed without padding, shared prefixes once)",
                 64.0,
                 12,
             ))
             .expect("valid metric"),
-            batch_padding_ratio: Histogram::with_opts(
+            batch_shared_ratio: Histogram::with_opts(
                 HistogramOpts::new(
-                    "zerank_batch_padding_ratio",
-                    "Share of a batch's padded tokens that are padding",
+                    "zerank_batch_shared_ratio",
+                    "Share of a batch's prompt tokens served by a shared query prefix",
                 )
                 .buckets(vec![0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0]),
             )
@@ -150,8 +150,8 @@ impl Metrics {
             Box::new(self.batch_requests.clone()),
             Box::new(self.multi_request_batches.clone()),
             Box::new(self.batch_tokens.clone()),
-            Box::new(self.batch_padded_tokens.clone()),
-            Box::new(self.batch_padding_ratio.clone()),
+            Box::new(self.batch_computed_tokens.clone()),
+            Box::new(self.batch_shared_ratio.clone()),
             Box::new(self.queue_pairs.clone()),
             Box::new(self.queue_tokens.clone()),
             Box::new(self.requests_in_flight.clone()),

@@ -38,6 +38,8 @@ pub struct Settings {
     pub max_documents_per_request: usize,
     pub max_tokens_per_doc: Option<usize>,
     pub max_length: Option<usize>,
+    /// Compute a query prefix that several pairs of one batch share once.
+    pub prefix_sharing: bool,
     pub payload_limit_bytes: usize,
     pub request_timeout_secs: f64,
     pub api_key: Option<String>,
@@ -64,6 +66,7 @@ impl Default for Settings {
             max_documents_per_request: 1_000,
             max_tokens_per_doc: None,
             max_length: None,
+            prefix_sharing: true,
             payload_limit_bytes: 8 * 1024 * 1024,
             request_timeout_secs: 60.0,
             api_key: None,
@@ -111,7 +114,7 @@ pub struct ModelArgs {
     /// Device: auto, cpu, cuda[:N], metal[:N].
     #[arg(long, env = "ZERANK_DEVICE")]
     pub device: Option<String>,
-    /// Most padded tokens (longest × pairs) in one forward pass [default: 16384].
+    /// Most prompt tokens in one forward pass [default: 16384].
     #[arg(long, env = "ZERANK_MAX_BATCH_TOKENS")]
     pub max_batch_tokens: Option<usize>,
     /// Most pairs in one forward pass [default: 64].
@@ -123,6 +126,9 @@ pub struct ModelArgs {
     /// Cap on a whole prompt in tokens [default: the model's max_position_embeddings].
     #[arg(long, env = "ZERANK_MAX_LENGTH")]
     pub max_length: Option<usize>,
+    /// Compute the query prefix that a request's documents share once [default: true].
+    #[arg(long, env = "ZERANK_PREFIX_SHARING")]
+    pub prefix_sharing: Option<bool>,
 }
 
 #[derive(Args, Debug, Default, Clone)]
@@ -240,6 +246,7 @@ impl Settings {
         set(&mut self.max_batch_pairs, &args.max_batch_pairs);
         set_some(&mut self.max_tokens_per_doc, &args.max_tokens_per_doc);
         set_some(&mut self.max_length, &args.max_length);
+        set(&mut self.prefix_sharing, &args.prefix_sharing);
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -275,6 +282,7 @@ impl Settings {
             device: self.device.parse().unwrap_or_default(),
             dtype: self.dtype.parse().unwrap_or_default(),
             max_length: self.max_length,
+            share_prefixes: self.prefix_sharing,
         }
     }
 

@@ -8,7 +8,9 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use common::{fixture, goldens, load, options};
-use zerank_server::model::{BatchBudget, Engine, ModelError, TokenLimits, TruncationDirection};
+use zerank_server::model::{
+    BatchBudget, Engine, LoadOptions, ModelError, TokenLimits, TruncationDirection,
+};
 
 const MODELS: [&str; 2] = ["tiny", "sharded"];
 /// Longest golden prompt put into the `score_pairs` batches.
@@ -79,8 +81,7 @@ fn a_pair_in_a_mixed_batch_scores_as_it_does_alone() {
                 assert!(diff <= 1e-5, "{name} sequence {i}: |Δ yes_logit| {diff}");
             }
         }
-        // The 5,008-token prompt spans ten attention chunks; short rows beside it are
-        // mostly padding.
+        // The 5,008-token prompt spans ten attention chunks, beside short ones.
         let longest = goldens
             .pairs
             .iter()
@@ -96,6 +97,91 @@ fn a_pair_in_a_mixed_batch_scores_as_it_does_alone() {
                 (score.yes_logit() - alone.yes_logit()).abs() <= 1e-5,
                 "{name}: {} tokens",
                 seq.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_shared_query_prefix_matches_the_goldens() {
+    let goldens = goldens();
+    let query = "What is the capital of France?";
+    let (indices, sequences): (Vec<usize>, Vec<&[u32]>) = goldens
+        .pairs
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.query == query)
+        .map(|(i, p)| (i, p.input_ids.as_slice()))
+        .unzip();
+    assert!(sequences.len() >= 2, "the goldens hold one query twice");
+    for name in MODELS {
+        let engine = load(&fixture(name));
+        let batch = engine.run_batch(&sequences).unwrap();
+        let total: usize = sequences.iter().map(|s| s.len()).sum();
+        assert!(
+            batch.computed_tokens < total,
+            "{name}: the query prefix was not shared ({} of {total} tokens computed)",
+            batch.computed_tokens
+        );
+        for (score, &i) in batch.scores.iter().zip(&indices) {
+            let golden = goldens.models[name].yes_logit[i];
+            let diff = (score.yes_logit() - golden).abs();
+            assert!(diff <= 1e-4, "{name} pair {i}: |Δ yes_logit| {diff}");
+        }
+    }
+}
+
+#[test]
+fn prefix_sharing_scores_as_scoring_each_pair_alone() {
+    let goldens = goldens();
+    let documents: Vec<&str> = goldens
+        .pairs
+        .iter()
+        .filter(|p| p.input_ids.len() <= BATCHABLE_TOKENS)
+        .map(|p| p.document.as_str())
+        .collect();
+    // Two queries, one long (its prefix spans several hundred tokens), their documents
+    // interleaved in the batch.
+    let long_query =
+        "Which of these passages explains how the reranker scores a document? ".repeat(40);
+    let queries = [long_query.as_str(), "short query"];
+    for name in MODELS {
+        let alone = Engine::load(&LoadOptions {
+            share_prefixes: false,
+            ..options(&fixture(name))
+        })
+        .unwrap();
+        let shared = load(&fixture(name));
+        let encoded: Vec<Vec<u32>> = documents
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                shared
+                    .encode(queries[i % 2], d, TokenLimits::default())
+                    .unwrap()
+                    .ids
+            })
+            .collect();
+        let sequences: Vec<&[u32]> = encoded.iter().map(Vec::as_slice).collect();
+        let batch = shared.run_batch(&sequences).unwrap();
+        let unshared = alone.run_batch(&sequences).unwrap();
+        let total: usize = sequences.iter().map(|s| s.len()).sum();
+        assert_eq!(unshared.computed_tokens, total);
+        assert!(
+            batch.computed_tokens < total * 2 / 3,
+            "{name}: {} of {total}",
+            batch.computed_tokens
+        );
+        for (i, (a, b)) in batch.scores.iter().zip(&unshared.scores).enumerate() {
+            let diff = (a.yes_logit() - b.yes_logit()).abs();
+            assert!(
+                diff <= 1e-4,
+                "{name} pair {i}: shared vs alone |Δ yes_logit| {diff}"
+            );
+            let single = alone.score_batch(&[sequences[i]]).unwrap()[0];
+            assert!(
+                (single.yes_logit() - b.yes_logit()).abs() <= 1e-5,
+                "{name} pair {i}"
             );
         }
     }

@@ -14,17 +14,17 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::metrics::Metrics;
-use crate::model::{BatchBudget, Engine, Score};
+use crate::model::{BatchBudget, Engine, Score, ScoredBatch};
 
-/// What the model thread runs: a padded batch of token-id sequences in, one score each out.
+/// What the model thread runs: a batch of token-id sequences in, one score each out.
 /// The engine is the real one; tests substitute their own.
 pub trait BatchScorer: Send + Sync + 'static {
-    fn score_batch(&self, sequences: &[&[u32]]) -> crate::model::Result<Vec<Score>>;
+    fn run_batch(&self, sequences: &[&[u32]]) -> crate::model::Result<ScoredBatch>;
 }
 
 impl BatchScorer for Engine {
-    fn score_batch(&self, sequences: &[&[u32]]) -> crate::model::Result<Vec<Score>> {
-        Engine::score_batch(self, sequences)
+    fn run_batch(&self, sequences: &[&[u32]]) -> crate::model::Result<ScoredBatch> {
+        Engine::run_batch(self, sequences)
     }
 }
 use queue::{Pending, Queue};

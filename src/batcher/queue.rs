@@ -8,11 +8,7 @@ use tokio::sync::Notify;
 
 use super::Request;
 use crate::metrics::Metrics;
-use crate::model::{BatchBudget, plan_batches};
-
-/// How far past the head of the queue a batch may reach for pairs of similar length,
-/// in multiples of the batch budget.
-const LOOKAHEAD_BATCHES: usize = 4;
+use crate::model::BatchBudget;
 
 pub(super) struct Pending {
     pub request: Arc<Request>,
@@ -96,8 +92,9 @@ impl Queue {
         }
     }
 
-    /// The batch that holds the oldest waiting pair, filled with pairs of similar length
-    /// from a bounded window behind it, so nothing waits forever and padding stays small.
+    /// The oldest waiting pairs, as many as the budget holds: first come, first served, and
+    /// a request's pairs stay together so that the forward shares their query prefix. Under
+    /// load, a batch that a request's last pairs leave room in fills with the next request's.
     fn take_batch(&self) -> Vec<Pending> {
         let mut waiting = self.lock();
         // Pairs of requests that gave up may linger only if a withdraw raced a batch.
@@ -110,32 +107,16 @@ impl Queue {
             open
         });
         waiting.tokens -= dropped;
-        if waiting.pairs.is_empty() {
-            self.publish(&waiting);
-            return Vec::new();
-        }
-        let window_tokens = self.budget.max_tokens.saturating_mul(LOOKAHEAD_BATCHES);
-        let window_pairs = self.budget.max_sequences.saturating_mul(LOOKAHEAD_BATCHES);
-        let mut lengths = Vec::new();
-        let mut tokens = 0;
-        for pair in waiting.pairs.iter().take(window_pairs) {
-            if !lengths.is_empty() && tokens + pair.ids.len() > window_tokens {
+        let (mut count, mut tokens) = (0, 0);
+        for pair in &waiting.pairs {
+            if count > 0 && !self.budget.fits(tokens + pair.ids.len(), count + 1) {
                 break;
             }
+            count += 1;
             tokens += pair.ids.len();
-            lengths.push(pair.ids.len());
         }
-        let mut chosen = plan_batches(&lengths, self.budget)
-            .into_iter()
-            .find(|batch| batch.contains(&0))
-            .expect("the plan covers the head of the queue");
-        chosen.sort_unstable_by(|a, b| b.cmp(a));
-        let mut batch: Vec<Pending> = chosen
-            .into_iter()
-            .filter_map(|i| waiting.pairs.remove(i))
-            .collect();
-        batch.reverse();
-        waiting.tokens -= batch.iter().map(|p| p.ids.len()).sum::<usize>();
+        let batch: Vec<Pending> = waiting.pairs.drain(..count).collect();
+        waiting.tokens -= tokens;
         self.publish(&waiting);
         batch
     }

@@ -4,27 +4,37 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::*;
-use crate::model::{ModelError, Score};
+use crate::model::{ModelError, Score, ScoredBatch};
 
 /// Scores a sequence by its contents, so a misrouted score shows; id 999 fails its batch,
-/// id 666 panics in it.
+/// id 666 panics in it, and so does a batch over the budget.
 struct FakeScorer {
     delay: Duration,
+    budget: BatchBudget,
 }
 
 impl BatchScorer for FakeScorer {
-    fn score_batch(&self, sequences: &[&[u32]]) -> crate::model::Result<Vec<Score>> {
+    fn run_batch(&self, sequences: &[&[u32]]) -> crate::model::Result<ScoredBatch> {
         std::thread::sleep(self.delay);
+        let tokens = sequences.iter().map(|s| s.len()).sum();
+        assert!(
+            sequences.len() == 1 || self.budget.fits(tokens, sequences.len()),
+            "a batch of {} sequences and {tokens} tokens is over the budget",
+            sequences.len()
+        );
         if sequences.iter().any(|s| s.contains(&666)) {
             panic!("poisoned input");
         }
         if sequences.iter().any(|s| s.contains(&999)) {
             return Err(ModelError::Inference("non-finite logit".into()));
         }
-        Ok(sequences
-            .iter()
-            .map(|s| Score::from_yes_logit(expected(s)))
-            .collect())
+        Ok(ScoredBatch {
+            scores: sequences
+                .iter()
+                .map(|s| Score::from_yes_logit(expected(s)))
+                .collect(),
+            computed_tokens: sequences.iter().map(|s| s.len()).sum(),
+        })
     }
 }
 
@@ -40,6 +50,7 @@ fn batcher(
     let metrics = Arc::new(Metrics::new());
     let scorer = Arc::new(FakeScorer {
         delay: Duration::from_millis(delay_ms),
+        budget,
     });
     (
         Batcher::spawn(scorer, budget, max_queued_tokens, metrics.clone()),

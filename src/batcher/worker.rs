@@ -36,9 +36,13 @@ fn run_batch(engine: &dyn BatchScorer, batch: Vec<Pending>, metrics: &Metrics) {
     let started = Instant::now();
     let sequences: Vec<&[u32]> = batch.iter().map(|p| p.ids.as_slice()).collect();
     // A panic inside the forward fails this batch's requests, not the server.
-    let outcome = catch_unwind(AssertUnwindSafe(|| engine.score_batch(&sequences)));
+    let outcome = catch_unwind(AssertUnwindSafe(|| engine.run_batch(&sequences)));
     let inference = started.elapsed();
-    observe(&batch, metrics, inference.as_secs_f64());
+    let computed = match &outcome {
+        Ok(Ok(scored)) => Some(scored.computed_tokens),
+        _ => None,
+    };
+    observe(&batch, metrics, inference.as_secs_f64(), computed);
 
     let mut requests: Vec<&Arc<Request>> = Vec::new();
     let mut seen = HashSet::new();
@@ -48,11 +52,11 @@ fn run_batch(engine: &dyn BatchScorer, batch: Vec<Pending>, metrics: &Metrics) {
         }
     }
     match outcome {
-        Ok(Ok(scores)) => {
+        Ok(Ok(scored)) => {
             for request in &requests {
                 request.add_inference_time(inference);
             }
-            for (pending, score) in batch.iter().zip(scores) {
+            for (pending, score) in batch.iter().zip(scored.scores) {
                 pending.request.record(pending.position, score, started);
             }
         }
@@ -78,10 +82,9 @@ fn run_batch(engine: &dyn BatchScorer, batch: Vec<Pending>, metrics: &Metrics) {
     }
 }
 
-fn observe(batch: &[Pending], metrics: &Metrics, seconds: f64) {
+/// `computed`: the tokens the forward pass computed, when it succeeded.
+fn observe(batch: &[Pending], metrics: &Metrics, seconds: f64, computed: Option<usize>) {
     let real: usize = batch.iter().map(|p| p.ids.len()).sum();
-    let longest = batch.iter().map(|p| p.ids.len()).max().unwrap_or(0);
-    let padded = longest * batch.len();
     let distinct: HashSet<*const Request> = batch.iter().map(|p| Arc::as_ptr(&p.request)).collect();
     metrics.inference_duration.observe(seconds);
     metrics.batch_pairs.observe(batch.len() as f64);
@@ -90,10 +93,10 @@ fn observe(batch: &[Pending], metrics: &Metrics, seconds: f64) {
         metrics.multi_request_batches.inc();
     }
     metrics.batch_tokens.observe(real as f64);
-    metrics.batch_padded_tokens.observe(padded as f64);
-    if padded > 0 {
+    if let Some(computed) = computed.filter(|_| real > 0) {
+        metrics.batch_computed_tokens.observe(computed as f64);
         metrics
-            .batch_padding_ratio
-            .observe((padded - real) as f64 / padded as f64);
+            .batch_shared_ratio
+            .observe(real.saturating_sub(computed) as f64 / real as f64);
     }
 }

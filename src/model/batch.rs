@@ -1,10 +1,10 @@
-//! Which sequences run together: length-sorted, so that padding stays small, and within a
-//! budget of padded tokens (longest × count) and of sequences.
+//! Which sequences run together: length-sorted, within a budget of tokens and of sequences.
+//! The forward packs a batch without padding, so its cost is the sum of its lengths.
 
 /// Limits on one forward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchBudget {
-    /// Padded tokens: the longest sequence's length times the number of sequences.
+    /// Tokens of all the batch's sequences together.
     pub max_tokens: usize,
     pub max_sequences: usize,
 }
@@ -19,23 +19,28 @@ impl Default for BatchBudget {
 }
 
 impl BatchBudget {
-    /// Whether `count` sequences whose longest has `longest` tokens fit.
-    pub fn fits(&self, longest: usize, count: usize) -> bool {
-        count <= self.max_sequences.max(1) && longest * count <= self.max_tokens
+    /// Whether `count` sequences of `tokens` tokens together fit.
+    pub fn fits(&self, tokens: usize, count: usize) -> bool {
+        count <= self.max_sequences.max(1) && tokens <= self.max_tokens
     }
 }
 
-/// Groups sequence indices into batches, longest first. A sequence longer than the token
-/// budget runs alone rather than never.
+/// Groups sequence indices into batches, in their order: neighbours (the documents of one
+/// query) stay together and share their prefix in the forward. A sequence longer than the
+/// token budget runs alone rather than never.
 pub fn plan_batches(lengths: &[usize], budget: BatchBudget) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..lengths.len()).collect();
-    order.sort_by(|&a, &b| lengths[b].cmp(&lengths[a]).then(a.cmp(&b)));
     let mut batches: Vec<Vec<usize>> = Vec::new();
-    for index in order {
+    let mut tokens = 0;
+    for (index, &len) in lengths.iter().enumerate() {
         match batches.last_mut() {
-            // Sorted descending, so a batch's longest is its first.
-            Some(batch) if budget.fits(lengths[batch[0]], batch.len() + 1) => batch.push(index),
-            _ => batches.push(vec![index]),
+            Some(batch) if budget.fits(tokens + len, batch.len() + 1) => {
+                batch.push(index);
+                tokens += len;
+            }
+            _ => {
+                batches.push(vec![index]);
+                tokens = len;
+            }
         }
     }
     batches
@@ -46,27 +51,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn batches_respect_the_budget_and_cover_every_index_once() {
-        let lengths = [5, 100, 7, 50, 50, 3, 400, 8];
+    fn batches_keep_order_respect_the_budget_and_cover_every_index_once() {
+        let lengths = [5, 100, 7, 50, 50, 3, 400, 8, 1, 1, 1];
         let budget = BatchBudget {
             max_tokens: 120,
             max_sequences: 3,
         };
         let batches = plan_batches(&lengths, budget);
-        let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
-        seen.sort();
+        let seen: Vec<usize> = batches.iter().flatten().copied().collect();
         assert_eq!(seen, (0..lengths.len()).collect::<Vec<_>>());
         for batch in &batches {
-            let longest = batch.iter().map(|&i| lengths[i]).max().unwrap();
+            let tokens = batch.iter().map(|&i| lengths[i]).sum();
             assert!(
-                batch.len() == 1 || budget.fits(longest, batch.len()),
+                batch.len() == 1 || budget.fits(tokens, batch.len()),
                 "{batch:?}"
             );
         }
-        // The over-long sequence runs alone, first.
-        assert_eq!(batches[0], vec![6]);
-        assert_eq!(batches[1], vec![1]);
-        assert_eq!(batches[2], vec![3, 4]);
+        // The pair cap closes the first two and the fourth, the token cap the third; the
+        // over-long sequence runs alone.
+        assert_eq!(
+            batches,
+            vec![
+                vec![0, 1, 2],
+                vec![3, 4, 5],
+                vec![6],
+                vec![7, 8, 9],
+                vec![10]
+            ]
+        );
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! The model layer: a zerank checkpoint loaded once, turning pairs into token ids
-//! ([`Engine::encode`]) and padded batches of ids into scores ([`Engine::score_batch`]).
+//! ([`Engine::encode`]) and batches of ids into scores ([`Engine::score_batch`]).
 
 mod batch;
 mod config;
 mod error;
 mod files;
+mod packing;
 mod prompt;
 mod qwen3;
 
@@ -13,7 +14,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
 pub use batch::{BatchBudget, plan_batches};
@@ -25,6 +26,7 @@ pub use prompt::{
     cut_and_strip,
 };
 
+use packing::Packing;
 use prompt::PromptEncoder;
 use qwen3::Qwen3Scorer;
 
@@ -52,6 +54,14 @@ impl Score {
     pub fn yes_logit(&self) -> f32 {
         self.raw * LOGIT_SCALE
     }
+}
+
+/// A batch's scores, in its order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoredBatch {
+    pub scores: Vec<Score>,
+    /// Tokens the forward pass computed: packed without padding, a shared prefix once.
+    pub computed_tokens: usize,
 }
 
 /// A document's place in a ranking.
@@ -166,7 +176,7 @@ impl DTypeSpec {
 }
 
 /// What to load and where to run it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct LoadOptions {
     /// A local checkpoint directory or a Hub id.
     pub model: String,
@@ -175,6 +185,21 @@ pub struct LoadOptions {
     pub dtype: DTypeSpec,
     /// Cap on prompt length in tokens; the model's own limit when `None`.
     pub max_length: Option<usize>,
+    /// Compute a prefix that sequences of one batch share (a request's query) once.
+    pub share_prefixes: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            model: String::new(),
+            revision: None,
+            device: DeviceSpec::default(),
+            dtype: DTypeSpec::default(),
+            max_length: None,
+            share_prefixes: true,
+        }
+    }
 }
 
 /// What was loaded, for `/info` and logs.
@@ -188,6 +213,7 @@ pub struct ModelInfo {
     pub num_layers: usize,
     pub hidden_size: usize,
     pub yes_token_id: u32,
+    pub share_prefixes: bool,
     #[serde(skip)]
     pub load_time: Duration,
 }
@@ -196,6 +222,7 @@ pub struct ModelInfo {
 pub struct Engine {
     encoder: PromptEncoder,
     scorer: Qwen3Scorer,
+    config: Qwen3Config,
     info: ModelInfo,
 }
 
@@ -228,11 +255,13 @@ impl Engine {
             num_layers: config.num_hidden_layers,
             hidden_size: config.hidden_size,
             yes_token_id: encoder.yes_token_id(),
+            share_prefixes: options.share_prefixes,
             load_time: started.elapsed(),
         };
         Ok(Engine {
             encoder,
             scorer,
+            config,
             info,
         })
     }
@@ -241,33 +270,47 @@ impl Engine {
         &self.info
     }
 
+    /// The checkpoint's architecture settings.
+    pub fn config(&self) -> &Qwen3Config {
+        &self.config
+    }
+
     /// Token ids of the prompt for one pair.
     pub fn encode(&self, query: &str, document: &str, limits: TokenLimits) -> Result<EncodedPair> {
         self.encoder.encode(query, document, limits)
     }
 
-    /// Scores of the sequences, run as one right-padded batch.
+    /// Scores of the sequences (each non-empty), run as one forward pass.
     pub fn score_batch(&self, sequences: &[&[u32]]) -> Result<Vec<Score>> {
+        self.run_batch(sequences).map(|batch| batch.scores)
+    }
+
+    /// [`Engine::score_batch`], with what the forward pass computed.
+    pub fn run_batch(&self, sequences: &[&[u32]]) -> Result<ScoredBatch> {
         if sequences.is_empty() {
-            return Ok(Vec::new());
+            return Ok(ScoredBatch {
+                scores: Vec::new(),
+                computed_tokens: 0,
+            });
         }
-        let lengths: Vec<usize> = sequences.iter().map(|s| s.len()).collect();
-        let width = lengths.iter().copied().max().unwrap_or(0);
-        let pad = self.encoder.pad_token_id();
-        let mut ids = Vec::with_capacity(width * sequences.len());
-        for seq in sequences {
-            ids.extend_from_slice(seq);
-            ids.resize(ids.len() + width - seq.len(), pad);
+        if sequences.iter().any(|s| s.is_empty()) {
+            return Err(ModelError::Inference(
+                "an empty sequence has no score".into(),
+            ));
         }
-        let input = Tensor::from_vec(ids, (sequences.len(), width), self.scorer.device())?;
-        let logits = self.scorer.yes_logits(&input, &lengths)?;
+        let packing = Packing::new(sequences, self.info.share_prefixes);
+        let logits = self.scorer.yes_logits(&packing)?;
         if let Some(bad) = logits.iter().position(|l| !l.is_finite()) {
             return Err(ModelError::Inference(format!(
                 "the model produced a non-finite logit ({}) for a sequence of {} tokens",
-                logits[bad], lengths[bad]
+                logits[bad],
+                sequences[bad].len()
             )));
         }
-        Ok(logits.into_iter().map(Score::from_yes_logit).collect())
+        Ok(ScoredBatch {
+            scores: logits.into_iter().map(Score::from_yes_logit).collect(),
+            computed_tokens: packing.ids.len(),
+        })
     }
 
     /// Scores of arbitrary pairs, in their order, batched within `budget`.

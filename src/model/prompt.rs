@@ -60,7 +60,6 @@ pub struct PromptEncoder {
     tail: Vec<u32>,
     max_length: usize,
     yes_token_id: u32,
-    pad_token_id: u32,
 }
 
 #[derive(Deserialize, Default)]
@@ -151,11 +150,6 @@ impl PromptEncoder {
             })
         };
         let yes_token_id = token_id(YES_TOKEN)?;
-        let pad_token_id = match config.pad_token.as_ref().or(config.eos_token.as_ref()) {
-            Some(token) => token_id(token.content())?,
-            None => yes_token_id,
-        };
-
         let rendered = render_template(template, config)?;
         let (head, middle, tail) = split_rendered(&rendered)?;
         let mut tokenizer = tokenizer;
@@ -183,16 +177,11 @@ impl PromptEncoder {
             tail,
             max_length,
             yes_token_id,
-            pad_token_id,
         })
     }
 
     pub fn yes_token_id(&self) -> u32 {
         self.yes_token_id
-    }
-
-    pub fn pad_token_id(&self) -> u32 {
-        self.pad_token_id
     }
 
     /// The longest prompt the model accepts, template included.

@@ -1,6 +1,6 @@
-//! Qwen3 written for scoring, not generation: one forward over a right-padded batch, no KV
-//! cache, and of the LM head only the row of the "Yes" token, applied to each row's last
-//! real token.
+//! Qwen3 written for scoring, not generation: one forward over a packed batch (every real
+//! token once, no padding, shared prefixes once; see [`Packing`]), no KV cache, and of the LM
+//! head only the row of the "Yes" token, applied to each sequence's last token.
 
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{D, DType, Device, Module, Tensor};
@@ -8,6 +8,7 @@ use candle_nn::{Linear, RmsNorm, VarBuilder};
 
 use super::config::Qwen3Config;
 use super::error::{ModelError, Result};
+use super::packing::{Packing, Span};
 
 /// Queries attended at once: bounds the score matrix to heads × 512 × length.
 const QUERY_CHUNK: usize = 512;
@@ -40,13 +41,38 @@ impl Rotary {
         })
     }
 
-    /// `x`: (batch, heads, seq, head_dim), positions from 0.
-    fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let seq_len = x.dim(2)?;
-        let cos = self.cos.narrow(0, 0, seq_len)?;
-        let sin = self.sin.narrow(0, 0, seq_len)?;
-        candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)
+    /// The rotation of each packed token, by its position in its own sequence.
+    fn at(&self, positions: &Tensor) -> candle_core::Result<Rotation> {
+        Ok(Rotation {
+            cos: self.cos.index_select(positions, 0)?,
+            sin: self.sin.index_select(positions, 0)?,
+        })
     }
+}
+
+/// Rotary rows of the packed tokens: (tokens, head_dim / 2) each.
+struct Rotation {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rotation {
+    /// `x`: (tokens, heads, head_dim) → rotated, head-major (heads, tokens, head_dim), so that
+    /// a span is a row range of every head.
+    fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        candle_nn::rotary_emb::rope_thd(&x.unsqueeze(0)?, &self.cos, &self.sin)?
+            .squeeze(0)?
+            .transpose(0, 1)?
+            .contiguous()
+    }
+}
+
+/// What every layer of one forward pass shares.
+struct PassContext<'a> {
+    rotation: Rotation,
+    spans: &'a [Span],
+    /// Additive causal mask of one query chunk against itself.
+    causal_block: &'a Tensor,
 }
 
 struct Attention {
@@ -79,17 +105,10 @@ impl Attention {
         })
     }
 
-    /// `x`: (batch, seq, hidden); `causal_block`: the additive causal mask of one query chunk;
-    /// `lengths`: each row's real tokens.
-    fn forward(
-        &self,
-        x: &Tensor,
-        causal_block: &Tensor,
-        lengths: &[usize],
-        rotary: &Rotary,
-    ) -> candle_core::Result<Tensor> {
-        let (batch, seq_len, _) = x.dims3()?;
-        let split_heads = |t: Tensor, n: usize| t.reshape((batch, seq_len, n, self.head_dim));
+    /// `x`: (tokens, hidden), packed.
+    fn forward(&self, x: &Tensor, pass: &PassContext) -> candle_core::Result<Tensor> {
+        let tokens = x.dim(0)?;
+        let split_heads = |t: Tensor, n: usize| t.reshape((tokens, n, self.head_dim));
         // Qwen3 normalises each head's q and k before the rotation.
         let q = self
             .q_norm
@@ -97,71 +116,67 @@ impl Attention {
         let k = self
             .k_norm
             .forward(&split_heads(self.k_proj.forward(x)?, self.kv_heads)?)?;
-        let v = split_heads(self.v_proj.forward(x)?, self.kv_heads)?;
-        let q = rotary.apply(&q.transpose(1, 2)?)?;
-        let k = rotary.apply(&k.transpose(1, 2)?)?;
-        let v = v.transpose(1, 2)?.contiguous()?;
-        let repeat = self.heads / self.kv_heads;
-        let k = candle_transformers::utils::repeat_kv(k, repeat)?;
-        let v = candle_transformers::utils::repeat_kv(v, repeat)?;
-
-        let rows = (0..batch)
-            .map(|row| {
-                let real = self.attend_row(
-                    &q.get(row)?,
-                    &k.get(row)?,
-                    &v.get(row)?,
-                    causal_block,
-                    lengths[row],
-                )?;
-                // Padding positions get zeros: nothing real ever reads them.
-                match seq_len - lengths[row] {
-                    0 => Ok(real),
-                    pad => Tensor::cat(
-                        &[
-                            real,
-                            Tensor::zeros((self.heads, pad, self.head_dim), q.dtype(), q.device())?,
-                        ],
-                        1,
-                    ),
-                }
-            })
+        let v = split_heads(self.v_proj.forward(x)?, self.kv_heads)?
+            .transpose(0, 1)?
+            .contiguous()?;
+        let (q, k) = (pass.rotation.apply(&q)?, pass.rotation.apply(&k)?);
+        let spans = pass
+            .spans
+            .iter()
+            .map(|span| self.attend_span(&q, &k, &v, span, pass.causal_block))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let out = Tensor::stack(&rows, 0)?.transpose(1, 2)?.reshape((
-            batch,
-            seq_len,
-            self.heads * self.head_dim,
-        ))?;
-        self.o_proj.forward(&out)
+        self.o_proj.forward(&Tensor::cat(&spans.concat(), 0)?)
     }
 
-    /// Causal attention over one row's `len` real tokens, `QUERY_CHUNK` queries at a time, so
-    /// that the score matrix stays heads × chunk × len however long the row and however
-    /// long the padding around it.
-    fn attend_row(
+    /// Causal attention of one span's queries over its context and itself, `QUERY_CHUNK`
+    /// queries at a time, so that the score matrix stays heads × chunk × keys however long
+    /// the span. `q`, `k`, `v` are head-major over all packed tokens. Returns the span's
+    /// output rows, (chunk, heads × head_dim) each.
+    fn attend_span(
         &self,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
+        span: &Span,
         causal_block: &Tensor,
-        len: usize,
-    ) -> candle_core::Result<Tensor> {
+    ) -> candle_core::Result<Vec<Tensor>> {
+        let keys_of = |t: &Tensor| -> candle_core::Result<Tensor> {
+            let own = t.narrow(1, span.tokens.start, span.tokens.len())?;
+            match &span.context {
+                Some(context) => {
+                    Tensor::cat(&[&t.narrow(1, context.start, context.len())?, &own], 1)
+                }
+                None => Ok(own),
+            }
+        };
+        let (k, v) = (keys_of(k)?, keys_of(v)?);
+        let before = span.context.as_ref().map_or(0, |c| c.len());
+        let len = span.tokens.len();
+        // Query heads of one key/value head are adjacent: a head group is one matmul batch.
+        let group = self.heads / self.kv_heads;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let chunks = (0..len)
+        (0..len)
             .step_by(QUERY_CHUNK)
             .map(|start| {
                 let count = QUERY_CHUNK.min(len - start);
-                // Causal: these queries see keys up to their own position only.
-                let keys = start + count;
-                let scores = (q
-                    .narrow(1, start, count)?
-                    .matmul(&k.narrow(1, 0, keys)?.t()?)?
-                    * scale)?
-                    .broadcast_add(&chunk_mask(causal_block, start, count)?)?;
-                candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v.narrow(1, 0, keys)?)
+                // Causal: these queries see the context and their span up to themselves.
+                let visible = before + start + count;
+                let queries = q
+                    .narrow(1, span.tokens.start + start, count)?
+                    .affine(scale, 0.0)?
+                    .reshape((self.kv_heads, group * count, self.head_dim))?;
+                let scores = queries
+                    .matmul(&k.narrow(1, 0, visible)?.t()?)?
+                    .reshape((self.kv_heads, group, count, visible))?
+                    .broadcast_add(&chunk_mask(causal_block, before + start, count)?)?;
+                candle_nn::ops::softmax_last_dim(&scores)?
+                    .reshape((self.kv_heads, group * count, visible))?
+                    .matmul(&v.narrow(1, 0, visible)?)?
+                    .reshape((self.heads, count, self.head_dim))?
+                    .transpose(0, 1)?
+                    .reshape((count, self.heads * self.head_dim))
             })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Tensor::cat(&chunks, 1)
+            .collect()
     }
 }
 
@@ -213,19 +228,10 @@ impl DecoderLayer {
         })
     }
 
-    fn forward(
-        &self,
-        x: &Tensor,
-        causal_block: &Tensor,
-        lengths: &[usize],
-        rotary: &Rotary,
-    ) -> candle_core::Result<Tensor> {
-        let attended = self.attention.forward(
-            &self.input_layernorm.forward(x)?,
-            causal_block,
-            lengths,
-            rotary,
-        )?;
+    fn forward(&self, x: &Tensor, pass: &PassContext) -> candle_core::Result<Tensor> {
+        let attended = self
+            .attention
+            .forward(&self.input_layernorm.forward(x)?, pass)?;
         let x = (x + attended)?;
         let transformed = self
             .mlp
@@ -302,40 +308,36 @@ impl Qwen3Scorer {
         })
     }
 
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
-    /// `yes_logit` of each sequence. `input_ids` is (batch, seq) right-padded; `lengths` holds
-    /// each row's real length. Rows do not influence each other: with right padding and a
-    /// causal mask, real tokens only ever attend to real tokens.
-    pub fn yes_logits(&self, input_ids: &Tensor, lengths: &[usize]) -> Result<Vec<f32>> {
-        let (batch, seq_len) = input_ids.dims2()?;
-        if lengths.len() != batch || lengths.iter().any(|&n| n == 0 || n > seq_len) {
-            return Err(ModelError::Inference(format!(
-                "lengths {lengths:?} do not fit a batch of {batch} x {seq_len}"
-            )));
-        }
-        if seq_len > self.max_length {
+    /// `yes_logit` of each packed sequence, in the packing's input order.
+    pub fn yes_logits(&self, packing: &Packing) -> Result<Vec<f32>> {
+        if let Some(&position) = packing.positions.iter().max()
+            && position as usize >= self.max_length
+        {
             return Err(ModelError::InputTooLong(format!(
-                "{seq_len} tokens, the model allows {}",
+                "{} tokens, the model allows {}",
+                position + 1,
                 self.max_length
             )));
         }
-        let mut hidden = self.embed_tokens.forward(input_ids)?;
+        let tokens = packing.ids.len();
+        let positions = Tensor::from_slice(&packing.positions, tokens, &self.device)?;
+        let pass = PassContext {
+            rotation: self.rotary.at(&positions)?,
+            spans: &packing.spans,
+            causal_block: &self.causal_block,
+        };
+        let mut hidden =
+            self.embed_tokens
+                .forward(&Tensor::from_slice(&packing.ids, tokens, &self.device)?)?;
         for layer in &self.layers {
-            hidden = layer.forward(&hidden, &self.causal_block, lengths, &self.rotary)?;
+            hidden = layer.forward(&hidden, &pass)?;
         }
-        let last_rows: Vec<u32> = lengths
-            .iter()
-            .enumerate()
-            .map(|(row, &len)| (row * seq_len + len - 1) as u32)
-            .collect();
-        let last_rows = Tensor::from_vec(last_rows, batch, &self.device)?;
-        let last = hidden
-            .flatten_to(1)?
-            .index_select(&last_rows, 0)?
-            .to_dtype(DType::F32)?;
+        let last_tokens = Tensor::from_slice(
+            &packing.last_tokens,
+            packing.last_tokens.len(),
+            &self.device,
+        )?;
+        let last = hidden.index_select(&last_tokens, 0)?.to_dtype(DType::F32)?;
         let normed = self.final_norm.forward(&last)?;
         let logits = normed.broadcast_mul(&self.yes_row)?.sum(D::Minus1)?;
         Ok(logits.to_device(&Device::Cpu)?.to_vec1::<f32>()?)

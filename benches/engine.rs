@@ -1,0 +1,225 @@
+//! The scoring engine on a checkpoint of a real shape: tokens/s with query-prefix sharing on
+//! and off, the CPU's sgemm peak on the model's own matmul shapes, the fraction of it the
+//! forward reaches (the roofline line of BENCHMARKS.md), and peak resident memory.
+//!
+//!     python3 bench/workload.py --documents 100 > /tmp/pairs.jsonl
+//!     cargo bench --bench engine -- --model /tmp/zerank-0.6b --pairs /tmp/pairs.jsonl
+//!
+//! Prints one JSON object per line.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use candle_core::{Device, Tensor};
+use clap::Parser;
+use serde::Deserialize;
+use serde_json::json;
+use zerank_server::model::{
+    BatchBudget, DTypeSpec, DeviceSpec, Engine, LoadOptions, Qwen3Config, TokenLimits,
+};
+
+#[derive(Parser)]
+struct Args {
+    /// Checkpoint directory (see bench/make_checkpoint.py).
+    #[arg(long)]
+    model: String,
+    /// JSON lines of {"query", "document"} (see bench/workload.py).
+    #[arg(long)]
+    pairs: PathBuf,
+    /// Prefix sharing settings to run, in order.
+    #[arg(long, value_delimiter = ',', default_value = "off,on")]
+    sharing: Vec<String>,
+    #[arg(long, default_value_t = 16_384)]
+    max_batch_tokens: usize,
+    #[arg(long, default_value_t = 64)]
+    max_batch_pairs: usize,
+    /// Rows of the sgemm probe (tokens per matmul); 0 skips it.
+    #[arg(long, default_value_t = 1024)]
+    gemm_rows: usize,
+    /// `cargo bench` passes this to every bench binary.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+#[derive(Deserialize)]
+struct Pair {
+    query: String,
+    document: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let text = std::fs::read_to_string(&args.pairs)
+        .with_context(|| format!("reading {}", args.pairs.display()))?;
+    let pairs: Vec<Pair> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let pairs: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|p| (p.query.as_str(), p.document.as_str()))
+        .collect();
+    let budget = BatchBudget {
+        max_tokens: args.max_batch_tokens,
+        max_sequences: args.max_batch_pairs,
+    };
+
+    let mut peak = None;
+    let mut weights_mib = None;
+    let mut unshared: Option<Vec<f32>> = None;
+    for setting in &args.sharing {
+        let share_prefixes = match setting.as_str() {
+            "on" => true,
+            "off" => false,
+            other => anyhow::bail!("--sharing takes on and off, not `{other}`"),
+        };
+        let engine = Engine::load(&LoadOptions {
+            model: args.model.clone(),
+            device: DeviceSpec::Cpu,
+            dtype: DTypeSpec::F32,
+            share_prefixes,
+            ..LoadOptions::default()
+        })?;
+        weights_mib = Some(f32_weight_mib(engine.config()));
+        if peak.is_none() && args.gemm_rows > 0 {
+            peak = Some(sgemm_peak(engine.config(), args.gemm_rows)?);
+        }
+        let tokens: usize = pairs
+            .iter()
+            .map(|(q, d)| {
+                engine
+                    .encode(q, d, TokenLimits::default())
+                    .map(|e| e.ids.len())
+            })
+            .sum::<Result<_, _>>()?;
+        // Warm-up: first touches of the weights and allocator growth stay out of the timing.
+        engine.score_pairs(&pairs[..1], TokenLimits::default(), budget)?;
+        let started = Instant::now();
+        let scores = engine.score_pairs(&pairs, TokenLimits::default(), budget)?;
+        let seconds = started.elapsed().as_secs_f64();
+        let raw: Vec<f32> = scores.iter().map(|s| s.raw).collect();
+        let max_diff = unshared.as_ref().map(|base| {
+            base.iter()
+                .zip(&raw)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max)
+        });
+        if !share_prefixes {
+            unshared = Some(raw);
+        }
+        let flops = forward_flops(engine.config(), &pairs, &engine)?;
+        println!(
+            "{}",
+            json!({
+                "runner": "engine",
+                "prefix_sharing": share_prefixes,
+                "pairs": pairs.len(),
+                "tokens": tokens,
+                "seconds": round(seconds, 2),
+                "tokens_per_s": round(tokens as f64 / seconds, 1),
+                "pairs_per_s": round(pairs.len() as f64 / seconds, 2),
+                "model_gflop_per_token": round(flops / tokens as f64 / 1e9, 3),
+                "model_gflops_per_s": round(flops / seconds / 1e9, 1),
+                "fraction_of_sgemm_peak": peak.map(|p| round(flops / seconds / 1e9 / p, 3)),
+                "max_abs_diff_raw_vs_unshared": max_diff,
+            })
+        );
+    }
+    println!(
+        "{}",
+        json!({ "peak_rss_mib": peak_rss_mib(), "f32_weights_mib": weights_mib })
+    );
+    Ok(())
+}
+
+/// Bytes of the weights at f32: what the resident set cannot go below on CPU.
+fn f32_weight_mib(config: &Qwen3Config) -> f64 {
+    let (hidden, inner) = (config.hidden_size, config.intermediate_size);
+    let q = config.num_attention_heads * config.head_dim;
+    let kv = config.num_key_value_heads * config.head_dim;
+    let per_layer =
+        hidden * (q + 2 * kv) + q * hidden + 3 * hidden * inner + 2 * hidden + 2 * config.head_dim;
+    let embedding = config.vocab_size * hidden;
+    let head = if config.tie_word_embeddings {
+        0
+    } else {
+        hidden
+    };
+    let params = embedding + config.num_hidden_layers * per_layer + hidden + head;
+    round(params as f64 * 4.0 / (1 << 20) as f64, 1)
+}
+
+/// The best GFLOP/s of candle's f32 matmul over the model's linear shapes, `rows` tokens at
+/// a time (`x @ w^T`, as the forward runs them).
+fn sgemm_peak(config: &Qwen3Config, rows: usize) -> anyhow::Result<f64> {
+    let (hidden, inner) = (config.hidden_size, config.intermediate_size);
+    let q = config.num_attention_heads * config.head_dim;
+    let kv = config.num_key_value_heads * config.head_dim;
+    let mut best: f64 = 0.0;
+    for (k, n) in [
+        (hidden, q),
+        (hidden, kv),
+        (q, hidden),
+        (hidden, inner),
+        (inner, hidden),
+    ] {
+        let x = Tensor::randn(0f32, 1.0, (rows, k), &Device::Cpu)?;
+        let w = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
+        x.matmul(&w.t()?)?;
+        let repeats = 5;
+        let started = Instant::now();
+        for _ in 0..repeats {
+            x.matmul(&w.t()?)?;
+        }
+        let gflops = (2 * rows * k * n * repeats) as f64 / started.elapsed().as_secs_f64() / 1e9;
+        println!(
+            "{}",
+            json!({"sgemm": format!("{rows}x{k}x{n}"), "gflops": round(gflops, 1)})
+        );
+        best = best.max(gflops);
+    }
+    println!("{}", json!({ "sgemm_peak_gflops": round(best, 1) }));
+    Ok(best)
+}
+
+/// Matmul FLOPs of scoring every pair alone (no sharing): the linear layers at every token,
+/// causal attention (q·k and p·v over the visible keys), and the one head row at the last.
+fn forward_flops(
+    config: &Qwen3Config,
+    pairs: &[(&str, &str)],
+    engine: &Engine,
+) -> anyhow::Result<f64> {
+    let (hidden, inner, layers) = (
+        config.hidden_size as f64,
+        config.intermediate_size as f64,
+        config.num_hidden_layers as f64,
+    );
+    let q = (config.num_attention_heads * config.head_dim) as f64;
+    let kv = (config.num_key_value_heads * config.head_dim) as f64;
+    let linear_per_token =
+        2.0 * layers * (hidden * (q + 2.0 * kv) + q * hidden + 3.0 * hidden * inner);
+    let mut total = 0.0;
+    for (query, document) in pairs {
+        let n = engine
+            .encode(query, document, TokenLimits::default())?
+            .ids
+            .len() as f64;
+        let attention = 2.0 * 2.0 * layers * q * n * (n + 1.0) / 2.0;
+        total += n * linear_per_token + attention + 2.0 * hidden;
+    }
+    Ok(total)
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(round(kib / 1024.0, 1))
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (x * scale).round() / scale
+}
