@@ -4,37 +4,43 @@
 # Run: docker run -p 8080:8080 -v zerank-cache:/data zerank-server --model zeroentropy/zerank-1-small
 
 ARG RUST_VERSION=1.95
-ARG CUDA_VERSION=12.8.1
+ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:13.0.2-runtime-ubuntu24.04
 
 # ---- CPU build: dependencies first, in their own cached layer ------------------------------
 FROM rust:${RUST_VERSION}-bookworm AS build-cpu
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && cargo build --release --locked && rm -rf src
+RUN mkdir src benches && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && echo 'fn main() {}' > benches/engine.rs \
+    && cargo build --release --locked && rm -rf src benches
 COPY src src
+COPY benches benches
 COPY openapi.yaml ./
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked
 
-# ---- CUDA build ---------------------------------------------------------------------------
-FROM nvidia/cuda:${CUDA_VERSION}-devel-ubuntu22.04 AS build-cuda
-ARG RUST_VERSION
+# ---- CUDA build: scripts/build_cuda.sh, as outside Docker (toolkit from PyPI's wheels) ------
+FROM rust:${RUST_VERSION}-bookworm AS build-cuda
 ARG CUDA_COMPUTE_CAP=90
-ENV CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP} PATH=/root/.cargo/bin:${PATH}
-RUN apt-get update && apt-get install -y --no-install-recommends curl ca-certificates build-essential pkg-config \
-    && rm -rf /var/lib/apt/lists/* \
-    && curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain ${RUST_VERSION}
+ENV CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP} CARGO_TARGET_DIR=/src/target
+RUN apt-get update && apt-get install -y --no-install-recommends python3-pip \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && cargo build --release --locked --features cuda && rm -rf src
+COPY scripts/build_cuda.sh scripts/
+RUN mkdir src benches && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && echo 'fn main() {}' > benches/engine.rs \
+    && PIP_BREAK_SYSTEM_PACKAGES=1 CUDA_TOOLKIT_DIR=/opt/cuda-toolkit scripts/build_cuda.sh --locked \
+    && rm -rf src benches
 COPY src src
+COPY benches benches
 COPY openapi.yaml ./
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked --features cuda
+RUN touch src/main.rs src/lib.rs \
+    && PIP_BREAK_SYSTEM_PACKAGES=1 CUDA_TOOLKIT_DIR=/opt/cuda-toolkit scripts/build_cuda.sh --locked
 
 # ---- Runtime images: small, non-root, model cache on a volume ------------------------------
 FROM debian:bookworm-slim AS cpu
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \
+# OpenBLAS: the server loads it at run time for its CPU matmuls (cpu_blas = "auto").
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl libopenblas0-pthread \
     && rm -rf /var/lib/apt/lists/* && useradd --uid 10001 --create-home zerank \
     && mkdir -p /data && chown zerank /data
 COPY --from=build-cpu /src/target/release/zerank-server /usr/local/bin/zerank-server
@@ -48,7 +54,9 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=600s --retries=3 \
     CMD curl -fsS http://127.0.0.1:8080/health || exit 1
 ENTRYPOINT ["zerank-server"]
 
-FROM nvidia/cuda:${CUDA_VERSION}-runtime-ubuntu22.04 AS cuda
+# The CUDA 13 runtime libraries the binary needs: libcudart.so.13, libcublas(Lt).so.13,
+# libcurand.so.10; libcuda.so.1 comes from the host's driver.
+FROM ${CUDA_RUNTIME_IMAGE} AS cuda
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/* && useradd --uid 10001 --create-home zerank \
     && mkdir -p /data && chown zerank /data

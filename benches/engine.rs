@@ -19,6 +19,10 @@ use zerank_server::model::{
     BatchBudget, DTypeSpec, DeviceSpec, Engine, LoadOptions, Qwen3Config, TokenLimits,
 };
 
+/// The server's allocator (see src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 struct Args {
     /// Checkpoint directory (see bench/make_checkpoint.py).

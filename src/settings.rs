@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{BatchBudget, DTypeSpec, DeviceSpec, LoadOptions};
+use crate::model::{BatchBudget, CpuBlas, DTypeSpec, DeviceSpec, LoadOptions};
 
 pub const DEFAULT_MODEL: &str = "zeroentropy/zerank-1-small";
 const DEFAULT_CONFIG_FILE: &str = "config/default.toml";
@@ -40,6 +40,8 @@ pub struct Settings {
     pub max_length: Option<usize>,
     /// Compute a query prefix that several pairs of one batch share once.
     pub prefix_sharing: bool,
+    /// The CPU's f32 matmul: auto, off, or a BLAS library.
+    pub cpu_blas: String,
     pub payload_limit_bytes: usize,
     pub request_timeout_secs: f64,
     pub api_key: Option<String>,
@@ -67,6 +69,7 @@ impl Default for Settings {
             max_tokens_per_doc: None,
             max_length: None,
             prefix_sharing: true,
+            cpu_blas: "auto".into(),
             payload_limit_bytes: 8 * 1024 * 1024,
             request_timeout_secs: 60.0,
             api_key: None,
@@ -129,6 +132,10 @@ pub struct ModelArgs {
     /// Compute the query prefix that a request's documents share once [default: true].
     #[arg(long, env = "ZERANK_PREFIX_SHARING")]
     pub prefix_sharing: Option<bool>,
+    /// CPU f32 matmuls: auto (an installed OpenBLAS, BLIS or MKL, else candle's gemm), off
+    /// (candle's gemm), or a BLAS library name or path [default: auto].
+    #[arg(long, env = "ZERANK_CPU_BLAS")]
+    pub cpu_blas: Option<String>,
 }
 
 #[derive(Args, Debug, Default, Clone)]
@@ -247,6 +254,7 @@ impl Settings {
         set_some(&mut self.max_tokens_per_doc, &args.max_tokens_per_doc);
         set_some(&mut self.max_length, &args.max_length);
         set(&mut self.prefix_sharing, &args.prefix_sharing);
+        set(&mut self.cpu_blas, &args.cpu_blas);
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -255,6 +263,9 @@ impl Settings {
             .map_err(anyhow::Error::msg)?;
         self.dtype
             .parse::<DTypeSpec>()
+            .map_err(anyhow::Error::msg)?;
+        self.cpu_blas
+            .parse::<CpuBlas>()
             .map_err(anyhow::Error::msg)?;
         let positive = [
             ("max_batch_tokens", self.max_batch_tokens),
@@ -278,11 +289,12 @@ impl Settings {
         LoadOptions {
             model: self.model.clone(),
             revision: self.revision.clone(),
-            // Both were checked by `validate`.
+            // All three were checked by `validate`.
             device: self.device.parse().unwrap_or_default(),
             dtype: self.dtype.parse().unwrap_or_default(),
             max_length: self.max_length,
             share_prefixes: self.prefix_sharing,
+            cpu_blas: self.cpu_blas.parse().unwrap_or_default(),
         }
     }
 

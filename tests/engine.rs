@@ -9,7 +9,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use common::{fixture, goldens, load, options};
 use zerank_server::model::{
-    BatchBudget, Engine, LoadOptions, ModelError, TokenLimits, TruncationDirection,
+    BatchBudget, CpuBlas, Engine, LoadOptions, ModelError, TokenLimits, TruncationDirection,
 };
 
 const MODELS: [&str; 2] = ["tiny", "sharded"];
@@ -183,6 +183,38 @@ fn prefix_sharing_scores_as_scoring_each_pair_alone() {
                 (single.yes_logit() - b.yes_logit()).abs() <= 1e-5,
                 "{name} pair {i}"
             );
+        }
+    }
+}
+
+#[test]
+fn blas_and_candle_matmuls_score_the_same() {
+    let goldens = goldens();
+    let sequences: Vec<&[u32]> = goldens.pairs[..8]
+        .iter()
+        .map(|p| p.input_ids.as_slice())
+        .collect();
+    for name in MODELS {
+        let candle = Engine::load(&LoadOptions {
+            cpu_blas: CpuBlas::Off,
+            ..options(&fixture(name))
+        })
+        .unwrap();
+        assert_eq!(candle.info().matmul, "candle");
+        let auto = load(&fixture(name));
+        if std::env::var_os("ZERANK_REQUIRE_BLAS").is_some() {
+            assert_ne!(auto.info().matmul, "candle", "no BLAS library found");
+        }
+        let expected = candle.score_batch(&sequences).unwrap();
+        for (i, (a, b)) in auto
+            .score_batch(&sequences)
+            .unwrap()
+            .iter()
+            .zip(&expected)
+            .enumerate()
+        {
+            let diff = (a.yes_logit() - b.yes_logit()).abs();
+            assert!(diff <= 1e-4, "{name} pair {i}: |Δ yes_logit| {diff}");
         }
     }
 }

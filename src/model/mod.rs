@@ -5,6 +5,7 @@ mod batch;
 mod config;
 mod error;
 mod files;
+mod linear;
 mod packing;
 mod prompt;
 mod qwen3;
@@ -21,11 +22,13 @@ pub use batch::{BatchBudget, plan_batches};
 pub use config::Qwen3Config;
 pub use error::{ModelError, Result};
 pub use files::{CheckpointFiles, ModelSource};
+pub use linear::CpuBlas;
 pub use prompt::{
     DOCUMENT_CHAR_LIMIT, EncodedPair, QUERY_CHAR_LIMIT, TokenLimits, TruncationDirection,
     cut_and_strip,
 };
 
+use linear::Blas;
 use packing::Packing;
 use prompt::PromptEncoder;
 use qwen3::Qwen3Scorer;
@@ -187,6 +190,8 @@ pub struct LoadOptions {
     pub max_length: Option<usize>,
     /// Compute a prefix that sequences of one batch share (a request's query) once.
     pub share_prefixes: bool,
+    /// The CPU's f32 matmul.
+    pub cpu_blas: CpuBlas,
 }
 
 impl Default for LoadOptions {
@@ -198,6 +203,7 @@ impl Default for LoadOptions {
             dtype: DTypeSpec::default(),
             max_length: None,
             share_prefixes: true,
+            cpu_blas: CpuBlas::default(),
         }
     }
 }
@@ -214,6 +220,8 @@ pub struct ModelInfo {
     pub hidden_size: usize,
     pub yes_token_id: u32,
     pub share_prefixes: bool,
+    /// What runs the f32 matmuls: a BLAS library, or candle's gemm.
+    pub matmul: String,
     #[serde(skip)]
     pub load_time: Duration,
 }
@@ -245,7 +253,18 @@ impl Engine {
         )?;
         let (device, device_spec) = options.device.open()?;
         let dtype = options.dtype.resolve(&device);
-        let scorer = load_weights(&files, &config, &device, dtype, encoder.yes_token_id())?;
+        // Only f32 on the CPU goes through a BLAS.
+        let blas = match (device.is_cpu(), dtype) {
+            (true, DType::F32) => Blas::open(&options.cpu_blas)?,
+            _ => None,
+        };
+        let scorer = load_weights(
+            &files,
+            &config,
+            (&device, dtype),
+            encoder.yes_token_id(),
+            blas.as_ref(),
+        )?;
         let info = ModelInfo {
             model: options.model.clone(),
             revision: options.revision.clone(),
@@ -256,6 +275,9 @@ impl Engine {
             hidden_size: config.hidden_size,
             yes_token_id: encoder.yes_token_id(),
             share_prefixes: options.share_prefixes,
+            matmul: blas
+                .as_ref()
+                .map_or_else(|| "candle".into(), |b| b.description().to_owned()),
             load_time: started.elapsed(),
         };
         Ok(Engine {
@@ -367,9 +389,9 @@ pub fn rank_scores(scores: &[Score], top_n: Option<usize>) -> Vec<Ranked> {
 fn load_weights(
     files: &CheckpointFiles,
     config: &Qwen3Config,
-    device: &Device,
-    dtype: DType,
+    (device, dtype): (&Device, DType),
     yes_token_id: u32,
+    blas: Option<&std::sync::Arc<Blas>>,
 ) -> Result<Qwen3Scorer> {
     let open = || {
         // SAFETY: the files are memory-mapped read-only; like every safetensors loader we
@@ -388,7 +410,7 @@ fn load_weights(
     };
     let tensors = open()?;
     let vb = VarBuilder::from_backend(Box::new(open()?), dtype, device.clone());
-    Qwen3Scorer::load(config, &tensors, vb, yes_token_id)
+    Qwen3Scorer::load(config, &tensors, vb, yes_token_id, blas)
 }
 
 #[cfg(test)]

@@ -4,10 +4,13 @@
 
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{D, DType, Device, Module, Tensor};
-use candle_nn::{Linear, RmsNorm, VarBuilder};
+use std::sync::Arc;
+
+use candle_nn::{RmsNorm, VarBuilder};
 
 use super::config::Qwen3Config;
 use super::error::{ModelError, Result};
+use super::linear::{Blas, Linear, matmul};
 use super::packing::{Packing, Span};
 
 /// Queries attended at once: bounds the score matrix to heads × 512 × length.
@@ -82,23 +85,32 @@ struct Attention {
     o_proj: Linear,
     q_norm: RmsNorm,
     k_norm: RmsNorm,
+    /// For the attention matmuls, as for the projections.
+    blas: Option<Arc<Blas>>,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
 }
 
 impl Attention {
-    fn load(config: &Qwen3Config, vb: VarBuilder) -> candle_core::Result<Self> {
+    fn load(
+        config: &Qwen3Config,
+        vb: VarBuilder,
+        blas: Option<&Arc<Blas>>,
+    ) -> candle_core::Result<Self> {
         let (hidden, head_dim) = (config.hidden_size, config.head_dim);
         let (heads, kv_heads) = (config.num_attention_heads, config.num_key_value_heads);
-        let bias = config.attention_bias;
+        let linear = |in_dim, out_dim, name| {
+            Linear::load(in_dim, out_dim, config.attention_bias, vb.pp(name), blas)
+        };
         Ok(Attention {
-            q_proj: candle_nn::linear_b(hidden, heads * head_dim, bias, vb.pp("q_proj"))?,
-            k_proj: candle_nn::linear_b(hidden, kv_heads * head_dim, bias, vb.pp("k_proj"))?,
-            v_proj: candle_nn::linear_b(hidden, kv_heads * head_dim, bias, vb.pp("v_proj"))?,
-            o_proj: candle_nn::linear_b(heads * head_dim, hidden, bias, vb.pp("o_proj"))?,
+            q_proj: linear(hidden, heads * head_dim, "q_proj")?,
+            k_proj: linear(hidden, kv_heads * head_dim, "k_proj")?,
+            v_proj: linear(hidden, kv_heads * head_dim, "v_proj")?,
+            o_proj: linear(heads * head_dim, hidden, "o_proj")?,
             q_norm: candle_nn::rms_norm(head_dim, config.rms_norm_eps, vb.pp("q_norm"))?,
             k_norm: candle_nn::rms_norm(head_dim, config.rms_norm_eps, vb.pp("k_norm"))?,
+            blas: blas.cloned(),
             heads,
             kv_heads,
             head_dim,
@@ -165,13 +177,16 @@ impl Attention {
                     .narrow(1, span.tokens.start + start, count)?
                     .affine(scale, 0.0)?
                     .reshape((self.kv_heads, group * count, self.head_dim))?;
-                let scores = queries
-                    .matmul(&k.narrow(1, 0, visible)?.t()?)?
+                let blas = self.blas.as_deref();
+                let scores = matmul(blas, &queries, &k.narrow(1, 0, visible)?.t()?)?
                     .reshape((self.kv_heads, group, count, visible))?
                     .broadcast_add(&chunk_mask(causal_block, before + start, count)?)?;
-                candle_nn::ops::softmax_last_dim(&scores)?
-                    .reshape((self.kv_heads, group * count, visible))?
-                    .matmul(&v.narrow(1, 0, visible)?)?
+                let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((
+                    self.kv_heads,
+                    group * count,
+                    visible,
+                ))?;
+                matmul(blas, &probs, &v.narrow(1, 0, visible)?)?
                     .reshape((self.heads, count, self.head_dim))?
                     .transpose(0, 1)?
                     .reshape((count, self.heads * self.head_dim))
@@ -187,12 +202,18 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn load(config: &Qwen3Config, vb: VarBuilder) -> candle_core::Result<Self> {
+    fn load(
+        config: &Qwen3Config,
+        vb: VarBuilder,
+        blas: Option<&Arc<Blas>>,
+    ) -> candle_core::Result<Self> {
         let (hidden, inner) = (config.hidden_size, config.intermediate_size);
+        let linear =
+            |in_dim, out_dim, name| Linear::load(in_dim, out_dim, false, vb.pp(name), blas);
         Ok(Mlp {
-            gate_proj: candle_nn::linear_no_bias(hidden, inner, vb.pp("gate_proj"))?,
-            up_proj: candle_nn::linear_no_bias(hidden, inner, vb.pp("up_proj"))?,
-            down_proj: candle_nn::linear_no_bias(inner, hidden, vb.pp("down_proj"))?,
+            gate_proj: linear(hidden, inner, "gate_proj")?,
+            up_proj: linear(hidden, inner, "up_proj")?,
+            down_proj: linear(inner, hidden, "down_proj")?,
         })
     }
 
@@ -210,7 +231,11 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn load(config: &Qwen3Config, vb: VarBuilder) -> candle_core::Result<Self> {
+    fn load(
+        config: &Qwen3Config,
+        vb: VarBuilder,
+        blas: Option<&Arc<Blas>>,
+    ) -> candle_core::Result<Self> {
         let eps = config.rms_norm_eps;
         Ok(DecoderLayer {
             input_layernorm: candle_nn::rms_norm(
@@ -218,13 +243,13 @@ impl DecoderLayer {
                 eps,
                 vb.pp("input_layernorm"),
             )?,
-            attention: Attention::load(config, vb.pp("self_attn"))?,
+            attention: Attention::load(config, vb.pp("self_attn"), blas)?,
             post_attention_layernorm: candle_nn::rms_norm(
                 config.hidden_size,
                 eps,
                 vb.pp("post_attention_layernorm"),
             )?,
-            mlp: Mlp::load(config, vb.pp("mlp"))?,
+            mlp: Mlp::load(config, vb.pp("mlp"), blas)?,
         })
     }
 
@@ -262,6 +287,7 @@ impl Qwen3Scorer {
         tensors: &MmapedSafetensors,
         vb: VarBuilder,
         yes_token_id: u32,
+        blas: Option<&Arc<Blas>>,
     ) -> Result<Self> {
         let weights = |err: candle_core::Error| ModelError::Weights(err.to_string());
         if yes_token_id as usize >= config.vocab_size {
@@ -279,7 +305,7 @@ impl Qwen3Scorer {
         )
         .map_err(weights)?;
         let layers = (0..config.num_hidden_layers)
-            .map(|i| DecoderLayer::load(config, model.pp("layers").pp(i)))
+            .map(|i| DecoderLayer::load(config, model.pp("layers").pp(i), blas))
             .collect::<candle_core::Result<Vec<_>>>()
             .map_err(weights)?;
         let final_norm = candle_nn::rms_norm(
