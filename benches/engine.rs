@@ -16,12 +16,9 @@ use clap::Parser;
 use serde::Deserialize;
 use serde_json::json;
 use zerank_server::model::{
-    BatchBudget, DTypeSpec, DeviceSpec, Engine, LoadOptions, Qwen3Config, TokenLimits,
+    BatchBudget, Blas, CpuBlas, DTypeSpec, DeviceSpec, Engine, LoadOptions, Qwen3Config,
+    TokenLimits,
 };
-
-/// The server's allocator (see src/main.rs).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 struct Args {
@@ -53,6 +50,7 @@ struct Pair {
 }
 
 fn main() -> anyhow::Result<()> {
+    zerank_server::keep_freed_memory();
     let args = Args::parse();
     let text = std::fs::read_to_string(&args.pairs)
         .with_context(|| format!("reading {}", args.pairs.display()))?;
@@ -87,6 +85,7 @@ fn main() -> anyhow::Result<()> {
             ..LoadOptions::default()
         })?;
         weights_mib = Some(f32_weight_mib(engine.config()));
+        let rss_after_load = rss_mib("VmRSS:");
         if peak.is_none() && args.gemm_rows > 0 {
             peak = Some(sgemm_peak(engine.config(), args.gemm_rows)?);
         }
@@ -128,12 +127,15 @@ fn main() -> anyhow::Result<()> {
                 "model_gflops_per_s": round(flops / seconds / 1e9, 1),
                 "fraction_of_sgemm_peak": peak.map(|p| round(flops / seconds / 1e9 / p, 3)),
                 "max_abs_diff_raw_vs_unshared": max_diff,
+                "matmul": engine.info().matmul,
+                "rss_after_load_mib": rss_after_load,
+                "rss_after_scoring_mib": rss_mib("VmRSS:"),
             })
         );
     }
     println!(
         "{}",
-        json!({ "peak_rss_mib": peak_rss_mib(), "f32_weights_mib": weights_mib })
+        json!({ "peak_rss_mib": rss_mib("VmHWM:"), "f32_weights_mib": weights_mib })
     );
     Ok(())
 }
@@ -155,12 +157,14 @@ fn f32_weight_mib(config: &Qwen3Config) -> f64 {
     round(params as f64 * 4.0 / (1 << 20) as f64, 1)
 }
 
-/// The best GFLOP/s of candle's f32 matmul over the model's linear shapes, `rows` tokens at
-/// a time (`x @ w^T`, as the forward runs them).
+/// The best GFLOP/s of the f32 matmul the engine runs (the BLAS that `cpu_blas = auto`
+/// finds, else candle's gemm) over the model's linear shapes, `rows` tokens at a time
+/// (`x @ w^T`, as the forward runs them). candle's gemm is measured too, for comparison.
 fn sgemm_peak(config: &Qwen3Config, rows: usize) -> anyhow::Result<f64> {
     let (hidden, inner) = (config.hidden_size, config.intermediate_size);
     let q = config.num_attention_heads * config.head_dim;
     let kv = config.num_key_value_heads * config.head_dim;
+    let blas = Blas::open(&CpuBlas::Auto)?;
     let mut best: f64 = 0.0;
     for (k, n) in [
         (hidden, q),
@@ -171,20 +175,32 @@ fn sgemm_peak(config: &Qwen3Config, rows: usize) -> anyhow::Result<f64> {
     ] {
         let x = Tensor::randn(0f32, 1.0, (rows, k), &Device::Cpu)?;
         let w = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
-        x.matmul(&w.t()?)?;
-        let repeats = 5;
-        let started = Instant::now();
-        for _ in 0..repeats {
-            x.matmul(&w.t()?)?;
-        }
-        let gflops = (2 * rows * k * n * repeats) as f64 / started.elapsed().as_secs_f64() / 1e9;
+        let time = |multiply: &dyn Fn() -> candle_core::Result<Tensor>| -> anyhow::Result<f64> {
+            multiply()?;
+            let repeats = 5;
+            let started = Instant::now();
+            for _ in 0..repeats {
+                multiply()?;
+            }
+            Ok((2 * rows * k * n * repeats) as f64 / started.elapsed().as_secs_f64() / 1e9)
+        };
+        let wt = w.t()?;
+        let candle = time(&|| x.matmul(&wt))?;
+        let engine = match &blas {
+            Some(blas) => time(&|| blas.matmul(&x, &wt))?,
+            None => candle,
+        };
         println!(
             "{}",
-            json!({"sgemm": format!("{rows}x{k}x{n}"), "gflops": round(gflops, 1)})
+            json!({"sgemm": format!("{rows}x{k}x{n}"), "gflops": round(engine, 1), "candle_gflops": round(candle, 1)})
         );
-        best = best.max(gflops);
+        best = best.max(engine);
     }
-    println!("{}", json!({ "sgemm_peak_gflops": round(best, 1) }));
+    let library = blas.as_ref().map(|b| b.description().to_owned());
+    println!(
+        "{}",
+        json!({ "sgemm_peak_gflops": round(best, 1), "matmul": library.unwrap_or_else(|| "candle".into()) })
+    );
     Ok(best)
 }
 
@@ -216,9 +232,10 @@ fn forward_flops(
     Ok(total)
 }
 
-fn peak_rss_mib() -> Option<f64> {
+/// A memory figure of this process from /proc/self/status (`VmRSS:`, `VmHWM:` for the peak).
+fn rss_mib(field: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(round(kib / 1024.0, 1))
 }

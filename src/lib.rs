@@ -10,3 +10,18 @@ pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod settings;
+
+/// Tensors of tens of megabytes come and go at every layer. glibc's malloc maps and unmaps
+/// each afresh (page faults, zeroing); mimalloc, set by [`keep_freed_memory`], reuses them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Keeps freed memory in the process for the next batch instead of returning it to the
+/// system: the resident set stays at the largest batch's, and no batch page-faults its way
+/// to it again (measured: ~5% of a CPU forward's time).
+pub fn keep_freed_memory() {
+    // `mi_option_purge_delay` of mimalloc.h (not named by libmimalloc-sys); -1: never purge.
+    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: sets one of mimalloc's options, which it reads atomically.
+    unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, -1) };
+}

@@ -6,12 +6,8 @@ use tracing_subscriber::EnvFilter;
 use zerank_server::model::{Engine, TokenLimits};
 use zerank_server::settings::{Cli, Command, LogFormat, ScoreArgs, Settings};
 
-/// Tensors of tens of megabytes come and go at every layer: glibc's malloc maps and unmaps
-/// each one afresh (page faults, zeroing); mimalloc reuses them.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> anyhow::Result<()> {
+    zerank_server::keep_freed_memory();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Score(args)) => {

@@ -22,13 +22,12 @@ pub use batch::{BatchBudget, plan_batches};
 pub use config::Qwen3Config;
 pub use error::{ModelError, Result};
 pub use files::{CheckpointFiles, ModelSource};
-pub use linear::CpuBlas;
+pub use linear::{Blas, CpuBlas};
 pub use prompt::{
     DOCUMENT_CHAR_LIMIT, EncodedPair, QUERY_CHAR_LIMIT, TokenLimits, TruncationDirection,
     cut_and_strip,
 };
 
-use linear::Blas;
 use packing::Packing;
 use prompt::PromptEncoder;
 use qwen3::Qwen3Scorer;

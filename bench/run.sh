@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The whole CPU benchmark of BENCHMARKS.md, in one run on one machine: engine (prefix sharing
+# off/on, short and long queries, sgemm roofline, RSS), the HF reference on the same pairs,
+# and the service under the load generator at several concurrencies.
+#
+#   bash bench/run.sh [results.jsonl]
+#
+# Knobs (environment): SHAPE (qwen3-0.6b), CHECKPOINT (/tmp/zerank-<shape>), DOCS (100: pairs
+# per request and per engine/reference run), LONG_DOCS (24: pairs of the long-query run),
+# CONCURRENCY (1,4,16), REQUESTS (16: requests per concurrency level, at least the level),
+# REFERENCE_BATCHES (1,4,10). Needs python3 with torch and transformers (pip install torch
+# transformers) and, for the BLAS path, an installed OpenBLAS (apt install libopenblas0-pthread).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-bench/results.jsonl}"
+shape="${SHAPE:-qwen3-0.6b}"
+checkpoint="${CHECKPOINT:-/tmp/zerank-$shape}"
+docs="${DOCS:-100}"
+port="${PORT:-18080}"
+work="$(mktemp -d)"
+trap 'kill "${server:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
+
+cargo build --release --bin zerank-server
+cargo bench --bench engine --no-run
+[ -f "$checkpoint/config.json" ] || python3 bench/make_checkpoint.py "$shape" "$checkpoint"
+python3 bench/workload.py --documents "$docs" > "$work/short.jsonl"
+python3 bench/workload.py --documents "${LONG_DOCS:-24}" --query-words 220 --document-words 70,80 > "$work/long.jsonl"
+
+log() { tee -a "$out"; }
+echo "{\"run\": \"$(date -u +%FT%TZ)\", \"shape\": \"$shape\", \"docs\": $docs, \"cpu\": \"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\", \"cores\": $(nproc)}" | log
+
+echo "== engine: short query, prefix sharing off/on" >&2
+cargo bench --bench engine -- --model "$checkpoint" --pairs "$work/short.jsonl" --sharing off,on | log
+echo "== engine: long query (~300 tokens), ~100-token documents, sharing off/on" >&2
+cargo bench --bench engine -- --model "$checkpoint" --pairs "$work/long.jsonl" --sharing off,on --gemm-rows 0 | log
+
+echo "== reference: transformers float32" >&2
+python3 bench/reference.py "$checkpoint" --pairs "$work/short.jsonl" \
+  --batch-sizes "${REFERENCE_BATCHES:-1,4,10}" --predict 2>/dev/null | log
+
+echo "== service: load generator" >&2
+target/release/zerank-server --model "$checkpoint" --port "$port" --host 127.0.0.1 \
+  --max-documents-per-request 10000 --request-timeout-secs 3600 > "$work/server.log" 2>&1 &
+server=$!
+for _ in $(seq 600); do curl -fs "127.0.0.1:$port/health" >/dev/null 2>&1 && break; sleep 1; done
+python3 bench/loadgen.py "http://127.0.0.1:$port" --pairs "$work/short.jsonl" --documents "$docs" \
+  --concurrency "${CONCURRENCY:-1,4,16}" --requests "${REQUESTS:-16}" | log
+echo "{\"server_rss_mib\": $(awk '/VmRSS/ {print $2 / 1024}' /proc/$server/status), \"server_peak_rss_mib\": $(awk '/VmHWM/ {print $2 / 1024}' /proc/$server/status)}" | log
