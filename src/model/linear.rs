@@ -266,11 +266,7 @@ impl CustomOp2 for BlasMatmul<'_> {
             };
             Ok::<_, candle_core::Error>(())
         };
-        let mut out: Vec<f32> = Vec::with_capacity(batch * m * n);
-        // SAFETY: f32 has no invalid bit patterns, and every element is written below: the
-        // chunks cover `out`, and each sgemm call (beta 0) sets every element of its chunk.
-        // Not zeroing first saves a pass over memory the size of the output.
-        unsafe { out.set_len(batch * m * n) };
+        let mut out = vec![0f32; batch * m * n];
         let threads = if self.0.single_threaded {
             rayon::current_num_threads()
         } else {
