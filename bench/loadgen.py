@@ -5,7 +5,9 @@ batch figures from /metrics (deltas over the run). Loopback only, bounded.
 
     python3 bench/loadgen.py http://127.0.0.1:8080 --pairs pairs.jsonl [--documents 100] [--concurrency 1,4,16] [--requests 16]
 
-Every request sends the query of the first pair with the documents of the first N pairs.
+Request i sends the query of the first pair, tagged `[i]` at its start, with the documents of
+the first N pairs rotated by i: requests differ as different users' do, so the server can
+share a query prefix within a request but not across requests.
 """
 
 import argparse
@@ -45,14 +47,21 @@ def main():
     with open(args.pairs) as f:
         pairs = [json.loads(line) for line in f if line.strip()][:args.documents]
     args.documents = len(pairs)
-    body = json.dumps({"query": pairs[0]["query"], "documents": [p["document"] for p in pairs]}).encode()
-    post(args.base, body)  # warm-up
+    documents = [p["document"] for p in pairs]
+
+    def body(i):
+        rotated = documents[i % len(documents):] + documents[:i % len(documents)]
+        return json.dumps({"query": f"[{i}] {pairs[0]['query']}", "documents": rotated}).encode()
+
+    post(args.base, body(0))  # warm-up
+    sent = 1
     for level in [int(c) for c in args.concurrency.split(",")]:
         count = max(args.requests, level)
         before = metrics(args.base)
         started = time.perf_counter()
         with futures.ThreadPoolExecutor(max_workers=level) as pool:
-            results = list(pool.map(lambda _: post(args.base, body), range(count)))
+            results = list(pool.map(lambda i: post(args.base, body(i)), range(sent, sent + count)))
+        sent += count
         seconds = time.perf_counter() - started
         after = metrics(args.base)
         delta = lambda name: after.get(name, 0.0) - before.get(name, 0.0)
