@@ -1,4 +1,4 @@
-//! Which sequences run together: length-sorted, within a budget of tokens and of sequences.
+//! Which sequences run together: in order, within a budget of tokens and of sequences.
 //! The forward packs a batch without padding, so its cost is the sum of its lengths.
 
 /// Limits on one forward pass.
