@@ -115,18 +115,18 @@ impl Blas {
         let sgemm = *unsafe { library.get::<Sgemm>(b"cblas_sgemm\0") }.map_err(failed)?;
         // One thread per call: the calls run on the rayon pool, a row block each, so that no
         // BLAS thread spins on a core while candle's own ops want it.
-        let single_threaded = [
-            &b"openblas_set_num_threads\0"[..],
-            b"bli_thread_set_num_threads\0",
-            b"MKL_Set_Num_Threads\0",
-        ]
-        .iter()
-        .any(|symbol| {
-            // SAFETY: each of these takes the thread count as an int and returns nothing.
-            unsafe { library.get::<unsafe extern "C" fn(c_int)>(symbol) }
+        let single_threaded = [&b"openblas_set_num_threads\0"[..], b"MKL_Set_Num_Threads\0"]
+            .iter()
+            .any(|symbol| {
+                // SAFETY: both take the thread count as an int and return nothing.
+                unsafe { library.get::<unsafe extern "C" fn(c_int)>(symbol) }
+                    .map(|set_threads| unsafe { set_threads(1) })
+                    .is_ok()
+            })
+            // SAFETY: BLIS takes its `dim_t`, a 64-bit integer, and returns nothing.
+            || unsafe { library.get::<unsafe extern "C" fn(i64)>(b"bli_thread_set_num_threads\0") }
                 .map(|set_threads| unsafe { set_threads(1) })
-                .is_ok()
-        });
+                .is_ok();
         let description = match unsafe {
             library.get::<unsafe extern "C" fn() -> *const c_char>(b"openblas_get_config\0")
         } {
