@@ -148,9 +148,7 @@ impl Blas {
     pub fn description(&self) -> &str {
         &self.description
     }
-}
 
-impl Blas {
     /// `a @ b` for f32 CPU tensors of rank 2 or 3 (a batch of matrices), each matrix stored
     /// row- or column-major (a transposed view is fine), batches at any stride.
     pub fn matmul(&self, a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
@@ -267,29 +265,29 @@ impl CustomOp2 for BlasMatmul<'_> {
             Ok::<_, candle_core::Error>(())
         };
         let mut out = vec![0f32; batch * m * n];
+        // One task per matrix; with fewer matrices than threads, a row-major left side also
+        // splits each matrix into row blocks, one per thread.
         let threads = if self.0.single_threaded {
             rayon::current_num_threads()
         } else {
             1
         };
-        if batch >= threads || a.transposed {
-            // One matrix per task.
-            out.par_chunks_mut((m * n).max(1))
-                .enumerate()
-                .try_for_each(|(i, out)| sgemm(m, a.matrix(i, m, k)?, b.matrix(i, k, n)?, out))?;
+        let rows = if batch >= threads || a.transposed {
+            m
         } else {
-            // Few large matrices: each splits into row blocks.
-            let rows = m.div_ceil(threads).max(1);
-            out.par_chunks_mut((rows * n).max(1))
-                .enumerate()
-                .try_for_each(|(block, out)| {
-                    let per_matrix = m.div_ceil(rows);
-                    let (i, first_row) = (block / per_matrix, (block % per_matrix) * rows);
-                    let block_rows = out.len() / n;
-                    let a_block = &a.matrix(i, m, k)?[first_row * a.leading..];
-                    sgemm(block_rows, a_block, b.matrix(i, k, n)?, out)
-                })?;
-        }
+            m.div_ceil(threads)
+        };
+        out.par_chunks_mut((m * n).max(1))
+            .enumerate()
+            .try_for_each(|(i, out)| {
+                let (a_matrix, b_matrix) = (a.matrix(i, m, k)?, b.matrix(i, k, n)?);
+                out.par_chunks_mut((rows * n).max(1))
+                    .enumerate()
+                    .try_for_each(|(block, out)| {
+                        let a_block = &a_matrix[block * rows * a.leading..];
+                        sgemm(out.len() / n, a_block, b_matrix, out)
+                    })
+            })?;
         Ok((
             CpuStorage::F32(out),
             Shape::from(match a_layout.dims().len() {
@@ -403,6 +401,21 @@ mod tests {
         assert_close(&blas.matmul(&xt, &x).unwrap(), &xt.matmul(&x).unwrap());
         let row = x.i(3..4).unwrap();
         assert_close(&blas.matmul(&row, &wt).unwrap(), &row.matmul(&wt).unwrap());
+    }
+
+    #[test]
+    fn row_blocks_stay_inside_their_matrix() {
+        let Some(blas) = blas() else { return };
+        // More threads than matrices, and rows that do not divide among them: every matrix
+        // splits into row blocks of its own.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(4)
+            .build()
+            .unwrap();
+        let a = Tensor::randn(0f32, 1.0, (2, 10, 6), &Device::Cpu).unwrap();
+        let b = Tensor::randn(0f32, 1.0, (2, 6, 5), &Device::Cpu).unwrap();
+        let product = pool.install(|| blas.matmul(&a, &b)).unwrap();
+        assert_close(&product, &a.matmul(&b).unwrap());
     }
 
     #[test]
