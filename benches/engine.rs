@@ -93,14 +93,14 @@ fn main() -> anyhow::Result<()> {
             .iter()
             .map(|(q, d)| {
                 engine
-                    .encode(q, d, TokenLimits::default())
+                    .encode(q, d, None, TokenLimits::default())
                     .map(|e| e.ids.len())
             })
             .sum::<Result<_, _>>()?;
         // Warm-up: first touches of the weights and allocator growth stay out of the timing.
-        engine.score_pairs(&pairs[..1], TokenLimits::default(), budget)?;
+        engine.score_pairs_offline(&pairs[..1], None, TokenLimits::default(), budget)?;
         let started = Instant::now();
-        let scores = engine.score_pairs(&pairs, TokenLimits::default(), budget)?;
+        let scores = engine.score_pairs_offline(&pairs, None, TokenLimits::default(), budget)?;
         let seconds = started.elapsed().as_secs_f64();
         let raw: Vec<f32> = scores.iter().map(|s| s.raw).collect();
         let max_diff = unshared.as_ref().map(|base| {
@@ -223,7 +223,7 @@ fn forward_flops(
     let mut total = 0.0;
     for (query, document) in pairs {
         let n = engine
-            .encode(query, document, TokenLimits::default())?
+            .encode(query, document, None, TokenLimits::default())?
             .ids
             .len() as f64;
         let attention = 2.0 * 2.0 * layers * q * n * (n + 1.0) / 2.0;

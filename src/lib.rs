@@ -1,14 +1,18 @@
-//! zerank-server: ZeroEntropy's zerank-1 cross-encoders behind an HTTP rerank API.
+//! zerank-server: causal-LM cross-encoders (zerank-1, zerank-2, Qwen3-Reranker) behind an
+//! HTTP rerank API.
 //!
 //! Layers, each talking to the next through a small typed API:
 //! - [`http`]: routes, request and response shapes, errors mapped to status codes;
+//! - [`service`]: the served models, each an engine with its batcher; admission,
+//!   tokenizing and ranking;
 //! - [`batcher`]: the queue, batch formation and the model thread;
-//! - [`model`]: checkpoint loading, prompt building, the Qwen3 scoring forward.
+//! - [`model`]: checkpoint loading, recipes and prompts, the Qwen3 scoring forward.
 
 pub mod batcher;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod service;
 pub mod settings;
 
 /// Tensors of tens of megabytes come and go at every layer. glibc's malloc maps and unmaps

@@ -48,7 +48,8 @@ const PAIRS_PER_CHUNK: usize = 256;
 
 fn score_file(args: &ScoreArgs) -> anyhow::Result<()> {
     let settings = Settings::resolve_model(&args.model)?;
-    let engine = Engine::load(&settings.load_options())?;
+    let model = settings.models()?.swap_remove(0);
+    let engine = Engine::load(&model.load)?;
     let limits = TokenLimits {
         max_document_tokens: settings.max_tokens_per_doc,
         ..TokenLimits::default()
@@ -73,7 +74,7 @@ fn score_file(args: &ScoreArgs) -> anyhow::Result<()> {
             .iter()
             .map(|p| (p.query.as_str(), p.document.as_str()))
             .collect();
-        for score in engine.score_pairs(&pairs, limits, settings.batch_budget())? {
+        for score in engine.score_pairs_offline(&pairs, None, limits, settings.batch_budget())? {
             writeln!(output, "{}", if args.raw { score.raw } else { score.score })?;
         }
         chunk.clear();

@@ -1,14 +1,37 @@
-//! Prometheus metrics, all prefixed `zerank_`, served as text at `/metrics`.
+//! Prometheus metrics, all prefixed `zerank_`, served as text at `/metrics`. What a model's
+//! batcher and engine do carries a `model` label (its first served name).
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+const MODEL: &[&str] = &["model"];
 
 pub struct Metrics {
     registry: Registry,
     pub requests: IntCounterVec,
     pub request_duration: HistogramVec,
+    queue_duration: HistogramVec,
+    tokenization_duration: HistogramVec,
+    inference_duration: HistogramVec,
+    batch_pairs: HistogramVec,
+    batch_requests: HistogramVec,
+    multi_request_batches: IntCounterVec,
+    batch_tokens: HistogramVec,
+    batch_computed_tokens: HistogramVec,
+    batch_shared_ratio: HistogramVec,
+    queue_pairs: IntGaugeVec,
+    queue_tokens: IntGaugeVec,
+    pub requests_in_flight: IntGauge,
+    input_tokens: HistogramVec,
+    pub errors: IntCounterVec,
+    model_load_seconds: GaugeVec,
+}
+
+/// One model's metrics: the `model`-labelled children, cheap to clone.
+#[derive(Clone)]
+pub struct ModelMetrics {
     pub queue_duration: Histogram,
     pub tokenization_duration: Histogram,
     pub inference_duration: Histogram,
@@ -20,9 +43,7 @@ pub struct Metrics {
     pub batch_shared_ratio: Histogram,
     pub queue_pairs: IntGauge,
     pub queue_tokens: IntGauge,
-    pub requests_in_flight: IntGauge,
     pub input_tokens: Histogram,
-    pub errors: IntCounterVec,
     pub model_load_seconds: Gauge,
 }
 
@@ -51,86 +72,99 @@ impl Metrics {
                 &["route"],
             )
             .expect("valid metric"),
-            queue_duration: Histogram::with_opts(seconds(
+            queue_duration: HistogramVec::new(seconds(
                 "zerank_queue_duration_seconds",
                 "Time a request's pairs waited in the batch queue (until its last pair's batch started)",
-            ))
+            ), MODEL)
             .expect("valid metric"),
-            tokenization_duration: Histogram::with_opts(seconds(
+            tokenization_duration: HistogramVec::new(seconds(
                 "zerank_tokenization_duration_seconds",
                 "Time to build and tokenize one request's prompts",
-            ))
+            ), MODEL)
             .expect("valid metric"),
-            inference_duration: Histogram::with_opts(seconds(
+            inference_duration: HistogramVec::new(seconds(
                 "zerank_inference_duration_seconds",
                 "Forward-pass time of one batch",
-            ))
+            ), MODEL)
             .expect("valid metric"),
-            batch_pairs: Histogram::with_opts(exponential(
+            batch_pairs: HistogramVec::new(exponential(
                 "zerank_batch_pairs",
                 "Pairs per batch",
                 1.0,
                 10,
-            ))
+            ), MODEL)
             .expect("valid metric"),
-            batch_requests: Histogram::with_opts(exponential(
+            batch_requests: HistogramVec::new(exponential(
                 "zerank_batch_requests",
                 "Distinct requests whose pairs share a batch",
                 1.0,
                 8,
-            ))
+            ), MODEL)
             .expect("valid metric"),
-            multi_request_batches: IntCounter::new(
-                "zerank_multi_request_batches_total",
-                "Batches that held pairs of more than one request",
+            multi_request_batches: IntCounterVec::new(
+                Opts::new(
+                    "zerank_multi_request_batches_total",
+                    "Batches that held pairs of more than one request",
+                ),
+                MODEL,
             )
             .expect("valid metric"),
-            batch_tokens: Histogram::with_opts(exponential(
+            batch_tokens: HistogramVec::new(exponential(
                 "zerank_batch_tokens",
                 "Prompt tokens per batch",
                 64.0,
                 12,
-            ))
+            ), MODEL)
             .expect("valid metric"),
-            batch_computed_tokens: Histogram::with_opts(exponential(
+            batch_computed_tokens: HistogramVec::new(exponential(
                 "zerank_batch_computed_tokens",
                 "Tokens the forward pass computes per batch (packed without padding, shared prefixes once)",
                 64.0,
                 12,
-            ))
+            ), MODEL)
             .expect("valid metric"),
-            batch_shared_ratio: Histogram::with_opts(
+            batch_shared_ratio: HistogramVec::new(
                 HistogramOpts::new(
                     "zerank_batch_shared_ratio",
                     "Share of a batch's prompt tokens served by a shared query prefix",
                 )
                 .buckets(vec![0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0]),
+                MODEL,
             )
             .expect("valid metric"),
-            queue_pairs: IntGauge::new("zerank_queue_pairs", "Pairs waiting in the batch queue")
-                .expect("valid metric"),
-            queue_tokens: IntGauge::new("zerank_queue_tokens", "Tokens waiting in the batch queue")
-                .expect("valid metric"),
+            queue_pairs: IntGaugeVec::new(
+                Opts::new("zerank_queue_pairs", "Pairs waiting in the batch queue"),
+                MODEL,
+            )
+            .expect("valid metric"),
+            queue_tokens: IntGaugeVec::new(
+                Opts::new("zerank_queue_tokens", "Tokens waiting in the batch queue"),
+                MODEL,
+            )
+            .expect("valid metric"),
             requests_in_flight: IntGauge::new(
                 "zerank_requests_in_flight",
                 "Scoring requests admitted and not yet answered",
             )
             .expect("valid metric"),
-            input_tokens: Histogram::with_opts(exponential(
+            input_tokens: HistogramVec::new(exponential(
                 "zerank_input_tokens",
                 "Prompt tokens per pair",
                 16.0,
                 12,
-            ))
+            ), MODEL)
             .expect("valid metric"),
             errors: IntCounterVec::new(
                 Opts::new("zerank_errors_total", "Failed requests by error kind"),
                 &["kind"],
             )
             .expect("valid metric"),
-            model_load_seconds: Gauge::new(
-                "zerank_model_load_seconds",
-                "Time it took to load the model and warm it up",
+            model_load_seconds: GaugeVec::new(
+                Opts::new(
+                    "zerank_model_load_seconds",
+                    "Time it took to load the model and warm it up",
+                ),
+                MODEL,
             )
             .expect("valid metric"),
             registry,
@@ -163,6 +197,26 @@ impl Metrics {
             self.registry
                 .register(collector)
                 .expect("metric names are unique");
+        }
+    }
+
+    /// The metrics of the model served first as `name`.
+    pub fn for_model(&self, name: &str) -> ModelMetrics {
+        let label = &[name];
+        ModelMetrics {
+            queue_duration: self.queue_duration.with_label_values(label),
+            tokenization_duration: self.tokenization_duration.with_label_values(label),
+            inference_duration: self.inference_duration.with_label_values(label),
+            batch_pairs: self.batch_pairs.with_label_values(label),
+            batch_requests: self.batch_requests.with_label_values(label),
+            multi_request_batches: self.multi_request_batches.with_label_values(label),
+            batch_tokens: self.batch_tokens.with_label_values(label),
+            batch_computed_tokens: self.batch_computed_tokens.with_label_values(label),
+            batch_shared_ratio: self.batch_shared_ratio.with_label_values(label),
+            queue_pairs: self.queue_pairs.with_label_values(label),
+            queue_tokens: self.queue_tokens.with_label_values(label),
+            input_tokens: self.input_tokens.with_label_values(label),
+            model_load_seconds: self.model_load_seconds.with_label_values(label),
         }
     }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{BatchBudget, CpuBlas, DTypeSpec, DeviceSpec, LoadOptions};
+use crate::model::{BatchBudget, CpuBlas, DTypeSpec, DeviceSpec, LoadOptions, RecipeChoice};
 
 pub const DEFAULT_MODEL: &str = "zeroentropy/zerank-1-small";
 const DEFAULT_CONFIG_FILE: &str = "config/default.toml";
@@ -23,14 +23,28 @@ pub enum LogFormat {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
-    pub model: String,
-    pub revision: Option<String>,
+    /// The models served, each a local directory or a Hub id; requests without `model` go
+    /// to the first.
+    #[serde(deserialize_with = "one_or_many")]
+    pub model: Vec<String>,
+    /// Per model (one value for all, or one per model in `model`'s order), like `recipe`,
+    /// `instruction` and `score_temperature`.
+    #[serde(deserialize_with = "one_or_many")]
+    pub revision: Vec<String>,
+    #[serde(deserialize_with = "one_or_many")]
+    pub recipe: Vec<String>,
+    #[serde(deserialize_with = "one_or_many")]
+    pub instruction: Vec<String>,
+    #[serde(deserialize_with = "one_or_many")]
+    pub score_temperature: Vec<f32>,
     pub dtype: String,
     pub device: String,
     pub host: String,
     pub port: u16,
-    /// Names clients may put in `model`; the model id when empty.
-    pub served_model_names: Vec<String>,
+    /// Names clients may put in `model`, one list per model in order; a model without one
+    /// answers to its default names.
+    #[serde(deserialize_with = "name_groups")]
+    pub served_model_names: Vec<Vec<String>>,
     pub max_batch_tokens: usize,
     pub max_batch_pairs: usize,
     pub max_concurrent_requests: usize,
@@ -54,8 +68,11 @@ impl Default for Settings {
     fn default() -> Self {
         let budget = BatchBudget::default();
         Settings {
-            model: DEFAULT_MODEL.into(),
-            revision: None,
+            model: vec![DEFAULT_MODEL.into()],
+            revision: Vec::new(),
+            recipe: Vec::new(),
+            instruction: Vec::new(),
+            score_temperature: Vec::new(),
             dtype: "auto".into(),
             device: "auto".into(),
             host: "0.0.0.0".into(),
@@ -105,12 +122,26 @@ pub struct ModelArgs {
     /// Settings file (TOML) [default: config/default.toml when present].
     #[arg(long, env = "ZERANK_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Local checkpoint directory or Hugging Face Hub id [default: zeroentropy/zerank-1-small].
-    #[arg(long, env = "ZERANK_MODEL")]
-    pub model: Option<String>,
-    /// Hub revision (branch, tag or commit) [default: main].
-    #[arg(long, env = "ZERANK_REVISION")]
-    pub revision: Option<String>,
+    /// Local checkpoint directory or Hugging Face Hub id; repeat (or comma-separate) to serve
+    /// several models [default: zeroentropy/zerank-1-small].
+    #[arg(long, env = "ZERANK_MODEL", value_delimiter = ',')]
+    pub model: Vec<String>,
+    /// Hub revision (branch, tag or commit): one for every model, or one per model [default: main].
+    #[arg(long, env = "ZERANK_REVISION", value_delimiter = ',')]
+    pub revision: Vec<String>,
+    /// Scoring recipe: auto (Sentence Transformers' native layout when the checkpoint has it,
+    /// else zerank), zerank, sentence-transformers, qwen3-reranker (the original
+    /// Qwen3-Reranker prompt); one for every model, or one per model [default: auto].
+    #[arg(long, env = "ZERANK_RECIPE", value_delimiter = ',')]
+    pub recipe: Vec<String>,
+    /// Instruction used when a request brings none (one for every model, or repeat the flag
+    /// once per model) [default: the checkpoint's own default prompt, if any].
+    #[arg(long, env = "ZERANK_INSTRUCTION")]
+    pub instruction: Vec<String>,
+    /// score = sigmoid(margin / T): one for every model, or one per model [default: 5 for a
+    /// lone "Yes" logit (zerank), 1 for yes/no log-odds (Qwen3-Reranker)].
+    #[arg(long, env = "ZERANK_SCORE_TEMPERATURE", value_delimiter = ',')]
+    pub score_temperature: Vec<f32>,
     /// Compute dtype: auto (f32 on CPU, bf16 on GPU), f32, bf16, f16.
     #[arg(long, env = "ZERANK_DTYPE")]
     pub dtype: Option<String>,
@@ -148,9 +179,11 @@ pub struct ServeArgs {
     /// Port to listen on [default: 8080].
     #[arg(long, env = "ZERANK_PORT")]
     pub port: Option<u16>,
-    /// Model names clients may send, comma-separated [default: the model id].
-    #[arg(long, env = "ZERANK_SERVED_MODEL_NAMES", value_delimiter = ',')]
-    pub served_model_names: Option<Vec<String>>,
+    /// Model names clients may send, comma-separated; repeat the flag (or separate lists with
+    /// `;`) for the second model and on. They replace a model's default names: a Hub id and
+    /// its last component, or a local directory's name.
+    #[arg(long, env = "ZERANK_SERVED_MODEL_NAMES")]
+    pub served_model_names: Vec<String>,
     /// Requests served at once; more get 429 [default: 256].
     #[arg(long, env = "ZERANK_MAX_CONCURRENT_REQUESTS")]
     pub max_concurrent_requests: Option<usize>,
@@ -199,7 +232,14 @@ impl Settings {
         settings.apply_model_args(&args.model);
         set(&mut settings.host, &args.host);
         set(&mut settings.port, &args.port);
-        set(&mut settings.served_model_names, &args.served_model_names);
+        if !args.served_model_names.is_empty() {
+            settings.served_model_names = args
+                .served_model_names
+                .iter()
+                .flat_map(|value| value.split(';'))
+                .map(split_names)
+                .collect();
+        }
         set(
             &mut settings.max_concurrent_requests,
             &args.max_concurrent_requests,
@@ -245,8 +285,11 @@ impl Settings {
     }
 
     fn apply_model_args(&mut self, args: &ModelArgs) {
-        set(&mut self.model, &args.model);
-        set_some(&mut self.revision, &args.revision);
+        set_list(&mut self.model, &args.model);
+        set_list(&mut self.revision, &args.revision);
+        set_list(&mut self.recipe, &args.recipe);
+        set_list(&mut self.instruction, &args.instruction);
+        set_list(&mut self.score_temperature, &args.score_temperature);
         set(&mut self.dtype, &args.dtype);
         set(&mut self.device, &args.device);
         set(&mut self.max_batch_tokens, &args.max_batch_tokens);
@@ -279,23 +322,70 @@ impl Settings {
             anyhow::ensure!(value > 0, "{name} must be positive");
         }
         anyhow::ensure!(
-            self.request_timeout_secs.is_finite() && self.request_timeout_secs > 0.0,
-            "request_timeout_secs must be positive"
+            self.request_timeout_secs.is_finite()
+                && self.request_timeout_secs > 0.0
+                && self.request_timeout_secs <= MAX_REQUEST_TIMEOUT_SECS,
+            "request_timeout_secs must be above 0 and at most {MAX_REQUEST_TIMEOUT_SECS} (a day); got {}",
+            self.request_timeout_secs
         );
+        self.models()?;
         Ok(())
     }
 
-    pub fn load_options(&self) -> LoadOptions {
-        LoadOptions {
-            model: self.model.clone(),
-            revision: self.revision.clone(),
-            // All three were checked by `validate`.
-            device: self.device.parse().unwrap_or_default(),
-            dtype: self.dtype.parse().unwrap_or_default(),
-            max_length: self.max_length,
-            share_prefixes: self.prefix_sharing,
-            cpu_blas: self.cpu_blas.parse().unwrap_or_default(),
+    /// Every served model with its own settings, in order.
+    pub fn models(&self) -> anyhow::Result<Vec<ModelSettings>> {
+        let count = self.model.len();
+        anyhow::ensure!(count > 0, "no model to serve: `model` is empty");
+        let revisions = per_model("revision", &self.revision, count)?;
+        let recipes = per_model("recipe", &self.recipe, count)?;
+        let instructions = per_model("instruction", &self.instruction, count)?;
+        let temperatures = per_model("score_temperature", &self.score_temperature, count)?;
+        anyhow::ensure!(
+            self.served_model_names.len() <= count,
+            "served_model_names has {} lists of names for {count} models",
+            self.served_model_names.len()
+        );
+        let mut models = Vec::with_capacity(count);
+        for (i, model) in self.model.iter().enumerate() {
+            let recipe = match &recipes[i] {
+                Some(recipe) => recipe.parse::<RecipeChoice>().map_err(anyhow::Error::msg)?,
+                None => RecipeChoice::default(),
+            };
+            if let Some(t) = temperatures[i] {
+                anyhow::ensure!(
+                    t.is_finite() && t > 0.0,
+                    "score_temperature must be a positive number; got {t}"
+                );
+            }
+            let names = match self.served_model_names.get(i) {
+                Some(names) if !names.is_empty() => names.clone(),
+                _ => default_names(model),
+            };
+            models.push(ModelSettings {
+                load: LoadOptions {
+                    model: model.clone(),
+                    revision: revisions[i].clone(),
+                    // Checked by `validate` before.
+                    device: self.device.parse().unwrap_or_default(),
+                    dtype: self.dtype.parse().unwrap_or_default(),
+                    max_length: self.max_length,
+                    share_prefixes: self.prefix_sharing,
+                    cpu_blas: self.cpu_blas.parse().unwrap_or_default(),
+                    recipe,
+                    score_temperature: temperatures[i],
+                    instruction: instructions[i].clone().filter(|s| !s.is_empty()),
+                },
+                served_names: names,
+            });
         }
+        let mut seen = std::collections::HashSet::new();
+        for name in models.iter().flat_map(|m| &m.served_names) {
+            anyhow::ensure!(
+                seen.insert(name.as_str()),
+                "the served model name `{name}` is given to two models; set served_model_names to tell them apart"
+            );
+        }
+        Ok(models)
     }
 
     pub fn batch_budget(&self) -> BatchBudget {
@@ -305,31 +395,100 @@ impl Settings {
         }
     }
 
-    /// The names clients may send in `model`: by default the model id and its last path
-    /// component (`zeroentropy/zerank-1-small` and `zerank-1-small`).
-    pub fn served_names(&self) -> Vec<String> {
-        if !self.served_model_names.is_empty() {
-            return self.served_model_names.clone();
-        }
-        let mut names = vec![self.model.clone()];
-        let short = self
-            .model
-            .trim_end_matches('/')
-            .rsplit('/')
-            .next()
-            .unwrap_or("");
-        if !short.is_empty() && short != self.model {
-            names.push(short.to_owned());
-        }
-        names
-    }
-
     /// For the start-up log: the API key never appears.
     pub fn redacted(&self) -> Self {
         Settings {
             api_key: self.api_key.as_ref().map(|_| "<redacted>".into()),
             ..self.clone()
         }
+    }
+}
+
+/// A day: longer is a typo, and past it durations overflow.
+const MAX_REQUEST_TIMEOUT_SECS: f64 = 86_400.0;
+
+/// One served model: what to load, and the names requests may use for it.
+#[derive(Debug, Clone)]
+pub struct ModelSettings {
+    pub load: LoadOptions,
+    pub served_names: Vec<String>,
+}
+
+/// The names a model answers to by default: a Hub id and its last component
+/// (`zeroentropy/zerank-1-small`, `zerank-1-small`); for a local directory only its name, so
+/// that no path shows in responses.
+fn default_names(model: &str) -> Vec<String> {
+    let short = model
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .filter(|s| !s.is_empty())
+        .unwrap_or(model)
+        .to_owned();
+    if std::path::Path::new(model).is_dir() || short == model {
+        vec![short]
+    } else {
+        vec![model.to_owned(), short]
+    }
+}
+
+/// A per-model setting: none, one for every model, or one per model.
+fn per_model<T: Clone>(name: &str, values: &[T], count: usize) -> anyhow::Result<Vec<Option<T>>> {
+    match values.len() {
+        0 => Ok(vec![None; count]),
+        1 => Ok(vec![Some(values[0].clone()); count]),
+        n if n == count => Ok(values.iter().cloned().map(Some).collect()),
+        n => anyhow::bail!(
+            "`{name}` has {n} values for {count} models: give one for every model, or one per model"
+        ),
+    }
+}
+
+fn split_names(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A single value or a list.
+fn one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany<T> {
+        One(T),
+        Many(Vec<T>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(value) => vec![value],
+        OneOrMany::Many(values) => values,
+    })
+}
+
+/// A list of names (the first model's), or a list of lists (one per model).
+fn name_groups<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Groups {
+        One(Vec<String>),
+        Many(Vec<Vec<String>>),
+    }
+    Ok(match Groups::deserialize(d)? {
+        Groups::One(names) if names.is_empty() => Vec::new(),
+        Groups::One(names) => vec![names],
+        Groups::Many(groups) => groups,
+    })
+}
+
+/// A list given on a higher layer replaces the one below.
+fn set_list<T: Clone>(target: &mut Vec<T>, value: &[T]) {
+    if !value.is_empty() {
+        *target = value.to_vec();
     }
 }
 
@@ -377,8 +536,70 @@ mod tests {
             settings.max_batch_tokens,
             Settings::default().max_batch_tokens
         );
-        assert_eq!(settings.model, DEFAULT_MODEL);
+        assert_eq!(settings.model, vec![DEFAULT_MODEL.to_owned()]);
         assert!(!format!("{:?}", settings.redacted()).contains("s3cret"));
+    }
+
+    #[test]
+    fn per_model_settings_take_one_value_or_one_per_model() {
+        let cli = Cli::try_parse_from([
+            "zerank-server",
+            "--model",
+            "org/a,org/b",
+            "--recipe",
+            "zerank,qwen3-reranker",
+            "--score-temperature",
+            "2",
+            "--served-model-names",
+            "first,alias",
+            "--served-model-names",
+            "second",
+        ])
+        .unwrap();
+        let models = Settings::resolve(&cli.serve).unwrap().models().unwrap();
+        assert_eq!(models.len(), 2);
+        assert_eq!(models[0].load.recipe, RecipeChoice::Zerank);
+        assert_eq!(models[1].load.recipe, RecipeChoice::Qwen3Reranker);
+        assert_eq!(models[0].load.score_temperature, Some(2.0));
+        assert_eq!(models[1].load.score_temperature, Some(2.0));
+        assert_eq!(models[0].served_names, vec!["first", "alias"]);
+        assert_eq!(models[1].served_names, vec!["second"]);
+
+        let three = Cli::try_parse_from([
+            "zerank-server",
+            "--model",
+            "org/a,org/b",
+            "--recipe",
+            "zerank,zerank,zerank",
+        ])
+        .unwrap();
+        let err = Settings::resolve(&three.serve).unwrap_err().to_string();
+        assert!(err.contains("3 values for 2 models"), "{err}");
+
+        let clash = Cli::try_parse_from(["zerank-server", "--model", "a/x,b/x"]).unwrap();
+        let err = Settings::resolve(&clash.serve).unwrap_err().to_string();
+        assert!(err.contains("`x`"), "{err}");
+    }
+
+    #[test]
+    fn default_names_hide_local_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().join("my-reranker");
+        std::fs::create_dir(&local).unwrap();
+        assert_eq!(default_names(local.to_str().unwrap()), vec!["my-reranker"]);
+        assert_eq!(
+            default_names("zeroentropy/zerank-1-small"),
+            vec!["zeroentropy/zerank-1-small", "zerank-1-small"]
+        );
+    }
+
+    #[test]
+    fn absurd_timeouts_are_refused() {
+        for bad in ["1e20", "0", "-1", "inf", "NaN"] {
+            let cli = Cli::try_parse_from(["zerank-server", "--request-timeout-secs", bad]);
+            let Ok(cli) = cli else { continue };
+            assert!(Settings::resolve(&cli.serve).is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

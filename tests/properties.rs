@@ -7,12 +7,18 @@ use std::sync::OnceLock;
 
 use common::{fixture, load};
 use proptest::prelude::*;
-use zerank_server::http::types::{RerankRequest, ScoreRequest};
+use zerank_server::http::types::{OneOrMany, RerankRequest, ScoreRequest};
 use zerank_server::model::{Engine, TokenLimits, TruncationDirection};
 
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE.get_or_init(|| load(&fixture("tiny")))
+}
+
+/// A Sentence Transformers native checkpoint: verbatim text, joined tokenization.
+fn native_engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| load(&fixture("native-yes-no")))
 }
 
 fn json_value() -> impl Strategy<Value = serde_json::Value> {
@@ -52,11 +58,20 @@ proptest! {
     #[test]
     fn request_parsing_and_validation_never_panic(value in json_value(), raw in ".{0,64}") {
         for text in [value.to_string(), raw] {
-            if let Ok(request) = serde_json::from_str::<RerankRequest>(&text) {
-                let _ = request.document_texts();
+            if let Ok(request) = serde_json::from_str::<RerankRequest>(&text)
+                && let Ok(texts) = request.document_texts()
+            {
+                let given = request.documents.as_ref().map(Vec::len).or(request.texts.as_ref().map(Vec::len));
+                prop_assert_eq!(Some(texts.len()), given);
             }
             if let Ok(request) = serde_json::from_str::<ScoreRequest>(&text) {
-                let _ = request.pairs();
+                let count = |t: &OneOrMany| match t { OneOrMany::One(_) => 1, OneOrMany::Many(v) => v.len() };
+                let (n, m) = (count(&request.text_1), count(&request.text_2));
+                if let Ok(pairs) = ScoreRequest::pairs(request.text_1, request.text_2) {
+                    prop_assert_eq!(pairs.len(), n.max(m));
+                } else {
+                    prop_assert!(n == 0 || m == 0 || (n != m && n != 1 && m != 1));
+                }
             }
         }
     }
@@ -68,11 +83,20 @@ proptest! {
         max_document_tokens in prop::option::of(0usize..20),
         left in any::<bool>(),
     ) {
-        let engine = engine();
         let direction = if left { TruncationDirection::Left } else { TruncationDirection::Right };
         let limits = TokenLimits { max_document_tokens, direction };
-        let encoded = engine.encode(&query, &document, limits).unwrap();
-        let empty = engine.encode("", "", TokenLimits::default()).unwrap().ids;
+        // Markers in user text stay text on every layout.
+        {
+            let native = native_engine();
+            let encoded = native.encode(&query, &document, None, limits).unwrap();
+            prop_assert_eq!(encoded.ids.iter().filter(|&&t| t == 151_644).count(), 3);
+            prop_assert_eq!(encoded.ids.iter().filter(|&&t| t == 151_645).count(), 2);
+            let empty = native.encode("", "", None, TokenLimits::default()).unwrap().ids;
+            prop_assert_eq!(&encoded.ids[encoded.ids.len() - 9..], &empty[empty.len() - 9..]);
+        }
+        let engine = engine();
+        let encoded = engine.encode(&query, &document, None, limits).unwrap();
+        let empty = engine.encode("", "", None, TokenLimits::default()).unwrap().ids;
         // The empty prompt is the template alone: head, middle and tail surround the texts.
         prop_assert!(encoded.ids.len() >= empty.len());
         prop_assert_eq!(&encoded.ids[..3], &empty[..3]);
@@ -81,9 +105,9 @@ proptest! {
         prop_assert_eq!(encoded.ids.iter().filter(|&&t| t == 151_644).count(), 3);
         prop_assert_eq!(encoded.ids.iter().filter(|&&t| t == 151_645).count(), 2);
         if let Some(n) = max_document_tokens {
-            let full = engine.encode(&query, &document, TokenLimits::default()).unwrap();
+            let full = engine.encode(&query, &document, None, TokenLimits::default()).unwrap();
             prop_assert!(full.ids.len() - encoded.ids.len() == encoded.truncated_tokens);
-            let document_tokens = engine.encode("", &document, TokenLimits::default()).unwrap().ids.len() - empty.len();
+            let document_tokens = engine.encode("", &document, None, TokenLimits::default()).unwrap().ids.len() - empty.len();
             prop_assert_eq!(encoded.truncated_tokens, document_tokens.saturating_sub(n));
         }
     }

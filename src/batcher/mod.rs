@@ -1,6 +1,7 @@
-//! The dynamic batcher: pairs of every request enter one queue; a batching task forms
-//! length-sorted batches within the token budget whenever the model thread is free, so an
-//! idle server runs a lone request at once and a busy one packs pairs of many requests.
+//! The dynamic batcher of one model: pairs of every request enter one queue; a batching task
+//! takes the oldest pairs, in order, within the token budget whenever the model thread is
+//! free, so an idle server runs a lone request at once and a busy one packs pairs of many
+//! requests.
 
 mod queue;
 #[cfg(test)]
@@ -13,18 +14,18 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::metrics::Metrics;
+use crate::metrics::ModelMetrics;
 use crate::model::{BatchBudget, Engine, Score, ScoredBatch};
 
 /// What the model thread runs: a batch of token-id sequences in, one score each out.
 /// The engine is the real one; tests substitute their own.
 pub trait BatchScorer: Send + Sync + 'static {
-    fn run_batch(&self, sequences: &[&[u32]]) -> crate::model::Result<ScoredBatch>;
+    fn score_batch(&self, sequences: &[&[u32]]) -> crate::model::Result<ScoredBatch>;
 }
 
 impl BatchScorer for Engine {
-    fn run_batch(&self, sequences: &[&[u32]]) -> crate::model::Result<ScoredBatch> {
-        Engine::run_batch(self, sequences)
+    fn score_batch(&self, sequences: &[&[u32]]) -> crate::model::Result<ScoredBatch> {
+        Engine::score_batch(self, sequences)
     }
 }
 use queue::{Pending, Queue};
@@ -40,8 +41,13 @@ pub enum BatchError {
         requested: usize,
         limit: usize,
     },
+    /// The input cannot be scored (found during the forward, e.g. too long for the model).
+    #[error("{0}")]
+    Input(String),
     #[error("{0}")]
     Model(String),
+    #[error("the forward pass panicked: {0}")]
+    Panicked(String),
     #[error("the model worker has stopped")]
     Stopped,
 }
@@ -119,7 +125,7 @@ pub struct Batcher {
     queue: Arc<Queue>,
     max_queued_tokens: usize,
     worker_alive: Arc<AtomicBool>,
-    metrics: Arc<Metrics>,
+    metrics: ModelMetrics,
 }
 
 impl Batcher {
@@ -128,7 +134,7 @@ impl Batcher {
         engine: Arc<dyn BatchScorer>,
         budget: BatchBudget,
         max_queued_tokens: usize,
-        metrics: Arc<Metrics>,
+        metrics: ModelMetrics,
     ) -> Self {
         let queue = Arc::new(Queue::new(budget, metrics.clone()));
         let worker_alive = Arc::new(AtomicBool::new(true));

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 use super::Request;
-use crate::metrics::Metrics;
+use crate::metrics::ModelMetrics;
 use crate::model::BatchBudget;
 
 pub(super) struct Pending {
@@ -26,11 +26,11 @@ pub(super) struct Queue {
     waiting: Mutex<Waiting>,
     arrived: Notify,
     budget: BatchBudget,
-    metrics: Arc<Metrics>,
+    metrics: ModelMetrics,
 }
 
 impl Queue {
-    pub fn new(budget: BatchBudget, metrics: Arc<Metrics>) -> Self {
+    pub fn new(budget: BatchBudget, metrics: ModelMetrics) -> Self {
         Queue {
             waiting: Mutex::new(Waiting {
                 pairs: VecDeque::new(),

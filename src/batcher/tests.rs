@@ -4,17 +4,23 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::*;
-use crate::model::{ModelError, Score, ScoredBatch};
+use crate::metrics::Metrics;
+use crate::model::{Calibration, ModelError, Score, ScoredBatch};
+
+const CALIBRATION: Calibration = Calibration {
+    raw_divisor: 5.0,
+    temperature: 5.0,
+};
 
 /// Scores a sequence by its contents, so a misrouted score shows; id 999 fails its batch,
-/// id 666 panics in it, and so does a batch over the budget.
+/// id 777 is an input the model refuses, id 666 panics, and so does a batch over the budget.
 struct FakeScorer {
     delay: Duration,
     budget: BatchBudget,
 }
 
 impl BatchScorer for FakeScorer {
-    fn run_batch(&self, sequences: &[&[u32]]) -> crate::model::Result<ScoredBatch> {
+    fn score_batch(&self, sequences: &[&[u32]]) -> crate::model::Result<ScoredBatch> {
         std::thread::sleep(self.delay);
         let tokens = sequences.iter().map(|s| s.len()).sum();
         assert!(
@@ -25,13 +31,16 @@ impl BatchScorer for FakeScorer {
         if sequences.iter().any(|s| s.contains(&666)) {
             panic!("poisoned input");
         }
+        if sequences.iter().any(|s| s.contains(&777)) {
+            return Err(ModelError::InputTooLong("777 tokens".into()));
+        }
         if sequences.iter().any(|s| s.contains(&999)) {
             return Err(ModelError::Inference("non-finite logit".into()));
         }
         Ok(ScoredBatch {
             scores: sequences
                 .iter()
-                .map(|s| Score::from_yes_logit(expected(s)))
+                .map(|s| Score::new(expected(s), CALIBRATION))
                 .collect(),
             computed_tokens: sequences.iter().map(|s| s.len()).sum(),
         })
@@ -46,15 +55,15 @@ fn batcher(
     delay_ms: u64,
     budget: BatchBudget,
     max_queued_tokens: usize,
-) -> (Batcher, Arc<Metrics>) {
+) -> (Batcher, ModelMetrics) {
     let metrics = Arc::new(Metrics::new());
     let scorer = Arc::new(FakeScorer {
         delay: Duration::from_millis(delay_ms),
         budget,
     });
     (
-        Batcher::spawn(scorer, budget, max_queued_tokens, metrics.clone()),
-        metrics,
+        Batcher::spawn(scorer, budget, max_queued_tokens, metrics.for_model("fake")),
+        metrics.for_model("fake"),
     )
 }
 
@@ -97,7 +106,7 @@ proptest! {
                 let (sequences, scored) = task.await.unwrap();
                 assert_eq!(scored.scores.len(), sequences.len());
                 for (seq, score) in sequences.iter().zip(&scored.scores) {
-                    assert_eq!(score.yes_logit(), Score::from_yes_logit(expected(seq)).yes_logit());
+                    assert_eq!(score.margin, expected(seq));
                 }
             }
             assert_eq!(metrics.queue_pairs.get(), 0);
@@ -163,12 +172,17 @@ fn model_failures_fail_their_requests_and_the_batcher_goes_on() {
             max_sequences: 1,
         };
         let (batcher, _) = batcher(0, budget, usize::MAX);
-        for poison in [999, 666] {
+        for poison in [999, 666, 777] {
             let err = batcher
                 .score(vec![vec![1, 2], vec![poison]])
                 .await
                 .unwrap_err();
-            assert!(matches!(err, BatchError::Model(_)), "{err}");
+            // Each failure keeps its kind: an input error is not a model error.
+            match poison {
+                999 => assert!(matches!(err, BatchError::Model(_)), "{err}"),
+                666 => assert!(matches!(err, BatchError::Panicked(_)), "{err}"),
+                _ => assert!(matches!(err, BatchError::Input(_)), "{err}"),
+            }
             assert!(batcher.is_healthy());
             let ok = batcher.score(vec![vec![1, 2, 3]]).await.unwrap();
             assert_eq!(ok.scores.len(), 1);

@@ -10,7 +10,8 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::queue::Pending;
 use super::{BatchError, BatchScorer, Request};
-use crate::metrics::Metrics;
+use crate::metrics::ModelMetrics;
+use crate::model::ModelError;
 
 pub(super) type BatchMessage = (Vec<Pending>, OwnedSemaphorePermit);
 
@@ -18,13 +19,13 @@ pub(super) fn spawn(
     engine: Arc<dyn BatchScorer>,
     mut incoming: mpsc::Receiver<BatchMessage>,
     alive: Arc<AtomicBool>,
-    metrics: Arc<Metrics>,
+    metrics: ModelMetrics,
 ) {
     std::thread::Builder::new()
         .name("zerank-model".into())
         .spawn(move || {
             while let Some((batch, permit)) = incoming.blocking_recv() {
-                run_batch(engine.as_ref(), batch, &metrics);
+                run_and_answer(engine.as_ref(), batch, &metrics);
                 drop(permit);
             }
             alive.store(false, Ordering::SeqCst);
@@ -32,11 +33,11 @@ pub(super) fn spawn(
         .expect("the model thread starts");
 }
 
-fn run_batch(engine: &dyn BatchScorer, batch: Vec<Pending>, metrics: &Metrics) {
+fn run_and_answer(engine: &dyn BatchScorer, batch: Vec<Pending>, metrics: &ModelMetrics) {
     let started = Instant::now();
     let sequences: Vec<&[u32]> = batch.iter().map(|p| p.ids.as_slice()).collect();
     // A panic inside the forward fails this batch's requests, not the server.
-    let outcome = catch_unwind(AssertUnwindSafe(|| engine.run_batch(&sequences)));
+    let outcome = catch_unwind(AssertUnwindSafe(|| engine.score_batch(&sequences)));
     let inference = started.elapsed();
     let computed = match &outcome {
         Ok(Ok(scored)) => Some(scored.computed_tokens),
@@ -62,8 +63,14 @@ fn run_batch(engine: &dyn BatchScorer, batch: Vec<Pending>, metrics: &Metrics) {
         }
         Ok(Err(err)) => {
             tracing::error!(error = %err, pairs = batch.len(), "batch failed");
+            let error = match err {
+                ModelError::InputTooLong(_) | ModelError::InstructionNotAccepted => {
+                    BatchError::Input(err.to_string())
+                }
+                other => BatchError::Model(other.to_string()),
+            };
             for request in requests {
-                request.fail(BatchError::Model(err.to_string()));
+                request.fail(error.clone());
             }
         }
         Err(panic) => {
@@ -74,16 +81,14 @@ fn run_batch(engine: &dyn BatchScorer, batch: Vec<Pending>, metrics: &Metrics) {
                 .unwrap_or_else(|| "unknown panic".into());
             tracing::error!(panic = %what, pairs = batch.len(), "the forward pass panicked");
             for request in requests {
-                request.fail(BatchError::Model(format!(
-                    "the forward pass panicked: {what}"
-                )));
+                request.fail(BatchError::Panicked(what.clone()));
             }
         }
     }
 }
 
 /// `computed`: the tokens the forward pass computed, when it succeeded.
-fn observe(batch: &[Pending], metrics: &Metrics, seconds: f64, computed: Option<usize>) {
+fn observe(batch: &[Pending], metrics: &ModelMetrics, seconds: f64, computed: Option<usize>) {
     let real: usize = batch.iter().map(|p| p.ids.len()).sum();
     let distinct: HashSet<*const Request> = batch.iter().map(|p| Arc::as_ptr(&p.request)).collect();
     metrics.inference_duration.observe(seconds);

@@ -5,8 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::batcher::BatchError;
-use crate::model::ModelError;
+use crate::service::ServiceError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -37,10 +36,14 @@ pub enum ApiError {
     Overloaded(String),
     #[error("request took longer than the {0:.1} s limit")]
     Timeout(f64),
+    #[error("model `{model}` takes no instruction: its prompt has no place for one; send the request without `instruction`")]
+    InstructionNotAccepted { model: String },
     #[error("model is still loading")]
     NotReady,
-    #[error("model failed: {0}")]
-    Model(String),
+    #[error("the model worker has stopped; the server needs a restart")]
+    Unavailable,
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// The one error body, readable by every client family: TEI and Haystack read `error` and
@@ -56,7 +59,9 @@ struct ErrorBody<'a> {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::InvalidJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidJson(_) | ApiError::InstructionNotAccepted { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge { .. }
             | ApiError::TooManyDocuments { .. }
@@ -67,8 +72,8 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Model(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::NotReady | ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -87,8 +92,10 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::Overloaded(_) => "overloaded",
             ApiError::Timeout(_) => "timeout",
+            ApiError::InstructionNotAccepted { .. } => "instruction_not_accepted",
             ApiError::NotReady => "not_ready",
-            ApiError::Model(_) => "model_error",
+            ApiError::Unavailable => "unavailable",
+            ApiError::Internal(_) => "internal_error",
         }
     }
 }
@@ -127,21 +134,23 @@ impl IntoResponse for ApiError {
 #[derive(Clone, Copy)]
 pub struct ErrorKind(pub &'static str);
 
-impl From<ModelError> for ApiError {
-    fn from(err: ModelError) -> Self {
+impl From<ServiceError> for ApiError {
+    fn from(err: ServiceError) -> Self {
         match err {
-            ModelError::InputTooLong(message) => ApiError::InputTooLong(message),
-            other => ApiError::Model(other.to_string()),
-        }
-    }
-}
-
-impl From<BatchError> for ApiError {
-    fn from(err: BatchError) -> Self {
-        match err {
-            BatchError::QueueFull { .. } => ApiError::Overloaded(err.to_string()),
-            BatchError::Model(message) => ApiError::Model(message),
-            BatchError::Stopped => ApiError::Model(err.to_string()),
+            ServiceError::UnknownModel { requested, served } => {
+                ApiError::UnknownModel { requested, served }
+            }
+            ServiceError::TooManyDocuments { count, limit } => {
+                ApiError::TooManyDocuments { count, limit }
+            }
+            ServiceError::InstructionNotAccepted { model } => {
+                ApiError::InstructionNotAccepted { model }
+            }
+            ServiceError::InputTooLong(message) => ApiError::InputTooLong(message),
+            ServiceError::Overloaded(message) => ApiError::Overloaded(message),
+            ServiceError::Timeout(seconds) => ApiError::Timeout(seconds),
+            ServiceError::Unavailable => ApiError::Unavailable,
+            ServiceError::Internal(message) => ApiError::Internal(message),
         }
     }
 }

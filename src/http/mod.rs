@@ -1,5 +1,5 @@
 //! The HTTP layer: routes, the state they share, authentication, metrics middleware, and
-//! the server's life cycle (listen at once, load, warm up, serve, drain on SIGTERM).
+//! the server's life cycle (listen at once, load the models, serve, drain on SIGTERM).
 
 pub mod error;
 mod routes;
@@ -15,92 +15,42 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use subtle::ConstantTimeEq;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::batcher::Batcher;
 use crate::metrics::Metrics;
-use crate::model::{Engine, TokenLimits};
+use crate::service::Service;
 use crate::settings::Settings;
 use error::{ApiError, ErrorKind};
 
-/// The model and its batcher, once loaded.
-pub struct Ready {
-    pub engine: Arc<Engine>,
-    pub batcher: Batcher,
-}
-
 pub struct AppState {
     pub settings: Settings,
-    pub served_names: Vec<String>,
     pub metrics: Arc<Metrics>,
-    ready: OnceLock<Ready>,
-    admission: Arc<Semaphore>,
+    service: OnceLock<Service>,
     created: u64,
-}
-
-/// Holds an admitted request's place until it is answered.
-pub struct Admitted {
-    _permit: OwnedSemaphorePermit,
-    metrics: Arc<Metrics>,
-}
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        self.metrics.requests_in_flight.dec();
-    }
 }
 
 impl AppState {
     pub fn new(settings: Settings, metrics: Arc<Metrics>) -> Self {
         AppState {
-            served_names: settings.served_names(),
-            admission: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
             settings,
             metrics,
-            ready: OnceLock::new(),
+            service: OnceLock::new(),
             created: routes::unix_now(),
         }
     }
 
-    /// Makes the model available to the routes; `/health` turns 200.
-    pub fn set_ready(&self, ready: Ready) {
-        let _ = self.ready.set(ready);
+    /// Makes the models available to the routes; `/health` turns 200.
+    pub fn set_ready(&self, service: Service) {
+        let _ = self.service.set(service);
     }
 
-    fn ready(&self) -> Result<&Ready, ApiError> {
-        match self.ready.get() {
-            Some(ready) if ready.batcher.is_healthy() => Ok(ready),
-            Some(_) => Err(ApiError::Model("the model worker has stopped".into())),
+    fn service(&self) -> Result<&Service, ApiError> {
+        match self.service.get() {
+            Some(service) if service.is_healthy() => Ok(service),
+            Some(_) => Err(ApiError::Unavailable),
             None => Err(ApiError::NotReady),
-        }
-    }
-
-    fn admit(&self) -> Result<Admitted, ApiError> {
-        let permit = self.admission.clone().try_acquire_owned().map_err(|_| {
-            ApiError::Overloaded(format!(
-                "{} requests are in flight",
-                self.settings.max_concurrent_requests
-            ))
-        })?;
-        self.metrics.requests_in_flight.inc();
-        Ok(Admitted {
-            _permit: permit,
-            metrics: self.metrics.clone(),
-        })
-    }
-
-    /// The name to answer with: the requested one if served, the first served name if absent.
-    fn check_model(&self, requested: Option<&str>) -> Result<String, ApiError> {
-        match requested.filter(|name| !name.is_empty()) {
-            None => Ok(self.served_names[0].clone()),
-            Some(name) if self.served_names.iter().any(|s| s == name) => Ok(name.to_owned()),
-            Some(name) => Err(ApiError::UnknownModel {
-                requested: name.to_owned(),
-                served: self.served_names.clone(),
-            }),
         }
     }
 }
@@ -143,7 +93,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         ))
         .layer(DefaultBodyLimit::max(state.settings.payload_limit_bytes))
         .layer(CatchPanicLayer::custom(|_| {
-            ApiError::Model("internal error while handling the request".into()).into_response()
+            ApiError::Internal("the request handler panicked".into()).into_response()
         }))
         .layer(TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
@@ -217,46 +167,6 @@ async fn record_metrics(
     response
 }
 
-/// Loads the engine and runs a warm-up batch, so that a model that does not fit shows at
-/// boot rather than on the first user. Blocking: call off the async runtime.
-pub fn load_engine(settings: &Settings, metrics: &Metrics) -> anyhow::Result<Engine> {
-    let started = Instant::now();
-    let engine = Engine::load(&settings.load_options())?;
-    let sample = engine.encode(
-        "What does a reranker do?",
-        "A reranker scores each retrieved document against the query.",
-        TokenLimits::default(),
-    )?;
-    let on_gpu = engine.info().device != "cpu";
-    // On a GPU the warm-up fills the whole budget; on a CPU one pair shows the weights work.
-    let (count, length) = if on_gpu {
-        let budget = settings.batch_budget();
-        let length = (budget.max_tokens / budget.max_sequences.max(1))
-            .clamp(sample.ids.len(), engine.info().max_length);
-        (
-            (budget.max_tokens / length).clamp(1, budget.max_sequences),
-            length,
-        )
-    } else {
-        (1, sample.ids.len())
-    };
-    let mut warm = sample.ids.clone();
-    warm.resize(length, sample.ids[sample.ids.len() - 1]);
-    let batch: Vec<&[u32]> = vec![warm.as_slice(); count];
-    engine.score_batch(&batch)?;
-    metrics
-        .model_load_seconds
-        .set(started.elapsed().as_secs_f64());
-    tracing::info!(
-        seconds = started.elapsed().as_secs_f64(),
-        warmup_pairs = count,
-        warmup_tokens = length,
-        info = ?engine.info(),
-        "model ready"
-    );
-    Ok(engine)
-}
-
 /// Runs the service until SIGTERM or SIGINT, then answers what is in flight and returns.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let address = format!("{}:{}", settings.host, settings.port);
@@ -280,27 +190,19 @@ pub async fn serve_on(
     let loading = {
         let (state, settings, metrics) = (state.clone(), settings.clone(), metrics.clone());
         tokio::spawn(async move {
-            let engine = tokio::task::spawn_blocking(move || {
-                load_engine(&settings, &metrics).map(|e| (e, settings, metrics))
+            let (models, settings, metrics) = tokio::task::spawn_blocking(move || {
+                Service::load_models(&settings, &metrics).map(|m| (m, settings, metrics))
             })
             .await
             .map_err(|err| anyhow::anyhow!("model loading panicked: {err}"))??;
-            let (engine, settings, metrics) = engine;
-            let engine = Arc::new(engine);
-            let batcher = Batcher::spawn(
-                engine.clone(),
-                settings.batch_budget(),
-                settings.max_queued_tokens,
-                metrics,
-            );
-            state.set_ready(Ready { engine, batcher });
+            state.set_ready(Service::start(models, &settings, metrics));
             anyhow::Ok(())
         })
     };
     let load_failure = async move {
         match loading.await {
             Ok(Ok(())) => std::future::pending().await,
-            Ok(Err(err)) => err.context("could not load the model"),
+            Ok(Err(err)) => err.context("could not load the models"),
             Err(err) => anyhow::anyhow!("model loading task failed: {err}"),
         }
     };

@@ -1,8 +1,8 @@
-//! Handlers: each parses its body shape, hands pairs to [`score_pairs`], and shapes the
-//! answer its clients expect.
+//! Handlers: each parses its body shape, hands a [`ScoreJob`] to the service, and shapes
+//! the answer its clients expect.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::extract::{FromRequest, Request, State};
@@ -13,7 +13,8 @@ use serde::de::DeserializeOwned;
 use super::AppState;
 use super::error::ApiError;
 use super::types::*;
-use crate::model::{Score, TokenLimits, rank_scores};
+use crate::model::TokenLimits;
+use crate::service::{Pairs, ScoreJob, Scoring};
 
 /// A JSON body, with every way it can be wrong answered as an [`ApiError`].
 pub struct JsonBody<T>(pub T);
@@ -48,127 +49,21 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
     }
 }
 
-/// The pairs of one request.
-enum Pairs {
-    /// One query against many documents: the query is tokenized per pair but stored once.
-    OneQuery {
-        query: String,
-        documents: Vec<String>,
-    },
-    Listed(Vec<(String, String)>),
-}
-
-impl Pairs {
-    fn len(&self) -> usize {
-        match self {
-            Pairs::OneQuery { documents, .. } => documents.len(),
-            Pairs::Listed(pairs) => pairs.len(),
-        }
+/// `x-queue-time`, `x-inference-time`, `x-total-time`, in milliseconds.
+fn timing_headers(scoring: &Scoring) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, time) in [
+        ("x-queue-time", scoring.queue_time),
+        ("x-inference-time", scoring.inference_time),
+        ("x-total-time", scoring.started.elapsed()),
+    ] {
+        let ms = format!("{}", time.as_millis());
+        headers.insert(
+            name,
+            HeaderValue::from_str(&ms).expect("digits are a valid header"),
+        );
     }
-
-    fn get(&self, i: usize) -> (&str, &str) {
-        match self {
-            Pairs::OneQuery { query, documents } => (query, &documents[i]),
-            Pairs::Listed(pairs) => (&pairs[i].0, &pairs[i].1),
-        }
-    }
-
-    fn bytes(&self) -> usize {
-        (0..self.len())
-            .map(|i| {
-                let (q, d) = self.get(i);
-                q.len() + d.len()
-            })
-            .sum()
-    }
-}
-
-struct Scoring {
-    pairs: Pairs,
-    scores: Vec<Score>,
-    total_tokens: usize,
-    queue_time: Duration,
-    inference_time: Duration,
-    started: Instant,
-}
-
-impl Scoring {
-    /// `x-queue-time`, `x-inference-time`, `x-total-time`, in milliseconds.
-    fn timing_headers(&self) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, time) in [
-            ("x-queue-time", self.queue_time),
-            ("x-inference-time", self.inference_time),
-            ("x-total-time", self.started.elapsed()),
-        ] {
-            let ms = format!("{}", time.as_millis());
-            headers.insert(
-                name,
-                HeaderValue::from_str(&ms).expect("digits are a valid header"),
-            );
-        }
-        headers
-    }
-}
-
-/// Admission, tokenization off the runtime, the batcher, all under the request timeout.
-async fn score_pairs(
-    state: &AppState,
-    pairs: Pairs,
-    limits: TokenLimits,
-    refuse_truncation: bool,
-) -> Result<Scoring, ApiError> {
-    let started = Instant::now();
-    let ready = state.ready()?;
-    let limit = state.settings.max_documents_per_request;
-    if pairs.len() > limit {
-        return Err(ApiError::TooManyDocuments {
-            count: pairs.len(),
-            limit,
-        });
-    }
-    let _admitted = state.admit()?;
-    let timeout = Duration::from_secs_f64(state.settings.request_timeout_secs);
-    let engine = ready.engine.clone();
-    let metrics = state.metrics.clone();
-    let work = async move {
-        let (pairs, sequences) = tokio::task::spawn_blocking(move || {
-            let tokenizing = Instant::now();
-            let encoded = (0..pairs.len())
-                .map(|i| {
-                    let (query, document) = pairs.get(i);
-                    engine.encode(query, document, limits)
-                })
-                .collect::<Result<Vec<_>, _>>();
-            metrics
-                .tokenization_duration
-                .observe(tokenizing.elapsed().as_secs_f64());
-            encoded.map(|encoded| (pairs, encoded))
-        })
-        .await
-        .map_err(|err| ApiError::Model(format!("tokenization task failed: {err}")))??;
-        if refuse_truncation && let Some(i) = sequences.iter().position(|e| e.over_max_length) {
-            return Err(ApiError::InputTooLong(format!(
-                "document {i} is over the model's length limit and `truncate` is false"
-            )));
-        }
-        let total_tokens = sequences.iter().map(|e| e.ids.len()).sum();
-        let scored = ready
-            .batcher
-            .score(sequences.into_iter().map(|e| e.ids).collect())
-            .await?;
-        Ok(Scoring {
-            pairs,
-            scores: scored.scores,
-            total_tokens,
-            queue_time: scored.queue_time,
-            inference_time: scored.inference_time,
-            started,
-        })
-    };
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| ApiError::Timeout(timeout.as_secs_f64()))?
+    headers
 }
 
 /// Which rerank API a route speaks.
@@ -214,28 +109,30 @@ async fn rerank_as(
     req: RerankRequest,
     flavor: Flavor,
 ) -> Result<Response, ApiError> {
-    let model = state.check_model(req.model.as_deref())?;
+    let service = state.service()?;
     let documents = req.document_texts()?;
     if documents.is_empty() {
         return Err(ApiError::Validation("`documents` must not be empty".into()));
     }
     let tei = flavor == Flavor::Generic && req.documents.is_none();
-    let limits = TokenLimits {
-        max_document_tokens: req.max_tokens_per_doc.or(state.settings.max_tokens_per_doc),
-        direction: req.truncation_direction.unwrap_or_default(),
-    };
-    let refuse_truncation = req.truncate == Some(false);
-    let top_n = req.top_n.filter(|&n| n > 0);
-    let pairs = Pairs::OneQuery {
-        query: req.query,
-        documents,
-    };
-    let scoring = score_pairs(state, pairs, limits, refuse_truncation).await?;
-    let headers = scoring.timing_headers();
-    let ranked = rank_scores(&scoring.scores, top_n);
-    let Pairs::OneQuery { documents, .. } = &scoring.pairs else {
-        unreachable!("rerank scores one query")
-    };
+    let scoring = service
+        .score(ScoreJob {
+            model: req.model,
+            pairs: Pairs::OneQuery {
+                query: req.query,
+                documents,
+            },
+            instruction: req.instruction,
+            limits: TokenLimits {
+                max_document_tokens: req.max_tokens_per_doc,
+                direction: req.truncation_direction.unwrap_or_default(),
+            },
+            refuse_truncation: req.truncate == Some(false),
+        })
+        .await?;
+    let headers = timing_headers(&scoring);
+    let ranked = scoring.ranked(req.top_n.filter(|&n| n > 0));
+    let text = |index: usize| scoring.pairs.get(index).1.to_owned();
 
     if tei {
         let raw = req.raw_scores.unwrap_or(false);
@@ -245,7 +142,7 @@ async fn rerank_as(
             .map(|r| TeiRank {
                 index: r.index,
                 score: if raw { r.score.raw } else { r.score.score },
-                text: with_text.then(|| documents[r.index].clone()),
+                text: with_text.then(|| text(r.index)),
             })
             .collect();
         return Ok((headers, Json(body)).into_response());
@@ -258,7 +155,7 @@ async fn rerank_as(
             index: r.index,
             relevance_score: r.score.score,
             document: with_documents.then(|| DocumentText {
-                text: documents[r.index].clone(),
+                text: text(r.index),
             }),
         })
         .collect();
@@ -277,7 +174,7 @@ async fn rerank_as(
     let body = RerankResponse {
         results,
         id: uuid::Uuid::new_v4().to_string(),
-        model: (!v2).then_some(model),
+        model: (!v2).then_some(scoring.model),
         usage: (!v2).then_some(Usage {
             total_tokens: scoring.total_tokens,
         }),
@@ -295,20 +192,25 @@ pub async fn score(
     State(state): State<Arc<AppState>>,
     JsonBody(req): JsonBody<ScoreRequest>,
 ) -> Result<Response, ApiError> {
-    let model = state.check_model(req.model.as_deref())?;
-    let limits = TokenLimits {
-        max_document_tokens: req
-            .truncate_prompt_tokens
-            .or(state.settings.max_tokens_per_doc),
-        ..TokenLimits::default()
-    };
-    let pairs = Pairs::Listed(req.pairs()?);
-    let scoring = score_pairs(&state, pairs, limits, false).await?;
+    let service = state.service()?;
+    let pairs = ScoreRequest::pairs(req.text_1, req.text_2)?;
+    let scoring = service
+        .score(ScoreJob {
+            model: req.model,
+            pairs: Pairs::Listed(pairs),
+            instruction: req.instruction,
+            limits: TokenLimits {
+                max_document_tokens: req.truncate_prompt_tokens,
+                ..TokenLimits::default()
+            },
+            refuse_truncation: false,
+        })
+        .await?;
+    let headers = timing_headers(&scoring);
     let body = ScoreResponse {
         id: format!("score-{}", uuid::Uuid::new_v4().simple()),
         object: "list",
         created: unix_now(),
-        model,
         data: scoring
             .scores
             .iter()
@@ -323,24 +225,32 @@ pub async fn score(
             prompt_tokens: scoring.total_tokens,
             total_tokens: scoring.total_tokens,
         },
+        model: scoring.model,
     };
-    Ok((scoring.timing_headers(), Json(body)).into_response())
+    Ok((headers, Json(body)).into_response())
 }
 
 pub async fn health(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    state.ready()?;
+    state.service()?;
     Ok(Json(serde_json::json!({ "status": "ok" })))
 }
 
 pub async fn info(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
-    let ready = state.ready()?;
+    let service = state.service()?;
     let s = &state.settings;
+    let models: Vec<serde_json::Value> = service
+        .infos()
+        .into_iter()
+        .map(|(names, info)| serde_json::json!({ "served_model_names": names, "model": info }))
+        .collect();
     Ok(Json(serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "model": ready.engine.info(),
-        "served_model_names": state.served_names,
+        // The first model, where clients of one model look.
+        "model": service.models()[0].engine.info(),
+        "served_model_names": service.served_names(),
+        "models": models,
         "limits": {
             "max_batch_tokens": s.max_batch_tokens,
             "max_batch_pairs": s.max_batch_pairs,
@@ -348,7 +258,7 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Result<Json<serde_json:
             "max_queued_tokens": s.max_queued_tokens,
             "max_documents_per_request": s.max_documents_per_request,
             "max_tokens_per_doc": s.max_tokens_per_doc,
-            "max_length": ready.engine.info().max_length,
+            "max_length": service.models()[0].engine.info().max_length,
             "payload_limit_bytes": s.payload_limit_bytes,
             "request_timeout_secs": s.request_timeout_secs,
             "query_char_limit": crate::model::QUERY_CHAR_LIMIT,
@@ -357,20 +267,21 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Result<Json<serde_json:
     })))
 }
 
-pub async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
-    Json(ModelList {
+pub async fn models(State(state): State<Arc<AppState>>) -> Result<Json<ModelList>, ApiError> {
+    let service = state.service()?;
+    Ok(Json(ModelList {
         object: "list",
-        data: state
-            .served_names
-            .iter()
+        data: service
+            .served_names()
+            .into_iter()
             .map(|id| ModelCard {
-                id: id.clone(),
+                id,
                 object: "model",
                 created: state.created,
-                owned_by: "zeroentropy",
+                owned_by: "zerank-server",
             })
             .collect(),
-    })
+    }))
 }
 
 pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {

@@ -24,7 +24,7 @@ pub struct RerankRequest {
     pub top_n: Option<usize>,
     #[serde(default)]
     pub return_documents: Option<bool>,
-    /// TEI: return `yes_logit / 5` instead of the sigmoid.
+    /// TEI: return the raw score (see README) instead of the 0-1 score.
     #[serde(default)]
     pub raw_scores: Option<bool>,
     /// TEI: echo each text.
@@ -38,6 +38,10 @@ pub struct RerankRequest {
     /// Cohere v2: cut each document to this many tokens.
     #[serde(default, deserialize_with = "positive_whole_number")]
     pub max_tokens_per_doc: Option<usize>,
+    /// The task instruction (Sentence Transformers' `prompt`, Qwen3-Reranker's `<Instruct>`);
+    /// replaces the model's default. 400 for a model whose prompt has no place for one.
+    #[serde(default)]
+    pub instruction: Option<String>,
 }
 
 /// A non-negative integer, also when written `3.0` (as JSON Schema's `integer` allows).
@@ -200,6 +204,9 @@ pub struct ScoreRequest {
     /// Cut each document to this many tokens.
     #[serde(default, deserialize_with = "positive_whole_number")]
     pub truncate_prompt_tokens: Option<usize>,
+    /// As on the rerank routes.
+    #[serde(default)]
+    pub instruction: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -221,8 +228,8 @@ impl OneOrMany {
 impl ScoreRequest {
     /// (query, document) pairs: one `text_1` against every `text_2` (or every `text_1`
     /// against one `text_2`), or element-wise.
-    pub fn pairs(self) -> Result<Vec<(String, String)>, ApiError> {
-        let (queries, documents) = (self.text_1.into_vec(), self.text_2.into_vec());
+    pub fn pairs(text_1: OneOrMany, text_2: OneOrMany) -> Result<Vec<(String, String)>, ApiError> {
+        let (queries, documents) = (text_1.into_vec(), text_2.into_vec());
         match (queries.len(), documents.len()) {
             (0, _) | (_, 0) => Err(ApiError::Validation(
                 "text_1 and text_2 must not be empty".into(),

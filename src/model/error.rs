@@ -32,6 +32,8 @@ pub enum ModelError {
     Template(String),
     #[error("device: {0}")]
     Device(String),
+    #[error("this model's prompt has no place for an instruction")]
+    InstructionNotAccepted,
     #[error("input too long: {0}")]
     InputTooLong(String),
     #[error("inference failed: {0}")]

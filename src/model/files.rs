@@ -15,6 +15,9 @@ const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
 const CHAT_TEMPLATE: &str = "chat_template.jinja";
 const SINGLE_WEIGHTS: &str = "model.safetensors";
 const SHARD_INDEX: &str = "model.safetensors.index.json";
+const MODULES: &str = "modules.json";
+const SENTENCE_BERT_CONFIG: &str = "sentence_bert_config.json";
+const ST_MODEL_CONFIG: &str = "config_sentence_transformers.json";
 
 /// The files a checkpoint is made of, all on local disk.
 #[derive(Debug, Clone)]
@@ -24,6 +27,11 @@ pub struct CheckpointFiles {
     pub tokenizer_config: Option<PathBuf>,
     pub chat_template: Option<PathBuf>,
     pub weights: Vec<PathBuf>,
+    /// Sentence Transformers' native layout: the LogitScore module's `config.json`, when
+    /// `modules.json` lists one, and the two model-level files beside it.
+    pub logit_score_config: Option<PathBuf>,
+    pub sentence_bert_config: Option<PathBuf>,
+    pub config_sentence_transformers: Option<PathBuf>,
 }
 
 /// What `--model` names.
@@ -187,12 +195,42 @@ fn locate_with(source: &dyn FileSource) -> Result<CheckpointFiles> {
             }
         },
     };
+    let logit_score_config = match source.fetch(MODULES) {
+        Ok(modules) => match super::recipe::logit_score_folder(&modules)? {
+            Some(folder) => {
+                let folder = folder.trim_matches('/');
+                if folder.contains("..") {
+                    return Err(ModelError::InvalidFile {
+                        path: modules,
+                        message: format!("bad module path `{folder}`"),
+                    });
+                }
+                Some(required(&if folder.is_empty() {
+                    CONFIG.to_owned()
+                } else {
+                    format!("{folder}/{CONFIG}")
+                })?)
+            }
+            None => None,
+        },
+        Err(_) => None,
+    };
+    let (sentence_bert_config, config_sentence_transformers) = match logit_score_config {
+        Some(_) => (
+            source.fetch(SENTENCE_BERT_CONFIG).ok(),
+            source.fetch(ST_MODEL_CONFIG).ok(),
+        ),
+        None => (None, None),
+    };
     Ok(CheckpointFiles {
         config,
         tokenizer,
         tokenizer_config,
         chat_template,
         weights,
+        logit_score_config,
+        sentence_bert_config,
+        config_sentence_transformers,
     })
 }
 

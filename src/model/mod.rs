@@ -1,4 +1,4 @@
-//! The model layer: a zerank checkpoint loaded once, turning pairs into token ids
+//! The model layer: a reranker checkpoint loaded once, turning pairs into token ids
 //! ([`Engine::encode`]) and batches of ids into scores ([`Engine::score_batch`]).
 
 mod batch;
@@ -9,10 +9,11 @@ mod linear;
 mod packing;
 mod prompt;
 mod qwen3;
+mod recipe;
+mod template;
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::{Duration, Instant};
 
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device};
@@ -27,34 +28,33 @@ pub use prompt::{
     DOCUMENT_CHAR_LIMIT, EncodedPair, QUERY_CHAR_LIMIT, TokenLimits, TruncationDirection,
     cut_and_strip,
 };
+pub use recipe::{Calibration, RecipeChoice};
 
 use packing::Packing;
-use prompt::PromptEncoder;
+use prompt::{PromptEncoder, PromptFiles};
 use qwen3::Qwen3Scorer;
-
-/// The published score is `sigmoid(yes_logit / 5)`; `yes_logit / 5` is the raw score.
-const LOGIT_SCALE: f32 = 5.0;
+use recipe::Recipe;
 
 /// One pair's relevance.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Score {
-    /// `sigmoid(raw)`, in (0, 1).
+    /// `sigmoid(margin / temperature)`, in (0, 1).
     pub score: f32,
-    /// `yes_logit / 5`.
+    /// What the model's reference returns unscaled: `margin / 5` for zerank-1 (its published
+    /// raw score), the margin itself otherwise (Sentence Transformers' `predict` without
+    /// activation).
     pub raw: f32,
+    /// `logit[true] - logit[false]`, or `logit[true]` when the head has one token.
+    pub margin: f32,
 }
 
 impl Score {
-    pub fn from_yes_logit(yes_logit: f32) -> Self {
-        let raw = yes_logit / LOGIT_SCALE;
+    pub fn new(margin: f32, calibration: Calibration) -> Self {
         Score {
-            score: 1.0 / (1.0 + (-raw).exp()),
-            raw,
+            score: 1.0 / (1.0 + (-margin / calibration.temperature).exp()),
+            raw: margin / calibration.raw_divisor,
+            margin,
         }
-    }
-
-    pub fn yes_logit(&self) -> f32 {
-        self.raw * LOGIT_SCALE
     }
 }
 
@@ -64,14 +64,6 @@ pub struct ScoredBatch {
     pub scores: Vec<Score>,
     /// Tokens the forward pass computed: packed without padding, a shared prefix once.
     pub computed_tokens: usize,
-}
-
-/// A document's place in a ranking.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Ranked {
-    /// Position of the document in the request.
-    pub index: usize,
-    pub score: Score,
 }
 
 /// Where the model runs.
@@ -191,6 +183,12 @@ pub struct LoadOptions {
     pub share_prefixes: bool,
     /// The CPU's f32 matmul.
     pub cpu_blas: CpuBlas,
+    /// How pairs become prompts and logits become scores.
+    pub recipe: RecipeChoice,
+    /// `score = sigmoid(margin / score_temperature)`; the recipe's convention when `None`.
+    pub score_temperature: Option<f32>,
+    /// Used when a request brings no instruction; the checkpoint's default prompt when `None`.
+    pub instruction: Option<String>,
 }
 
 impl Default for LoadOptions {
@@ -203,6 +201,9 @@ impl Default for LoadOptions {
             max_length: None,
             share_prefixes: true,
             cpu_blas: CpuBlas::default(),
+            recipe: RecipeChoice::default(),
+            score_temperature: None,
+            instruction: None,
         }
     }
 }
@@ -217,12 +218,19 @@ pub struct ModelInfo {
     pub max_length: usize,
     pub num_layers: usize,
     pub hidden_size: usize,
-    pub yes_token_id: u32,
+    /// `zerank`, `sentence-transformers` or `qwen3-reranker`.
+    pub recipe: &'static str,
+    /// The head token whose logit scores relevance ("Yes", "yes").
+    pub true_token_id: u32,
+    /// The token whose logit is subtracted ("no"), when the recipe has one.
+    pub false_token_id: Option<u32>,
+    pub calibration: Calibration,
+    /// Whether requests may bring an `instruction`.
+    pub accepts_instruction: bool,
+    pub default_instruction: Option<String>,
     pub share_prefixes: bool,
     /// What runs the f32 matmuls: a BLAS library, or candle's gemm.
     pub matmul: String,
-    #[serde(skip)]
-    pub load_time: Duration,
 }
 
 /// A loaded zerank checkpoint.
@@ -235,21 +243,26 @@ pub struct Engine {
 
 impl Engine {
     pub fn load(options: &LoadOptions) -> Result<Self> {
-        let started = Instant::now();
         let source = ModelSource::parse(&options.model, options.revision.as_deref())?;
         let files = source.locate()?;
         let config = Qwen3Config::from_file(&files.config)?;
-        let model_limit = options
-            .max_length
-            .map_or(config.max_position_embeddings, |n| {
-                n.min(config.max_position_embeddings)
-            });
+        let recipe = Recipe::resolve(options.recipe, &files)?;
+        let default_instruction = options
+            .instruction
+            .clone()
+            .or_else(|| recipe.default_instruction().map(str::to_owned));
         let encoder = PromptEncoder::load(
-            &files.tokenizer,
-            files.tokenizer_config.as_deref(),
-            files.chat_template.as_deref(),
-            model_limit,
+            PromptFiles {
+                tokenizer: &files.tokenizer,
+                tokenizer_config: files.tokenizer_config.as_deref(),
+                chat_template: files.chat_template.as_deref(),
+            },
+            &recipe,
+            default_instruction,
+            options.max_length,
+            config.max_position_embeddings,
         )?;
+        let head_tokens = head_tokens(&recipe, &files.tokenizer)?;
         let (device, device_spec) = options.device.open()?;
         let dtype = options.dtype.resolve(&device);
         // Only f32 on the CPU goes through a BLAS.
@@ -261,7 +274,7 @@ impl Engine {
             &files,
             &config,
             (&device, dtype),
-            encoder.yes_token_id(),
+            &head_tokens,
             blas.as_ref(),
         )?;
         let info = ModelInfo {
@@ -272,12 +285,16 @@ impl Engine {
             max_length: encoder.max_length(),
             num_layers: config.num_hidden_layers,
             hidden_size: config.hidden_size,
-            yes_token_id: encoder.yes_token_id(),
+            recipe: recipe.name(),
+            true_token_id: head_tokens[0],
+            false_token_id: head_tokens.get(1).copied(),
+            calibration: recipe.calibration(options.score_temperature),
+            accepts_instruction: encoder.accepts_instruction(),
+            default_instruction: encoder.default_instruction().map(str::to_owned),
             share_prefixes: options.share_prefixes,
             matmul: blas
                 .as_ref()
                 .map_or_else(|| "candle".into(), |b| b.description().to_owned()),
-            load_time: started.elapsed(),
         };
         Ok(Engine {
             encoder,
@@ -296,18 +313,20 @@ impl Engine {
         &self.config
     }
 
-    /// Token ids of the prompt for one pair.
-    pub fn encode(&self, query: &str, document: &str, limits: TokenLimits) -> Result<EncodedPair> {
-        self.encoder.encode(query, document, limits)
+    /// Token ids of the prompt for one pair; `instruction` replaces the default one.
+    pub fn encode(
+        &self,
+        query: &str,
+        document: &str,
+        instruction: Option<&str>,
+        limits: TokenLimits,
+    ) -> Result<EncodedPair> {
+        self.encoder.encode(query, document, instruction, limits)
     }
 
-    /// Scores of the sequences (each non-empty), run as one forward pass.
-    pub fn score_batch(&self, sequences: &[&[u32]]) -> Result<Vec<Score>> {
-        self.run_batch(sequences).map(|batch| batch.scores)
-    }
-
-    /// [`Engine::score_batch`], with what the forward pass computed.
-    pub fn run_batch(&self, sequences: &[&[u32]]) -> Result<ScoredBatch> {
+    /// Scores of the sequences (each non-empty), run as one forward pass, with what the
+    /// forward pass computed.
+    pub fn score_batch(&self, sequences: &[&[u32]]) -> Result<ScoredBatch> {
         if sequences.is_empty() {
             return Ok(ScoredBatch {
                 scores: Vec::new(),
@@ -320,76 +339,103 @@ impl Engine {
             ));
         }
         let packing = Packing::new(sequences, self.info.share_prefixes);
-        let logits = self.scorer.yes_logits(&packing)?;
-        if let Some(bad) = logits.iter().position(|l| !l.is_finite()) {
+        let margins = self.scorer.logit_margins(&packing)?;
+        if let Some(bad) = margins.iter().position(|l| !l.is_finite()) {
             return Err(ModelError::Inference(format!(
                 "the model produced a non-finite logit ({}) for a sequence of {} tokens",
-                logits[bad],
+                margins[bad],
                 sequences[bad].len()
             )));
         }
+        let calibration = self.info.calibration;
         Ok(ScoredBatch {
-            scores: logits.into_iter().map(Score::from_yes_logit).collect(),
+            scores: margins
+                .into_iter()
+                .map(|m| Score::new(m, calibration))
+                .collect(),
             computed_tokens: packing.ids.len(),
         })
     }
 
-    /// Scores of arbitrary pairs, in their order, batched within `budget`.
-    pub fn score_pairs(
+    /// Runs one batch, so that a model that does not fit shows at boot rather than on the
+    /// first user: on a GPU a batch that fills the budget, on a CPU one pair. Returns the
+    /// pairs and the tokens of each.
+    pub fn warm_up(&self, budget: BatchBudget) -> Result<(usize, usize)> {
+        let sample = self.encode(
+            "What does a reranker do?",
+            "A reranker scores each retrieved document against the query.",
+            None,
+            TokenLimits::default(),
+        )?;
+        let (count, length) = if self.info.device == "cpu" {
+            (1, sample.ids.len())
+        } else {
+            let length = (budget.max_tokens / budget.max_sequences.max(1))
+                .clamp(sample.ids.len(), self.info.max_length);
+            (
+                (budget.max_tokens / length).clamp(1, budget.max_sequences),
+                length,
+            )
+        };
+        let mut warm = sample.ids.clone();
+        warm.resize(length, sample.ids[sample.ids.len() - 1]);
+        self.score_batch(&vec![warm.as_slice(); count])?;
+        Ok((count, length))
+    }
+
+    /// Scores of arbitrary pairs, in their order, batched within `budget`: offline scoring
+    /// without the batcher.
+    pub fn score_pairs_offline(
         &self,
         pairs: &[(&str, &str)],
+        instruction: Option<&str>,
         limits: TokenLimits,
         budget: BatchBudget,
     ) -> Result<Vec<Score>> {
         let encoded = pairs
             .iter()
-            .map(|(q, d)| self.encode(q, d, limits).map(|e| e.ids))
+            .map(|(q, d)| self.encode(q, d, instruction, limits).map(|e| e.ids))
             .collect::<Result<Vec<_>>>()?;
         let lengths: Vec<usize> = encoded.iter().map(Vec::len).collect();
-        let mut scores = vec![Score::from_yes_logit(0.0); pairs.len()];
+        let mut scores = vec![Score::new(0.0, self.info.calibration); pairs.len()];
         for batch in plan_batches(&lengths, budget) {
             let sequences: Vec<&[u32]> = batch.iter().map(|&i| encoded[i].as_slice()).collect();
-            for (&i, score) in batch.iter().zip(self.score_batch(&sequences)?) {
+            for (&i, score) in batch.iter().zip(self.score_batch(&sequences)?.scores) {
                 scores[i] = score;
             }
         }
         Ok(scores)
     }
-
-    /// The documents ranked against the query, best first; `top_n` of them when given.
-    pub fn rank(
-        &self,
-        query: &str,
-        documents: &[&str],
-        top_n: Option<usize>,
-        limits: TokenLimits,
-        budget: BatchBudget,
-    ) -> Result<Vec<Ranked>> {
-        let pairs: Vec<(&str, &str)> = documents.iter().map(|d| (query, *d)).collect();
-        let scores = self.score_pairs(&pairs, limits, budget)?;
-        Ok(rank_scores(&scores, top_n))
-    }
 }
 
-/// Indices sorted by descending score (ties keep input order), cut to `top_n` when given.
-pub fn rank_scores(scores: &[Score], top_n: Option<usize>) -> Vec<Ranked> {
-    let mut ranked: Vec<Ranked> = scores
-        .iter()
-        .enumerate()
-        .map(|(index, &score)| Ranked { index, score })
-        .collect();
-    ranked.sort_by(|a, b| b.score.raw.total_cmp(&a.score.raw));
-    if let Some(n) = top_n {
-        ranked.truncate(n);
+/// The head tokens the recipe scores with: true, then false when it has one.
+fn head_tokens(recipe: &Recipe, tokenizer: &std::path::Path) -> Result<Vec<u32>> {
+    let by_text = |texts: &[&str]| -> Result<Vec<u32>> {
+        let tokenizer = tokenizers::Tokenizer::from_file(tokenizer)
+            .map_err(|err| ModelError::Tokenizer(format!("{}: {err}", tokenizer.display())))?;
+        texts
+            .iter()
+            .map(|text| {
+                tokenizer.token_to_id(text).ok_or_else(|| {
+                    ModelError::Tokenizer(format!("the vocabulary has no token `{text}`"))
+                })
+            })
+            .collect()
+    };
+    match recipe {
+        Recipe::Zerank => by_text(&["Yes"]),
+        Recipe::Qwen3Reranker => by_text(&["yes", "no"]),
+        Recipe::SentenceTransformers(native) => Ok(std::iter::once(native.true_token_id)
+            .chain(native.false_token_id)
+            .collect()),
     }
-    ranked
 }
 
 fn load_weights(
     files: &CheckpointFiles,
     config: &Qwen3Config,
     (device, dtype): (&Device, DType),
-    yes_token_id: u32,
+    head_tokens: &[u32],
     blas: Option<&std::sync::Arc<Blas>>,
 ) -> Result<Qwen3Scorer> {
     let open = || {
@@ -409,31 +455,35 @@ fn load_weights(
     };
     let tensors = open()?;
     let vb = VarBuilder::from_backend(Box::new(open()?), dtype, device.clone());
-    Qwen3Scorer::load(config, &tensors, vb, yes_token_id, blas)
+    Qwen3Scorer::load(config, &tensors, vb, head_tokens, blas)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const ZERANK: Calibration = Calibration {
+        raw_divisor: 5.0,
+        temperature: 5.0,
+    };
+
     #[test]
-    fn score_is_sigmoid_of_a_fifth_of_the_logit() {
-        let s = Score::from_yes_logit(5.0);
+    fn zerank_scores_are_sigmoid_of_a_fifth_of_the_logit() {
+        let s = Score::new(5.0, ZERANK);
         assert_eq!(s.raw, 1.0);
         assert!((s.score - 0.731_058_6).abs() < 1e-6);
-        assert_eq!(Score::from_yes_logit(0.0).score, 0.5);
+        assert_eq!(Score::new(0.0, ZERANK).score, 0.5);
     }
 
     #[test]
-    fn ranking_is_descending_and_stable() {
-        let scores: Vec<Score> = [0.1, 2.0, 0.1, -3.0]
-            .into_iter()
-            .map(Score::from_yes_logit)
-            .collect();
-        let order: Vec<usize> = rank_scores(&scores, None).iter().map(|r| r.index).collect();
-        assert_eq!(order, vec![1, 0, 2, 3]);
-        assert_eq!(rank_scores(&scores, Some(2)).len(), 2);
-        assert_eq!(rank_scores(&scores, Some(10)).len(), 4);
+    fn log_odds_scores_are_their_sigmoid() {
+        let unit = Calibration {
+            raw_divisor: 1.0,
+            temperature: 1.0,
+        };
+        let s = Score::new(2.0, unit);
+        assert_eq!(s.raw, 2.0);
+        assert!((s.score - 0.880_797).abs() < 1e-6);
     }
 
     #[test]

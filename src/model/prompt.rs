@@ -1,27 +1,26 @@
-//! From a (query, document) pair to the token ids the model scores.
+//! From a (query, document) pair, and an instruction where the recipe has one, to the token
+//! ids the model scores.
 //!
-//! The model's own chat template is rendered once, with placeholder contents, and split at
-//! the placeholders into three template pieces. Those are tokenized once with their special
-//! markers parsed; query and document are tokenized per pair as plain text, so a document
-//! that contains `<|im_end|>` cannot close its own turn.
+//! A prompt layout (fixed text and slots, see [`super::template`]) is split once at the
+//! special markers of its fixed text. Per pair, the slots are filled and each run of text
+//! between markers is tokenized as a whole, as the reference tokenizes the rendered prompt,
+//! but as plain text: a document that contains `<|im_end|>` cannot close its own turn.
 
+use std::ops::Range;
 use std::path::Path;
 
-use minijinja::syntax::SyntaxConfig;
-use minijinja::{Environment, Error as JinjaError, ErrorKind, context};
 use serde::Deserialize;
 use tokenizers::Tokenizer;
 
 use super::error::{ModelError, Result};
+use super::recipe::Recipe;
+use super::template::{ChatTemplate, Layout, Messages, Part, Slot};
 
-/// The reference cuts query and document to these many characters before stripping.
+/// The zerank-1 reference cuts query and document to these many characters before stripping.
 pub const QUERY_CHAR_LIMIT: usize = 2_000;
 pub const DOCUMENT_CHAR_LIMIT: usize = 10_000;
-/// The token whose logit is the relevance score.
-pub const YES_TOKEN: &str = "Yes";
-
-const QUERY_PLACEHOLDER: &str = "\u{1}zerank-query\u{1}";
-const DOCUMENT_PLACEHOLDER: &str = "\u{1}zerank-document\u{1}";
+/// The published Qwen3-Reranker recipe's prompt length.
+const QWEN3_RERANKER_MAX_LENGTH: usize = 8_192;
 
 /// Which end of an over-long document is kept.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
@@ -34,7 +33,7 @@ pub enum TruncationDirection {
     Left,
 }
 
-/// Token limits applied on top of the reference's character cuts.
+/// Token limits on the document, on top of the recipe's own cuts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TokenLimits {
     /// At most this many document tokens.
@@ -52,14 +51,32 @@ pub struct EncodedPair {
     pub over_max_length: bool,
 }
 
+/// What user text goes through before it is placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TextRule {
+    /// zerank-1: `text[:limit].strip()`.
+    ReferenceCuts,
+    /// Sentence Transformers and Qwen3-Reranker: the text as given.
+    Verbatim,
+}
+
+/// A layout's fixed text split at its special markers.
+#[derive(Debug, Clone)]
+enum Piece {
+    Special(u32),
+    Text(String),
+    Slot(Slot),
+}
+
 pub struct PromptEncoder {
     /// Never parses special markers: user text only passes through this one.
     text_tokenizer: Tokenizer,
-    head: Vec<u32>,
-    middle: Vec<u32>,
-    tail: Vec<u32>,
+    plain: Vec<Piece>,
+    /// `None`: the prompt has no place for an instruction.
+    instructed: Option<Vec<Piece>>,
+    default_instruction: Option<String>,
+    text_rule: TextRule,
     max_length: usize,
-    yes_token_id: u32,
 }
 
 #[derive(Deserialize, Default)]
@@ -74,6 +91,8 @@ struct TokenizerConfig {
     eos_token: Option<SpecialToken>,
     #[serde(default)]
     bos_token: Option<SpecialToken>,
+    #[serde(default)]
+    unk_token: Option<SpecialToken>,
 }
 
 #[derive(Deserialize)]
@@ -104,18 +123,28 @@ impl SpecialToken {
     }
 }
 
+/// Where the prompt's pieces come from.
+pub struct PromptFiles<'a> {
+    pub tokenizer: &'a Path,
+    pub tokenizer_config: Option<&'a Path>,
+    pub chat_template: Option<&'a Path>,
+}
+
 impl PromptEncoder {
-    /// `max_length` caps the whole prompt (template included); `None` takes the model's limit
-    /// (the smaller of `model_max_position` and the tokenizer's `model_max_length`).
+    /// `max_length` caps the whole prompt (template included); `None` takes the recipe's
+    /// limit (Sentence Transformers' `max_seq_length`, the tokenizer's `model_max_length`,
+    /// Qwen3-Reranker's 8192), never more than `max_position`.
     pub fn load(
-        tokenizer_path: &Path,
-        tokenizer_config_path: Option<&Path>,
-        chat_template_path: Option<&Path>,
-        model_max_position: usize,
+        files: PromptFiles,
+        recipe: &Recipe,
+        default_instruction: Option<String>,
+        max_length: Option<usize>,
+        max_position: usize,
     ) -> Result<Self> {
-        let tokenizer = Tokenizer::from_file(tokenizer_path)
-            .map_err(|err| ModelError::Tokenizer(format!("{}: {err}", tokenizer_path.display())))?;
-        let config: TokenizerConfig = match tokenizer_config_path {
+        let tokenizer = Tokenizer::from_file(files.tokenizer).map_err(|err| {
+            ModelError::Tokenizer(format!("{}: {err}", files.tokenizer.display()))
+        })?;
+        let config: TokenizerConfig = match files.tokenizer_config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|err| ModelError::Tokenizer(format!("{}: {err}", path.display())))?;
@@ -126,62 +155,111 @@ impl PromptEncoder {
             }
             None => TokenizerConfig::default(),
         };
-        let template = match chat_template_path {
-            Some(path) => std::fs::read_to_string(path)
-                .map_err(|err| ModelError::Template(format!("{}: {err}", path.display())))?,
-            None => config.template()?,
+        let recipe_limit = match recipe {
+            Recipe::SentenceTransformers(native) => native.max_seq_length,
+            Recipe::Qwen3Reranker => Some(QWEN3_RERANKER_MAX_LENGTH),
+            Recipe::Zerank => None,
         };
-        let max_length = config
-            .model_max_length
-            .filter(|&n| n >= 1.0 && n < model_max_position as f64)
-            .map_or(model_max_position, |n| n as usize);
-        Self::new(tokenizer, &template, &config, max_length)
+        let max_length = max_length
+            .or(recipe_limit)
+            .or(config
+                .model_max_length
+                .filter(|&n| n >= 1.0 && n < max_position as f64)
+                .map(|n| n as usize))
+            .map_or(max_position, |n| n.min(max_position));
+        let (plain, instructed, text_rule) = match recipe {
+            Recipe::Qwen3Reranker => {
+                let layout = Layout::qwen3_reranker();
+                (layout.clone(), Some(layout), TextRule::Verbatim)
+            }
+            Recipe::Zerank | Recipe::SentenceTransformers(_) => {
+                let source = match files.chat_template {
+                    Some(path) => std::fs::read_to_string(path).map_err(|err| {
+                        ModelError::Template(format!("{}: {err}", path.display()))
+                    })?,
+                    None => config.template()?,
+                };
+                let (messages, kwargs) = match recipe {
+                    Recipe::SentenceTransformers(native) => (
+                        Messages::QueryDocument {
+                            structured: native.structured_messages,
+                        },
+                        native.template_kwargs.clone(),
+                    ),
+                    _ => (Messages::SystemQueryUserDocument, Default::default()),
+                };
+                let template = ChatTemplate::new(&source, config.template_variables(kwargs))?;
+                let plain = template
+                    .layout(messages, false)?
+                    .expect("a layout without an instruction always has its slots");
+                let instructed = match messages {
+                    Messages::QueryDocument { .. } => template.layout(messages, true)?,
+                    Messages::SystemQueryUserDocument => None,
+                };
+                let rule = match recipe {
+                    Recipe::Zerank => TextRule::ReferenceCuts,
+                    _ => TextRule::Verbatim,
+                };
+                (plain, instructed, rule)
+            }
+        };
+        if default_instruction.is_some() && instructed.is_none() {
+            return Err(ModelError::Template(format!(
+                "an instruction is configured, but the {} prompt has no place for one",
+                recipe.name()
+            )));
+        }
+        Self::new(
+            tokenizer,
+            (&plain, instructed.as_ref()),
+            default_instruction,
+            text_rule,
+            max_length,
+        )
     }
 
     fn new(
-        tokenizer: Tokenizer,
-        template: &str,
-        config: &TokenizerConfig,
+        mut tokenizer: Tokenizer,
+        (plain, instructed): (&Layout, Option<&Layout>),
+        default_instruction: Option<String>,
+        text_rule: TextRule,
         max_length: usize,
     ) -> Result<Self> {
-        let token_id = |token: &str| {
-            tokenizer.token_to_id(token).ok_or_else(|| {
-                ModelError::Tokenizer(format!("the vocabulary has no token `{token}`"))
-            })
-        };
-        let yes_token_id = token_id(YES_TOKEN)?;
-        let rendered = render_template(template, config)?;
-        let (head, middle, tail) = split_rendered(&rendered)?;
-        let mut tokenizer = tokenizer;
         tokenizer
             .with_truncation(None)
             .map_err(|err| ModelError::Tokenizer(err.to_string()))?;
         tokenizer.with_padding(None);
-        // The template's own markers are parsed as special tokens...
-        tokenizer.set_encode_special_tokens(false);
-        let encode = |text: &str| encode_with(&tokenizer, text);
-        let (head, middle, tail) = (encode(head)?, encode(middle)?, encode(tail)?);
-        // ...user text never is.
-        let mut text_tokenizer = tokenizer;
-        text_tokenizer.set_encode_special_tokens(true);
-        let template_len = head.len() + middle.len() + tail.len();
+        let mut specials: Vec<(String, u32)> = tokenizer
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, token)| token.special)
+            .map(|(id, token)| (token.content, id))
+            .collect();
+        // Longest first, so that a marker never matches as the prefix of a longer one.
+        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+        // Special markers in user text are split as text.
+        tokenizer.set_encode_special_tokens(true);
+        let encoder = PromptEncoder {
+            text_tokenizer: tokenizer,
+            plain: split_at_specials(plain, &specials),
+            instructed: instructed.map(|layout| split_at_specials(layout, &specials)),
+            default_instruction,
+            text_rule,
+            max_length,
+        };
+        let template_len = encoder
+            .assemble(
+                encoder.pieces(encoder.default_instruction.is_some())?,
+                ["", "", encoder.default_instruction.as_deref().unwrap_or("")],
+            )?
+            .0
+            .len();
         if template_len >= max_length {
             return Err(ModelError::Template(format!(
                 "the template alone takes {template_len} tokens, the model allows {max_length}"
             )));
         }
-        Ok(PromptEncoder {
-            text_tokenizer,
-            head,
-            middle,
-            tail,
-            max_length,
-            yes_token_id,
-        })
-    }
-
-    pub fn yes_token_id(&self) -> u32 {
-        self.yes_token_id
+        Ok(encoder)
     }
 
     /// The longest prompt the model accepts, template included.
@@ -189,37 +267,66 @@ impl PromptEncoder {
         self.max_length
     }
 
-    /// The token ids of the prompt for one pair, per the reference recipe: character cuts,
-    /// whitespace strip, template, tokenization; then the token limits, which only ever
-    /// shorten the document.
-    pub fn encode(&self, query: &str, document: &str, limits: TokenLimits) -> Result<EncodedPair> {
-        let query = self.encode_text(cut_and_strip(query, QUERY_CHAR_LIMIT))?;
-        let mut document = self.encode_text(cut_and_strip(document, DOCUMENT_CHAR_LIMIT))?;
-        let fixed = self.head.len() + query.len() + self.middle.len() + self.tail.len();
+    /// Whether a request may bring its own instruction.
+    pub fn accepts_instruction(&self) -> bool {
+        self.instructed.is_some()
+    }
+
+    pub fn default_instruction(&self) -> Option<&str> {
+        self.default_instruction.as_deref()
+    }
+
+    fn pieces(&self, instructed: bool) -> Result<&[Piece]> {
+        if !instructed {
+            return Ok(&self.plain);
+        }
+        self.instructed
+            .as_deref()
+            .ok_or(ModelError::InstructionNotAccepted)
+    }
+
+    /// The token ids of the prompt for one pair: the recipe's text rule, the layout, joined
+    /// tokenization; then the token limits, which only ever shorten the document.
+    pub fn encode(
+        &self,
+        query: &str,
+        document: &str,
+        instruction: Option<&str>,
+        limits: TokenLimits,
+    ) -> Result<EncodedPair> {
+        let (query, document) = match self.text_rule {
+            TextRule::ReferenceCuts => (
+                cut_and_strip(query, QUERY_CHAR_LIMIT),
+                cut_and_strip(document, DOCUMENT_CHAR_LIMIT),
+            ),
+            TextRule::Verbatim => (query, document),
+        };
+        let instruction = instruction.or(self.default_instruction.as_deref());
+        let pieces = self.pieces(instruction.is_some())?;
+        let (mut ids, document_span) =
+            self.assemble(pieces, [query, document, instruction.unwrap_or("")])?;
+        let fixed = ids.len() - document_span.len();
         if fixed > self.max_length {
             return Err(ModelError::InputTooLong(format!(
-                "the query takes {} tokens; with the template that is {fixed}, over the model's {}",
-                query.len(),
+                "the prompt without the document takes {fixed} tokens (query, instruction and template), over the model's {}",
                 self.max_length
             )));
         }
-        let requested = document
+        let requested = document_span
             .len()
             .min(limits.max_document_tokens.unwrap_or(usize::MAX));
-        let over_max_length = requested > self.max_length - fixed;
-        let room = requested.min(self.max_length - fixed);
-        let truncated_tokens = document.len() - room;
+        let room = self.max_length - fixed;
+        let over_max_length = requested > room;
+        let keep = requested.min(room);
+        let truncated_tokens = document_span.len() - keep;
         if truncated_tokens > 0 {
-            match limits.direction {
-                TruncationDirection::Right => document.truncate(room),
+            let dropped = match limits.direction {
+                TruncationDirection::Right => document_span.start + keep..document_span.end,
                 TruncationDirection::Left => {
-                    document.drain(..truncated_tokens);
+                    document_span.start..document_span.start + truncated_tokens
                 }
-            }
-        }
-        let mut ids = Vec::with_capacity(fixed + document.len());
-        for part in [&self.head, &query, &self.middle, &document, &self.tail] {
-            ids.extend_from_slice(part);
+            };
+            ids.drain(dropped);
         }
         Ok(EncodedPair {
             ids,
@@ -228,9 +335,119 @@ impl PromptEncoder {
         })
     }
 
-    fn encode_text(&self, text: &str) -> Result<Vec<u32>> {
-        encode_with(&self.text_tokenizer, text)
+    /// The ids of `pieces` with the slots filled by `[query, document, instruction]`, and
+    /// the positions of the document's own tokens among them.
+    fn assemble(&self, pieces: &[Piece], texts: [&str; 3]) -> Result<(Vec<u32>, Range<usize>)> {
+        let [query, document, instruction] = texts;
+        let mut ids = Vec::new();
+        let mut document_span = 0..0;
+        let mut run = String::new();
+        let mut document_bytes: Option<Range<usize>> = None;
+        for piece in pieces {
+            match piece {
+                Piece::Special(id) => {
+                    self.flush(&mut run, &mut document_bytes, &mut ids, &mut document_span)?;
+                    ids.push(*id);
+                }
+                Piece::Text(text) => run.push_str(text),
+                Piece::Slot(slot) => {
+                    let text = match slot {
+                        Slot::Query => query,
+                        Slot::Document => document,
+                        Slot::Instruction => instruction,
+                    };
+                    if *slot == Slot::Document {
+                        document_bytes = Some(run.len()..run.len() + text.len());
+                    }
+                    run.push_str(text);
+                }
+            }
+        }
+        self.flush(&mut run, &mut document_bytes, &mut ids, &mut document_span)?;
+        Ok((ids, document_span))
     }
+
+    /// Tokenizes a run of text; when it holds the document, finds the tokens that lie
+    /// wholly inside it (a token the document shares with the template stays).
+    fn flush(
+        &self,
+        run: &mut String,
+        document_bytes: &mut Option<Range<usize>>,
+        ids: &mut Vec<u32>,
+        document_span: &mut Range<usize>,
+    ) -> Result<()> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let tokenizer_error = |err: tokenizers::Error| ModelError::Tokenizer(err.to_string());
+        match document_bytes.take() {
+            None => {
+                let encoding = self
+                    .text_tokenizer
+                    .encode_fast(run.as_str(), false)
+                    .map_err(tokenizer_error)?;
+                ids.extend_from_slice(encoding.get_ids());
+            }
+            Some(bytes) => {
+                let encoding = self
+                    .text_tokenizer
+                    .encode(run.as_str(), false)
+                    .map_err(tokenizer_error)?;
+                let inside: Vec<usize> = encoding
+                    .get_offsets()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (start, end))| {
+                        *start >= bytes.start && *end <= bytes.end && end > start
+                    })
+                    .map(|(i, _)| i)
+                    .collect();
+                *document_span = match (inside.first(), inside.last()) {
+                    (Some(&first), Some(&last)) => ids.len() + first..ids.len() + last + 1,
+                    _ => ids.len()..ids.len(),
+                };
+                ids.extend_from_slice(encoding.get_ids());
+            }
+        }
+        run.clear();
+        Ok(())
+    }
+}
+
+/// A layout's fixed text cut at the tokenizer's special markers.
+fn split_at_specials(layout: &Layout, specials: &[(String, u32)]) -> Vec<Piece> {
+    let mut pieces = Vec::new();
+    for part in &layout.parts {
+        let text = match part {
+            Part::Slot(slot) => {
+                pieces.push(Piece::Slot(*slot));
+                continue;
+            }
+            Part::Text(text) => text.as_str(),
+        };
+        let mut plain_start = 0;
+        let mut at = 0;
+        while at < text.len() {
+            match specials
+                .iter()
+                .find(|(marker, _)| text[at..].starts_with(marker.as_str()))
+            {
+                Some((marker, id)) => {
+                    if plain_start < at {
+                        pieces.push(Piece::Text(text[plain_start..at].to_owned()));
+                    }
+                    pieces.push(Piece::Special(*id));
+                    at += marker.len();
+                    plain_start = at;
+                }
+                None => at += text[at..].chars().next().map_or(1, char::len_utf8),
+            }
+        }
+        if plain_start < text.len() {
+            pieces.push(Piece::Text(text[plain_start..].to_owned()));
+        }
+    }
+    pieces
 }
 
 impl TokenizerConfig {
@@ -248,79 +465,28 @@ impl TokenizerConfig {
             )),
         }
     }
-}
 
-fn encode_with(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>> {
-    if text.is_empty() {
-        return Ok(Vec::new());
+    /// What transformers hands a template besides the messages: the special tokens, then
+    /// the checkpoint's own chat-template kwargs.
+    fn template_variables(
+        &self,
+        kwargs: serde_json::Map<String, serde_json::Value>,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let mut variables = serde_json::Map::new();
+        for (name, token) in [
+            ("bos_token", &self.bos_token),
+            ("eos_token", &self.eos_token),
+            ("pad_token", &self.pad_token),
+            ("unk_token", &self.unk_token),
+        ] {
+            let value = token
+                .as_ref()
+                .map_or(serde_json::Value::Null, |t| t.content().into());
+            variables.insert(name.into(), value);
+        }
+        variables.extend(kwargs);
+        variables
     }
-    tokenizer
-        .encode_fast(text, false)
-        .map(|enc| enc.get_ids().to_vec())
-        .map_err(|err| ModelError::Tokenizer(err.to_string()))
-}
-
-/// Renders the template as transformers does (trim_blocks, lstrip_blocks, Python string
-/// methods) for a system turn holding the query and a user turn holding the document.
-fn render_template(template: &str, config: &TokenizerConfig) -> Result<String> {
-    let mut env = Environment::new();
-    let syntax = SyntaxConfig::builder()
-        .trim_blocks(true)
-        .lstrip_blocks(true)
-        .build()
-        .map_err(|err| ModelError::Template(err.to_string()))?;
-    env.set_syntax(syntax);
-    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function(
-        "raise_exception",
-        |message: String| -> std::result::Result<String, JinjaError> {
-            Err(JinjaError::new(ErrorKind::InvalidOperation, message))
-        },
-    );
-    let template_error = |err: JinjaError| ModelError::Template(err.to_string());
-    env.add_template("chat", template).map_err(template_error)?;
-    let special = |t: &Option<SpecialToken>| t.as_ref().map(|t| t.content().to_owned());
-    env.get_template("chat")
-        .map_err(template_error)?
-        .render(context! {
-            messages => vec![
-                context! { role => "system", content => QUERY_PLACEHOLDER },
-                context! { role => "user", content => DOCUMENT_PLACEHOLDER },
-            ],
-            add_generation_prompt => true,
-            bos_token => special(&config.bos_token),
-            eos_token => special(&config.eos_token),
-            pad_token => special(&config.pad_token),
-        })
-        .map_err(template_error)
-}
-
-/// `text` split around its one occurrence of `placeholder`.
-fn split_once_exactly<'a>(
-    text: &'a str,
-    placeholder: &str,
-    what: &str,
-) -> Result<(&'a str, &'a str)> {
-    let parts: Vec<&str> = text.split(placeholder).collect();
-    match parts.as_slice() {
-        [before, after] => Ok((*before, *after)),
-        _ => Err(ModelError::Template(format!(
-            "the template must place the {what} exactly once, verbatim; it placed it {} times",
-            parts.len() - 1
-        ))),
-    }
-}
-
-/// The rendered template around the two placeholders; each must appear exactly once.
-fn split_rendered(rendered: &str) -> Result<(&str, &str, &str)> {
-    let (head, rest) = split_once_exactly(rendered, QUERY_PLACEHOLDER, "query (system turn)")?;
-    let (middle, tail) = split_once_exactly(rest, DOCUMENT_PLACEHOLDER, "document (user turn)")?;
-    if middle.contains(QUERY_PLACEHOLDER) || head.contains(DOCUMENT_PLACEHOLDER) {
-        return Err(ModelError::Template(
-            "the template places the document before the query".into(),
-        ));
-    }
-    Ok((head, middle, tail))
 }
 
 /// The reference's `text[:limit].strip()`: a cut at `limit` characters (code points), then
@@ -355,16 +521,5 @@ mod tests {
         assert_eq!(cut_and_strip("", 10), "");
         // Zero-width space is not whitespace to Python either.
         assert_eq!(cut_and_strip("\u{200b}x", 10), "\u{200b}x");
-    }
-
-    #[test]
-    fn split_needs_each_placeholder_once() {
-        let ok = format!("<a>{QUERY_PLACEHOLDER}<b>{DOCUMENT_PLACEHOLDER}<c>");
-        assert_eq!(split_rendered(&ok).unwrap(), ("<a>", "<b>", "<c>"));
-        let twice = format!("{QUERY_PLACEHOLDER}{QUERY_PLACEHOLDER}{DOCUMENT_PLACEHOLDER}");
-        assert!(split_rendered(&twice).is_err());
-        assert!(split_rendered("no placeholders").is_err());
-        let swapped = format!("{DOCUMENT_PLACEHOLDER}x{QUERY_PLACEHOLDER}");
-        assert!(split_rendered(&swapped).is_err());
     }
 }

@@ -1,9 +1,9 @@
 //! Qwen3 written for scoring, not generation: one forward over a packed batch (every real
 //! token once, no padding, shared prefixes once; see [`Packing`]), no KV cache, and of the LM
-//! head only the row of the "Yes" token, applied to each sequence's last token.
+//! head only the rows of the scoring tokens ("Yes", or yes and no), applied to each sequence's last token.
 
 use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{D, DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use std::sync::Arc;
 
 use candle_nn::{RmsNorm, VarBuilder};
@@ -265,13 +265,14 @@ impl DecoderLayer {
     }
 }
 
-/// The scoring model: embeddings, decoder layers, final norm, and the "Yes" head row.
+/// The scoring model: embeddings, decoder layers, final norm, and the scoring tokens' head rows.
 pub struct Qwen3Scorer {
     embed_tokens: candle_nn::Embedding,
     layers: Vec<DecoderLayer>,
     /// Final norm and head row in f32: the last dot product is where precision matters.
     final_norm: RmsNorm,
-    yes_row: Tensor,
+    /// Rows of the head's scoring tokens, (1 or 2, hidden): true, then false.
+    head_rows: Tensor,
     rotary: Rotary,
     /// Additive causal mask of one query chunk against itself.
     causal_block: Tensor,
@@ -286,13 +287,13 @@ impl Qwen3Scorer {
         config: &Qwen3Config,
         tensors: &MmapedSafetensors,
         vb: VarBuilder,
-        yes_token_id: u32,
+        head_tokens: &[u32],
         blas: Option<&Arc<Blas>>,
     ) -> Result<Self> {
         let weights = |err: candle_core::Error| ModelError::Weights(err.to_string());
-        if yes_token_id as usize >= config.vocab_size {
+        if let Some(&id) = head_tokens.iter().find(|&&id| id as usize >= config.vocab_size) {
             return Err(ModelError::Weights(format!(
-                "token id {yes_token_id} of \"Yes\" is outside the vocabulary of {}",
+                "scoring token id {id} is outside the vocabulary of {}",
                 config.vocab_size
             )));
         }
@@ -319,14 +320,18 @@ impl Qwen3Scorer {
         } else {
             "lm_head.weight"
         };
-        let yes_row = head_row(tensors, head, yes_token_id)
-            .and_then(|row| row.to_device(&device))
+        let head_rows = head_tokens
+            .iter()
+            .map(|&id| head_row(tensors, head, id))
+            .collect::<candle_core::Result<Vec<_>>>()
+            .and_then(|rows| Tensor::stack(&rows, 0))
+            .and_then(|rows| rows.to_device(&device))
             .map_err(weights)?;
         Ok(Qwen3Scorer {
             embed_tokens,
             layers,
             final_norm,
-            yes_row,
+            head_rows,
             rotary: Rotary::new(config, dtype, &device)?,
             causal_block: causal_mask(QUERY_CHUNK, dtype, &device)?,
             device,
@@ -334,8 +339,9 @@ impl Qwen3Scorer {
         })
     }
 
-    /// `yes_logit` of each packed sequence, in the packing's input order.
-    pub fn yes_logits(&self, packing: &Packing) -> Result<Vec<f32>> {
+    /// The logit margin of each packed sequence, in the packing's input order:
+    /// `logit[true] - logit[false]`, or `logit[true]` when the head has one token.
+    pub fn logit_margins(&self, packing: &Packing) -> Result<Vec<f32>> {
         if let Some(&position) = packing.positions.iter().max()
             && position as usize >= self.max_length
         {
@@ -365,8 +371,17 @@ impl Qwen3Scorer {
         )?;
         let last = hidden.index_select(&last_tokens, 0)?.to_dtype(DType::F32)?;
         let normed = self.final_norm.forward(&last)?;
-        let logits = normed.broadcast_mul(&self.yes_row)?.sum(D::Minus1)?;
-        Ok(logits.to_device(&Device::Cpu)?.to_vec1::<f32>()?)
+        let logits = normed
+            .matmul(&self.head_rows.t()?)?
+            .to_device(&Device::Cpu)?
+            .to_vec2::<f32>()?;
+        Ok(logits
+            .into_iter()
+            .map(|row| match row.as_slice() {
+                [true_logit, false_logit] => true_logit - false_logit,
+                _ => row[0],
+            })
+            .collect())
     }
 }
 

@@ -1,0 +1,296 @@
+//! Which scoring recipe a checkpoint follows, and what its files say about it.
+//!
+//! - zerank-1 (the legacy recipe): the model's chat template with the query as the system
+//!   turn and the document as the user turn, the reference's character cuts, the "Yes" logit.
+//! - Sentence Transformers 6's native layout (zerank-2, Qwen3-Reranker with ST files):
+//!   `modules.json` with a LogitScore module, a score template taking `query`/`document`
+//!   messages, `logit[true] - logit[false]` (or `logit[true]`).
+//! - The original Qwen3-Reranker: a plain causal LM run with its published prompt and
+//!   yes/no log-odds. Its files cannot be told from zerank-1's, so it is chosen explicitly.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use serde::Deserialize;
+
+use super::error::{ModelError, Result};
+use super::files::CheckpointFiles;
+use super::template::QWEN3_RERANKER_DEFAULT_INSTRUCTION;
+
+/// The `recipe` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecipeChoice {
+    /// Sentence Transformers' native layout when the checkpoint has it, zerank-1 otherwise.
+    #[default]
+    Auto,
+    Zerank,
+    SentenceTransformers,
+    Qwen3Reranker,
+}
+
+impl FromStr for RecipeChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {
+            "auto" => Ok(RecipeChoice::Auto),
+            "zerank" | "zerank-1" => Ok(RecipeChoice::Zerank),
+            "sentence-transformers" | "st" => Ok(RecipeChoice::SentenceTransformers),
+            "qwen3-reranker" => Ok(RecipeChoice::Qwen3Reranker),
+            other => Err(format!(
+                "unknown recipe `{other}` (expected auto, zerank, sentence-transformers or qwen3-reranker)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for RecipeChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RecipeChoice::Auto => "auto",
+            RecipeChoice::Zerank => "zerank",
+            RecipeChoice::SentenceTransformers => "sentence-transformers",
+            RecipeChoice::Qwen3Reranker => "qwen3-reranker",
+        })
+    }
+}
+
+/// The recipe a loaded checkpoint is scored with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recipe {
+    Zerank,
+    SentenceTransformers(NativeConfig),
+    Qwen3Reranker,
+}
+
+/// What Sentence Transformers' files say about a causal-LM reranker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NativeConfig {
+    pub true_token_id: u32,
+    pub false_token_id: Option<u32>,
+    /// `activation_fn` of `config_sentence_transformers.json` (what `predict` applies).
+    pub activation: String,
+    /// `prompts[default_prompt_name]`: the instruction `predict` uses when given none.
+    pub default_prompt: Option<String>,
+    /// Variables the score template is rendered with (`processing_kwargs.chat_template`).
+    pub template_kwargs: serde_json::Map<String, serde_json::Value>,
+    /// Message contents as `[{"type": "text", "text": ...}]` rather than strings.
+    pub structured_messages: bool,
+    pub max_seq_length: Option<usize>,
+}
+
+/// The zerank convention for a lone "Yes" logit (zerank-1's recipe, zerank-2's card).
+pub const ZERANK_TEMPERATURE: f32 = 5.0;
+
+/// How a logit margin becomes the published numbers.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Calibration {
+    /// `raw = margin / raw_divisor`: 5 for zerank-1's published raw score, 1 otherwise.
+    pub raw_divisor: f32,
+    /// `score = sigmoid(margin / temperature)`.
+    pub temperature: f32,
+}
+
+impl Recipe {
+    pub fn resolve(choice: RecipeChoice, files: &CheckpointFiles) -> Result<Recipe> {
+        let native = || NativeConfig::read(files);
+        match choice {
+            RecipeChoice::Auto if files.logit_score_config.is_some() => {
+                Ok(Recipe::SentenceTransformers(native()?))
+            }
+            RecipeChoice::Auto | RecipeChoice::Zerank => Ok(Recipe::Zerank),
+            RecipeChoice::SentenceTransformers if files.logit_score_config.is_some() => {
+                Ok(Recipe::SentenceTransformers(native()?))
+            }
+            RecipeChoice::SentenceTransformers => Err(ModelError::UnsupportedConfig(
+                "recipe `sentence-transformers` needs modules.json with a LogitScore module".into(),
+            )),
+            RecipeChoice::Qwen3Reranker => Ok(Recipe::Qwen3Reranker),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Recipe::Zerank => "zerank",
+            Recipe::SentenceTransformers(_) => "sentence-transformers",
+            Recipe::Qwen3Reranker => "qwen3-reranker",
+        }
+    }
+
+    /// The instruction used when a request brings none.
+    pub fn default_instruction(&self) -> Option<&str> {
+        match self {
+            Recipe::Zerank => None,
+            Recipe::SentenceTransformers(native) => native.default_prompt.as_deref(),
+            Recipe::Qwen3Reranker => Some(QWEN3_RERANKER_DEFAULT_INSTRUCTION),
+        }
+    }
+
+    /// `score_temperature` when the settings give none: 5 for a lone "Yes" logit, 1 for
+    /// yes/no log-odds (Qwen3-Reranker's P(yes)).
+    pub fn calibration(&self, temperature: Option<f32>) -> Calibration {
+        let (raw_divisor, default) = match self {
+            Recipe::Zerank => (ZERANK_TEMPERATURE, ZERANK_TEMPERATURE),
+            Recipe::SentenceTransformers(n) if n.false_token_id.is_none() => {
+                (1.0, ZERANK_TEMPERATURE)
+            }
+            Recipe::SentenceTransformers(_) | Recipe::Qwen3Reranker => (1.0, 1.0),
+        };
+        Calibration {
+            raw_divisor,
+            temperature: temperature.unwrap_or(default),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ModuleEntry {
+    #[serde(default)]
+    path: String,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+const LOGIT_SCORE_TYPE: &str = "LogitScore";
+
+/// The folder of the LogitScore module that `modules.json` lists, if it lists one.
+pub fn logit_score_folder(modules: &Path) -> Result<Option<String>> {
+    let entries: Vec<ModuleEntry> = read_json(modules)?;
+    Ok(entries
+        .into_iter()
+        .find(|m| m.kind.rsplit('.').next() == Some(LOGIT_SCORE_TYPE))
+        .map(|m| m.path))
+}
+
+#[derive(Deserialize)]
+struct LogitScoreConfig {
+    true_token_id: u32,
+    #[serde(default)]
+    false_token_id: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+struct SentenceBertConfig {
+    #[serde(default)]
+    transformer_task: Option<String>,
+    #[serde(default)]
+    modality_config: serde_json::Value,
+    #[serde(default)]
+    processing_kwargs: serde_json::Value,
+    #[serde(default)]
+    max_seq_length: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+struct StModelConfig {
+    #[serde(default)]
+    activation_fn: Option<String>,
+    #[serde(default)]
+    prompts: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    default_prompt_name: Option<String>,
+}
+
+/// Keyword arguments of `apply_chat_template` that size or format the tokenization, and
+/// Sentence Transformers' own flag: none of them reach the template.
+const NOT_TEMPLATE_VARIABLES: &[&str] = &[
+    "padding",
+    "truncation",
+    "max_length",
+    "return_tensors",
+    "restore_suffix",
+];
+
+impl NativeConfig {
+    fn read(files: &CheckpointFiles) -> Result<NativeConfig> {
+        let logit_score: LogitScoreConfig = read_json(
+            files
+                .logit_score_config
+                .as_deref()
+                .expect("native checkpoints have a LogitScore config"),
+        )?;
+        let sbert: SentenceBertConfig = match &files.sentence_bert_config {
+            Some(path) => read_json(path)?,
+            None => SentenceBertConfig::default(),
+        };
+        if let Some(task) = sbert.transformer_task.as_deref()
+            && task != "text-generation"
+        {
+            return Err(ModelError::UnsupportedConfig(format!(
+                "sentence_bert_config.json has transformer_task `{task}`; a LogitScore reranker needs `text-generation`"
+            )));
+        }
+        let st: StModelConfig = match &files.config_sentence_transformers {
+            Some(path) => read_json(path)?,
+            None => StModelConfig::default(),
+        };
+        let default_prompt = match &st.default_prompt_name {
+            None => None,
+            Some(name) => Some(st.prompts.get(name).cloned().ok_or_else(|| {
+                ModelError::UnsupportedConfig(format!(
+                    "config_sentence_transformers.json names default prompt `{name}`, which is not among its prompts {:?}",
+                    st.prompts.keys().collect::<Vec<_>>()
+                ))
+            })?),
+        };
+        let mut template_kwargs = sbert
+            .processing_kwargs
+            .get("chat_template")
+            .and_then(|v| v.as_object())
+            .cloned()
+            .unwrap_or_default();
+        template_kwargs.retain(|key, _| !NOT_TEMPLATE_VARIABLES.contains(&key.as_str()));
+        let structured_messages = sbert
+            .modality_config
+            .pointer("/message/format")
+            .and_then(|v| v.as_str())
+            == Some("structured");
+        Ok(NativeConfig {
+            true_token_id: logit_score.true_token_id,
+            false_token_id: logit_score.false_token_id,
+            activation: st
+                .activation_fn
+                .unwrap_or_else(|| "torch.nn.modules.activation.Sigmoid".into()),
+            default_prompt,
+            template_kwargs,
+            structured_messages,
+            max_seq_length: sbert.max_seq_length,
+        })
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let invalid = |message: String| ModelError::InvalidFile {
+        path: path.to_owned(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|err| invalid(err.to_string()))?;
+    serde_json::from_str(&text).map_err(|err| invalid(err.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipe_names() {
+        assert_eq!("auto".parse(), Ok(RecipeChoice::Auto));
+        assert_eq!("Qwen3_Reranker".parse(), Ok(RecipeChoice::Qwen3Reranker));
+        assert_eq!("zerank".parse(), Ok(RecipeChoice::Zerank));
+        assert!("bge".parse::<RecipeChoice>().is_err());
+    }
+
+    #[test]
+    fn temperatures_follow_the_head() {
+        assert_eq!(
+            Recipe::Zerank.calibration(None),
+            Calibration {
+                raw_divisor: 5.0,
+                temperature: 5.0
+            }
+        );
+        assert_eq!(Recipe::Qwen3Reranker.calibration(None).temperature, 1.0);
+        assert_eq!(Recipe::Qwen3Reranker.calibration(Some(2.0)).temperature, 2.0);
+    }
+}

@@ -1,0 +1,54 @@
+use crate::batcher::BatchError;
+use crate::model::ModelError;
+
+/// Why a request got no scores. Each kind keeps what it found, whichever layer found it.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("model `{requested}` is not served here; served models: {served:?}")]
+    UnknownModel {
+        requested: String,
+        served: Vec<String>,
+    },
+    #[error("{count} documents is over the limit of {limit} per request")]
+    TooManyDocuments { count: usize, limit: usize },
+    #[error(
+        "model `{model}` takes no instruction: its prompt has no place for one; send the request without `instruction`"
+    )]
+    InstructionNotAccepted { model: String },
+    #[error("{0}")]
+    InputTooLong(String),
+    #[error("server is at capacity: {0}; retry shortly")]
+    Overloaded(String),
+    #[error("request took longer than the {0:.1} s limit")]
+    Timeout(f64),
+    #[error("the model worker has stopped")]
+    Unavailable,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ServiceError {
+    /// A model error for the model served as `model`.
+    pub fn from_model(err: ModelError, model: &str) -> Self {
+        match err {
+            ModelError::InputTooLong(message) => ServiceError::InputTooLong(message),
+            ModelError::InstructionNotAccepted => ServiceError::InstructionNotAccepted {
+                model: model.to_owned(),
+            },
+            other => ServiceError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<BatchError> for ServiceError {
+    fn from(err: BatchError) -> Self {
+        match err {
+            BatchError::QueueFull { .. } => ServiceError::Overloaded(err.to_string()),
+            BatchError::Input(message) => ServiceError::InputTooLong(message),
+            BatchError::Model(_) | BatchError::Panicked(_) => {
+                ServiceError::Internal(err.to_string())
+            }
+            BatchError::Stopped => ServiceError::Unavailable,
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! The service layer: the served models, each an engine with its own batcher, and the one
+//! way a request is scored: pick the model, admit, tokenize off the runtime, batch, rank.
+//! The HTTP layer only maps request shapes to [`ScoreJob`] and [`Scoring`] back.
+
+mod error;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::batcher::Batcher;
+use crate::metrics::{Metrics, ModelMetrics};
+use crate::model::{Engine, ModelError, ModelInfo, Score, TokenLimits};
+use crate::settings::{ModelSettings, Settings};
+pub use error::ServiceError;
+
+/// One served model.
+pub struct ServedModel {
+    /// Names requests may use; the first labels its metrics.
+    pub names: Vec<String>,
+    pub engine: Arc<Engine>,
+    batcher: Batcher,
+    metrics: ModelMetrics,
+}
+
+/// Limits every request is held to.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    pub max_documents: usize,
+    pub timeout: Duration,
+    pub max_tokens_per_doc: Option<usize>,
+}
+
+pub struct Service {
+    models: Vec<ServedModel>,
+    limits: RequestLimits,
+    admission: Arc<Semaphore>,
+    max_concurrent: usize,
+    metrics: Arc<Metrics>,
+}
+
+/// The pairs of one request.
+pub enum Pairs {
+    /// One query against many documents.
+    OneQuery {
+        query: String,
+        documents: Vec<String>,
+    },
+    Listed(Vec<(String, String)>),
+}
+
+impl Pairs {
+    pub fn len(&self) -> usize {
+        match self {
+            Pairs::OneQuery { documents, .. } => documents.len(),
+            Pairs::Listed(pairs) => pairs.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn get(&self, i: usize) -> (&str, &str) {
+        match self {
+            Pairs::OneQuery { query, documents } => (query, &documents[i]),
+            Pairs::Listed(pairs) => (&pairs[i].0, &pairs[i].1),
+        }
+    }
+
+    /// Bytes of text in all pairs.
+    pub fn bytes(&self) -> usize {
+        (0..self.len())
+            .map(|i| {
+                let (q, d) = self.get(i);
+                q.len() + d.len()
+            })
+            .sum()
+    }
+}
+
+/// What a handler asks for.
+pub struct ScoreJob {
+    /// A served name; the first model when `None`.
+    pub model: Option<String>,
+    pub pairs: Pairs,
+    /// Replaces the model's default instruction.
+    pub instruction: Option<String>,
+    /// `max_document_tokens` falls back to the server's `max_tokens_per_doc`.
+    pub limits: TokenLimits,
+    /// Refuse (413) a document the model's length limit would cut.
+    pub refuse_truncation: bool,
+}
+
+/// A scored request: its pairs, their scores in order, and where the time went.
+pub struct Scoring {
+    /// The name to answer with: the one requested, or the model's first.
+    pub model: String,
+    pub pairs: Pairs,
+    pub scores: Vec<Score>,
+    pub total_tokens: usize,
+    pub queue_time: Duration,
+    pub inference_time: Duration,
+    pub started: Instant,
+}
+
+/// A document's place in a ranking.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ranked {
+    /// Position of the document in the request.
+    pub index: usize,
+    pub score: Score,
+}
+
+impl Scoring {
+    /// Pairs by descending score (ties keep input order), cut to `top_n` when given.
+    pub fn ranked(&self, top_n: Option<usize>) -> Vec<Ranked> {
+        rank_scores(&self.scores, top_n)
+    }
+}
+
+/// Indices sorted by descending score (ties keep input order), cut to `top_n` when given.
+pub fn rank_scores(scores: &[Score], top_n: Option<usize>) -> Vec<Ranked> {
+    let mut ranked: Vec<Ranked> = scores
+        .iter()
+        .enumerate()
+        .map(|(index, &score)| Ranked { index, score })
+        .collect();
+    ranked.sort_by(|a, b| b.score.raw.total_cmp(&a.score.raw));
+    if let Some(n) = top_n {
+        ranked.truncate(n);
+    }
+    ranked
+}
+
+/// Holds an admitted request's place until it is answered.
+struct Admitted {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.metrics.requests_in_flight.dec();
+    }
+}
+
+/// A model loaded and warmed up, not yet serving.
+pub struct LoadedModel {
+    settings: ModelSettings,
+    engine: Engine,
+}
+
+impl Service {
+    /// Loads every model of `settings` and runs a warm-up batch on each, so that a model
+    /// that does not fit shows at boot rather than on the first user. Blocking: call off the
+    /// async runtime.
+    pub fn load_models(settings: &Settings, metrics: &Metrics) -> anyhow::Result<Vec<LoadedModel>> {
+        let budget = settings.batch_budget();
+        settings
+            .models()?
+            .into_iter()
+            .map(|model| {
+                let started = Instant::now();
+                let engine = Engine::load(&model.load)
+                    .map_err(|err| anyhow::anyhow!("model `{}`: {err}", model.load.model))?;
+                let warmup = engine.warm_up(budget)?;
+                metrics
+                    .for_model(&model.served_names[0])
+                    .model_load_seconds
+                    .set(started.elapsed().as_secs_f64());
+                tracing::info!(
+                    model = %model.load.model,
+                    names = ?model.served_names,
+                    seconds = started.elapsed().as_secs_f64(),
+                    warmup_pairs = warmup.0,
+                    warmup_tokens = warmup.1,
+                    info = ?engine.info(),
+                    "model ready"
+                );
+                Ok(LoadedModel {
+                    settings: model,
+                    engine,
+                })
+            })
+            .collect()
+    }
+
+    /// Starts a batcher per model; call inside a Tokio runtime.
+    pub fn start(models: Vec<LoadedModel>, settings: &Settings, metrics: Arc<Metrics>) -> Self {
+        let models = models
+            .into_iter()
+            .map(|loaded| {
+                let engine = Arc::new(loaded.engine);
+                let model_metrics = metrics.for_model(&loaded.settings.served_names[0]);
+                let batcher = Batcher::spawn(
+                    engine.clone(),
+                    settings.batch_budget(),
+                    settings.max_queued_tokens,
+                    model_metrics.clone(),
+                );
+                ServedModel {
+                    names: loaded.settings.served_names,
+                    engine,
+                    batcher,
+                    metrics: model_metrics,
+                }
+            })
+            .collect();
+        Service {
+            models,
+            limits: RequestLimits {
+                max_documents: settings.max_documents_per_request,
+                timeout: Duration::from_secs_f64(settings.request_timeout_secs),
+                max_tokens_per_doc: settings.max_tokens_per_doc,
+            },
+            admission: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
+            max_concurrent: settings.max_concurrent_requests,
+            metrics,
+        }
+    }
+
+    pub fn models(&self) -> &[ServedModel] {
+        &self.models
+    }
+
+    /// Every name of every model, in order.
+    pub fn served_names(&self) -> Vec<String> {
+        self.models.iter().flat_map(|m| m.names.clone()).collect()
+    }
+
+    /// Whether every model's worker still runs.
+    pub fn is_healthy(&self) -> bool {
+        self.models.iter().all(|m| m.batcher.is_healthy())
+    }
+
+    /// Every model's description, with its names.
+    pub fn infos(&self) -> Vec<(&[String], &ModelInfo)> {
+        self.models
+            .iter()
+            .map(|m| (m.names.as_slice(), m.engine.info()))
+            .collect()
+    }
+
+    /// The model a request names (the first when it names none), and the name to answer with.
+    pub fn model(&self, requested: Option<&str>) -> Result<(&ServedModel, String), ServiceError> {
+        match requested.filter(|name| !name.is_empty()) {
+            None => Ok((&self.models[0], self.models[0].names[0].clone())),
+            Some(name) => self
+                .models
+                .iter()
+                .find(|m| m.names.iter().any(|n| n == name))
+                .map(|m| (m, name.to_owned()))
+                .ok_or_else(|| ServiceError::UnknownModel {
+                    requested: name.to_owned(),
+                    served: self.served_names(),
+                }),
+        }
+    }
+
+    fn admit(&self) -> Result<Admitted, ServiceError> {
+        let permit = self.admission.clone().try_acquire_owned().map_err(|_| {
+            ServiceError::Overloaded(format!("{} requests are in flight", self.max_concurrent))
+        })?;
+        self.metrics.requests_in_flight.inc();
+        Ok(Admitted {
+            _permit: permit,
+            metrics: self.metrics.clone(),
+        })
+    }
+
+    /// Scores a request's pairs, in their order, under the request timeout.
+    pub async fn score(&self, job: ScoreJob) -> Result<Scoring, ServiceError> {
+        let started = Instant::now();
+        let (served, name) = self.model(job.model.as_deref())?;
+        let instruction = job.instruction.filter(|i| !i.is_empty());
+        if instruction.is_some() && !served.engine.info().accepts_instruction {
+            return Err(ServiceError::InstructionNotAccepted { model: name });
+        }
+        if job.pairs.len() > self.limits.max_documents {
+            return Err(ServiceError::TooManyDocuments {
+                count: job.pairs.len(),
+                limit: self.limits.max_documents,
+            });
+        }
+        let _admitted = self.admit()?;
+        let limits = TokenLimits {
+            max_document_tokens: job
+                .limits
+                .max_document_tokens
+                .or(self.limits.max_tokens_per_doc),
+            ..job.limits
+        };
+        let engine = served.engine.clone();
+        let metrics = served.metrics.clone();
+        let pairs = job.pairs;
+        let work = async move {
+            let (pairs, encoded) = tokio::task::spawn_blocking(move || {
+                let tokenizing = Instant::now();
+                let encoded = (0..pairs.len())
+                    .map(|i| {
+                        let (query, document) = pairs.get(i);
+                        engine.encode(query, document, instruction.as_deref(), limits)
+                    })
+                    .collect::<Result<Vec<_>, ModelError>>();
+                metrics
+                    .tokenization_duration
+                    .observe(tokenizing.elapsed().as_secs_f64());
+                encoded.map(|encoded| (pairs, encoded))
+            })
+            .await
+            .map_err(|err| ServiceError::Internal(format!("tokenization task failed: {err}")))?
+            .map_err(|err| ServiceError::from_model(err, &name))?;
+            if job.refuse_truncation
+                && let Some(i) = encoded.iter().position(|e| e.over_max_length)
+            {
+                return Err(ServiceError::InputTooLong(format!(
+                    "document {i} is over the model's length limit and `truncate` is false"
+                )));
+            }
+            let total_tokens = encoded.iter().map(|e| e.ids.len()).sum();
+            let scored = served
+                .batcher
+                .score(encoded.into_iter().map(|e| e.ids).collect())
+                .await?;
+            Ok(Scoring {
+                model: name,
+                pairs,
+                scores: scored.scores,
+                total_tokens,
+                queue_time: scored.queue_time,
+                inference_time: scored.inference_time,
+                started,
+            })
+        };
+        tokio::time::timeout(self.limits.timeout, work)
+            .await
+            .map_err(|_| ServiceError::Timeout(self.limits.timeout.as_secs_f64()))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Calibration;
+
+    #[test]
+    fn ranking_is_descending_and_stable() {
+        let zerank = Calibration {
+            raw_divisor: 5.0,
+            temperature: 5.0,
+        };
+        let scores: Vec<Score> = [0.1, 2.0, 0.1, -3.0]
+            .into_iter()
+            .map(|m| Score::new(m, zerank))
+            .collect();
+        let order: Vec<usize> = rank_scores(&scores, None).iter().map(|r| r.index).collect();
+        assert_eq!(order, vec![1, 0, 2, 3]);
+        assert_eq!(rank_scores(&scores, Some(2)).len(), 2);
+        assert_eq!(rank_scores(&scores, Some(10)).len(), 4);
+    }
+}
