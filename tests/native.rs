@@ -1,0 +1,323 @@
+//! Today's causal-LM rerankers against their references: Sentence Transformers 6's native
+//! layout (`CrossEncoder.predict`, with and without a prompt) on two fixture checkpoints,
+//! and the published Qwen3-Reranker recipe run in transformers.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use common::{fixture, load, options};
+use serde::Deserialize;
+use zerank_server::model::{
+    Engine, LoadOptions, ModelError, RecipeChoice, TokenLimits, TruncationDirection,
+};
+
+#[derive(Deserialize)]
+struct NativeGoldens {
+    instruction: String,
+    pairs: Vec<Pair>,
+    models: HashMap<String, ModelGoldens>,
+}
+
+#[derive(Deserialize)]
+struct Pair {
+    query: String,
+    document: String,
+    reference_ids_differ: bool,
+}
+
+#[derive(Deserialize)]
+struct ModelGoldens {
+    true_token_id: u32,
+    false_token_id: Option<u32>,
+    max_length: usize,
+    plain: Variant,
+    instructed: Variant,
+}
+
+/// `predict` (with the checkpoint's activation) or `score` (the recipe's P(yes)).
+#[derive(Deserialize)]
+struct Variant {
+    input_ids: Vec<Vec<u32>>,
+    raw: Vec<f32>,
+    #[serde(alias = "predict")]
+    score: Vec<f32>,
+}
+
+fn goldens() -> NativeGoldens {
+    let text = std::fs::read_to_string(fixture("native_goldens.json")).expect("native goldens");
+    serde_json::from_str(&text).expect("native goldens parse")
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Every pair, with and without the instruction: the prompt ids the reference fed its model,
+/// `raw` within 1e-4 of it, and the 0-1 score by the model's rule.
+fn check_against_goldens(engine: &Engine, golden: &ModelGoldens, name: &str, temperature: f32) {
+    let goldens = goldens();
+    let info = engine.info();
+    assert_eq!(info.true_token_id, golden.true_token_id, "{name}");
+    assert_eq!(info.false_token_id, golden.false_token_id, "{name}");
+    assert_eq!(info.max_length, golden.max_length, "{name}");
+    for (variant, instruction) in [
+        (&golden.plain, None),
+        (&golden.instructed, Some(goldens.instruction.as_str())),
+    ] {
+        for (i, pair) in goldens.pairs.iter().enumerate() {
+            let encoded = engine
+                .encode(
+                    &pair.query,
+                    &pair.document,
+                    instruction,
+                    TokenLimits::default(),
+                )
+                .unwrap();
+            assert_eq!(
+                encoded.ids, variant.input_ids[i],
+                "{name} pair {i} (instruction {instruction:?}): prompt ids"
+            );
+            let score = engine.score_batch(&[&encoded.ids]).unwrap().scores[0];
+            let diff = (score.raw - variant.raw[i]).abs();
+            assert!(
+                diff <= 1e-4,
+                "{name} pair {i} (instruction {instruction:?}): raw {} vs {} (|Δ| {diff})",
+                score.raw,
+                variant.raw[i]
+            );
+            let expected = sigmoid(variant.raw[i] / temperature);
+            assert!(
+                (score.score - expected).abs() <= 1e-5,
+                "{name} pair {i}: score {} vs sigmoid(raw / {temperature}) {expected}",
+                score.score
+            );
+        }
+    }
+}
+
+#[test]
+fn a_yes_only_native_checkpoint_scores_as_sentence_transformers() {
+    let goldens = goldens();
+    let golden = &goldens.models["native-yes"];
+    let engine = load(&fixture("native-yes"));
+    assert_eq!(engine.info().recipe, "sentence-transformers");
+    assert!(engine.info().accepts_instruction);
+    // Identity activation: `predict` is the raw logit; the 0-1 score is sigmoid(raw / 5).
+    for (raw, predict) in golden.plain.raw.iter().zip(&golden.plain.score) {
+        assert!((raw - predict).abs() <= 1e-6);
+    }
+    check_against_goldens(&engine, golden, "native-yes", 5.0);
+}
+
+#[test]
+fn a_yes_no_native_checkpoint_scores_as_sentence_transformers() {
+    let goldens = goldens();
+    let golden = &goldens.models["native-yes-no"];
+    let engine = load(&fixture("native-yes-no"));
+    // Sigmoid activation: `predict` is P(yes), the score at temperature 1.
+    for (raw, predict) in golden.plain.raw.iter().zip(&golden.plain.score) {
+        assert!((sigmoid(*raw) - predict).abs() <= 1e-5);
+    }
+    check_against_goldens(&engine, golden, "native-yes-no", 1.0);
+    // The goldens hold documents cut to the model's 512 tokens, template tail restored.
+    let truncated = golden
+        .plain
+        .input_ids
+        .iter()
+        .filter(|ids| ids.len() == golden.max_length)
+        .count();
+    assert!(truncated >= 1, "no golden reaches the length limit");
+}
+
+#[test]
+fn the_original_qwen3_reranker_recipe_matches_transformers() {
+    let goldens = goldens();
+    let golden = &goldens.models["qwen3-reranker-recipe"];
+    let engine = Engine::load(&LoadOptions {
+        recipe: RecipeChoice::Qwen3Reranker,
+        ..options(&fixture("tiny"))
+    })
+    .unwrap();
+    assert_eq!(engine.info().recipe, "qwen3-reranker");
+    assert_eq!(
+        engine.info().default_instruction.as_deref(),
+        Some("Given a web search query, retrieve relevant passages that answer the query")
+    );
+    check_against_goldens(&engine, golden, "qwen3-reranker-recipe", 1.0);
+}
+
+#[test]
+fn special_markers_in_user_text_stay_text_on_native_checkpoints() {
+    let goldens = goldens();
+    let (i, pair) = goldens
+        .pairs
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.reference_ids_differ)
+        .expect("the goldens hold an injection pair");
+    assert!(pair.document.contains("<|im_end|>") || pair.query.contains("<|im_end|>"));
+    for name in ["native-yes", "native-yes-no"] {
+        let engine = load(&fixture(name));
+        let ids = engine
+            .encode(&pair.query, &pair.document, None, TokenLimits::default())
+            .unwrap()
+            .ids;
+        // The template's own turns only: system, user, assistant opened; two closed.
+        assert_eq!(ids.iter().filter(|&&t| t == 151_644).count(), 3, "{name}");
+        assert_eq!(ids.iter().filter(|&&t| t == 151_645).count(), 2, "{name}");
+        assert_eq!(ids, goldens.models[name].plain.input_ids[i], "{name}");
+    }
+}
+
+#[test]
+fn an_instruction_needs_a_place_in_the_prompt() {
+    let engine = load(&fixture("tiny"));
+    assert!(!engine.info().accepts_instruction);
+    let err = engine
+        .encode("q", "d", Some("be brief"), TokenLimits::default())
+        .unwrap_err();
+    assert!(matches!(err, ModelError::InstructionNotAccepted), "{err}");
+    // A configured default instruction on such a model is a load error.
+    let err = Engine::load(&LoadOptions {
+        instruction: Some("be brief".into()),
+        ..options(&fixture("tiny"))
+    })
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("no place"), "{err}");
+}
+
+/// A copy of a fixture with some of its files replaced.
+fn variant_of(name: &str, replace: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture(name), dir.path());
+    for (file, text) in replace {
+        std::fs::write(dir.path().join(file), text).unwrap();
+    }
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        // Symlinks are followed: the copy holds the files themselves.
+        let path = std::fs::canonicalize(entry.path()).unwrap();
+        if path.is_dir() {
+            std::fs::create_dir(&target).unwrap();
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_template_that_drops_the_document_fails_to_load() {
+    let dir = variant_of(
+        "native-yes",
+        &[(
+            "chat_template.jinja",
+            "{% for m in messages %}{% if m.role in ['system', 'user', 'query'] %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}<|im_start|>assistant\n",
+        )],
+    );
+    let err = Engine::load(&options(dir.path())).err().expect("refused");
+    let message = err.to_string();
+    assert!(
+        message.contains("cannot carry a query/document pair")
+            && message.contains("document"),
+        "{message}"
+    );
+}
+
+#[test]
+fn the_checkpoints_default_prompt_is_the_default_instruction() {
+    let config = std::fs::read_to_string(
+        fixture("native-yes-no").join("config_sentence_transformers.json"),
+    )
+    .unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let code_prompt = config["prompts"]["code"].as_str().unwrap().to_owned();
+    config["default_prompt_name"] = "code".into();
+    let dir = variant_of(
+        "native-yes-no",
+        &[("config_sentence_transformers.json", &config.to_string())],
+    );
+    let engine = load(dir.path());
+    assert_eq!(
+        engine.info().default_instruction.as_deref(),
+        Some(code_prompt.as_str())
+    );
+    let by_default = engine
+        .encode("q", "d", None, TokenLimits::default())
+        .unwrap();
+    let explicit = engine
+        .encode("q", "d", Some(&code_prompt), TokenLimits::default())
+        .unwrap();
+    assert_eq!(by_default, explicit);
+    // A default prompt that is not among the prompts is a load error.
+    config["default_prompt_name"] = "nope".into();
+    let dir = variant_of(
+        "native-yes-no",
+        &[("config_sentence_transformers.json", &config.to_string())],
+    );
+    let err = Engine::load(&options(dir.path())).err().expect("refused");
+    assert!(err.to_string().contains("nope"), "{err}");
+}
+
+#[test]
+fn score_temperature_scales_only_the_0_1_score() {
+    let hot = Engine::load(&LoadOptions {
+        score_temperature: Some(2.0),
+        ..options(&fixture("native-yes"))
+    })
+    .unwrap();
+    let plain = load(&fixture("native-yes"));
+    let ids = plain
+        .encode("q", "a document", None, TokenLimits::default())
+        .unwrap()
+        .ids;
+    let (a, b) = (
+        hot.score_batch(&[&ids]).unwrap().scores[0],
+        plain.score_batch(&[&ids]).unwrap().scores[0],
+    );
+    assert_eq!(a.raw, b.raw);
+    assert!((a.score - sigmoid(a.raw / 2.0)).abs() <= 1e-6);
+    assert!((b.score - sigmoid(b.raw / 5.0)).abs() <= 1e-6);
+}
+
+#[test]
+fn token_limits_cut_the_document_of_native_prompts() {
+    let engine = load(&fixture("native-yes-no"));
+    let document = "one two three four five six seven eight nine ten";
+    let full = engine
+        .encode("q", document, None, TokenLimits::default())
+        .unwrap();
+    let tail = full.ids[full.ids.len() - 9..].to_vec();
+    for direction in [TruncationDirection::Right, TruncationDirection::Left] {
+        let cut = engine
+            .encode(
+                "q",
+                document,
+                None,
+                TokenLimits {
+                    max_document_tokens: Some(3),
+                    direction,
+                },
+            )
+            .unwrap();
+        // Of the ten words, " one" is one token with the template's "<Document>: " space, as
+        // the reference tokenizes it; it belongs to both and is never cut.
+        assert_eq!(cut.truncated_tokens, 6);
+        assert_eq!(cut.ids.len(), full.ids.len() - 6);
+        assert_eq!(cut.ids[cut.ids.len() - 9..], tail[..]);
+    }
+    // A query that leaves no room for the template is refused, not cut.
+    let long_query = "word ".repeat(600);
+    let err = engine
+        .encode(&long_query, document, None, TokenLimits::default())
+        .unwrap_err();
+    assert!(matches!(err, ModelError::InputTooLong(_)), "{err}");
+}
