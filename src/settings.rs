@@ -220,7 +220,7 @@ pub struct ScoreArgs {
     /// Where to write the scores, one per line [default: stdout].
     #[arg(long)]
     pub output: Option<PathBuf>,
-    /// Write raw scores (yes_logit / 5) instead of sigmoid scores.
+    /// Write raw scores (see README: the reference's unscaled score) instead of 0-1 scores.
     #[arg(long)]
     pub raw: bool,
 }

@@ -180,10 +180,7 @@ fn prefix_sharing_scores_as_scoring_each_pair_alone() {
                 "{name} pair {i}: shared vs alone |Δ yes_logit| {diff}"
             );
             let single = alone.score_batch(&[sequences[i]]).unwrap().scores[0];
-            assert!(
-                (single.margin - b.margin).abs() <= 1e-5,
-                "{name} pair {i}"
-            );
+            assert!((single.margin - b.margin).abs() <= 1e-5, "{name} pair {i}");
         }
     }
 }
@@ -244,10 +241,7 @@ fn offline_scoring_agrees_with_the_goldens() {
         .score_pairs_offline(&pairs, None, TokenLimits::default(), budget)
         .unwrap();
     for (k, &i) in indices.iter().enumerate() {
-        assert!(
-            (scores[k].margin - expected[i]).abs() <= 1e-4,
-            "pair {i}"
-        );
+        assert!((scores[k].margin - expected[i]).abs() <= 1e-4, "pair {i}");
     }
 }
 
@@ -272,7 +266,12 @@ fn template_markers_in_user_text_stay_text() {
     assert_eq!(ids, golden.input_ids);
     // The same markers in the query are text too.
     let query_ids = engine
-        .encode("<|im_end|><|im_start|>", "doc", None, TokenLimits::default())
+        .encode(
+            "<|im_end|><|im_start|>",
+            "doc",
+            None,
+            TokenLimits::default(),
+        )
         .unwrap()
         .ids;
     assert_eq!(query_ids.iter().filter(|&&t| t == 151_645).count(), 2);
@@ -369,11 +368,7 @@ fn sharded_single_file_and_both_config_layouts_score_the_same() {
     for dir in [&sharded, &hub_layout] {
         let scores = load(dir).score_batch(&sequences).unwrap().scores;
         for (a, b) in scores.iter().zip(&expected) {
-            assert!(
-                (a.margin - b.margin).abs() <= 1e-6,
-                "{}",
-                dir.display()
-            );
+            assert!((a.margin - b.margin).abs() <= 1e-6, "{}", dir.display());
         }
     }
 }

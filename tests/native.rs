@@ -226,18 +226,16 @@ fn a_template_that_drops_the_document_fails_to_load() {
     let err = Engine::load(&options(dir.path())).err().expect("refused");
     let message = err.to_string();
     assert!(
-        message.contains("cannot carry a query/document pair")
-            && message.contains("document"),
+        message.contains("cannot carry a query/document pair") && message.contains("document"),
         "{message}"
     );
 }
 
 #[test]
 fn the_checkpoints_default_prompt_is_the_default_instruction() {
-    let config = std::fs::read_to_string(
-        fixture("native-yes-no").join("config_sentence_transformers.json"),
-    )
-    .unwrap();
+    let config =
+        std::fs::read_to_string(fixture("native-yes-no").join("config_sentence_transformers.json"))
+            .unwrap();
     let mut config: serde_json::Value = serde_json::from_str(&config).unwrap();
     let code_prompt = config["prompts"]["code"].as_str().unwrap().to_owned();
     config["default_prompt_name"] = "code".into();

@@ -36,7 +36,9 @@ pub enum ApiError {
     Overloaded(String),
     #[error("request took longer than the {0:.1} s limit")]
     Timeout(f64),
-    #[error("model `{model}` takes no instruction: its prompt has no place for one; send the request without `instruction`")]
+    #[error(
+        "model `{model}` takes no instruction: its prompt has no place for one; send the request without `instruction`"
+    )]
     InstructionNotAccepted { model: String },
     #[error("model is still loading")]
     NotReady,

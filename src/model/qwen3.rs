@@ -291,7 +291,10 @@ impl Qwen3Scorer {
         blas: Option<&Arc<Blas>>,
     ) -> Result<Self> {
         let weights = |err: candle_core::Error| ModelError::Weights(err.to_string());
-        if let Some(&id) = head_tokens.iter().find(|&&id| id as usize >= config.vocab_size) {
+        if let Some(&id) = head_tokens
+            .iter()
+            .find(|&&id| id as usize >= config.vocab_size)
+        {
             return Err(ModelError::Weights(format!(
                 "scoring token id {id} is outside the vocabulary of {}",
                 config.vocab_size

@@ -291,6 +291,9 @@ mod tests {
             }
         );
         assert_eq!(Recipe::Qwen3Reranker.calibration(None).temperature, 1.0);
-        assert_eq!(Recipe::Qwen3Reranker.calibration(Some(2.0)).temperature, 2.0);
+        assert_eq!(
+            Recipe::Qwen3Reranker.calibration(Some(2.0)).temperature,
+            2.0
+        );
     }
 }

@@ -89,7 +89,10 @@ pub struct ChatTemplate {
 impl ChatTemplate {
     /// Renders like transformers' `apply_chat_template`: trim_blocks, lstrip_blocks, Python
     /// string methods, `raise_exception`.
-    pub fn new(source: &str, variables: serde_json::Map<String, serde_json::Value>) -> Result<Self> {
+    pub fn new(
+        source: &str,
+        variables: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Self> {
         let mut env = Environment::new();
         let syntax = SyntaxConfig::builder()
             .trim_blocks(true)
@@ -304,9 +307,8 @@ mod tests {
         );
         let err = chatml.layout(NATIVE, false).unwrap_err().to_string();
         assert!(err.contains("cannot carry a query/document pair"), "{err}");
-        let trims = template(
-            "{% for m in messages %}{{ m.role }}:{{ m.content | trim }};{% endfor %}",
-        );
+        let trims =
+            template("{% for m in messages %}{{ m.role }}:{{ m.content | trim }};{% endfor %}");
         let err = trims.layout(NATIVE, false).unwrap_err().to_string();
         assert!(err.contains("verbatim"), "{err}");
         let twice = template("{% for m in messages %}{{ m.content }}{{ m.content }}{% endfor %}");

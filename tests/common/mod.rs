@@ -1,6 +1,8 @@
 //! Shared by the integration tests: the committed fixtures and their goldens.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;

@@ -1,0 +1,200 @@
+//! A server on a real TCP port for the HTTP tests, and what they compare it with.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use zerank_server::model::{Engine, TokenLimits};
+use zerank_server::settings::Settings;
+
+use super::fixture;
+
+pub struct TestServer {
+    pub address: SocketAddr,
+    api_key: Option<String>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    pub fn start(configure: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = Settings {
+            model: vec![fixture("tiny").to_string_lossy().into_owned()],
+            device: "cpu".into(),
+            host: "127.0.0.1".into(),
+            port: 0,
+            ..Settings::default()
+        };
+        configure(&mut settings);
+        let api_key = settings.api_key.clone();
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let address = std_listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener)?;
+                zerank_server::http::serve_on(listener, settings, async {
+                    let _ = stopped.await;
+                })
+                .await
+            })
+        });
+        let server = TestServer {
+            address,
+            api_key,
+            stop: Some(stop),
+            thread: Some(thread),
+        };
+        server.wait_healthy();
+        server
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    pub fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let mut probe = ureq::get(&self.url("/health"));
+            if let Some(key) = &self.api_key {
+                probe = probe.set("authorization", &format!("Bearer {key}"));
+            }
+            if let Ok(response) = probe.call() {
+                assert_eq!(response.status(), 200);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the server did not become healthy");
+    }
+
+    /// POSTs a JSON body; any status comes back with its headers and JSON body.
+    pub fn post(&self, path: &str, body: &Value) -> Reply {
+        self.post_raw(path, "application/json", &body.to_string())
+    }
+
+    pub fn post_raw(&self, path: &str, content_type: &str, body: &str) -> Reply {
+        let result = ureq::post(&self.url(path))
+            .set("content-type", content_type)
+            .send_string(body);
+        Reply::from(result)
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        Reply::from(ureq::get(&self.url(path)).call())
+    }
+
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = self.get("/metrics").text;
+        text.lines()
+            .find(|line| line.split([' ', '{']).next() == Some(name))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} not in /metrics"))
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn from(result: Result<ureq::Response, ureq::Error>) -> Self {
+        let response = match result {
+            Ok(response) => response,
+            Err(ureq::Error::Status(_, response)) => response,
+            Err(err) => panic!("transport error: {err}"),
+        };
+        let status = response.status();
+        let headers = response
+            .headers_names()
+            .into_iter()
+            .map(|name| {
+                let value = response.header(&name).unwrap_or("").to_owned();
+                (name, value)
+            })
+            .collect();
+        let text = response.into_string().unwrap();
+        Reply {
+            status,
+            headers,
+            text,
+        }
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("{e}: {}", self.text))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// An error reply in the one error shape, of this status.
+    pub fn assert_error(&self, status: u16, error_type: &str) -> Value {
+        assert_eq!(self.status, status, "{}", self.text);
+        let body = self.json();
+        assert_eq!(body["error_type"], error_type, "{body}");
+        for field in ["error", "message", "detail"] {
+            assert!(
+                body[field].as_str().is_some_and(|s| !s.is_empty()),
+                "{body}"
+            );
+        }
+        body
+    }
+}
+
+pub const QUERY: &str = "What is the capital of France?";
+pub const DOCUMENTS: [&str; 5] = [
+    "Paris is the capital and most populous city of France.",
+    "Berlin is the capital of Germany.",
+    "The Eiffel Tower is in Paris.",
+    "",
+    "France is a country in Western Europe; its capital is Paris.",
+];
+
+/// Scores of the engine itself, one pair alone.
+pub fn engine_scores(engine: &Engine, query: &str, documents: &[&str]) -> Vec<(f32, f32)> {
+    documents
+        .iter()
+        .map(|d| {
+            let ids = engine
+                .encode(query, d, None, TokenLimits::default())
+                .unwrap()
+                .ids;
+            let s = engine.score_batch(&[&ids]).unwrap().scores[0];
+            (s.score, s.raw)
+        })
+        .collect()
+}
+
+pub fn close(a: f64, b: f32) -> bool {
+    (a - b as f64).abs() <= 1e-5
+}
+
+pub fn fixture_path(name: &str) -> String {
+    fixture(name).to_string_lossy().into_owned()
+}
