@@ -148,3 +148,71 @@ fn a_hub_id_loads_offline_from_a_warm_cache() {
         "{stderr}"
     );
 }
+
+/// A native checkpoint (module folder included) from the Hub cache at a pinned revision, with
+/// an instruction: the score of Sentence Transformers' `predict`.
+#[test]
+fn a_native_checkpoint_loads_from_the_hub_cache_at_a_revision() {
+    let home = tempfile::tempdir().unwrap();
+    let repo = home.path().join("hub").join("models--org--native-test");
+    let commit = "89abcdef0123456789abcdef0123456789abcdef";
+    let snapshot = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(snapshot.join("1_LogitScore")).unwrap();
+    for entry in std::fs::read_dir(fixture("native-yes-no")).unwrap() {
+        let entry = entry.unwrap();
+        let source = std::fs::canonicalize(entry.path()).unwrap();
+        if source.is_file() {
+            std::fs::copy(&source, snapshot.join(entry.file_name())).unwrap();
+        }
+    }
+    std::fs::copy(
+        fixture("native-yes-no")
+            .join("1_LogitScore")
+            .join("config.json"),
+        snapshot.join("1_LogitScore").join("config.json"),
+    )
+    .unwrap();
+    let goldens: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("native_goldens.json")).unwrap())
+            .unwrap();
+    let pair = &goldens["pairs"][0];
+    let input = home.path().join("pairs.jsonl");
+    std::fs::write(
+        &input,
+        serde_json::json!({ "query": pair["query"], "document": pair["document"] }).to_string(),
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_zerank-server"))
+        .args([
+            "score",
+            "--model",
+            "org/native-test",
+            "--revision",
+            commit,
+            "--instruction",
+            goldens["instruction"].as_str().unwrap(),
+            "--device",
+            "cpu",
+            "--input",
+            input.to_str().unwrap(),
+        ])
+        .env("HF_HOME", home.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("HF_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let score: f64 = String::from_utf8(output.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let expected = goldens["models"]["native-yes-no"]["instructed"]["predict"][0]
+        .as_f64()
+        .unwrap();
+    assert!((score - expected).abs() <= 2e-5, "{score} vs {expected}");
+}

@@ -319,3 +319,34 @@ fn token_limits_cut_the_document_of_native_prompts() {
         .unwrap_err();
     assert!(matches!(err, ModelError::InputTooLong(_)), "{err}");
 }
+
+#[test]
+fn native_prompts_share_their_prefix_in_packed_batches() {
+    let goldens = goldens();
+    let engine = load(&fixture("native-yes-no"));
+    assert!(engine.info().share_prefixes);
+    let query = &goldens.pairs[0].query;
+    let sequences: Vec<Vec<u32>> = goldens.pairs[..6]
+        .iter()
+        .map(|p| {
+            engine
+                .encode(
+                    query,
+                    &p.document,
+                    Some(&goldens.instruction),
+                    TokenLimits::default(),
+                )
+                .unwrap()
+                .ids
+        })
+        .collect();
+    let batch: Vec<&[u32]> = sequences.iter().map(Vec::as_slice).collect();
+    let together = engine.score_batch(&batch).unwrap();
+    // The instruction and the query are one prefix, computed once.
+    assert!(together.computed_tokens < sequences.iter().map(Vec::len).sum::<usize>());
+    for (i, ids) in batch.iter().enumerate() {
+        let alone = engine.score_batch(&[ids]).unwrap().scores[0];
+        let diff = (together.scores[i].raw - alone.raw).abs();
+        assert!(diff <= 1e-4, "pair {i}: shared vs alone |Δ raw| {diff}");
+    }
+}

@@ -156,6 +156,20 @@ impl FileSource for HubRepo {
         if let Some(path) = self.cache.repo(self.repo.clone()).get(file) {
             return Ok(path);
         }
+        // A pinned commit has its snapshot folder but no ref naming it.
+        let revision = self.repo.revision();
+        if revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let pinned = self
+                .cache
+                .path()
+                .join(self.repo.folder_name())
+                .join("snapshots")
+                .join(revision)
+                .join(file);
+            if pinned.is_file() {
+                return Ok(pinned);
+            }
+        }
         match &self.api {
             Some(api) => api
                 .repo(self.repo.clone())
