@@ -18,10 +18,13 @@ fn main() -> anyhow::Result<()> {
             let settings = Settings::resolve(&cli.serve)?;
             init_logging(settings.log_format);
             tracing::info!(settings = ?settings.redacted(), "starting zerank-server {}", env!("CARGO_PKG_VERSION"));
-            tokio::runtime::Builder::new_multi_thread()
+            let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
-                .build()?
-                .block_on(zerank_server::http::serve(settings))
+                .build()?;
+            let served = runtime.block_on(zerank_server::http::serve(settings));
+            // Blocking work still running (a model load, a tokenization) does not hold the exit.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            served
         }
     }
 }

@@ -27,6 +27,10 @@ pub struct Metrics {
     input_tokens: HistogramVec,
     pub errors: IntCounterVec,
     model_load_seconds: GaugeVec,
+    pub connections_open: IntGauge,
+    pub connections_refused: IntCounter,
+    pub connection_errors: IntCounterVec,
+    pub client_disconnects: IntCounter,
 }
 
 /// One model's metrics: the `model`-labelled children, cheap to clone.
@@ -167,6 +171,26 @@ impl Metrics {
                 MODEL,
             )
             .expect("valid metric"),
+            connections_open: IntGauge::new("zerank_connections_open", "Open client connections")
+                .expect("valid metric"),
+            connections_refused: IntCounter::new(
+                "zerank_connections_refused_total",
+                "Connections closed at once because max_connections were open",
+            )
+            .expect("valid metric"),
+            connection_errors: IntCounterVec::new(
+                Opts::new(
+                    "zerank_connection_errors_total",
+                    "Connections that ended in an error, by kind (hyper's own 431/400 answers, header timeouts, aborted requests)",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
+            client_disconnects: IntCounter::new(
+                "zerank_client_disconnects_total",
+                "Scoring requests whose client went away before the answer",
+            )
+            .expect("valid metric"),
             registry,
         };
         metrics.register_all();
@@ -192,6 +216,10 @@ impl Metrics {
             Box::new(self.input_tokens.clone()),
             Box::new(self.errors.clone()),
             Box::new(self.model_load_seconds.clone()),
+            Box::new(self.connections_open.clone()),
+            Box::new(self.connections_refused.clone()),
+            Box::new(self.connection_errors.clone()),
+            Box::new(self.client_disconnects.clone()),
         ];
         for collector in collectors {
             self.registry

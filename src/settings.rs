@@ -58,6 +58,17 @@ pub struct Settings {
     pub cpu_blas: String,
     pub payload_limit_bytes: usize,
     pub request_timeout_secs: f64,
+    /// Open connections at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Time a connection has to send a request's headers, once open or done with its
+    /// previous response (so also the idle keep-alive limit).
+    pub header_read_timeout_secs: f64,
+    /// Time a request's whole body has to arrive once its headers have.
+    pub body_read_timeout_secs: f64,
+    /// Largest request head (request line and headers) in bytes; larger gets 431.
+    pub max_header_bytes: usize,
+    /// After SIGTERM, requests in flight have this long to finish before the rest close.
+    pub drain_deadline_secs: f64,
     pub api_key: Option<String>,
     /// Whether `/health` and `/metrics` also need the API key.
     pub protect_health_and_metrics: bool,
@@ -89,6 +100,11 @@ impl Default for Settings {
             cpu_blas: "auto".into(),
             payload_limit_bytes: 8 * 1024 * 1024,
             request_timeout_secs: 60.0,
+            max_connections: 1_024,
+            header_read_timeout_secs: 10.0,
+            body_read_timeout_secs: 30.0,
+            max_header_bytes: 32 * 1024,
+            drain_deadline_secs: 20.0,
             api_key: None,
             protect_health_and_metrics: false,
             log_format: LogFormat::Text,
@@ -199,6 +215,22 @@ pub struct ServeArgs {
     /// Seconds a request may take, queue included, before it fails with 504 [default: 60].
     #[arg(long, env = "ZERANK_REQUEST_TIMEOUT_SECS")]
     pub request_timeout_secs: Option<f64>,
+    /// Open connections at once; more are closed on accept [default: 1024].
+    #[arg(long, env = "ZERANK_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds a connection has to send a request's headers, once open or idle after a
+    /// response (the keep-alive limit too) [default: 10].
+    #[arg(long, env = "ZERANK_HEADER_READ_TIMEOUT_SECS")]
+    pub header_read_timeout_secs: Option<f64>,
+    /// Seconds a request's body has to arrive once its headers have [default: 30].
+    #[arg(long, env = "ZERANK_BODY_READ_TIMEOUT_SECS")]
+    pub body_read_timeout_secs: Option<f64>,
+    /// Largest request line plus headers in bytes; larger gets 431 [default: 32768].
+    #[arg(long, env = "ZERANK_MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// Seconds SIGTERM waits for requests in flight before closing what is left [default: 20].
+    #[arg(long, env = "ZERANK_DRAIN_DEADLINE_SECS")]
+    pub drain_deadline_secs: Option<f64>,
     /// Require `Authorization: Bearer <key>` (or the bare key) on scoring routes.
     #[arg(long, env = "ZERANK_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -254,12 +286,25 @@ impl Settings {
             &mut settings.request_timeout_secs,
             &args.request_timeout_secs,
         );
+        set(&mut settings.max_connections, &args.max_connections);
+        set(
+            &mut settings.header_read_timeout_secs,
+            &args.header_read_timeout_secs,
+        );
+        set(
+            &mut settings.body_read_timeout_secs,
+            &args.body_read_timeout_secs,
+        );
+        set(&mut settings.max_header_bytes, &args.max_header_bytes);
+        set(&mut settings.drain_deadline_secs, &args.drain_deadline_secs);
         set(
             &mut settings.protect_health_and_metrics,
             &args.protect_health_and_metrics,
         );
         set(&mut settings.log_format, &args.log_format);
         set_some(&mut settings.api_key, &args.api_key);
+        // A trailing newline from a mounted secret is not part of the key.
+        settings.api_key = settings.api_key.map(|key| key.trim().to_owned());
         settings.validate()?;
         Ok(settings)
     }
@@ -310,24 +355,54 @@ impl Settings {
         self.cpu_blas
             .parse::<CpuBlas>()
             .map_err(anyhow::Error::msg)?;
-        let positive = [
-            ("max_batch_tokens", self.max_batch_tokens),
-            ("max_batch_pairs", self.max_batch_pairs),
-            ("max_concurrent_requests", self.max_concurrent_requests),
-            ("max_queued_tokens", self.max_queued_tokens),
-            ("max_documents_per_request", self.max_documents_per_request),
-            ("payload_limit_bytes", self.payload_limit_bytes),
+        let counts = [
+            ("max_batch_tokens", self.max_batch_tokens, 1_usize << 24),
+            ("max_batch_pairs", self.max_batch_pairs, 1 << 16),
+            (
+                "max_concurrent_requests",
+                self.max_concurrent_requests,
+                1 << 20,
+            ),
+            ("max_queued_tokens", self.max_queued_tokens, 1 << 40),
+            (
+                "max_documents_per_request",
+                self.max_documents_per_request,
+                1 << 20,
+            ),
+            ("payload_limit_bytes", self.payload_limit_bytes, 1 << 32),
+            ("max_connections", self.max_connections, 1 << 20),
+            ("max_header_bytes", self.max_header_bytes, 1 << 20),
         ];
-        for (name, value) in positive {
-            anyhow::ensure!(value > 0, "{name} must be positive");
+        for (name, value, most) in counts {
+            anyhow::ensure!(
+                (1..=most).contains(&value),
+                "{name} must be between 1 and {most}; got {value}"
+            );
         }
-        anyhow::ensure!(
-            self.request_timeout_secs.is_finite()
-                && self.request_timeout_secs > 0.0
-                && self.request_timeout_secs <= MAX_REQUEST_TIMEOUT_SECS,
-            "request_timeout_secs must be above 0 and at most {MAX_REQUEST_TIMEOUT_SECS} (a day); got {}",
-            self.request_timeout_secs
-        );
+        if let Some(n) = self.max_tokens_per_doc {
+            anyhow::ensure!(n > 0, "max_tokens_per_doc must be positive");
+        }
+        if let Some(n) = self.max_length {
+            anyhow::ensure!(n > 0, "max_length must be positive");
+        }
+        let durations = [
+            ("request_timeout_secs", self.request_timeout_secs),
+            ("header_read_timeout_secs", self.header_read_timeout_secs),
+            ("body_read_timeout_secs", self.body_read_timeout_secs),
+            ("drain_deadline_secs", self.drain_deadline_secs),
+        ];
+        for (name, value) in durations {
+            anyhow::ensure!(
+                value.is_finite() && value > 0.0 && value <= MAX_DURATION_SECS,
+                "{name} must be above 0 and at most {MAX_DURATION_SECS} (a day); got {value}"
+            );
+        }
+        if let Some(key) = &self.api_key {
+            anyhow::ensure!(
+                !key.trim().is_empty(),
+                "api_key is empty: set a key, or leave ZERANK_API_KEY / --api-key unset to serve without one"
+            );
+        }
         self.models()?;
         Ok(())
     }
@@ -388,6 +463,17 @@ impl Settings {
         Ok(models)
     }
 
+    pub fn connection_limits(&self) -> crate::http::ConnectionLimits {
+        use std::time::Duration;
+        crate::http::ConnectionLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: Duration::from_secs_f64(self.header_read_timeout_secs),
+            // hyper's buffer is the hard stop; the router answers 431 in JSON below it.
+            max_head_bytes: (self.max_header_bytes * 4).max(64 * 1024),
+            drain_deadline: Duration::from_secs_f64(self.drain_deadline_secs),
+        }
+    }
+
     pub fn batch_budget(&self) -> BatchBudget {
         BatchBudget {
             max_tokens: self.max_batch_tokens,
@@ -404,8 +490,8 @@ impl Settings {
     }
 }
 
-/// A day: longer is a typo, and past it durations overflow.
-const MAX_REQUEST_TIMEOUT_SECS: f64 = 86_400.0;
+/// A day: a longer duration setting is a typo.
+const MAX_DURATION_SECS: f64 = 86_400.0;
 
 /// One served model: what to load, and the names requests may use for it.
 #[derive(Debug, Clone)]
@@ -594,12 +680,45 @@ mod tests {
     }
 
     #[test]
-    fn absurd_timeouts_are_refused() {
-        for bad in ["1e20", "0", "-1", "inf", "NaN"] {
-            let cli = Cli::try_parse_from(["zerank-server", "--request-timeout-secs", bad]);
-            let Ok(cli) = cli else { continue };
-            assert!(Settings::resolve(&cli.serve).is_err(), "{bad} accepted");
+    fn absurd_settings_are_refused() {
+        for flag in [
+            "--request-timeout-secs",
+            "--header-read-timeout-secs",
+            "--body-read-timeout-secs",
+            "--drain-deadline-secs",
+        ] {
+            for bad in ["1e20", "0", "-1", "inf", "NaN"] {
+                let arg = format!("{flag}={bad}");
+                let cli = Cli::try_parse_from(["zerank-server", arg.as_str()]).unwrap();
+                let err = Settings::resolve(&cli.serve).unwrap_err().to_string();
+                assert!(
+                    err.contains(&flag[2..].replace('-', "_")),
+                    "{flag} {bad}: {err}"
+                );
+            }
         }
+        for (flag, bad) in [
+            ("--max-connections", "0"),
+            ("--max-batch-tokens", "99999999999"),
+            ("--max-header-bytes", "0"),
+        ] {
+            let cli = Cli::try_parse_from(["zerank-server", flag, bad]).unwrap();
+            assert!(Settings::resolve(&cli.serve).is_err(), "{flag} {bad}");
+        }
+    }
+
+    #[test]
+    fn an_empty_or_blank_api_key_refuses_to_start() {
+        for key in ["", "   ", "\n"] {
+            let cli = Cli::try_parse_from(["zerank-server", "--api-key", key]).unwrap();
+            let err = Settings::resolve(&cli.serve).unwrap_err().to_string();
+            assert!(err.contains("api_key is empty"), "{key:?}: {err}");
+        }
+        let cli = Cli::try_parse_from(["zerank-server", "--api-key", "s3cret\n"]).unwrap();
+        assert_eq!(
+            Settings::resolve(&cli.serve).unwrap().api_key.as_deref(),
+            Some("s3cret")
+        );
     }
 
     #[test]

@@ -407,6 +407,11 @@ fn sigterm_during_load_answers_every_accepted_request_then_exits_zero() {
             &port.to_string(),
             "--device",
             "cpu",
+            // Time for all six to finish on a loaded machine.
+            "--drain-deadline-secs",
+            "600",
+            "--request-timeout-secs",
+            "600",
         ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

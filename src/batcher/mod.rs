@@ -9,7 +9,7 @@ mod tests;
 mod worker;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -34,12 +34,33 @@ use queue::{Pending, Queue};
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BatchError {
     #[error(
+        "the request's {requested} prompt tokens are over the queue's budget of {limit} (max_queued_tokens)"
+    )]
+    TooLarge { requested: usize, limit: usize },
+    #[error(
+        "the request's {requested} prompt tokens would take about {seconds:.0} s at the measured {tokens_per_sec:.0} tokens/s, over the {time_left:.0} s it has (request_timeout_secs); send fewer or shorter documents"
+    )]
+    TooSlow {
+        requested: usize,
+        tokens_per_sec: f64,
+        seconds: f64,
+        time_left: f64,
+    },
+    #[error(
         "the queue holds {queued} tokens; this request's {requested} would pass the limit of {limit}"
     )]
     QueueFull {
         queued: usize,
         requested: usize,
         limit: usize,
+        expected_wait: Duration,
+    },
+    #[error(
+        "the {queued} tokens queued ahead would keep this request past its timeout (about {:.0} s of work at the measured throughput)", expected_wait.as_secs_f64()
+    )]
+    Busy {
+        queued: usize,
+        expected_wait: Duration,
     },
     /// The input cannot be scored (found during the forward, e.g. too long for the model).
     #[error("{0}")]
@@ -50,6 +71,41 @@ pub enum BatchError {
     Panicked(String),
     #[error("the model worker has stopped")]
     Stopped,
+}
+
+/// Prompt tokens the model scores per second: measured at warm-up, then over real batches.
+/// Optimistic on purpose: a faster batch raises it at once, slower ones lower it slowly, so
+/// that only requests that could not finish even at the best recent speed are refused.
+/// Unknown (no refusals on time grounds) until measured.
+#[derive(Default)]
+pub struct Throughput(AtomicU64);
+
+impl Throughput {
+    /// Weight of a slower batch in the estimate.
+    const SLOWER: f64 = 0.05;
+
+    pub fn tokens_per_sec(&self) -> Option<f64> {
+        let rate = f64::from_bits(self.0.load(Ordering::Relaxed));
+        (rate > 0.0 && rate.is_finite()).then_some(rate)
+    }
+
+    pub fn observe(&self, tokens: usize, seconds: f64) {
+        if tokens == 0 || seconds <= 0.0 {
+            return;
+        }
+        let now = tokens as f64 / seconds;
+        let rate = match self.tokens_per_sec() {
+            Some(rate) if now < rate => rate + Self::SLOWER * (now - rate),
+            _ => now,
+        };
+        self.0.store(rate.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Time to score `tokens` at the measured rate.
+    pub fn time_for(&self, tokens: usize) -> Option<Duration> {
+        self.tokens_per_sec()
+            .map(|rate| Duration::from_secs_f64(tokens as f64 / rate))
+    }
 }
 
 /// A request's scores, in its own order, and where its time went.
@@ -125,6 +181,7 @@ pub struct Batcher {
     queue: Arc<Queue>,
     max_queued_tokens: usize,
     worker_alive: Arc<AtomicBool>,
+    throughput: Arc<Throughput>,
     metrics: ModelMetrics,
 }
 
@@ -134,6 +191,7 @@ impl Batcher {
         engine: Arc<dyn BatchScorer>,
         budget: BatchBudget,
         max_queued_tokens: usize,
+        throughput: Arc<Throughput>,
         metrics: ModelMetrics,
     ) -> Self {
         let queue = Arc::new(Queue::new(budget, metrics.clone()));
@@ -141,7 +199,13 @@ impl Batcher {
         // The model takes one batch at a time; the next is formed only when it is free, so
         // that pairs arriving meanwhile can join it.
         let (batches, incoming) = mpsc::channel(1);
-        worker::spawn(engine, incoming, worker_alive.clone(), metrics.clone());
+        worker::spawn(
+            engine,
+            incoming,
+            worker_alive.clone(),
+            throughput.clone(),
+            metrics.clone(),
+        );
         let model_free = Arc::new(Semaphore::new(1));
         let batching_queue = queue.clone();
         tokio::spawn(async move {
@@ -159,8 +223,13 @@ impl Batcher {
             queue,
             max_queued_tokens,
             worker_alive,
+            throughput,
             metrics,
         }
+    }
+
+    pub fn throughput(&self) -> &Throughput {
+        &self.throughput
     }
 
     /// Whether the model thread is still running.
@@ -170,7 +239,16 @@ impl Batcher {
 
     /// Scores the sequences (token ids of encoded pairs), returned in their order. Dropping
     /// the future (client gone, timeout) takes the request's remaining pairs off the queue.
-    pub async fn score(&self, sequences: Vec<Vec<u32>>) -> Result<Scored, BatchError> {
+    ///
+    /// Refused at once, so that it never holds the queue for nothing: a request over the
+    /// queue's budget, or one that could not finish in `time_left` at the measured
+    /// throughput, alone (413) or behind the tokens queued ahead of it (429, with the
+    /// expected wait).
+    pub async fn score(
+        &self,
+        sequences: Vec<Vec<u32>>,
+        time_left: Duration,
+    ) -> Result<Scored, BatchError> {
         if !self.is_healthy() {
             return Err(BatchError::Stopped);
         }
@@ -182,6 +260,20 @@ impl Batcher {
             });
         }
         let requested: usize = sequences.iter().map(Vec::len).sum();
+        let limit = self.max_queued_tokens;
+        if requested > limit {
+            return Err(BatchError::TooLarge { requested, limit });
+        }
+        if let Some(own) = self.throughput.time_for(requested)
+            && own > time_left
+        {
+            return Err(BatchError::TooSlow {
+                requested,
+                tokens_per_sec: self.throughput.tokens_per_sec().unwrap_or_default(),
+                seconds: own.as_secs_f64(),
+                time_left: time_left.as_secs_f64(),
+            });
+        }
         for seq in &sequences {
             self.metrics.input_tokens.observe(seq.len() as f64);
         }
@@ -206,14 +298,27 @@ impl Batcher {
                 ids,
             })
             .collect();
-        // A request alone in an empty queue is always admitted, however large.
-        self.queue
-            .push(pending, self.max_queued_tokens)
-            .map_err(|queued| BatchError::QueueFull {
-                queued,
-                requested,
-                limit: self.max_queued_tokens,
-            })?;
+        let throughput = &self.throughput;
+        self.queue.push(pending, |queued| {
+            let expected_wait = throughput
+                .time_for(queued)
+                .unwrap_or(Duration::from_secs(1));
+            if queued + requested > limit {
+                return Err(BatchError::QueueFull {
+                    queued,
+                    requested,
+                    limit,
+                    expected_wait,
+                });
+            }
+            match throughput.time_for(queued + requested) {
+                Some(total) if queued > 0 && total > time_left => Err(BatchError::Busy {
+                    queued,
+                    expected_wait: total - time_left,
+                }),
+                _ => Ok(()),
+            }
+        })?;
         let _withdraw_on_drop = Withdraw {
             queue: &self.queue,
             request: &request,

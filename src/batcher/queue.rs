@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use super::Request;
+use super::{BatchError, Request};
 use crate::metrics::ModelMetrics;
 use crate::model::BatchBudget;
 
@@ -46,15 +46,17 @@ impl Queue {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Enqueues a request's pairs, all or none: refused (with the tokens already queued)
-    /// when they would take the queue past `max_tokens`, unless the queue is empty.
-    pub fn push(&self, pairs: Vec<Pending>, max_tokens: usize) -> Result<(), usize> {
+    /// Enqueues a request's pairs, all or none: `admit` sees the tokens already queued and
+    /// may refuse.
+    pub fn push(
+        &self,
+        pairs: Vec<Pending>,
+        admit: impl FnOnce(usize) -> Result<(), BatchError>,
+    ) -> Result<(), BatchError> {
         let tokens: usize = pairs.iter().map(|p| p.ids.len()).sum();
         {
             let mut waiting = self.lock();
-            if waiting.tokens > 0 && waiting.tokens + tokens > max_tokens {
-                return Err(waiting.tokens);
-            }
+            admit(waiting.tokens)?;
             waiting.tokens += tokens;
             waiting.pairs.extend(pairs);
             self.publish(&waiting);

@@ -7,6 +7,9 @@ use super::*;
 use crate::metrics::Metrics;
 use crate::model::{Calibration, ModelError, Score, ScoredBatch};
 
+/// Time left that never runs out in these tests.
+const LONG: Duration = Duration::from_secs(3_600);
+
 const CALIBRATION: Calibration = Calibration {
     raw_divisor: 5.0,
     temperature: 5.0,
@@ -62,7 +65,13 @@ fn batcher(
         budget,
     });
     (
-        Batcher::spawn(scorer, budget, max_queued_tokens, metrics.for_model("fake")),
+        Batcher::spawn(
+            scorer,
+            budget,
+            max_queued_tokens,
+            Arc::new(Throughput::default()),
+            metrics.for_model("fake"),
+        ),
         metrics.for_model("fake"),
     )
 }
@@ -98,7 +107,7 @@ proptest! {
                 let sequences: Vec<Vec<u32>> = lengths.iter().enumerate()
                     .map(|(i, &len)| sequence((r * 100 + i) as u32, len)).collect();
                 tokio::spawn(async move {
-                    let scored = batcher.score(sequences.clone()).await.unwrap();
+                    let scored = batcher.score(sequences.clone(), LONG).await.unwrap();
                     (sequences, scored)
                 })
             }).collect();
@@ -124,7 +133,7 @@ fn concurrent_requests_share_batches() {
                 let batcher = batcher.clone();
                 tokio::spawn(async move {
                     batcher
-                        .score(vec![sequence(r, 10), sequence(r + 50, 12)])
+                        .score(vec![sequence(r, 10), sequence(r + 50, 12)], LONG)
                         .await
                 })
             })
@@ -147,12 +156,12 @@ fn a_request_that_stops_waiting_leaves_the_queue() {
         // The first request occupies the model; the second waits in the queue, then gives up.
         let busy = tokio::spawn({
             let batcher = batcher.clone();
-            async move { batcher.score(vec![sequence(1, 5)]).await }
+            async move { batcher.score(vec![sequence(1, 5)], LONG).await }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         let gave_up = tokio::time::timeout(
             Duration::from_millis(50),
-            batcher.score((0..5).map(|i| sequence(i, 8)).collect()),
+            batcher.score((0..5).map(|i| sequence(i, 8)).collect(), LONG),
         )
         .await;
         assert!(gave_up.is_err(), "timed out");
@@ -174,7 +183,7 @@ fn model_failures_fail_their_requests_and_the_batcher_goes_on() {
         let (batcher, _) = batcher(0, budget, usize::MAX);
         for poison in [999, 666, 777] {
             let err = batcher
-                .score(vec![vec![1, 2], vec![poison]])
+                .score(vec![vec![1, 2], vec![poison]], LONG)
                 .await
                 .unwrap_err();
             // Each failure keeps its kind: an input error is not a model error.
@@ -184,7 +193,7 @@ fn model_failures_fail_their_requests_and_the_batcher_goes_on() {
                 _ => assert!(matches!(err, BatchError::Input(_)), "{err}"),
             }
             assert!(batcher.is_healthy());
-            let ok = batcher.score(vec![vec![1, 2, 3]]).await.unwrap();
+            let ok = batcher.score(vec![vec![1, 2, 3]], LONG).await.unwrap();
             assert_eq!(ok.scores.len(), 1);
         }
     });
@@ -200,23 +209,100 @@ fn the_queue_refuses_tokens_past_its_limit() {
         let (batcher, _) = batcher(200, budget, 30);
         let first = tokio::spawn({
             let batcher = batcher.clone();
-            async move { batcher.score(vec![sequence(1, 5)]).await }
+            async move { batcher.score(vec![sequence(1, 5)], LONG).await }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         // 20 tokens wait; 20 more would pass 30.
         let waiting = tokio::spawn({
             let batcher = batcher.clone();
-            async move { batcher.score(vec![sequence(2, 20)]).await }
+            async move { batcher.score(vec![sequence(2, 20)], LONG).await }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let err = batcher.score(vec![sequence(3, 20)]).await.unwrap_err();
+        let err = batcher
+            .score(vec![sequence(3, 20)], LONG)
+            .await
+            .unwrap_err();
         assert!(
             matches!(err, BatchError::QueueFull { queued: 20, .. }),
             "{err}"
         );
         first.await.unwrap().unwrap();
         waiting.await.unwrap().unwrap();
-        // An empty queue admits any request, however large.
-        assert!(batcher.score(vec![sequence(4, 100)]).await.is_ok());
+        // A request over the whole budget is refused even by an empty queue.
+        let err = batcher
+            .score(vec![sequence(4, 100)], LONG)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BatchError::TooLarge {
+                    requested: 100,
+                    limit: 30
+                }
+            ),
+            "{err}"
+        );
+    });
+}
+
+#[test]
+fn requests_that_cannot_finish_in_time_are_refused_at_once() {
+    runtime().block_on(async {
+        let budget = BatchBudget {
+            max_tokens: 1_000,
+            max_sequences: 1,
+        };
+        let metrics = Metrics::new();
+        let throughput = Arc::new(Throughput::default());
+        // 100 tokens a second, as if measured at warm-up.
+        throughput.observe(100, 1.0);
+        let batcher = Batcher::spawn(
+            Arc::new(FakeScorer {
+                delay: Duration::from_millis(800),
+                budget,
+            }),
+            budget,
+            usize::MAX,
+            throughput,
+            metrics.for_model("fake"),
+        );
+        // Alone, 500 tokens take ~5 s: over a 2 s budget, refused before it queues.
+        let err = batcher
+            .score(vec![sequence(1, 500)], Duration::from_secs(2))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, BatchError::TooSlow { requested: 500, .. }),
+            "{err}"
+        );
+        // Behind ~1.5 s of queued work, another 1 s request would miss a 2 s budget: 429
+        // with the expected wait; a request with time to spare waits its turn.
+        let first = tokio::spawn({
+            let batcher = batcher.clone();
+            async move { batcher.score(vec![sequence(2, 50)], LONG).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let queued = tokio::spawn({
+            let batcher = batcher.clone();
+            async move { batcher.score(vec![sequence(3, 150)], LONG).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let err = batcher
+            .score(vec![sequence(4, 100)], Duration::from_secs(2))
+            .await
+            .unwrap_err();
+        match err {
+            BatchError::Busy {
+                queued: 150,
+                expected_wait,
+            } => assert!(
+                expected_wait >= Duration::from_millis(400),
+                "{expected_wait:?}"
+            ),
+            other => panic!("{other}"),
+        }
+        first.await.unwrap().unwrap();
+        queued.await.unwrap().unwrap();
     });
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::queue::Pending;
-use super::{BatchError, BatchScorer, Request};
+use super::{BatchError, BatchScorer, Request, Throughput};
 use crate::metrics::ModelMetrics;
 use crate::model::ModelError;
 
@@ -19,13 +19,14 @@ pub(super) fn spawn(
     engine: Arc<dyn BatchScorer>,
     mut incoming: mpsc::Receiver<BatchMessage>,
     alive: Arc<AtomicBool>,
+    throughput: Arc<Throughput>,
     metrics: ModelMetrics,
 ) {
     std::thread::Builder::new()
         .name("zerank-model".into())
         .spawn(move || {
             while let Some((batch, permit)) = incoming.blocking_recv() {
-                run_and_answer(engine.as_ref(), batch, &metrics);
+                run_and_answer(engine.as_ref(), batch, &throughput, &metrics);
                 drop(permit);
             }
             alive.store(false, Ordering::SeqCst);
@@ -33,7 +34,12 @@ pub(super) fn spawn(
         .expect("the model thread starts");
 }
 
-fn run_and_answer(engine: &dyn BatchScorer, batch: Vec<Pending>, metrics: &ModelMetrics) {
+fn run_and_answer(
+    engine: &dyn BatchScorer,
+    batch: Vec<Pending>,
+    throughput: &Throughput,
+    metrics: &ModelMetrics,
+) {
     let started = Instant::now();
     let sequences: Vec<&[u32]> = batch.iter().map(|p| p.ids.as_slice()).collect();
     // A panic inside the forward fails this batch's requests, not the server.
@@ -54,6 +60,8 @@ fn run_and_answer(engine: &dyn BatchScorer, batch: Vec<Pending>, metrics: &Model
     }
     match outcome {
         Ok(Ok(scored)) => {
+            let tokens = batch.iter().map(|p| p.ids.len()).sum();
+            throughput.observe(tokens, inference.as_secs_f64());
             for request in &requests {
                 request.add_inference_time(inference);
             }

@@ -19,8 +19,16 @@ pub enum ApiError {
     TooManyDocuments { count: usize, limit: usize },
     #[error("{0}")]
     InputTooLong(String),
+    #[error("{0}")]
+    RequestTooLarge(String),
     #[error("content type must be application/json, got `{0}`")]
     UnsupportedMediaType(String),
+    #[error("content encoding `{0}` is not accepted; send the body uncompressed")]
+    UnsupportedEncoding(String),
+    #[error("request line and headers are over the limit of {limit} bytes")]
+    HeadersTooLarge { limit: usize },
+    #[error("the request body did not arrive within {0:.1} s")]
+    BodyTimeout(f64),
     #[error("model `{requested}` is not served here; served models: {served:?}")]
     UnknownModel {
         requested: String,
@@ -32,8 +40,11 @@ pub enum ApiError {
     MethodNotAllowed { method: String, path: String },
     #[error("missing or invalid API key")]
     Unauthorized,
-    #[error("server is at capacity: {0}; retry shortly")]
-    Overloaded(String),
+    #[error("server is at capacity: {message}; retry in {retry_after_secs} s")]
+    Overloaded {
+        message: String,
+        retry_after_secs: u64,
+    },
     #[error("request took longer than the {0:.1} s limit")]
     Timeout(f64),
     #[error(
@@ -67,12 +78,17 @@ impl ApiError {
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge { .. }
             | ApiError::TooManyDocuments { .. }
-            | ApiError::InputTooLong(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            | ApiError::InputTooLong(_)
+            | ApiError::RequestTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) | ApiError::UnsupportedEncoding(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnknownModel { .. } | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::NotReady | ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -87,12 +103,16 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::TooManyDocuments { .. } => "too_many_documents",
             ApiError::InputTooLong(_) => "input_too_long",
+            ApiError::RequestTooLarge(_) => "request_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::UnsupportedEncoding(_) => "unsupported_encoding",
+            ApiError::HeadersTooLarge { .. } => "headers_too_large",
+            ApiError::BodyTimeout(_) => "body_timeout",
             ApiError::UnknownModel { .. } => "unknown_model",
             ApiError::NotFound { .. } => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Unauthorized => "unauthorized",
-            ApiError::Overloaded(_) => "overloaded",
+            ApiError::Overloaded { .. } => "overloaded",
             ApiError::Timeout(_) => "timeout",
             ApiError::InstructionNotAccepted { .. } => "instruction_not_accepted",
             ApiError::NotReady => "not_ready",
@@ -114,10 +134,13 @@ impl IntoResponse for ApiError {
         };
         let mut response = (self.status(), Json(body)).into_response();
         match self {
-            ApiError::Overloaded(_) => {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            ApiError::Overloaded {
+                retry_after_secs, ..
+            } => {
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_secs.max(1)),
+                );
             }
             ApiError::Unauthorized => {
                 response
@@ -149,7 +172,14 @@ impl From<ServiceError> for ApiError {
                 ApiError::InstructionNotAccepted { model }
             }
             ServiceError::InputTooLong(message) => ApiError::InputTooLong(message),
-            ServiceError::Overloaded(message) => ApiError::Overloaded(message),
+            ServiceError::RequestTooLarge(message) => ApiError::RequestTooLarge(message),
+            ServiceError::Overloaded {
+                message,
+                retry_after_secs,
+            } => ApiError::Overloaded {
+                message,
+                retry_after_secs,
+            },
             ServiceError::Timeout(seconds) => ApiError::Timeout(seconds),
             ServiceError::Unavailable => ApiError::Unavailable,
             ServiceError::Internal(message) => ApiError::Internal(message),

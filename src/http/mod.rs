@@ -1,12 +1,15 @@
 //! The HTTP layer: routes, the state they share, authentication, metrics middleware, and
 //! the server's life cycle (listen at once, load the models, serve, drain on SIGTERM).
 
+mod connections;
 pub mod error;
 mod routes;
 pub mod types;
 
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -17,6 +20,7 @@ use axum::routing::{get, post};
 use subtle::ConstantTimeEq;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::RequestBodyDeadlineLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::metrics::Metrics;
@@ -24,16 +28,21 @@ use crate::service::Service;
 use crate::settings::Settings;
 use error::{ApiError, ErrorKind};
 
+pub use connections::ConnectionLimits;
+
 pub struct AppState {
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
     service: OnceLock<Service>,
+    /// SHA-256 of the API key: keys are compared as fixed-size digests, in constant time.
+    api_key_digest: Option<[u8; 32]>,
     created: u64,
 }
 
 impl AppState {
     pub fn new(settings: Settings, metrics: Arc<Metrics>) -> Self {
         AppState {
+            api_key_digest: settings.api_key.as_deref().map(digest),
             settings,
             metrics,
             service: OnceLock::new(),
@@ -87,18 +96,87 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(probes)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.settings.payload_limit_bytes))
+        .layer(RequestBodyDeadlineLayer::new(Duration::from_secs_f64(
+            state.settings.body_read_timeout_secs,
+        )))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Internal("the request handler panicked".into()).into_response()
+        }))
+        .layer(middleware::from_fn_with_state(state.clone(), check_head))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             record_metrics,
         ))
-        .layer(DefaultBodyLimit::max(state.settings.payload_limit_bytes))
-        .layer(CatchPanicLayer::custom(|_| {
-            ApiError::Internal("the request handler panicked".into()).into_response()
-        }))
         .layer(TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(middleware::from_fn(drop_unusable_request_id))
         .with_state(state)
+}
+
+/// What is wrong with a request before its body is read: a head over `max_header_bytes`
+/// (431), a declared body over the payload limit (413 at once, not after reading it), or a
+/// content encoding the server does not decode (415).
+async fn check_head(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let head_bytes: usize = request.uri().to_string().len()
+        + headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>();
+    let limit = state.settings.max_header_bytes;
+    if head_bytes > limit {
+        return ApiError::HeadersTooLarge { limit }.into_response();
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let payload_limit = state.settings.payload_limit_bytes;
+    if declared.is_some_and(|n| n > payload_limit as u64) {
+        return ApiError::PayloadTooLarge {
+            limit: payload_limit,
+        }
+        .into_response();
+    }
+    if let Some(encoding) = headers.get(header::CONTENT_ENCODING) {
+        let encoding = String::from_utf8_lossy(encoding.as_bytes())
+            .trim()
+            .to_ascii_lowercase();
+        if encoding != "identity" && !encoding.is_empty() {
+            return ApiError::UnsupportedEncoding(encoding).into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// The longest client `x-request-id` echoed back.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// A client's `x-request-id` is echoed only when it is short and printable ASCII; otherwise
+/// the server makes its own.
+async fn drop_unusable_request_id(mut request: Request, next: Next) -> Response {
+    let usable = |value: &axum::http::HeaderValue| {
+        let bytes = value.as_bytes();
+        !bytes.is_empty()
+            && bytes.len() <= MAX_REQUEST_ID_LEN
+            && bytes.iter().all(|b| b.is_ascii_graphic())
+    };
+    if request
+        .headers()
+        .get_all("x-request-id")
+        .iter()
+        .enumerate()
+        .any(|(i, value)| i > 0 || !usable(value))
+    {
+        request.headers_mut().remove("x-request-id");
+    }
+    next.run(request).await
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
 }
 
 async fn not_found(request: Request) -> ApiError {
@@ -115,30 +193,34 @@ async fn method_not_allowed(request: Request) -> ApiError {
     }
 }
 
-/// `Authorization: Bearer <key>` or the bare key, compared in constant time.
+/// `Authorization: Bearer <key>` (the scheme in any case, RFC 7235) or the bare key; the
+/// digests of given and expected keys are compared in constant time.
 async fn require_api_key(
     State(state): State<Arc<AppState>>,
     request: Request,
     next: Next,
 ) -> Response {
-    if let Some(expected) = &state.settings.api_key {
+    if let Some(expected) = &state.api_key_digest {
         let given = request
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .map(|v| v.trim())
-            .map(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-                    .unwrap_or(v)
-                    .trim()
-            })
+            .map(presented_key)
             .unwrap_or("");
-        if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+        if given.is_empty() || !bool::from(digest(given).ct_eq(expected)) {
             return ApiError::Unauthorized.into_response();
         }
     }
     next.run(request).await
+}
+
+/// The key in an `Authorization` value: after a `Bearer` scheme, or the whole value.
+fn presented_key(value: &str) -> &str {
+    let value = value.trim();
+    match value.split_once(|c: char| c.is_ascii_whitespace()) {
+        Some((scheme, key)) if scheme.eq_ignore_ascii_case("bearer") => key.trim(),
+        _ => value,
+    }
 }
 
 async fn record_metrics(
@@ -183,6 +265,7 @@ pub async fn serve_on(
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    connections::ensure_open_file_limit(settings.max_connections)?;
     let metrics = Arc::new(Metrics::new());
     let state = Arc::new(AppState::new(settings.clone(), metrics.clone()));
     tracing::info!(address = %listener.local_addr()?, "listening; /health answers 503 until the model is ready");
@@ -206,7 +289,13 @@ pub async fn serve_on(
             Err(err) => anyhow::anyhow!("model loading task failed: {err}"),
         }
     };
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown);
+    let server = connections::serve(
+        listener,
+        router(state.clone()),
+        settings.connection_limits(),
+        metrics,
+        shutdown,
+    );
     tokio::select! {
         served = server => {
             served?;

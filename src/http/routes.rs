@@ -14,7 +14,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::types::*;
 use crate::model::TokenLimits;
-use crate::service::{Pairs, ScoreJob, Scoring};
+use crate::service::{Pairs, ScoreJob, Scoring, Service};
 
 /// A JSON body, with every way it can be wrong answered as an [`ApiError`].
 pub struct JsonBody<T>(pub T);
@@ -23,6 +23,7 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        let body_timeout = state.settings.body_read_timeout_secs;
         if let Some(content_type) = req.headers().get(header::CONTENT_TYPE) {
             let value = content_type.to_str().unwrap_or("").to_ascii_lowercase();
             let mime = value.split(';').next().unwrap_or("").trim();
@@ -36,6 +37,8 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
             .map_err(|rejection| {
                 if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::PayloadTooLarge { limit }
+                } else if caused_by_timeout(&rejection) {
+                    ApiError::BodyTimeout(body_timeout)
                 } else {
                     ApiError::InvalidJson(rejection.body_text())
                 }
@@ -47,6 +50,18 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
                 _ => ApiError::InvalidJson(err.to_string()),
             })
     }
+}
+
+/// Whether reading the body failed because its deadline passed.
+fn caused_by_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(err) = source {
+        if err.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// `x-queue-time`, `x-inference-time`, `x-total-time`, in milliseconds.
@@ -241,9 +256,18 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Result<Json<serde_json:
     let service = state.service()?;
     let s = &state.settings;
     let models: Vec<serde_json::Value> = service
-        .infos()
-        .into_iter()
-        .map(|(names, info)| serde_json::json!({ "served_model_names": names, "model": info }))
+        .models()
+        .iter()
+        .map(|served| {
+            let speed = Service::speed(served);
+            serde_json::json!({
+                "served_model_names": served.names,
+                "model": served.engine.info(),
+                // Measured at warm-up, then over real batches.
+                "tokens_per_sec": speed.map(|(rate, _)| rate),
+                "typical_request_secs": speed.map(|(_, secs)| secs),
+            })
+        })
         .collect();
     Ok(Json(serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),

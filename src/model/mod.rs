@@ -14,6 +14,7 @@ mod template;
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Instant;
 
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device};
@@ -55,6 +56,22 @@ impl Score {
             raw: margin / calibration.raw_divisor,
             margin,
         }
+    }
+}
+
+/// What the warm-up ran and measured.
+#[derive(Debug, Clone, Copy)]
+pub struct WarmUp {
+    pub pairs: usize,
+    pub tokens_each: usize,
+    /// The measured run's time.
+    pub seconds: f64,
+    pub computed_tokens: usize,
+}
+
+impl WarmUp {
+    pub fn tokens(&self) -> usize {
+        self.pairs * self.tokens_each
     }
 }
 
@@ -357,10 +374,11 @@ impl Engine {
         })
     }
 
-    /// Runs one batch, so that a model that does not fit shows at boot rather than on the
-    /// first user: on a GPU a batch that fills the budget, on a CPU one pair. Returns the
-    /// pairs and the tokens of each.
-    pub fn warm_up(&self, budget: BatchBudget) -> Result<(usize, usize)> {
+    /// Runs a batch twice, so that a model that does not fit shows at boot rather than on
+    /// the first user, and measures the second run: on a GPU a batch that fills the budget,
+    /// on a CPU one sequence of up to 128 tokens.
+    pub fn warm_up(&self, budget: BatchBudget) -> Result<WarmUp> {
+        const CPU_WARMUP_TOKENS: usize = 128;
         let sample = self.encode(
             "What does a reranker do?",
             "A reranker scores each retrieved document against the query.",
@@ -368,7 +386,12 @@ impl Engine {
             TokenLimits::default(),
         )?;
         let (count, length) = if self.info.device == "cpu" {
-            (1, sample.ids.len())
+            (
+                1,
+                CPU_WARMUP_TOKENS
+                    .min(self.info.max_length)
+                    .max(sample.ids.len()),
+            )
         } else {
             let length = (budget.max_tokens / budget.max_sequences.max(1))
                 .clamp(sample.ids.len(), self.info.max_length);
@@ -378,9 +401,22 @@ impl Engine {
             )
         };
         let mut warm = sample.ids.clone();
-        warm.resize(length, sample.ids[sample.ids.len() - 1]);
-        self.score_batch(&vec![warm.as_slice(); count])?;
-        Ok((count, length))
+        // The sample again and again: real text, and no shared prefix beyond its own.
+        while warm.len() < length {
+            let more = (length - warm.len()).min(sample.ids.len());
+            warm.extend_from_slice(&sample.ids[..more]);
+        }
+        let batch = vec![warm.as_slice(); count];
+        self.score_batch(&batch)?;
+        let started = Instant::now();
+        let scored = self.score_batch(&batch)?;
+        let seconds = started.elapsed().as_secs_f64();
+        Ok(WarmUp {
+            pairs: count,
+            tokens_each: length,
+            seconds,
+            computed_tokens: scored.computed_tokens,
+        })
     }
 
     /// Scores of arbitrary pairs, in their order, batched within `budget`: offline scoring

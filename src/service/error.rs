@@ -17,8 +17,16 @@ pub enum ServiceError {
     InstructionNotAccepted { model: String },
     #[error("{0}")]
     InputTooLong(String),
-    #[error("server is at capacity: {0}; retry shortly")]
-    Overloaded(String),
+    /// The request alone is more than the server can take (the queue's budget, or the
+    /// request timeout at the measured throughput).
+    #[error("{0}")]
+    RequestTooLarge(String),
+    #[error("server is at capacity: {message}")]
+    Overloaded {
+        message: String,
+        /// When the queue should have room: the expected wait at the measured throughput.
+        retry_after_secs: u64,
+    },
     #[error("request took longer than the {0:.1} s limit")]
     Timeout(f64),
     #[error("the model worker has stopped")]
@@ -43,7 +51,14 @@ impl ServiceError {
 impl From<BatchError> for ServiceError {
     fn from(err: BatchError) -> Self {
         match err {
-            BatchError::QueueFull { .. } => ServiceError::Overloaded(err.to_string()),
+            BatchError::QueueFull { expected_wait, .. }
+            | BatchError::Busy { expected_wait, .. } => ServiceError::Overloaded {
+                message: err.to_string(),
+                retry_after_secs: expected_wait.as_secs_f64().ceil() as u64,
+            },
+            BatchError::TooLarge { .. } | BatchError::TooSlow { .. } => {
+                ServiceError::RequestTooLarge(err.to_string())
+            }
             BatchError::Input(message) => ServiceError::InputTooLong(message),
             BatchError::Model(_) | BatchError::Panicked(_) => {
                 ServiceError::Internal(err.to_string())

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::batcher::Batcher;
+use crate::batcher::{Batcher, Throughput};
 use crate::metrics::{Metrics, ModelMetrics};
 use crate::model::{Engine, ModelError, ModelInfo, Score, TokenLimits};
 use crate::settings::{ModelSettings, Settings};
@@ -146,11 +146,29 @@ impl Drop for Admitted {
     }
 }
 
+/// Counts a request dropped before its answer.
+struct DisconnectWatch<'a> {
+    answered: bool,
+    metrics: &'a Metrics,
+}
+
+impl Drop for DisconnectWatch<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.metrics.client_disconnects.inc();
+        }
+    }
+}
+
 /// A model loaded and warmed up, not yet serving.
 pub struct LoadedModel {
     settings: ModelSettings,
     engine: Engine,
+    throughput: Arc<Throughput>,
 }
+
+/// The request the start-up log and `/info` price: 100 documents of 400 prompt tokens.
+const TYPICAL_REQUEST_TOKENS: usize = 100 * 400;
 
 impl Service {
     /// Loads every model of `settings` and runs a warm-up batch on each, so that a model
@@ -170,18 +188,34 @@ impl Service {
                     .for_model(&model.served_names[0])
                     .model_load_seconds
                     .set(started.elapsed().as_secs_f64());
+                let throughput = Arc::new(Throughput::default());
+                throughput.observe(warmup.tokens(), warmup.seconds);
+                let tokens_per_sec = throughput.tokens_per_sec().unwrap_or(f64::INFINITY);
+                let typical_secs = TYPICAL_REQUEST_TOKENS as f64 / tokens_per_sec;
                 tracing::info!(
                     model = %model.load.model,
                     names = ?model.served_names,
                     seconds = started.elapsed().as_secs_f64(),
-                    warmup_pairs = warmup.0,
-                    warmup_tokens = warmup.1,
+                    warmup_pairs = warmup.pairs,
+                    warmup_tokens = warmup.tokens_each,
+                    tokens_per_sec,
+                    typical_request_secs = typical_secs,
+                    request_timeout_secs = settings.request_timeout_secs,
                     info = ?engine.info(),
                     "model ready"
                 );
+                if typical_secs > settings.request_timeout_secs {
+                    tracing::warn!(
+                        model = %model.load.model,
+                        "a request of 100 documents of 400 tokens would take about {typical_secs:.0} s at the measured {:.0} tokens/s, over request_timeout_secs = {}; such requests will be refused with 413 (raise the timeout, or use a GPU or a smaller model)",
+                        tokens_per_sec,
+                        settings.request_timeout_secs
+                    );
+                }
                 Ok(LoadedModel {
                     settings: model,
                     engine,
+                    throughput,
                 })
             })
             .collect()
@@ -198,6 +232,7 @@ impl Service {
                     engine.clone(),
                     settings.batch_budget(),
                     settings.max_queued_tokens,
+                    loaded.throughput,
                     model_metrics.clone(),
                 );
                 ServedModel {
@@ -243,6 +278,13 @@ impl Service {
             .collect()
     }
 
+    /// The model's measured prompt tokens per second, and what a typical request (100
+    /// documents of 400 tokens) takes at that rate.
+    pub fn speed(model: &ServedModel) -> Option<(f64, f64)> {
+        let rate = model.batcher.throughput().tokens_per_sec()?;
+        Some((rate, TYPICAL_REQUEST_TOKENS as f64 / rate))
+    }
+
     /// The model a request names (the first when it names none), and the name to answer with.
     pub fn model(&self, requested: Option<&str>) -> Result<(&ServedModel, String), ServiceError> {
         match requested.filter(|name| !name.is_empty()) {
@@ -260,9 +302,14 @@ impl Service {
     }
 
     fn admit(&self) -> Result<Admitted, ServiceError> {
-        let permit = self.admission.clone().try_acquire_owned().map_err(|_| {
-            ServiceError::Overloaded(format!("{} requests are in flight", self.max_concurrent))
-        })?;
+        let permit =
+            self.admission
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| ServiceError::Overloaded {
+                    message: format!("{} requests are in flight", self.max_concurrent),
+                    retry_after_secs: 1,
+                })?;
         self.metrics.requests_in_flight.inc();
         Ok(Admitted {
             _permit: permit,
@@ -270,8 +317,19 @@ impl Service {
         })
     }
 
-    /// Scores a request's pairs, in their order, under the request timeout.
+    /// Scores a request's pairs, in their order, under the request timeout. Dropped before
+    /// it answers (the client went away), it counts a disconnect.
     pub async fn score(&self, job: ScoreJob) -> Result<Scoring, ServiceError> {
+        let mut watch = DisconnectWatch {
+            answered: false,
+            metrics: &self.metrics,
+        };
+        let result = self.score_within_timeout(job).await;
+        watch.answered = true;
+        result
+    }
+
+    async fn score_within_timeout(&self, job: ScoreJob) -> Result<Scoring, ServiceError> {
         let started = Instant::now();
         let (served, name) = self.model(job.model.as_deref())?;
         let instruction = job.instruction.filter(|i| !i.is_empty());
@@ -320,9 +378,10 @@ impl Service {
                 )));
             }
             let total_tokens = encoded.iter().map(|e| e.ids.len()).sum();
+            let time_left = self.limits.timeout.saturating_sub(started.elapsed());
             let scored = served
                 .batcher
-                .score(encoded.into_iter().map(|e| e.ids).collect())
+                .score(encoded.into_iter().map(|e| e.ids).collect(), time_left)
                 .await?;
             Ok(Scoring {
                 model: name,

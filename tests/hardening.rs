@@ -1,0 +1,342 @@
+//! Hostile and careless clients: silent or slow connections, stalled bodies, too many
+//! connections, oversized requests, compressed bodies, huge headers, HTTP/2, SIGTERM with a
+//! request half sent, and settings that must not start a server.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::server::{DOCUMENTS, QUERY, TestServer, fixture_path};
+use serde_json::json;
+
+/// Reads until the server closes the connection (or `limit` passes); returns what it sent
+/// and how long the connection lasted.
+fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, Duration) {
+    let started = Instant::now();
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received.extend_from_slice(&buffer[..n]),
+        }
+    }
+    (
+        String::from_utf8_lossy(&received).into_owned(),
+        started.elapsed(),
+    )
+}
+
+fn quick_timeouts() -> TestServer {
+    TestServer::start(|settings| {
+        settings.header_read_timeout_secs = 1.0;
+        settings.body_read_timeout_secs = 1.0;
+    })
+}
+
+#[test]
+fn silent_and_slow_connections_are_closed_in_time() {
+    let server = quick_timeouts();
+    // Sends nothing at all.
+    let mut silent = TcpStream::connect(server.address).unwrap();
+    let (_, lasted) = read_until_closed(&mut silent, Duration::from_secs(10));
+    assert!(lasted < Duration::from_secs(4), "silent: {lasted:?}");
+
+    // Sends its headers one byte a second.
+    let mut slow = TcpStream::connect(server.address).unwrap();
+    let started = Instant::now();
+    let head = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut closed = false;
+    for byte in head {
+        if slow.write_all(&[*byte]).is_err() {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        if started.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+    }
+    let (_, _) = read_until_closed(&mut slow, Duration::from_secs(5));
+    assert!(
+        closed || started.elapsed() < Duration::from_secs(10),
+        "slow headers kept the connection"
+    );
+    assert!(server.metric("zerank_connection_errors_total") >= 1.0);
+
+    // Sends its headers, then stalls in the body: 408 in the one error shape.
+    let mut stalled = TcpStream::connect(server.address).unwrap();
+    stalled
+        .write_all(
+            b"POST /rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"query\"",
+        )
+        .unwrap();
+    let (reply, lasted) = read_until_closed(&mut stalled, Duration::from_secs(10));
+    assert!(lasted < Duration::from_secs(5), "stalled body: {lasted:?}");
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("\"error_type\":\"body_timeout\""), "{reply}");
+
+    // An idle keep-alive connection is closed too, after a request.
+    let mut idle = TcpStream::connect(server.address).unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let (reply, lasted) = read_until_closed(&mut idle, Duration::from_secs(10));
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(lasted < Duration::from_secs(4), "idle: {lasted:?}");
+}
+
+#[test]
+fn past_the_connection_cap_new_connections_are_refused_and_open_ones_still_answer() {
+    let server = TestServer::start(|settings| {
+        settings.max_connections = 3;
+        settings.header_read_timeout_secs = 30.0;
+    });
+    let mut open: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(server.address).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut refused = TcpStream::connect(server.address).unwrap();
+    let (reply, lasted) = read_until_closed(&mut refused, Duration::from_secs(5));
+    assert!(
+        reply.is_empty() && lasted < Duration::from_secs(2),
+        "{reply} {lasted:?}"
+    );
+    // An open connection still gets /health, and /metrics counts the refusal.
+    open[0]
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let (reply, _) = read_until_closed(&mut open[0], Duration::from_secs(5));
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(
+        reply.contains("zerank_connections_refused_total 1"),
+        "{reply}"
+    );
+    open[1]
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let (reply, _) = read_until_closed(&mut open[1], Duration::from_secs(5));
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    // Once connections close, new ones are served again.
+    drop(open);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(server.get("/health").status, 200);
+}
+
+#[test]
+fn an_oversized_request_gets_413_at_once_while_a_small_one_is_served() {
+    let server = TestServer::start(|settings| {
+        settings.max_queued_tokens = 3_000;
+    });
+    let big: Vec<String> = (0..40)
+        .map(|i| format!("document {i} {}", "many words of text ".repeat(20)))
+        .collect();
+    let small = std::thread::spawn({
+        let url = server.url("/v1/rerank");
+        move || {
+            ureq::post(&url)
+                .send_json(json!({ "query": QUERY, "documents": DOCUMENTS }))
+                .map(|r| r.status())
+                .map_err(|e| e.to_string())
+        }
+    });
+    let started = Instant::now();
+    let reply = server.post("/v1/rerank", &json!({ "query": QUERY, "documents": big }));
+    let body = reply.assert_error(413, "request_too_large");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("3000") && message.contains("max_queued_tokens"),
+        "{message}"
+    );
+    assert_eq!(small.join().unwrap(), Ok(200));
+}
+
+#[test]
+fn every_answer_of_the_server_is_a_counted_json_error() {
+    let server = TestServer::start(|settings| {
+        settings.max_header_bytes = 4_096;
+    });
+    // Headers over the limit: 431 in JSON.
+    let reply = common::server::Reply::from(
+        ureq::get(&server.url("/health"))
+            .set("x-padding", &"a".repeat(8_000))
+            .call(),
+    );
+    reply.assert_error(431, "headers_too_large");
+    // A compressed body: 415, not a JSON parse error.
+    let reply = common::server::Reply::from(
+        ureq::post(&server.url("/rerank"))
+            .set("content-type", "application/json")
+            .set("content-encoding", "gzip")
+            .send_bytes(&[0x1f, 0x8b, 0x08, 0x00]),
+    );
+    reply.assert_error(415, "unsupported_encoding");
+    // A declared body over the payload limit: 413 before any of it is read.
+    let mut stream = TcpStream::connect(server.address).unwrap();
+    stream
+        .write_all(b"POST /rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n{}")
+        .unwrap();
+    let started = Instant::now();
+    let (reply, _) = read_until_closed(&mut stream, Duration::from_secs(5));
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // A head past even hyper's buffer: hyper answers, and the connection error is counted.
+    let mut stream = TcpStream::connect(server.address).unwrap();
+    let huge = format!(
+        "GET /health HTTP/1.1\r\nHost: x\r\nx-padding: {}\r\n\r\n",
+        "a".repeat(200_000)
+    );
+    let _ = stream.write_all(huge.as_bytes());
+    let (reply, _) = read_until_closed(&mut stream, Duration::from_secs(5));
+    assert!(
+        reply.is_empty() || reply.starts_with("HTTP/1.1 431"),
+        "{reply}"
+    );
+    let metrics = server.get("/metrics").text;
+    for kind in [
+        "headers_too_large",
+        "unsupported_encoding",
+        "payload_too_large",
+    ] {
+        assert!(
+            metrics.contains(&format!("zerank_errors_total{{kind=\"{kind}\"}} 1")),
+            "{kind}"
+        );
+    }
+    assert!(
+        metrics.contains("zerank_connection_errors_total{kind=\"head_too_large\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn http2_with_prior_knowledge_is_served() {
+    let server = TestServer::start(|_| {});
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, body) = runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(server.address)
+            .await
+            .unwrap();
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(connection);
+        let request = hyper::Request::post(format!("http://{}/v1/rerank", server.address))
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(
+                json!({ "query": QUERY, "documents": DOCUMENTS }).to_string(),
+            ))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(axum::body::Body::new(response.into_body()), 1 << 20)
+            .await
+            .unwrap();
+        (status, body)
+    });
+    assert_eq!(status, 200);
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["results"].as_array().unwrap().len(), DOCUMENTS.len());
+    assert!(
+        server
+            .get("/metrics")
+            .text
+            .contains("zerank_requests_total{route=\"/v1/rerank\",status=\"200\"} 1")
+    );
+}
+
+#[test]
+fn sigterm_with_a_stalled_request_exits_zero_within_the_drain_deadline() {
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_zerank-server"))
+        .args([
+            "--model",
+            &fixture_path("tiny"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--device",
+            "cpu",
+            "--drain-deadline-secs",
+            "2",
+            "--body-read-timeout-secs",
+            "120",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ureq::get(&format!("{base}/health")).call().is_err() {
+        assert!(Instant::now() < deadline, "server never became healthy");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut stalled = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stalled
+        .write_all(b"POST /rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"query\":")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let signalled = Instant::now();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if signalled.elapsed() > Duration::from_secs(15) {
+            let _ = child.kill();
+            panic!("still running 15 s after SIGTERM with a 2 s drain deadline");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        signalled.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        signalled.elapsed()
+    );
+}
+
+#[test]
+fn settings_that_would_break_every_request_refuse_to_start() {
+    for (args, env, needle) in [
+        (
+            vec!["--request-timeout-secs", "1e20"],
+            None,
+            "request_timeout_secs",
+        ),
+        (vec![], Some(("ZERANK_API_KEY", "")), "api_key is empty"),
+        (vec!["--api-key", "   "], None, "api_key is empty"),
+    ] {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_zerank-server"));
+        command
+            .args(["--model", &fixture_path("tiny"), "--port", "0"])
+            .args(&args);
+        if let Some((name, value)) = env {
+            command.env(name, value);
+        }
+        let output = command.output().unwrap();
+        assert!(!output.status.success(), "{args:?} started");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}
