@@ -546,6 +546,7 @@ fn a_client_that_disconnects_leaves_the_queue() {
     wait_for("the second request queued", &|q| q > 100.0);
     drop(gone);
     wait_for("the disconnected request left the queue", &|q| q <= 100.0);
+    assert_eq!(server.metric("zerank_client_disconnects_total"), 1.0);
     assert_eq!(busy.join().unwrap(), 200);
     assert_eq!(server.metric("zerank_queue_pairs"), 0.0);
     // The first request's 100 pairs ran one per batch; few, if any, of the second's did.
