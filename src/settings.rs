@@ -176,8 +176,9 @@ pub struct ModelArgs {
     /// Cap on a whole prompt in tokens [default: the model's max_position_embeddings].
     #[arg(long, env = "ZERANK_MAX_LENGTH")]
     pub max_length: Option<usize>,
-    /// Compute the query prefix that a request's documents share once [default: true].
-    #[arg(long, env = "ZERANK_PREFIX_SHARING")]
+    /// Compute the query prefix that a request's documents share once; a bare switch means
+    /// true [default: true].
+    #[arg(long, env = "ZERANK_PREFIX_SHARING", num_args = 0..=1, default_missing_value = "true")]
     pub prefix_sharing: Option<bool>,
     /// CPU f32 matmuls: auto (an installed OpenBLAS, BLIS or MKL, else candle's gemm), off
     /// (candle's gemm), or a BLAS library name or path [default: auto].
@@ -234,8 +235,14 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer <key>` (or the bare key) on scoring routes.
     #[arg(long, env = "ZERANK_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// Require the API key on /health and /metrics too.
-    #[arg(long, env = "ZERANK_PROTECT_HEALTH_AND_METRICS")]
+    /// Require the API key on /health and /metrics too; a bare switch means true
+    /// [default: false].
+    #[arg(
+        long,
+        env = "ZERANK_PROTECT_HEALTH_AND_METRICS",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
     pub protect_health_and_metrics: Option<bool>,
     /// Log format.
     #[arg(long, env = "ZERANK_LOG_FORMAT", value_enum)]
@@ -705,6 +712,20 @@ mod tests {
             let cli = Cli::try_parse_from(["zerank-server", flag, bad]).unwrap();
             assert!(Settings::resolve(&cli.serve).is_err(), "{flag} {bad}");
         }
+    }
+
+    #[test]
+    fn boolean_settings_are_switches_too() {
+        let bare = Cli::try_parse_from([
+            "zerank-server",
+            "--protect-health-and-metrics",
+            "--prefix-sharing",
+        ])
+        .unwrap();
+        assert_eq!(bare.serve.protect_health_and_metrics, Some(true));
+        assert_eq!(bare.serve.model.prefix_sharing, Some(true));
+        let explicit = Cli::try_parse_from(["zerank-server", "--prefix-sharing=false"]).unwrap();
+        assert_eq!(explicit.serve.model.prefix_sharing, Some(false));
     }
 
     #[test]

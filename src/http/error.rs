@@ -126,6 +126,14 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let message = self.to_string();
         let kind = self.kind();
+        // Loading is expected; failures of the server itself are not.
+        match &self {
+            ApiError::Internal(_) | ApiError::Unavailable => {
+                tracing::error!(kind, %message, "request failed")
+            }
+            ApiError::Timeout(_) => tracing::warn!(kind, %message, "request timed out"),
+            _ => tracing::debug!(kind, %message, "request refused"),
+        }
         let body = ErrorBody {
             error: &message,
             error_type: kind,

@@ -108,7 +108,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             record_metrics,
         ))
-        .layer(TraceLayer::new_for_http())
+        // Failures are logged where they are made into responses, at their own level.
+        .layer(TraceLayer::new_for_http().on_failure(()))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .layer(middleware::from_fn(drop_unusable_request_id))

@@ -43,6 +43,11 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
                     ApiError::InvalidJson(rejection.body_text())
                 }
             })?;
+        if nesting_depth(&bytes) > MAX_JSON_NESTING {
+            return Err(ApiError::InvalidJson(format!(
+                "JSON nested deeper than {MAX_JSON_NESTING} levels"
+            )));
+        }
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|err| match err.classify() {
@@ -50,6 +55,32 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
                 _ => ApiError::InvalidJson(err.to_string()),
             })
     }
+}
+
+/// serde_json's own limit inside values; fields it skips (unknown ones) have none.
+const MAX_JSON_NESTING: usize = 128;
+
+/// The deepest nesting of arrays and objects in a JSON text (brackets inside strings do not
+/// count). Malformed text is left to the parser.
+fn nesting_depth(json: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &byte in json {
+        match (in_string, byte) {
+            (true, _) if escaped => escaped = false,
+            (true, b'\\') => escaped = true,
+            (true, b'"') => in_string = false,
+            (true, _) => {}
+            (false, b'"') => in_string = true,
+            (false, b'[' | b'{') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (false, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// Whether reading the body failed because its deadline passed.
@@ -329,4 +360,19 @@ pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nesting_counts_brackets_outside_strings() {
+        assert_eq!(nesting_depth(br#"{"a": [1, {"b": "[[[["}]}"#), 3);
+        assert_eq!(nesting_depth(br#"{"a": "\"[{"}"#), 1);
+        assert_eq!(nesting_depth(b"[]"), 1);
+        assert_eq!(nesting_depth(b"\"x\""), 0);
+        let deep = format!("{{\"unknown\": {}{}}}", "[".repeat(1000), "]".repeat(1000));
+        assert_eq!(nesting_depth(deep.as_bytes()), 1001);
+    }
 }

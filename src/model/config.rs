@@ -25,8 +25,6 @@ pub struct Qwen3Config {
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
     pub attention_bias: bool,
-    /// The dtype the checkpoint was saved in, when it says.
-    pub stored_dtype: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -58,10 +56,6 @@ struct RawConfig {
     hidden_act: Option<String>,
     #[serde(default)]
     use_sliding_window: bool,
-    #[serde(default)]
-    torch_dtype: Option<String>,
-    #[serde(default)]
-    dtype: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -198,7 +192,6 @@ impl RawConfig {
             max_position_embeddings: self.max_position_embeddings,
             tie_word_embeddings: self.tie_word_embeddings,
             attention_bias: self.attention_bias,
-            stored_dtype: self.dtype.or(self.torch_dtype),
         })
     }
 }
@@ -224,7 +217,6 @@ mod tests {
         let new = Qwen3Config::from_json(NEW_LAYOUT).unwrap();
         assert_eq!(hub, new);
         assert_eq!(hub.rope_theta, 1_000_000.0);
-        assert_eq!(hub.stored_dtype.as_deref(), Some("bfloat16"));
     }
 
     #[test]
