@@ -2,9 +2,10 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 
-use common::{fixture, goldens};
+use common::{copy_dir, fixture, goldens};
 
 #[test]
 fn score_writes_one_golden_score_per_line() {
@@ -84,63 +85,80 @@ fn a_bad_line_is_named() {
     );
 }
 
-/// A Hub id resolves from a warm `HF_HOME` cache with the network off, sharded weights too.
-#[test]
-fn a_hub_id_loads_offline_from_a_warm_cache() {
-    let home = tempfile::tempdir().unwrap();
-    let repo = home
-        .path()
+/// A Hub repository in the `HF_HOME` cache `home`, at `commit`, holding the files of a
+/// fixture (folders included, symlinks followed); `main` names the commit when `as_main`.
+fn cache_repo(home: &Path, repo: &str, commit: &str, fixture_dir: &Path, as_main: bool) {
+    let folder = home
         .join("hub")
-        .join("models--zeroentropy--zerank-test");
-    let commit = "0123456789abcdef0123456789abcdef01234567";
-    let snapshot = repo.join("snapshots").join(commit);
-    std::fs::create_dir_all(&snapshot).unwrap();
-    std::fs::create_dir_all(repo.join("refs")).unwrap();
-    std::fs::write(repo.join("refs").join("main"), commit).unwrap();
-    for entry in std::fs::read_dir(fixture("sharded")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), snapshot.join(entry.file_name())).unwrap();
+        .join(format!("models--{}", repo.replace('/', "--")));
+    copy_dir(fixture_dir, &folder.join("snapshots").join(commit));
+    if as_main {
+        std::fs::create_dir_all(folder.join("refs")).unwrap();
+        std::fs::write(folder.join("refs").join("main"), commit).unwrap();
     }
-    let input = home.path().join("pairs.jsonl");
-    let goldens = goldens();
-    let pair = &goldens.pairs[0];
+}
+
+/// `zerank-server score` of one pair with the network off and `home` as `HF_HOME`.
+fn score_offline(home: &Path, pair: (&str, &str), args: &[&str]) -> std::process::Output {
+    let input = home.join("pairs.jsonl");
     std::fs::write(
         &input,
-        serde_json::json!({ "query": pair.query, "document": pair.document }).to_string(),
+        serde_json::json!({ "query": pair.0, "document": pair.1 }).to_string(),
     )
     .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_zerank-server"))
+        .args([
+            "score",
+            "--device",
+            "cpu",
+            "--input",
+            input.to_str().unwrap(),
+        ])
+        .args(args)
+        .env("HF_HOME", home)
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("HF_TOKEN")
+        .output()
+        .unwrap()
+}
 
-    let run = |model: &str| {
-        Command::new(env!("CARGO_BIN_EXE_zerank-server"))
-            .args([
-                "score",
-                "--model",
-                model,
-                "--device",
-                "cpu",
-                "--input",
-                input.to_str().unwrap(),
-            ])
-            .env("HF_HOME", home.path())
-            .env("HF_HUB_OFFLINE", "1")
-            .env_remove("HF_TOKEN")
-            .output()
-            .unwrap()
-    };
-    let output = run("zeroentropy/zerank-test");
+fn parsed_score(output: &std::process::Output) -> f64 {
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let score: f32 = String::from_utf8(output.stdout)
-        .unwrap()
+    String::from_utf8_lossy(&output.stdout)
         .trim()
         .parse()
-        .unwrap();
-    assert!((score - goldens.models["sharded"].score[0]).abs() <= 2e-5);
+        .unwrap()
+}
 
-    let missing = run("zeroentropy/not-cached");
+/// A Hub id resolves from a warm `HF_HOME` cache with the network off, sharded weights too.
+#[test]
+fn a_hub_id_loads_offline_from_a_warm_cache() {
+    let home = tempfile::tempdir().unwrap();
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    cache_repo(
+        home.path(),
+        "zeroentropy/zerank-test",
+        commit,
+        &fixture("sharded"),
+        true,
+    );
+    let goldens = goldens();
+    let pair = (
+        goldens.pairs[0].query.as_str(),
+        goldens.pairs[0].document.as_str(),
+    );
+    let score = parsed_score(&score_offline(
+        home.path(),
+        pair,
+        &["--model", "zeroentropy/zerank-test"],
+    ));
+    assert!((score - goldens.models["sharded"].score[0] as f64).abs() <= 2e-5);
+
+    let missing = score_offline(home.path(), pair, &["--model", "zeroentropy/not-cached"]);
     assert!(!missing.status.success());
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(
@@ -154,63 +172,33 @@ fn a_hub_id_loads_offline_from_a_warm_cache() {
 #[test]
 fn a_native_checkpoint_loads_from_the_hub_cache_at_a_revision() {
     let home = tempfile::tempdir().unwrap();
-    let repo = home.path().join("hub").join("models--org--native-test");
     let commit = "89abcdef0123456789abcdef0123456789abcdef";
-    let snapshot = repo.join("snapshots").join(commit);
-    std::fs::create_dir_all(snapshot.join("1_LogitScore")).unwrap();
-    for entry in std::fs::read_dir(fixture("native-yes-no")).unwrap() {
-        let entry = entry.unwrap();
-        let source = std::fs::canonicalize(entry.path()).unwrap();
-        if source.is_file() {
-            std::fs::copy(&source, snapshot.join(entry.file_name())).unwrap();
-        }
-    }
-    std::fs::copy(
-        fixture("native-yes-no")
-            .join("1_LogitScore")
-            .join("config.json"),
-        snapshot.join("1_LogitScore").join("config.json"),
-    )
-    .unwrap();
+    cache_repo(
+        home.path(),
+        "org/native-test",
+        commit,
+        &fixture("native-yes-no"),
+        false,
+    );
     let goldens: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("native_goldens.json")).unwrap())
             .unwrap();
     let pair = &goldens["pairs"][0];
-    let input = home.path().join("pairs.jsonl");
-    std::fs::write(
-        &input,
-        serde_json::json!({ "query": pair["query"], "document": pair["document"] }).to_string(),
-    )
-    .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_zerank-server"))
-        .args([
-            "score",
+    let score = parsed_score(&score_offline(
+        home.path(),
+        (
+            pair["query"].as_str().unwrap(),
+            pair["document"].as_str().unwrap(),
+        ),
+        &[
             "--model",
             "org/native-test",
             "--revision",
             commit,
             "--instruction",
             goldens["instruction"].as_str().unwrap(),
-            "--device",
-            "cpu",
-            "--input",
-            input.to_str().unwrap(),
-        ])
-        .env("HF_HOME", home.path())
-        .env("HF_HUB_OFFLINE", "1")
-        .env_remove("HF_TOKEN")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let score: f64 = String::from_utf8(output.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+        ],
+    ));
     let expected = goldens["models"]["native-yes-no"]["instructed"]["predict"][0]
         .as_f64()
         .unwrap();

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::server::{DOCUMENTS, QUERY, TestServer, fixture_path};
+use common::server::{DOCUMENTS, QUERY, TestServer, fixture_path, spawn_binary};
 use serde_json::json;
 
 /// Reads until the server closes the connection (or `limit` passes); returns what it sent
@@ -256,35 +256,12 @@ fn http2_with_prior_knowledge_is_served() {
 
 #[test]
 fn sigterm_with_a_stalled_request_exits_zero_within_the_drain_deadline() {
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_zerank-server"))
-        .args([
-            "--model",
-            &fixture_path("tiny"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--device",
-            "cpu",
-            "--drain-deadline-secs",
-            "2",
-            "--body-read-timeout-secs",
-            "120",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ureq::get(&format!("{base}/health")).call().is_err() {
-        assert!(Instant::now() < deadline, "server never became healthy");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (mut child, port) = spawn_binary(&[
+        "--drain-deadline-secs",
+        "2",
+        "--body-read-timeout-secs",
+        "120",
+    ]);
     let mut stalled = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stalled
         .write_all(b"POST /rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"query\":")

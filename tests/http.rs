@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::server::{DOCUMENTS, QUERY, Reply, TestServer, close, engine_scores, fixture_path};
+use common::server::{DOCUMENTS, QUERY, Reply, TestServer, close, engine_scores, spawn_binary};
 use common::{fixture, load};
 use serde_json::{Value, json};
 
@@ -62,6 +62,10 @@ fn every_route_answers_in_its_shape_with_the_engines_scores() {
         // A local checkpoint answers to its directory's name, never its path.
         assert_eq!(body["model"], "tiny");
         assert!(body["usage"]["total_tokens"].as_u64().unwrap() > 0);
+        assert_eq!(
+            body["usage"]["prompt_tokens"],
+            body["usage"]["total_tokens"]
+        );
         assert_eq!(body["meta"]["api_version"]["version"], "1");
         assert!(body["id"].as_str().is_some());
     }
@@ -393,36 +397,14 @@ fn past_the_concurrency_limit_clients_get_429_with_retry_after() {
 #[cfg(unix)]
 #[test]
 fn sigterm_during_load_answers_every_accepted_request_then_exits_zero() {
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_zerank-server"))
-        .args([
-            "--model",
-            &fixture_path("tiny"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--device",
-            "cpu",
-            // Time for all six to finish on a loaded machine.
-            "--drain-deadline-secs",
-            "600",
-            "--request-timeout-secs",
-            "600",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    // Time for all six to finish on a loaded machine.
+    let (mut child, port) = spawn_binary(&[
+        "--drain-deadline-secs",
+        "600",
+        "--request-timeout-secs",
+        "600",
+    ]);
     let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ureq::get(&format!("{base}/health")).call().is_err() {
-        assert!(Instant::now() < deadline, "server never became healthy");
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let documents: Vec<String> = (0..100)
         .map(|i| format!("document {i} {}", "some text ".repeat(40)))
         .collect();

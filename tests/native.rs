@@ -5,9 +5,8 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
 
-use common::{fixture, load, options};
+use common::{copy_dir, fixture, load, options};
 use serde::Deserialize;
 use zerank_server::model::{
     Engine, LoadOptions, ModelError, RecipeChoice, TokenLimits, TruncationDirection,
@@ -197,21 +196,6 @@ fn variant_of(name: &str, replace: &[(&str, &str)]) -> tempfile::TempDir {
         std::fs::write(dir.path().join(file), text).unwrap();
     }
     dir
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        // Symlinks are followed: the copy holds the files themselves.
-        let path = std::fs::canonicalize(entry.path()).unwrap();
-        if path.is_dir() {
-            std::fs::create_dir(&target).unwrap();
-            copy_dir(&path, &target);
-        } else {
-            std::fs::copy(&path, &target).unwrap();
-        }
-    }
 }
 
 #[test]

@@ -222,6 +222,7 @@ async fn rerank_as(
         id: uuid::Uuid::new_v4().to_string(),
         model: (!v2).then_some(scoring.model),
         usage: (!v2).then_some(Usage {
+            prompt_tokens: scoring.total_tokens,
             total_tokens: scoring.total_tokens,
         }),
         meta: Meta {

@@ -138,8 +138,10 @@ pub struct RerankResult {
     pub document: Option<DocumentText>,
 }
 
+/// Jina's and Cohere v1's `usage`; `prompt_tokens` too, as Infinity's client requires it.
 #[derive(Debug, Serialize)]
 pub struct Usage {
+    pub prompt_tokens: usize,
     pub total_tokens: usize,
 }
 

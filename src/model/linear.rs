@@ -346,17 +346,12 @@ mod tests {
 
     use super::*;
 
-    /// The installed BLAS; CI installs OpenBLAS and sets `ZERANK_REQUIRE_BLAS` so that these
-    /// tests cannot pass by skipping.
-    fn blas() -> Option<Arc<Blas>> {
-        let blas = Blas::open(&CpuBlas::Auto).unwrap();
-        if blas.is_none() {
-            assert!(
-                std::env::var_os("ZERANK_REQUIRE_BLAS").is_none(),
-                "no BLAS library found"
-            );
-        }
-        blas
+    /// The installed BLAS. The tests that need one are ignored by default (reported as
+    /// such, never as passed); `.ci/run` installs OpenBLAS and runs them with `--ignored`.
+    fn blas() -> Arc<Blas> {
+        Blas::open(&CpuBlas::Auto)
+            .unwrap()
+            .expect("no BLAS library found: install OpenBLAS (libopenblas0-pthread), BLIS or MKL")
     }
 
     fn assert_close(a: &Tensor, b: &Tensor) {
@@ -375,8 +370,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs a BLAS library; run with --ignored where one is installed"]
     fn blas_matmul_equals_candle_on_every_layout() {
-        let Some(blas) = blas() else { return };
+        let blas = blas();
         let device = Device::Cpu;
         let x = Tensor::randn(0f32, 1.0, (37, 24), &device).unwrap();
         let w = Tensor::randn(0f32, 1.0, (19, 24), &device).unwrap();
@@ -404,8 +400,9 @@ mod tests {
     }
 
     #[test]
-    fn row_blocks_stay_inside_their_matrix() {
-        let Some(blas) = blas() else { return };
+    #[ignore = "needs a BLAS library; run with --ignored where one is installed"]
+    fn blas_row_blocks_stay_inside_their_matrix() {
+        let blas = blas();
         // More threads than matrices, and rows that do not divide among them: every matrix
         // splits into row blocks of its own.
         let pool = rayon::ThreadPoolBuilder::new()

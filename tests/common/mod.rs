@@ -53,3 +53,18 @@ pub fn options(dir: &Path) -> LoadOptions {
         ..LoadOptions::default()
     }
 }
+
+/// A copy of a directory's files, folders included and symlinks followed.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let source = std::fs::canonicalize(entry.path()).unwrap();
+        let target = to.join(entry.file_name());
+        if source.is_dir() {
+            copy_dir(&source, &target);
+        } else {
+            std::fs::copy(&source, &target).unwrap();
+        }
+    }
+}

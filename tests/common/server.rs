@@ -198,3 +198,27 @@ pub fn close(a: f64, b: f32) -> bool {
 pub fn fixture_path(name: &str) -> String {
     fixture(name).to_string_lossy().into_owned()
 }
+
+/// The server binary on the tiny fixture on a free loopback port, `args` added; returns the
+/// process and its port once `/health` answers 200.
+pub fn spawn_binary(args: &[&str]) -> (std::process::Child, u16) {
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_zerank-server"))
+        .args(["--model", &fixture_path("tiny"), "--host", "127.0.0.1"])
+        .args(["--port", &port.to_string(), "--device", "cpu"])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let health = format!("http://127.0.0.1:{port}/health");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ureq::get(&health).call().is_err() {
+        assert!(Instant::now() < deadline, "server never became healthy");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, port)
+}
