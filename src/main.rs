@@ -1,21 +1,29 @@
 use std::io::{BufRead, BufWriter, Write};
 
 use anyhow::Context;
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use zerank_server::model::{Engine, TokenLimits};
-use zerank_server::settings::{Cli, Command, LogFormat, ScoreArgs, Settings};
+use zerank_server::settings::{Invocation, LogFormat, ScoreFiles, Settings};
 
-fn main() -> anyhow::Result<()> {
-    zerank_server::keep_freed_memory();
-    let cli = Cli::parse();
-    match cli.command {
-        Some(Command::Score(args)) => {
-            init_logging(LogFormat::Text);
-            score_file(&args)
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            // The causes on one line, no backtrace: these are errors of settings and inputs.
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
         }
-        None => {
-            let settings = Settings::resolve(&cli.serve)?;
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    zerank_server::keep_freed_memory();
+    match Invocation::resolve(&zerank_server::settings::parse_args())? {
+        Invocation::Score(args, settings) => {
+            init_logging(LogFormat::Text);
+            score_file(&args, &settings)
+        }
+        Invocation::Serve(settings) => {
             init_logging(settings.log_format);
             tracing::info!(settings = ?settings.redacted(), "starting zerank-server {}", env!("CARGO_PKG_VERSION"));
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -49,8 +57,7 @@ struct PairLine {
 /// Pairs are read and scored in chunks, so that a file of any size streams through.
 const PAIRS_PER_CHUNK: usize = 256;
 
-fn score_file(args: &ScoreArgs) -> anyhow::Result<()> {
-    let settings = Settings::resolve_model(&args.model)?;
+fn score_file(args: &ScoreFiles, settings: &Settings) -> anyhow::Result<()> {
     let model = settings.models()?.swap_remove(0);
     let engine = Engine::load(&model.load)?;
     let limits = TokenLimits {

@@ -7,6 +7,7 @@ use common::server::{DOCUMENTS, QUERY, TestServer, close, engine_scores, fixture
 use common::{fixture, load};
 use serde_json::json;
 use zerank_server::model::TokenLimits;
+use zerank_server::settings::NameList;
 
 const MODELS: [&str; 3] = ["tiny", "native-yes", "native-yes-no"];
 
@@ -14,8 +15,8 @@ fn three_models() -> TestServer {
     TestServer::start(|settings| {
         settings.model = MODELS.iter().map(|m| fixture_path(m)).collect();
         settings.served_model_names = vec![
-            vec!["tiny".into(), "zerank-tiny".into()],
-            vec!["native-yes".into()],
+            NameList(vec!["tiny".into(), "zerank-tiny".into()]),
+            NameList(vec!["native-yes".into()]),
         ];
     })
 }

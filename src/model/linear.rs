@@ -25,7 +25,15 @@ const AUTO_LIBRARIES: &[&str] = &[
 ];
 
 /// Which CPU matmul to use.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Default,
+    serde_with::DeserializeFromStr,
+    serde_with::SerializeDisplay,
+)]
 pub enum CpuBlas {
     /// The first optimised BLAS found on the library path, else candle's gemm.
     #[default]

@@ -84,7 +84,16 @@ pub struct ScoredBatch {
 }
 
 /// Where the model runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde_with::DeserializeFromStr,
+    serde_with::SerializeDisplay,
+)]
 pub enum DeviceSpec {
     /// CUDA 0 when built with CUDA and a GPU is present, else Metal when built with it, else CPU.
     #[default]
@@ -148,7 +157,16 @@ impl DeviceSpec {
 }
 
 /// Compute dtype of weights and activations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde_with::DeserializeFromStr,
+    serde_with::SerializeDisplay,
+)]
 pub enum DTypeSpec {
     /// f32 on CPU (candle's CPU half-precision matmuls convert on every call), bf16 on GPUs.
     #[default]
@@ -171,6 +189,17 @@ impl FromStr for DTypeSpec {
                 "unknown dtype `{other}` (expected auto, f32, bf16 or f16)"
             )),
         }
+    }
+}
+
+impl fmt::Display for DTypeSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DTypeSpec::Auto => "auto",
+            DTypeSpec::F32 => "f32",
+            DTypeSpec::Bf16 => "bf16",
+            DTypeSpec::F16 => "f16",
+        })
     }
 }
 

@@ -19,7 +19,16 @@ use super::files::CheckpointFiles;
 use super::template::QWEN3_RERANKER_DEFAULT_INSTRUCTION;
 
 /// The `recipe` setting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde_with::DeserializeFromStr,
+    serde_with::SerializeDisplay,
+)]
 pub enum RecipeChoice {
     /// Sentence Transformers' native layout when the checkpoint has it, zerank-1 otherwise.
     #[default]

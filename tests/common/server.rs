@@ -20,7 +20,7 @@ impl TestServer {
     pub fn start(configure: impl FnOnce(&mut Settings)) -> Self {
         let mut settings = Settings {
             model: vec![fixture("tiny").to_string_lossy().into_owned()],
-            device: "cpu".into(),
+            device: zerank_server::model::DeviceSpec::Cpu,
             host: "127.0.0.1".into(),
             port: 0,
             ..Settings::default()

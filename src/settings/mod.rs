@@ -1,0 +1,405 @@
+//! Settings, each declared once below: its flag, environment variable, default and help, and
+//! its key in the settings file. Precedence: defaults < `config/default.toml` (or `--config
+//! FILE`) < `ZERANK_*` environment < command-line flags.
+
+mod models;
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{BatchBudget, CpuBlas, DTypeSpec, DeviceSpec};
+pub use models::{ModelSettings, NameList};
+use models::{name_groups, one_or_many};
+
+pub const DEFAULT_MODEL: &str = "zeroentropy/zerank-1-small";
+const DEFAULT_CONFIG_FILE: &str = "config/default.toml";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Every setting of the service. The file keys are the field names.
+#[derive(Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Settings file (TOML) [default: config/default.toml when present].
+    #[arg(long, env = "ZERANK_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Local checkpoint directory or Hugging Face Hub id; repeat (or comma-separate) to serve
+    /// several models. Requests without `model` go to the first.
+    #[arg(long, env = "ZERANK_MODEL", value_delimiter = ',', default_value = DEFAULT_MODEL)]
+    #[serde(deserialize_with = "one_or_many")]
+    pub model: Vec<String>,
+    /// Hub revision (branch, tag or commit): one for every model, or one per model [default: main].
+    #[arg(long, env = "ZERANK_REVISION", value_delimiter = ',')]
+    #[serde(deserialize_with = "one_or_many")]
+    pub revision: Vec<String>,
+    /// Scoring recipe: auto (Sentence Transformers' native layout when the checkpoint has it,
+    /// else zerank), zerank, sentence-transformers, qwen3-reranker (the original
+    /// Qwen3-Reranker prompt); one for every model, or one per model [default: auto].
+    #[arg(long, env = "ZERANK_RECIPE", value_delimiter = ',')]
+    #[serde(deserialize_with = "one_or_many")]
+    pub recipe: Vec<crate::model::RecipeChoice>,
+    /// Instruction used when a request brings none: one for every model, or repeat the flag
+    /// once per model [default: the checkpoint's own default prompt, if any].
+    #[arg(long, env = "ZERANK_INSTRUCTION")]
+    #[serde(deserialize_with = "one_or_many")]
+    pub instruction: Vec<String>,
+    /// score = sigmoid(margin / T): one for every model, or one per model [default: 5 for a
+    /// lone "Yes" logit (zerank), 1 for yes/no log-odds (Qwen3-Reranker)].
+    #[arg(long, env = "ZERANK_SCORE_TEMPERATURE", value_delimiter = ',')]
+    #[serde(deserialize_with = "one_or_many")]
+    pub score_temperature: Vec<f32>,
+    /// Compute dtype: auto (f32 on CPU, bf16 on GPU), f32, bf16, f16.
+    #[arg(long, env = "ZERANK_DTYPE", default_value = "auto")]
+    pub dtype: DTypeSpec,
+    /// Device: auto, cpu, cuda[:N], metal[:N].
+    #[arg(long, env = "ZERANK_DEVICE", default_value = "auto")]
+    pub device: DeviceSpec,
+    /// Address to listen on.
+    #[arg(long, env = "ZERANK_HOST", default_value = "0.0.0.0")]
+    pub host: String,
+    /// Port to listen on.
+    #[arg(long, env = "ZERANK_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Model names clients may send, comma-separated; repeat the flag (or separate lists with
+    /// `;`) for the second model and on. They replace a model's default names: a Hub id and
+    /// its last component, or a local directory's name.
+    #[arg(long, env = "ZERANK_SERVED_MODEL_NAMES", value_delimiter = ';')]
+    #[serde(deserialize_with = "name_groups")]
+    pub served_model_names: Vec<NameList>,
+    /// Most prompt tokens in one forward pass (batches are packed, no padding).
+    #[arg(long, env = "ZERANK_MAX_BATCH_TOKENS", default_value_t = 16_384)]
+    pub max_batch_tokens: usize,
+    /// Most pairs in one forward pass.
+    #[arg(long, env = "ZERANK_MAX_BATCH_PAIRS", default_value_t = 64)]
+    pub max_batch_pairs: usize,
+    /// Requests served at once; more get 429.
+    #[arg(long, env = "ZERANK_MAX_CONCURRENT_REQUESTS", default_value_t = 256)]
+    pub max_concurrent_requests: usize,
+    /// Prompt tokens waiting in a model's queue; a request that would pass it gets 429, one
+    /// over it alone 413.
+    #[arg(long, env = "ZERANK_MAX_QUEUED_TOKENS", default_value_t = 2_000_000)]
+    pub max_queued_tokens: usize,
+    /// Documents (or score pairs) in one request; more get 413.
+    #[arg(
+        long,
+        env = "ZERANK_MAX_DOCUMENTS_PER_REQUEST",
+        default_value_t = 1_000
+    )]
+    pub max_documents_per_request: usize,
+    /// Cut documents to this many tokens (after the zerank recipe's 10,000-character cut).
+    #[arg(long, env = "ZERANK_MAX_TOKENS_PER_DOC")]
+    pub max_tokens_per_doc: Option<usize>,
+    /// Cap on a whole prompt in tokens [default: the recipe's, at most the model's
+    /// max_position_embeddings].
+    #[arg(long, env = "ZERANK_MAX_LENGTH")]
+    pub max_length: Option<usize>,
+    /// Compute the query prefix that a request's documents share once; a bare switch means true.
+    #[arg(long, env = "ZERANK_PREFIX_SHARING", default_value_t = true, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub prefix_sharing: bool,
+    /// CPU f32 matmuls: auto (an installed OpenBLAS, BLIS or MKL, else candle's gemm), off
+    /// (candle's gemm), or a BLAS library name or path.
+    #[arg(long, env = "ZERANK_CPU_BLAS", default_value = "auto")]
+    pub cpu_blas: CpuBlas,
+    /// Largest request body in bytes; larger gets 413.
+    #[arg(long, env = "ZERANK_PAYLOAD_LIMIT_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub payload_limit_bytes: usize,
+    /// Seconds a request may take, queue included, before it fails with 504.
+    #[arg(long, env = "ZERANK_REQUEST_TIMEOUT_SECS", default_value_t = 60.0)]
+    pub request_timeout_secs: f64,
+    /// Open connections at once; more are closed on accept.
+    #[arg(long, env = "ZERANK_MAX_CONNECTIONS", default_value_t = 1_024)]
+    pub max_connections: usize,
+    /// Seconds a connection has to send a request's headers, once open or idle after a
+    /// response (the keep-alive limit too).
+    #[arg(long, env = "ZERANK_HEADER_READ_TIMEOUT_SECS", default_value_t = 10.0)]
+    pub header_read_timeout_secs: f64,
+    /// Seconds a request's body has to arrive once its headers have; later: 408.
+    #[arg(long, env = "ZERANK_BODY_READ_TIMEOUT_SECS", default_value_t = 30.0)]
+    pub body_read_timeout_secs: f64,
+    /// Largest request line plus headers in bytes; larger gets 431.
+    #[arg(long, env = "ZERANK_MAX_HEADER_BYTES", default_value_t = 32 * 1024)]
+    pub max_header_bytes: usize,
+    /// Seconds SIGTERM waits for requests in flight before closing what is left.
+    #[arg(long, env = "ZERANK_DRAIN_DEADLINE_SECS", default_value_t = 20.0)]
+    pub drain_deadline_secs: f64,
+    /// Require `Authorization: Bearer <key>` (or the bare key) on scoring routes; an empty or
+    /// blank key refuses to start.
+    #[arg(long, env = "ZERANK_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Require the API key on /health and /metrics too; a bare switch means true.
+    #[arg(long, env = "ZERANK_PROTECT_HEALTH_AND_METRICS", default_value_t = false,
+          num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub protect_health_and_metrics: bool,
+    /// Log format.
+    #[arg(long, env = "ZERANK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "zerank-server",
+    version,
+    about = "Serves causal-LM rerankers (zerank-1, zerank-2, Qwen3-Reranker) over HTTP (POST /rerank)",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Score (query, document) pairs from a JSONL file, one score per output line, with the
+    /// first model.
+    Score(ScoreArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    #[command(flatten)]
+    pub files: ScoreFiles,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// What offline scoring reads and writes.
+#[derive(Args, Debug, Clone)]
+pub struct ScoreFiles {
+    /// JSONL file with one {"query", "document"} object per line; `-` reads stdin.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Where to write the scores, one per line [default: stdout].
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Write raw scores (see README: the reference's unscaled score) instead of 0-1 scores.
+    #[arg(long)]
+    pub raw: bool,
+}
+
+/// What the command line asks for, with its settings resolved.
+pub enum Invocation {
+    Serve(Settings),
+    Score(ScoreFiles, Settings),
+}
+
+impl Invocation {
+    /// The settings of parsed arguments: the file's under the environment's and the flags'.
+    pub fn resolve(matches: &ArgMatches) -> anyhow::Result<Self> {
+        let cli = Cli::from_arg_matches(matches)?;
+        match cli.command {
+            Some(Command::Score(args)) => {
+                let matches = matches
+                    .subcommand_matches("score")
+                    .expect("the score subcommand was parsed");
+                let settings = Settings::resolve(args.settings, matches)?;
+                Ok(Invocation::Score(args.files, settings))
+            }
+            None => Ok(Invocation::Serve(Settings::resolve(cli.settings, matches)?)),
+        }
+    }
+}
+
+/// Parses the process's arguments; on a bad value that came from the environment, says so
+/// (clap names only the flag), then exits as clap does.
+pub fn parse_args() -> ArgMatches {
+    Cli::command().try_get_matches().unwrap_or_else(|err| {
+        if let Some(variable) = environment_source(&err) {
+            eprintln!("note: the value comes from the environment variable {variable}");
+        }
+        err.exit()
+    })
+}
+
+/// The environment variable behind an invalid value, when the flag itself was not given.
+fn environment_source(err: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = arg.split_whitespace().next()?.strip_prefix("--")?;
+    let command = Cli::command();
+    let variable = command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))?
+        .get_env()?
+        .to_string_lossy()
+        .into_owned();
+    let flag = format!("--{long}");
+    let flag_given = std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+    (!flag_given && std::env::var_os(&variable).is_some()).then_some(variable)
+}
+
+impl Default for Settings {
+    /// The declared defaults, with neither file nor environment.
+    fn default() -> Self {
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        let command = Defaults::command().mut_args(|arg| arg.env(None::<&str>));
+        let matches = command
+            .try_get_matches_from(["zerank-server"])
+            .expect("the declared defaults parse");
+        Defaults::from_arg_matches(&matches)
+            .expect("the declared defaults parse")
+            .settings
+    }
+}
+
+impl Settings {
+    /// `parsed` (defaults, environment, flags) with the settings file's values put under the
+    /// environment's and the flags'; then checked.
+    pub fn resolve(parsed: Settings, matches: &ArgMatches) -> anyhow::Result<Self> {
+        // Before the merge: JSON has no infinities to carry them through.
+        parsed.check_durations()?;
+        let mut merged = serde_json::to_value(&parsed)?;
+        if let Some((path, file)) = read_file(parsed.config.as_deref())? {
+            let known = serde_json::to_value(Settings::default())?;
+            let known = known.as_object().expect("settings serialize as a map");
+            let mut file_only = known.clone();
+            for (key, value) in file {
+                anyhow::ensure!(
+                    known.contains_key(&key),
+                    "settings file {}: unknown key `{key}`",
+                    path.display()
+                );
+                let value = serde_json::to_value(value)?;
+                file_only.insert(key.clone(), value.clone());
+                let given = matches!(
+                    matches.value_source(&key),
+                    Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+                );
+                if !given {
+                    merged[&key] = value;
+                }
+            }
+            // A bad value in the file is reported with the file's name.
+            serde_json::from_value::<Settings>(serde_json::Value::Object(file_only))
+                .map_err(|err| anyhow::anyhow!("settings file {}: {err}", path.display()))?;
+        }
+        let mut settings: Settings = serde_json::from_value(merged)?;
+        settings.config = parsed.config;
+        // A trailing newline from a mounted secret is not part of the key.
+        settings.api_key = settings.api_key.map(|key| key.trim().to_owned());
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let counts = [
+            ("max_batch_tokens", self.max_batch_tokens, 1_usize << 24),
+            ("max_batch_pairs", self.max_batch_pairs, 1 << 16),
+            (
+                "max_concurrent_requests",
+                self.max_concurrent_requests,
+                1 << 20,
+            ),
+            ("max_queued_tokens", self.max_queued_tokens, 1 << 40),
+            (
+                "max_documents_per_request",
+                self.max_documents_per_request,
+                1 << 20,
+            ),
+            ("payload_limit_bytes", self.payload_limit_bytes, 1 << 32),
+            ("max_connections", self.max_connections, 1 << 20),
+            ("max_header_bytes", self.max_header_bytes, 1 << 20),
+        ];
+        for (name, value, most) in counts {
+            anyhow::ensure!(
+                (1..=most).contains(&value),
+                "{name} must be between 1 and {most}; got {value}"
+            );
+        }
+        for (name, value) in [
+            ("max_tokens_per_doc", self.max_tokens_per_doc),
+            ("max_length", self.max_length),
+        ] {
+            anyhow::ensure!(value != Some(0), "{name} must be positive");
+        }
+        self.check_durations()?;
+        if let Some(key) = &self.api_key {
+            anyhow::ensure!(
+                !key.trim().is_empty(),
+                "api_key is empty: set a key, or leave ZERANK_API_KEY / --api-key unset to serve without one"
+            );
+        }
+        self.models()?;
+        Ok(())
+    }
+
+    fn check_durations(&self) -> anyhow::Result<()> {
+        let durations = [
+            ("request_timeout_secs", self.request_timeout_secs),
+            ("header_read_timeout_secs", self.header_read_timeout_secs),
+            ("body_read_timeout_secs", self.body_read_timeout_secs),
+            ("drain_deadline_secs", self.drain_deadline_secs),
+        ];
+        for (name, value) in durations {
+            anyhow::ensure!(
+                value.is_finite() && value > 0.0 && value <= MAX_DURATION_SECS,
+                "{name} must be above 0 and at most {MAX_DURATION_SECS} (a day); got {value}"
+            );
+        }
+        Ok(())
+    }
+
+    pub fn connection_limits(&self) -> crate::http::ConnectionLimits {
+        use std::time::Duration;
+        crate::http::ConnectionLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: Duration::from_secs_f64(self.header_read_timeout_secs),
+            // hyper's buffer is the hard stop; the router answers 431 in JSON below it.
+            max_head_bytes: (self.max_header_bytes * 4).max(64 * 1024),
+            drain_deadline: Duration::from_secs_f64(self.drain_deadline_secs),
+        }
+    }
+
+    pub fn batch_budget(&self) -> BatchBudget {
+        BatchBudget {
+            max_tokens: self.max_batch_tokens,
+            max_sequences: self.max_batch_pairs,
+        }
+    }
+
+    /// For the start-up log: the API key never appears.
+    pub fn redacted(&self) -> Self {
+        Settings {
+            api_key: self.api_key.as_ref().map(|_| "<redacted>".into()),
+            ..self.clone()
+        }
+    }
+}
+
+/// A day: a longer duration setting is a typo.
+const MAX_DURATION_SECS: f64 = 86_400.0;
+
+/// The settings file's keys and values: the one named, or `config/default.toml` if present.
+fn read_file(explicit: Option<&Path>) -> anyhow::Result<Option<(PathBuf, toml::Table)>> {
+    let path = match explicit {
+        Some(path) => path.to_owned(),
+        None if Path::new(DEFAULT_CONFIG_FILE).is_file() => DEFAULT_CONFIG_FILE.into(),
+        None => return Ok(None),
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|err| anyhow::anyhow!("settings file {}: {err}", path.display()))?;
+    let table = text
+        .parse::<toml::Table>()
+        .map_err(|err| anyhow::anyhow!("settings file {}: {err}", path.display()))?;
+    Ok(Some((path, table)))
+}

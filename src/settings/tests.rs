@@ -1,0 +1,229 @@
+use clap::CommandFactory;
+
+use super::models::default_names;
+use super::*;
+use crate::model::RecipeChoice;
+
+/// The settings the command line `args` gives (file and environment included).
+fn resolve(args: &[&str]) -> anyhow::Result<Settings> {
+    let matches = Cli::command().try_get_matches_from(args)?;
+    match Invocation::resolve(&matches)? {
+        Invocation::Serve(settings) | Invocation::Score(_, settings) => Ok(settings),
+    }
+}
+
+#[test]
+fn flags_override_the_file_which_overrides_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.toml");
+    std::fs::write(
+        &file,
+        "port = 9000\nmax_batch_pairs = 8\nhost = \"127.0.0.1\"\ndevice = \"cpu\"\n",
+    )
+    .unwrap();
+    let settings = resolve(&[
+        "zerank-server",
+        "--config",
+        file.to_str().unwrap(),
+        "--port",
+        "9100",
+        "--api-key",
+        "s3cret",
+    ])
+    .unwrap();
+    assert_eq!(settings.port, 9100);
+    assert_eq!(settings.max_batch_pairs, 8);
+    assert_eq!(settings.host, "127.0.0.1");
+    assert_eq!(settings.device, DeviceSpec::Cpu);
+    assert_eq!(settings.max_batch_tokens, 16_384);
+    assert_eq!(settings.model, vec![DEFAULT_MODEL.to_owned()]);
+    assert!(!format!("{:?}", settings.redacted()).contains("s3cret"));
+    // The subcommand reads the same settings.
+    let scored = resolve(&[
+        "zerank-server",
+        "score",
+        "--input",
+        "-",
+        "--config",
+        file.to_str().unwrap(),
+    ])
+    .unwrap();
+    assert_eq!(scored.max_batch_pairs, 8);
+}
+
+#[test]
+fn unknown_file_keys_and_bad_values_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.toml");
+    let config = file.to_str().unwrap();
+    for (text, needle) in [
+        ("prot = 9000\n", "prot"),
+        ("device = \"tpu\"\n", "tpu"),
+        ("max_batch_pairs = \"many\"\n", "many"),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let err = resolve(&["zerank-server", "--config", config])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle) && err.contains(config), "{err}");
+    }
+}
+
+#[test]
+fn per_model_settings_take_one_value_or_one_per_model() {
+    let settings = resolve(&[
+        "zerank-server",
+        "--model",
+        "org/a,org/b",
+        "--recipe",
+        "zerank,qwen3-reranker",
+        "--score-temperature",
+        "2",
+        "--served-model-names",
+        "first,alias",
+        "--served-model-names",
+        "second",
+    ])
+    .unwrap();
+    let models = settings.models().unwrap();
+    assert_eq!(models.len(), 2);
+    assert_eq!(models[0].load.recipe, RecipeChoice::Zerank);
+    assert_eq!(models[1].load.recipe, RecipeChoice::Qwen3Reranker);
+    assert_eq!(models[0].load.score_temperature, Some(2.0));
+    assert_eq!(models[1].load.score_temperature, Some(2.0));
+    assert_eq!(models[0].served_names, vec!["first", "alias"]);
+    assert_eq!(models[1].served_names, vec!["second"]);
+    // The environment's form: lists separated by `;`.
+    let grouped = resolve(&[
+        "zerank-server",
+        "--model",
+        "org/a,org/b",
+        "--served-model-names",
+        "first,alias;second",
+    ])
+    .unwrap();
+    assert_eq!(grouped.models().unwrap()[1].served_names, vec!["second"]);
+
+    let err = resolve(&[
+        "zerank-server",
+        "--model",
+        "org/a,org/b",
+        "--recipe",
+        "zerank,zerank,zerank",
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("3 values for 2 models"), "{err}");
+    let err = resolve(&["zerank-server", "--model", "a/x,b/x"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`x`"), "{err}");
+}
+
+#[test]
+fn default_names_hide_local_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("my-reranker");
+    std::fs::create_dir(&local).unwrap();
+    assert_eq!(default_names(local.to_str().unwrap()), vec!["my-reranker"]);
+    assert_eq!(
+        default_names("zeroentropy/zerank-1-small"),
+        vec!["zeroentropy/zerank-1-small", "zerank-1-small"]
+    );
+}
+
+#[test]
+fn absurd_settings_are_refused() {
+    for flag in [
+        "--request-timeout-secs",
+        "--header-read-timeout-secs",
+        "--body-read-timeout-secs",
+        "--drain-deadline-secs",
+    ] {
+        for bad in ["1e20", "0", "-1", "inf", "NaN"] {
+            let arg = format!("{flag}={bad}");
+            let err = resolve(&["zerank-server", arg.as_str()])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&flag[2..].replace('-', "_")),
+                "{flag} {bad}: {err}"
+            );
+        }
+    }
+    for (flag, bad) in [
+        ("--max-connections", "0"),
+        ("--max-batch-tokens", "99999999999"),
+        ("--max-header-bytes", "0"),
+        ("--max-length", "0"),
+        ("--score-temperature", "0"),
+    ] {
+        assert!(
+            resolve(&["zerank-server", flag, bad]).is_err(),
+            "{flag} {bad}"
+        );
+    }
+}
+
+#[test]
+fn an_empty_or_blank_api_key_refuses_to_start() {
+    for key in ["", "   ", "\n"] {
+        let err = resolve(&["zerank-server", "--api-key", key])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("api_key is empty"), "{key:?}: {err}");
+    }
+    let settings = resolve(&["zerank-server", "--api-key", "s3cret\n"]).unwrap();
+    assert_eq!(settings.api_key.as_deref(), Some("s3cret"));
+}
+
+#[test]
+fn boolean_settings_are_switches_too() {
+    let bare = resolve(&[
+        "zerank-server",
+        "--protect-health-and-metrics",
+        "--prefix-sharing",
+    ])
+    .unwrap();
+    assert!(bare.protect_health_and_metrics && bare.prefix_sharing);
+    let explicit = resolve(&["zerank-server", "--prefix-sharing=false"]).unwrap();
+    assert!(!explicit.prefix_sharing);
+}
+
+#[test]
+fn help_shows_the_declared_defaults() {
+    let help = Cli::command().render_long_help().to_string();
+    for default in [
+        "[default: zeroentropy/zerank-1-small]",
+        "[default: 8080]",
+        "[default: 16384]",
+        "[default: auto]",
+        "[default: 60]",
+    ] {
+        assert!(help.contains(default), "{default} missing from --help");
+    }
+}
+
+/// Every key of the shipped `config/default.toml` is a setting, with its declared default.
+#[test]
+fn the_shipped_config_file_holds_real_keys_and_their_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_FILE);
+    let file: toml::Table = std::fs::read_to_string(path).unwrap().parse().unwrap();
+    let defaults = serde_json::to_value(Settings::default()).unwrap();
+    let defaults = defaults.as_object().unwrap();
+    for (key, value) in &file {
+        let declared = defaults
+            .get(key)
+            .unwrap_or_else(|| panic!("config/default.toml: `{key}` is not a setting"));
+        // Through the setting's own type, so that `auto` and 60.0 compare as written.
+        let mut single = defaults.clone();
+        single.insert(key.clone(), serde_json::to_value(value).unwrap());
+        let parsed: Settings = serde_json::from_value(single.into()).unwrap();
+        assert_eq!(
+            &serde_json::to_value(parsed).unwrap()[key],
+            declared,
+            "config/default.toml: `{key}` is not its default"
+        );
+    }
+    assert!(file.len() >= 20, "the shipped file documents the settings");
+}
