@@ -16,9 +16,8 @@ out="${1:-bench/results.jsonl}"
 shape="${SHAPE:-qwen3-0.6b}"
 checkpoint="${CHECKPOINT:-/tmp/zerank-$shape}"
 docs="${DOCS:-100}"
-port="${PORT:-18080}"
 work="$(mktemp -d)"
-trap 'kill "${server:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'rm -rf "$work"' EXIT
 
 cargo build --release --bin zerank-server
 cargo bench --bench engine --no-run
@@ -39,10 +38,7 @@ python3 bench/reference.py "$checkpoint" --pairs "$work/short.jsonl" \
   --batch-sizes "${REFERENCE_BATCHES:-1,4,10}" --predict 2>/dev/null | log
 
 echo "== service: load generator" >&2
-target/release/zerank-server --model "$checkpoint" --port "$port" --host 127.0.0.1 \
-  --max-documents-per-request 10000 --request-timeout-secs 3600 > "$work/server.log" 2>&1 &
-server=$!
-for _ in $(seq 600); do curl -fs "127.0.0.1:$port/health" >/dev/null 2>&1 && break; sleep 1; done
-python3 bench/loadgen.py "http://127.0.0.1:$port" --pairs "$work/short.jsonl" --documents "$docs" \
-  --concurrency "${CONCURRENCY:-1,4,16}" --requests "${REQUESTS:-16}" | log
-echo "{\"server_rss_mib\": $(awk '/VmRSS/ {print $2 / 1024}' /proc/$server/status), \"server_peak_rss_mib\": $(awk '/VmHWM/ {print $2 / 1024}' /proc/$server/status)}" | log
+export ZERANK_BINARY=target/release/zerank-server
+export ZERANK_SERVER_ARGS="--model $checkpoint --max-documents-per-request 10000 --request-timeout-secs 3600"
+scripts/with_server.sh sh -c "python3 bench/loadgen.py --pairs $work/short.jsonl --documents $docs \
+  --concurrency ${CONCURRENCY:-1,4,16} --requests ${REQUESTS:-16} && python3 scripts/loadkit.py rss" | log
