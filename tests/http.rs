@@ -1,231 +1,14 @@
-//! The service over real TCP, on the fixture checkpoint: every route and shape, scores equal
-//! to the engine's, batching across concurrent requests, limits, and draining on SIGTERM.
+//! The service over real TCP, on the fixture checkpoint: batching across concurrent
+//! requests, limits, auth, disconnects, the spec's routes, and draining on SIGTERM. The
+//! response shapes are in `tests/shapes.rs`.
 
 mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::server::{DOCUMENTS, QUERY, Reply, TestServer, close, engine_scores, spawn_binary};
-use common::{fixture, load};
+use common::server::{Reply, TestServer, spawn_binary};
 use serde_json::{Value, json};
-
-#[test]
-fn every_route_answers_in_its_shape_with_the_engines_scores() {
-    let engine = load(&fixture("tiny"));
-    let expected = engine_scores(&engine, QUERY, &DOCUMENTS);
-    let server = TestServer::start(|_| {});
-
-    // Jina / Cohere v1 shape on /rerank and /v1/rerank, documents as strings and objects.
-    for path in ["/rerank", "/v1/rerank"] {
-        let mixed: Vec<Value> = DOCUMENTS
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                if i % 2 == 0 {
-                    json!(d)
-                } else {
-                    json!({ "text": d, "id": i })
-                }
-            })
-            .collect();
-        let reply = server.post(
-            path,
-            &json!({ "query": QUERY, "documents": mixed, "return_documents": true }),
-        );
-        assert_eq!(reply.status, 200, "{}", reply.text);
-        assert!(reply.text.starts_with("{\"results\""), "{}", reply.text);
-        for header in [
-            "x-request-id",
-            "x-queue-time",
-            "x-inference-time",
-            "x-total-time",
-        ] {
-            assert!(reply.header(header).is_some(), "{header} missing");
-        }
-        let body = reply.json();
-        let results = body["results"].as_array().unwrap();
-        assert_eq!(results.len(), DOCUMENTS.len());
-        let mut previous = f64::INFINITY;
-        for r in results {
-            let index = r["index"].as_u64().unwrap() as usize;
-            let score = r["relevance_score"].as_f64().unwrap();
-            assert!(
-                close(score, expected[index].0),
-                "{path} doc {index}: {score} vs {:?}",
-                expected[index]
-            );
-            assert!(score <= previous);
-            previous = score;
-            assert_eq!(r["document"]["text"], DOCUMENTS[index]);
-        }
-        // A local checkpoint answers to its directory's name, never its path.
-        assert_eq!(body["model"], "tiny");
-        assert!(body["usage"]["total_tokens"].as_u64().unwrap() > 0);
-        assert_eq!(
-            body["usage"]["prompt_tokens"],
-            body["usage"]["total_tokens"]
-        );
-        assert_eq!(body["meta"]["api_version"]["version"], "1");
-        assert!(body["id"].as_str().is_some());
-    }
-
-    // top_n: absent, null and 0 mean all; larger than the count means all; documents off by default.
-    for (top_n, count) in [
-        (json!(null), 5),
-        (json!(0), 5),
-        (json!(2), 2),
-        (json!(50), 5),
-    ] {
-        let body = server
-            .post(
-                "/rerank",
-                &json!({ "query": QUERY, "documents": DOCUMENTS, "top_n": top_n }),
-            )
-            .json();
-        let results = body["results"].as_array().unwrap();
-        assert_eq!(results.len(), count, "top_n {top_n}");
-        assert!(results[0].get("document").is_none());
-    }
-
-    // TEI shape: `texts` gives a bare array, raw_scores and return_text honoured.
-    let body = server
-        .post("/rerank", &json!({ "query": QUERY, "texts": DOCUMENTS, "raw_scores": true, "return_text": true, "truncate": true, "truncation_direction": "Right", "top_n": 3 }))
-        .json();
-    let ranks = body.as_array().expect("TEI answers a bare array");
-    assert_eq!(ranks.len(), 3);
-    for r in ranks {
-        let index = r["index"].as_u64().unwrap() as usize;
-        assert!(close(r["score"].as_f64().unwrap(), expected[index].1));
-        assert_eq!(r["text"], DOCUMENTS[index]);
-    }
-    let body = server
-        .post("/rerank", &json!({ "query": QUERY, "texts": DOCUMENTS }))
-        .json();
-    let first = &body.as_array().unwrap()[0];
-    assert!(close(
-        first["score"].as_f64().unwrap(),
-        expected[first["index"].as_u64().unwrap() as usize].0
-    ));
-    assert!(first.get("text").is_none());
-
-    // Cohere v2.
-    let body = server
-        .post(
-            "/v2/rerank",
-            &json!({ "model": "tiny", "query": QUERY, "documents": DOCUMENTS, "top_n": 2 }),
-        )
-        .json();
-    assert_eq!(body["meta"]["api_version"]["version"], "2");
-    assert_eq!(body["meta"]["billed_units"]["search_units"], 1);
-    assert_eq!(body["results"].as_array().unwrap().len(), 2);
-    assert!(body["id"].as_str().is_some());
-
-    // ZeroEntropy.
-    let body = server
-        .post(
-            "/v1/models/rerank",
-            &json!({ "model": "tiny", "query": QUERY, "documents": DOCUMENTS, "latency": null }),
-        )
-        .json();
-    assert_eq!(body["actual_latency_mode"], "fast");
-    for field in ["e2e_latency", "inference_latency"] {
-        assert!(body[field].as_f64().unwrap() >= 0.0);
-    }
-    let bytes: usize = DOCUMENTS.iter().map(|d| QUERY.len() + d.len()).sum();
-    assert_eq!(body["total_bytes"], bytes);
-    assert!(body["total_tokens"].as_u64().unwrap() > 0);
-    let r0 = &body["results"][0];
-    assert!(close(
-        r0["relevance_score"].as_f64().unwrap(),
-        expected[r0["index"].as_u64().unwrap() as usize].0
-    ));
-
-    // vLLM score: one against many, element-wise, input order kept.
-    let body = server
-        .post("/score", &json!({ "text_1": QUERY, "text_2": DOCUMENTS }))
-        .json();
-    assert_eq!(body["object"], "list");
-    for (i, item) in body["data"].as_array().unwrap().iter().enumerate() {
-        assert_eq!(item["index"], i);
-        assert_eq!(item["object"], "score");
-        assert!(close(item["score"].as_f64().unwrap(), expected[i].0));
-    }
-    assert!(body["usage"]["total_tokens"].as_u64().unwrap() > 0);
-    let pairwise = server
-        .post(
-            "/score",
-            &json!({ "text_1": ["a query", QUERY], "text_2": ["a document", DOCUMENTS[0]] }),
-        )
-        .json();
-    let alone = engine_scores(&engine, "a query", &["a document"]);
-    assert!(close(
-        pairwise["data"][0]["score"].as_f64().unwrap(),
-        alone[0].0
-    ));
-    assert!(close(
-        pairwise["data"][1]["score"].as_f64().unwrap(),
-        expected[0].0
-    ));
-    server
-        .post(
-            "/score",
-            &json!({ "text_1": ["a", "b"], "text_2": ["c", "d", "e"] }),
-        )
-        .assert_error(422, "validation");
-
-    // Unknown model names the served ones; absent model is fine.
-    let body = server
-        .post(
-            "/rerank",
-            &json!({ "model": "other", "query": QUERY, "documents": DOCUMENTS }),
-        )
-        .assert_error(404, "unknown_model");
-    assert!(body["error"].as_str().unwrap().contains("tiny"));
-
-    // Read-only routes.
-    assert_eq!(server.get("/health").json()["status"], "ok");
-    let info = server.get("/info").json();
-    assert_eq!(info["model"]["dtype"], "f32");
-    assert_eq!(info["model"]["device"], "cpu");
-    assert!(info["limits"]["max_batch_tokens"].as_u64().is_some());
-    assert!(info["version"].as_str().is_some());
-    let models = server.get("/v1/models").json();
-    assert_eq!(models["object"], "list");
-    assert!(
-        models["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|m| m["id"] == "tiny" && m["object"] == "model")
-    );
-    let spec = server.get("/openapi.yaml");
-    assert_eq!(spec.status, 200);
-    assert!(spec.text.contains("openapi: 3.1"));
-    let metrics = server.get("/metrics").text;
-    for name in [
-        "zerank_requests_total",
-        "zerank_request_duration_seconds",
-        "zerank_queue_duration_seconds",
-        "zerank_tokenization_duration_seconds",
-        "zerank_inference_duration_seconds",
-        "zerank_batch_pairs",
-        "zerank_batch_tokens",
-        "zerank_batch_computed_tokens",
-        "zerank_batch_shared_ratio",
-        "zerank_queue_pairs",
-        "zerank_requests_in_flight",
-        "zerank_input_tokens",
-        "zerank_errors_total",
-        "zerank_model_load_seconds",
-    ] {
-        assert!(metrics.contains(name), "{name} missing from /metrics");
-    }
-    server.get("/nope").assert_error(404, "not_found");
-    server
-        .get("/rerank")
-        .assert_error(405, "method_not_allowed");
-}
 
 #[test]
 fn concurrent_requests_score_as_sequential_ones_and_share_batches() {
@@ -548,16 +331,10 @@ fn the_openapi_spec_matches_the_served_routes() {
     }
     documented.sort();
 
-    // The router's own table, read from its source.
-    let source = include_str!("../src/http/mod.rs");
-    let mut served: Vec<(String, String)> = source
-        .split(".route(\"")
-        .skip(1)
-        .map(|rest| {
-            let (path, after) = rest.split_once('"').unwrap();
-            let method = after.trim_start_matches(", ").split('(').next().unwrap();
-            (method.to_uppercase(), path.to_owned())
-        })
+    // The router's own table.
+    let mut served: Vec<(String, String)> = zerank_server::http::served_routes()
+        .into_iter()
+        .map(|(method, path, _)| (method.to_string(), path.to_owned()))
         .collect();
     served.sort();
     assert_eq!(documented, served);

@@ -1,4 +1,5 @@
-use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -15,16 +16,51 @@ const CALIBRATION: Calibration = Calibration {
     temperature: 5.0,
 };
 
+/// Holds the model thread at the start of each batch while closed: what a test sees while
+/// a batch runs does not depend on timing.
+#[derive(Default)]
+struct Gate {
+    closed: Mutex<bool>,
+    changed: Condvar,
+    /// Batches that reached the gate, and their pairs.
+    arrived: AtomicUsize,
+    arrived_pairs: AtomicUsize,
+}
+
+impl Gate {
+    fn close(&self) {
+        *self.closed.lock().unwrap() = true;
+    }
+
+    fn open(&self) {
+        *self.closed.lock().unwrap() = false;
+        self.changed.notify_all();
+    }
+
+    fn pass(&self, pairs: usize) {
+        self.arrived_pairs.fetch_add(pairs, Ordering::SeqCst);
+        self.arrived.fetch_add(1, Ordering::SeqCst);
+        let mut closed = self.closed.lock().unwrap();
+        while *closed {
+            closed = self.changed.wait(closed).unwrap();
+        }
+    }
+
+    fn arrived(&self) -> usize {
+        self.arrived.load(Ordering::SeqCst)
+    }
+}
+
 /// Scores a sequence by its contents, so a misrouted score shows; id 999 fails its batch,
 /// id 777 is an input the model refuses, id 666 panics, and so does a batch over the budget.
 struct FakeScorer {
-    delay: Duration,
+    gate: Arc<Gate>,
     budget: BatchBudget,
 }
 
 impl BatchScorer for FakeScorer {
     fn score_batch(&self, sequences: &[&[u32]]) -> crate::model::Result<ScoredBatch> {
-        std::thread::sleep(self.delay);
+        self.gate.pass(sequences.len());
         let tokens = sequences.iter().map(|s| s.len()).sum();
         assert!(
             sequences.len() == 1 || self.budget.fits(tokens, sequences.len()),
@@ -54,26 +90,43 @@ fn expected(ids: &[u32]) -> f32 {
     ids.iter().map(|&i| i as f32).sum::<f32>() / 1000.0 + ids.len() as f32
 }
 
-fn batcher(
-    delay_ms: u64,
-    budget: BatchBudget,
-    max_queued_tokens: usize,
-) -> (Batcher, ModelMetrics) {
-    let metrics = Arc::new(Metrics::new());
+struct Harness {
+    batcher: Batcher,
+    metrics: ModelMetrics,
+    gate: Arc<Gate>,
+}
+
+fn batcher(budget: BatchBudget, max_queued_tokens: usize) -> Harness {
+    batcher_at(budget, max_queued_tokens, Throughput::default())
+}
+
+fn batcher_at(budget: BatchBudget, max_queued_tokens: usize, throughput: Throughput) -> Harness {
+    let metrics = Metrics::new().for_model("fake");
+    let gate = Arc::new(Gate::default());
     let scorer = Arc::new(FakeScorer {
-        delay: Duration::from_millis(delay_ms),
+        gate: gate.clone(),
         budget,
     });
-    (
-        Batcher::spawn(
+    Harness {
+        batcher: Batcher::spawn(
             scorer,
             budget,
             max_queued_tokens,
-            Arc::new(Throughput::default()),
-            metrics.for_model("fake"),
+            Arc::new(throughput),
+            metrics.clone(),
         ),
-        metrics.for_model("fake"),
-    )
+        metrics,
+        gate,
+    }
+}
+
+/// Waits until `condition` holds (a state the test brought about, not a time).
+async fn until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !condition() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -88,6 +141,11 @@ fn sequence(seed: u32, len: usize) -> Vec<u32> {
     (0..len as u32).map(|i| (seed * 31 + i * 7) % 500).collect()
 }
 
+const ONE_AT_A_TIME: BatchBudget = BatchBudget {
+    max_tokens: 1_000,
+    max_sequences: 1,
+};
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
@@ -101,7 +159,7 @@ proptest! {
     ) {
         runtime().block_on(async {
             let budget = BatchBudget { max_tokens, max_sequences };
-            let (batcher, metrics) = batcher(0, budget, usize::MAX);
+            let Harness { batcher, metrics, .. } = batcher(budget, usize::MAX);
             let tasks: Vec<_> = requests.iter().enumerate().map(|(r, lengths)| {
                 let batcher = batcher.clone();
                 let sequences: Vec<Vec<u32>> = lengths.iter().enumerate()
@@ -127,7 +185,12 @@ proptest! {
 #[test]
 fn concurrent_requests_share_batches() {
     runtime().block_on(async {
-        let (batcher, metrics) = batcher(30, BatchBudget::default(), usize::MAX);
+        let Harness {
+            batcher,
+            metrics,
+            gate,
+        } = batcher(BatchBudget::default(), usize::MAX);
+        gate.close();
         let tasks: Vec<_> = (0..8)
             .map(|r| {
                 let batcher = batcher.clone();
@@ -138,37 +201,58 @@ fn concurrent_requests_share_batches() {
                 })
             })
             .collect();
+        // The first batch in the model, every other pair waiting behind it.
+        until("all 16 pairs in the model or queued behind it", || {
+            gate.arrived() == 1
+                && gate.arrived_pairs.load(Ordering::SeqCst) + metrics.queue_pairs.get() as usize
+                    == 16
+        })
+        .await;
+        gate.open();
         for task in tasks {
             task.await.unwrap().unwrap();
         }
-        assert!(metrics.multi_request_batches.get() > 0);
+        // Whatever the first batch held, the waiting requests' pairs went in one more batch.
+        assert!(metrics.multi_request_batches.get() >= 1);
+        assert!(gate.arrived() <= 2, "{} batches", gate.arrived());
     });
 }
 
 #[test]
 fn a_request_that_stops_waiting_leaves_the_queue() {
     runtime().block_on(async {
-        let budget = BatchBudget {
-            max_tokens: 1_000,
-            max_sequences: 1,
-        };
-        let (batcher, metrics) = batcher(200, budget, usize::MAX);
+        let Harness {
+            batcher,
+            metrics,
+            gate,
+        } = batcher(ONE_AT_A_TIME, usize::MAX);
+        gate.close();
         // The first request occupies the model; the second waits in the queue, then gives up.
         let busy = tokio::spawn({
             let batcher = batcher.clone();
             async move { batcher.score(vec![sequence(1, 5)], LONG).await }
         });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let gave_up = tokio::time::timeout(
-            Duration::from_millis(50),
-            batcher.score((0..5).map(|i| sequence(i, 8)).collect(), LONG),
-        )
+        until("the first request in the model", || gate.arrived() == 1).await;
+        let waiting = tokio::spawn({
+            let batcher = batcher.clone();
+            async move {
+                batcher
+                    .score((0..5).map(|i| sequence(i, 8)).collect(), LONG)
+                    .await
+            }
+        });
+        until("the second request queued", || {
+            metrics.queue_pairs.get() == 5
+        })
         .await;
-        assert!(gave_up.is_err(), "timed out");
+        waiting.abort();
+        assert!(waiting.await.unwrap_err().is_cancelled());
         assert_eq!(metrics.queue_pairs.get(), 0);
         assert_eq!(metrics.queue_tokens.get(), 0);
+        gate.open();
         busy.await.unwrap().unwrap();
         // Nothing of the abandoned request ever ran: one batch in all.
+        assert_eq!(gate.arrived(), 1);
         assert_eq!(metrics.batch_pairs.get_sample_count(), 1);
     });
 }
@@ -176,11 +260,7 @@ fn a_request_that_stops_waiting_leaves_the_queue() {
 #[test]
 fn model_failures_fail_their_requests_and_the_batcher_goes_on() {
     runtime().block_on(async {
-        let budget = BatchBudget {
-            max_tokens: 1_000,
-            max_sequences: 1,
-        };
-        let (batcher, _) = batcher(0, budget, usize::MAX);
+        let Harness { batcher, .. } = batcher(ONE_AT_A_TIME, usize::MAX);
         for poison in [999, 666, 777] {
             let err = batcher
                 .score(vec![vec![1, 2], vec![poison]], LONG)
@@ -202,22 +282,23 @@ fn model_failures_fail_their_requests_and_the_batcher_goes_on() {
 #[test]
 fn the_queue_refuses_tokens_past_its_limit() {
     runtime().block_on(async {
-        let budget = BatchBudget {
-            max_tokens: 1_000,
-            max_sequences: 1,
-        };
-        let (batcher, _) = batcher(200, budget, 30);
+        let Harness {
+            batcher,
+            metrics,
+            gate,
+        } = batcher(ONE_AT_A_TIME, 30);
+        gate.close();
         let first = tokio::spawn({
             let batcher = batcher.clone();
             async move { batcher.score(vec![sequence(1, 5)], LONG).await }
         });
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        until("the first request in the model", || gate.arrived() == 1).await;
         // 20 tokens wait; 20 more would pass 30.
         let waiting = tokio::spawn({
             let batcher = batcher.clone();
             async move { batcher.score(vec![sequence(2, 20)], LONG).await }
         });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        until("20 tokens queued", || metrics.queue_tokens.get() == 20).await;
         let err = batcher
             .score(vec![sequence(3, 20)], LONG)
             .await
@@ -226,6 +307,7 @@ fn the_queue_refuses_tokens_past_its_limit() {
             matches!(err, BatchError::QueueFull { queued: 20, .. }),
             "{err}"
         );
+        gate.open();
         first.await.unwrap().unwrap();
         waiting.await.unwrap().unwrap();
         // A request over the whole budget is refused even by an empty queue.
@@ -249,25 +331,16 @@ fn the_queue_refuses_tokens_past_its_limit() {
 #[test]
 fn requests_that_cannot_finish_in_time_are_refused_at_once() {
     runtime().block_on(async {
-        let budget = BatchBudget {
-            max_tokens: 1_000,
-            max_sequences: 1,
-        };
-        let metrics = Metrics::new();
-        let throughput = Arc::new(Throughput::default());
         // 100 tokens a second, as if measured at warm-up.
+        let throughput = Throughput::default();
         throughput.observe(100, 1.0);
-        let batcher = Batcher::spawn(
-            Arc::new(FakeScorer {
-                delay: Duration::from_millis(800),
-                budget,
-            }),
-            budget,
-            usize::MAX,
-            throughput,
-            metrics.for_model("fake"),
-        );
-        // Alone, 500 tokens take ~5 s: over a 2 s budget, refused before it queues.
+        let Harness {
+            batcher,
+            metrics,
+            gate,
+        } = batcher_at(ONE_AT_A_TIME, usize::MAX, throughput);
+        gate.close();
+        // Alone, 500 tokens take 5 s: over a 2 s budget, refused before it queues.
         let err = batcher
             .score(vec![sequence(1, 500)], Duration::from_secs(2))
             .await
@@ -276,18 +349,19 @@ fn requests_that_cannot_finish_in_time_are_refused_at_once() {
             matches!(err, BatchError::TooSlow { requested: 500, .. }),
             "{err}"
         );
-        // Behind ~1.5 s of queued work, another 1 s request would miss a 2 s budget: 429
-        // with the expected wait; a request with time to spare waits its turn.
+        assert_eq!(gate.arrived(), 0);
+        // Behind 1.5 s of queued work, another 1 s request would miss a 2 s budget by 0.5 s:
+        // 429 with that wait. A request with time to spare waits its turn.
         let first = tokio::spawn({
             let batcher = batcher.clone();
             async move { batcher.score(vec![sequence(2, 50)], LONG).await }
         });
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        until("the first request in the model", || gate.arrived() == 1).await;
         let queued = tokio::spawn({
             let batcher = batcher.clone();
             async move { batcher.score(vec![sequence(3, 150)], LONG).await }
         });
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        until("150 tokens queued", || metrics.queue_tokens.get() == 150).await;
         let err = batcher
             .score(vec![sequence(4, 100)], Duration::from_secs(2))
             .await
@@ -296,12 +370,10 @@ fn requests_that_cannot_finish_in_time_are_refused_at_once() {
             BatchError::Busy {
                 queued: 150,
                 expected_wait,
-            } => assert!(
-                expected_wait >= Duration::from_millis(400),
-                "{expected_wait:?}"
-            ),
+            } => assert_eq!(expected_wait, Duration::from_millis(500)),
             other => panic!("{other}"),
         }
+        gate.open();
         first.await.unwrap().unwrap();
         queued.await.unwrap().unwrap();
     });

@@ -13,10 +13,12 @@ use sha2::{Digest, Sha256};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::handler::Handler;
+use axum::http::Method;
 use axum::http::{HeaderName, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, MethodRouter, on};
 use subtle::ConstantTimeEq;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -64,20 +66,76 @@ impl AppState {
     }
 }
 
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Needs the API key when the server has one.
+    Guarded,
+    /// Health and metrics: open unless `protect_health_and_metrics`.
+    Probe,
+}
+
+/// One route: its method and path, who may call it, and its handler.
+struct Route {
+    method: Method,
+    path: &'static str,
+    access: Access,
+    handler: MethodRouter<Arc<AppState>>,
+}
+
+fn route<H, T>(method: Method, path: &'static str, access: Access, handler: H) -> Route
+where
+    H: Handler<T, Arc<AppState>>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone()).expect("GET and POST are filters");
+    Route {
+        method,
+        path,
+        access,
+        handler: on(filter, handler),
+    }
+}
+
+/// Every route the server serves.
+fn route_table() -> Vec<Route> {
+    use Access::{Guarded, Probe};
+    vec![
+        route(Method::POST, "/rerank", Guarded, routes::rerank),
+        route(Method::POST, "/v1/rerank", Guarded, routes::rerank_v1),
+        route(Method::POST, "/v2/rerank", Guarded, routes::rerank_v2),
+        route(
+            Method::POST,
+            "/v1/models/rerank",
+            Guarded,
+            routes::rerank_zeroentropy,
+        ),
+        route(Method::POST, "/score", Guarded, routes::score),
+        route(Method::POST, "/v1/score", Guarded, routes::score),
+        route(Method::GET, "/info", Guarded, routes::info),
+        route(Method::GET, "/v1/models", Guarded, routes::models),
+        route(Method::GET, "/openapi.yaml", Guarded, routes::openapi),
+        route(Method::GET, "/health", Probe, routes::health),
+        route(Method::GET, "/metrics", Probe, routes::metrics),
+    ]
+}
+
+/// The method, path and access of every route the router serves.
+pub fn served_routes() -> Vec<(Method, &'static str, Access)> {
+    route_table()
+        .into_iter()
+        .map(|r| (r.method, r.path, r.access))
+        .collect()
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
-    let scoring = Router::new()
-        .route("/rerank", post(routes::rerank))
-        .route("/v1/rerank", post(routes::rerank_v1))
-        .route("/v2/rerank", post(routes::rerank_v2))
-        .route("/v1/models/rerank", post(routes::rerank_zeroentropy))
-        .route("/score", post(routes::score))
-        .route("/v1/score", post(routes::score))
-        .route("/info", get(routes::info))
-        .route("/v1/models", get(routes::models))
-        .route("/openapi.yaml", get(routes::openapi));
-    let probes = Router::new()
-        .route("/health", get(routes::health))
-        .route("/metrics", get(routes::metrics));
+    let (mut scoring, mut probes) = (Router::new(), Router::new());
+    for route in route_table() {
+        match route.access {
+            Access::Guarded => scoring = scoring.route(route.path, route.handler),
+            Access::Probe => probes = probes.route(route.path, route.handler),
+        }
+    }
     let guarded = |r: Router<Arc<AppState>>| {
         r.route_layer(middleware::from_fn_with_state(
             state.clone(),

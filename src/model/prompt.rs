@@ -9,12 +9,11 @@
 use std::ops::Range;
 use std::path::Path;
 
-use serde::Deserialize;
 use tokenizers::Tokenizer;
 
 use super::error::{ModelError, Result};
 use super::recipe::Recipe;
-use super::template::{ChatTemplate, Layout, Messages, Part, Slot};
+use super::template::{ChatTemplate, Layout, Messages, Part, Slot, TokenizerConfig};
 
 /// The zerank-1 reference cuts query and document to these many characters before stripping.
 pub const QUERY_CHAR_LIMIT: usize = 2_000;
@@ -23,7 +22,7 @@ pub const DOCUMENT_CHAR_LIMIT: usize = 10_000;
 const QWEN3_RERANKER_MAX_LENGTH: usize = 8_192;
 
 /// Which end of an over-long document is kept.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TruncationDirection {
     /// Keep the beginning, drop the end (the default).
@@ -79,50 +78,6 @@ pub struct PromptEncoder {
     max_length: usize,
 }
 
-#[derive(Deserialize, Default)]
-struct TokenizerConfig {
-    #[serde(default)]
-    chat_template: Option<ChatTemplateField>,
-    #[serde(default)]
-    model_max_length: Option<f64>,
-    #[serde(default)]
-    pad_token: Option<SpecialToken>,
-    #[serde(default)]
-    eos_token: Option<SpecialToken>,
-    #[serde(default)]
-    bos_token: Option<SpecialToken>,
-    #[serde(default)]
-    unk_token: Option<SpecialToken>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum ChatTemplateField {
-    Single(String),
-    Named(Vec<NamedTemplate>),
-}
-
-#[derive(Deserialize)]
-struct NamedTemplate {
-    name: String,
-    template: String,
-}
-
-#[derive(Deserialize, Clone)]
-#[serde(untagged)]
-enum SpecialToken {
-    Text(String),
-    Added { content: String },
-}
-
-impl SpecialToken {
-    fn content(&self) -> &str {
-        match self {
-            SpecialToken::Text(s) | SpecialToken::Added { content: s } => s,
-        }
-    }
-}
-
 /// Where the prompt's pieces come from.
 pub struct PromptFiles<'a> {
     pub tokenizer: &'a Path,
@@ -144,17 +99,7 @@ impl PromptEncoder {
         let tokenizer = Tokenizer::from_file(files.tokenizer).map_err(|err| {
             ModelError::Tokenizer(format!("{}: {err}", files.tokenizer.display()))
         })?;
-        let config: TokenizerConfig = match files.tokenizer_config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|err| ModelError::Tokenizer(format!("{}: {err}", path.display())))?;
-                serde_json::from_str(&text).map_err(|err| ModelError::InvalidFile {
-                    path: path.to_owned(),
-                    message: err.to_string(),
-                })?
-            }
-            None => TokenizerConfig::default(),
-        };
+        let config = TokenizerConfig::read(files.tokenizer_config)?;
         let recipe_limit = match recipe {
             Recipe::SentenceTransformers(native) => native.max_seq_length,
             Recipe::Qwen3Reranker => Some(QWEN3_RERANKER_MAX_LENGTH),
@@ -448,45 +393,6 @@ fn split_at_specials(layout: &Layout, specials: &[(String, u32)]) -> Vec<Piece> 
         }
     }
     pieces
-}
-
-impl TokenizerConfig {
-    fn template(&self) -> Result<String> {
-        match &self.chat_template {
-            Some(ChatTemplateField::Single(t)) => Ok(t.clone()),
-            Some(ChatTemplateField::Named(list)) => list
-                .iter()
-                .find(|t| t.name == "default")
-                .or(list.first())
-                .map(|t| t.template.clone())
-                .ok_or_else(|| ModelError::Template("`chat_template` list is empty".into())),
-            None => Err(ModelError::Template(
-                "no chat template: neither tokenizer_config.json `chat_template` nor chat_template.jinja".into(),
-            )),
-        }
-    }
-
-    /// What transformers hands a template besides the messages: the special tokens, then
-    /// the checkpoint's own chat-template kwargs.
-    fn template_variables(
-        &self,
-        kwargs: serde_json::Map<String, serde_json::Value>,
-    ) -> serde_json::Map<String, serde_json::Value> {
-        let mut variables = serde_json::Map::new();
-        for (name, token) in [
-            ("bos_token", &self.bos_token),
-            ("eos_token", &self.eos_token),
-            ("pad_token", &self.pad_token),
-            ("unk_token", &self.unk_token),
-        ] {
-            let value = token
-                .as_ref()
-                .map_or(serde_json::Value::Null, |t| t.content().into());
-            variables.insert(name.into(), value);
-        }
-        variables.extend(kwargs);
-        variables
-    }
 }
 
 /// The reference's `text[:limit].strip()`: a cut at `limit` characters (code points), then

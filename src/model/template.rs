@@ -2,10 +2,14 @@
 //! places where the instruction, the query and the document go.
 //!
 //! Whether a template can carry a pair is decided by rendering it, as Sentence Transformers
-//! does, never by reading its source.
+//! does, never by reading its source. The template and the special tokens it is rendered
+//! with come from `tokenizer_config.json` (or `chat_template.jinja`).
+
+use std::path::Path;
 
 use minijinja::syntax::SyntaxConfig;
 use minijinja::{Environment, Error as JinjaError, ErrorKind, Value};
+use serde::Deserialize;
 
 use super::error::{ModelError, Result};
 
@@ -244,6 +248,103 @@ impl ChatTemplate {
             self.render(messages, contents)
         };
         Ok(probe("delta")? != probe("foxtrot golf")?)
+    }
+}
+
+/// What a checkpoint's `tokenizer_config.json` says that prompts need.
+#[derive(Deserialize, Default)]
+pub(super) struct TokenizerConfig {
+    #[serde(default)]
+    chat_template: Option<ChatTemplateField>,
+    #[serde(default)]
+    pub model_max_length: Option<f64>,
+    #[serde(default)]
+    pad_token: Option<SpecialToken>,
+    #[serde(default)]
+    eos_token: Option<SpecialToken>,
+    #[serde(default)]
+    bos_token: Option<SpecialToken>,
+    #[serde(default)]
+    unk_token: Option<SpecialToken>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ChatTemplateField {
+    Single(String),
+    Named(Vec<NamedTemplate>),
+}
+
+#[derive(Deserialize)]
+struct NamedTemplate {
+    name: String,
+    template: String,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum SpecialToken {
+    Text(String),
+    Added { content: String },
+}
+
+impl SpecialToken {
+    fn content(&self) -> &str {
+        match self {
+            SpecialToken::Text(s) | SpecialToken::Added { content: s } => s,
+        }
+    }
+}
+
+impl TokenizerConfig {
+    /// `tokenizer_config.json`, or nothing when the checkpoint has none.
+    pub(super) fn read(path: Option<&Path>) -> Result<Self> {
+        let Some(path) = path else {
+            return Ok(TokenizerConfig::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| ModelError::Tokenizer(format!("{}: {err}", path.display())))?;
+        serde_json::from_str(&text).map_err(|err| ModelError::InvalidFile {
+            path: path.to_owned(),
+            message: err.to_string(),
+        })
+    }
+
+    pub(super) fn template(&self) -> Result<String> {
+        match &self.chat_template {
+            Some(ChatTemplateField::Single(t)) => Ok(t.clone()),
+            Some(ChatTemplateField::Named(list)) => list
+                .iter()
+                .find(|t| t.name == "default")
+                .or(list.first())
+                .map(|t| t.template.clone())
+                .ok_or_else(|| ModelError::Template("`chat_template` list is empty".into())),
+            None => Err(ModelError::Template(
+                "no chat template: neither tokenizer_config.json `chat_template` nor chat_template.jinja".into(),
+            )),
+        }
+    }
+
+    /// What transformers hands a template besides the messages: the special tokens, then
+    /// the checkpoint's own chat-template kwargs.
+    pub(super) fn template_variables(
+        &self,
+        kwargs: serde_json::Map<String, serde_json::Value>,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let mut variables = serde_json::Map::new();
+        for (name, token) in [
+            ("bos_token", &self.bos_token),
+            ("eos_token", &self.eos_token),
+            ("pad_token", &self.pad_token),
+            ("unk_token", &self.unk_token),
+        ] {
+            let value = token
+                .as_ref()
+                .map_or(serde_json::Value::Null, |t| t.content().into());
+            variables.insert(name.into(), value);
+        }
+        variables.extend(kwargs);
+        variables
     }
 }
 
