@@ -94,35 +94,69 @@ fn past_the_connection_cap_new_connections_are_refused_and_open_ones_still_answe
         settings.max_connections = 3;
         settings.header_read_timeout_secs = 30.0;
     });
-    let mut open: Vec<TcpStream> = (0..3)
-        .map(|_| TcpStream::connect(server.address).unwrap())
-        .collect();
-    std::thread::sleep(Duration::from_millis(200));
+    // Wait until this connection is the only one open: the start-up health probes' have
+    // been closed on the server's side too, so exactly three connections fill the cap.
+    let mut first = TcpStream::connect(server.address).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !get_on(&mut first, "/metrics").contains("zerank_connections_open 1\n") {
+        assert!(Instant::now() < deadline, "other connections stay open");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut open = vec![first];
+    open.extend((0..2).map(|_| TcpStream::connect(server.address).unwrap()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !get_on(&mut open[0], "/metrics").contains("zerank_connections_open 3\n") {
+        assert!(
+            Instant::now() < deadline,
+            "the three connections were never all open"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut refused = TcpStream::connect(server.address).unwrap();
     let (reply, lasted) = read_until_closed(&mut refused, Duration::from_secs(5));
     assert!(
         reply.is_empty() && lasted < Duration::from_secs(2),
         "{reply} {lasted:?}"
     );
-    // An open connection still gets /health, and /metrics counts the refusal.
-    open[0]
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let (reply, _) = read_until_closed(&mut open[0], Duration::from_secs(5));
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    assert!(
-        reply.contains("zerank_connections_refused_total 1"),
-        "{reply}"
-    );
-    open[1]
-        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let (reply, _) = read_until_closed(&mut open[1], Duration::from_secs(5));
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    // The open connections still answer, /health included, and /metrics counts the refusal.
+    assert!(get_on(&mut open[0], "/metrics").contains("zerank_connections_refused_total 1\n"));
+    assert!(get_on(&mut open[1], "/health").starts_with("HTTP/1.1 200"));
     // Once connections close, new ones are served again.
     drop(open);
-    std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(server.get("/health").status, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ureq::get(&server.url("/health")).call().is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "no connection after the others closed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// GETs `path` over an open keep-alive connection; the whole response, read by its length.
+fn get_on(stream: &mut TcpStream, path: &str) -> String {
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 65536];
+    loop {
+        let n = stream.read(&mut buffer).unwrap();
+        assert!(n > 0, "closed");
+        received.extend_from_slice(&buffer[..n]);
+        let text = String::from_utf8_lossy(&received);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("a content-length");
+            if body.len() >= length {
+                return text.into_owned();
+            }
+        }
+    }
 }
 
 #[test]
