@@ -19,6 +19,10 @@ fn main() -> std::process::ExitCode {
 fn run() -> anyhow::Result<()> {
     zerank_server::keep_freed_memory();
     match Invocation::resolve(&zerank_server::settings::parse_args())? {
+        Invocation::Openapi => {
+            print!("{}", zerank_server::http::openapi::generate());
+            Ok(())
+        }
         Invocation::Score(args, settings) => {
             init_logging(LogFormat::Text);
             score_file(&args, &settings)

@@ -61,11 +61,19 @@ pub enum ApiError {
 
 /// The one error body, readable by every client family: TEI and Haystack read `error` and
 /// `error_type`, Cohere `message`, Jina and LangChain `detail`.
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody<'a> {
+    /// What went wrong, for people.
     error: &'a str,
+    /// The kind, for programs: `invalid_json`, `validation`, `payload_too_large`,
+    /// `too_many_documents`, `input_too_long`, `request_too_large`, `unsupported_media_type`,
+    /// `unsupported_encoding`, `headers_too_large`, `body_timeout`, `unknown_model`,
+    /// `instruction_not_accepted`, `not_found`, `method_not_allowed`, `unauthorized`,
+    /// `overloaded`, `timeout`, `not_ready`, `unavailable`, `internal_error`.
     error_type: &'a str,
+    /// The same message (Cohere).
     message: &'a str,
+    /// The same message (Jina, LangChain).
     detail: &'a str,
 }
 

@@ -3,6 +3,7 @@
 
 mod connections;
 pub mod error;
+pub mod openapi;
 mod routes;
 pub mod types;
 
@@ -111,7 +112,7 @@ fn route_table() -> Vec<Route> {
             routes::rerank_zeroentropy,
         ),
         route(Method::POST, "/score", Guarded, routes::score),
-        route(Method::POST, "/v1/score", Guarded, routes::score),
+        route(Method::POST, "/v1/score", Guarded, routes::score_v1),
         route(Method::GET, "/info", Guarded, routes::info),
         route(Method::GET, "/v1/models", Guarded, routes::models),
         route(Method::GET, "/openapi.yaml", Guarded, routes::openapi),

@@ -122,6 +122,16 @@ enum Flavor {
     ZeroEntropy,
 }
 
+#[utoipa::path(post, path = "/rerank",
+    summary = "Rerank documents (Jina/Cohere shape with `documents`, TEI shape with `texts`).",
+    request_body = RerankRequest,
+    responses((status = 200, description = "Ranked results, best first.", body = RerankAnswer,
+        headers(
+            ("x-request-id" = String, description = "The request's id (the client's, when short and printable)."),
+            ("x-queue-time" = String, description = "Milliseconds the request's pairs waited for the model."),
+            ("x-inference-time" = String, description = "Milliseconds of forward passes that held its pairs."),
+            ("x-total-time" = String, description = "Milliseconds from request received to response ready."),
+        ))))]
 pub async fn rerank(
     State(state): State<Arc<AppState>>,
     JsonBody(req): JsonBody<RerankRequest>,
@@ -129,6 +139,16 @@ pub async fn rerank(
     rerank_as(&state, req, Flavor::Generic).await
 }
 
+#[utoipa::path(post, path = "/v1/rerank",
+    summary = "Cohere v1 / Jina rerank.",
+    request_body = RerankRequest,
+    responses((status = 200, description = "Ranked results, best first.", body = RerankResponse,
+        headers(
+            ("x-request-id" = String, description = "The request's id (the client's, when short and printable)."),
+            ("x-queue-time" = String, description = "Milliseconds the request's pairs waited for the model."),
+            ("x-inference-time" = String, description = "Milliseconds of forward passes that held its pairs."),
+            ("x-total-time" = String, description = "Milliseconds from request received to response ready."),
+        ))))]
 pub async fn rerank_v1(
     State(state): State<Arc<AppState>>,
     JsonBody(req): JsonBody<RerankRequest>,
@@ -136,6 +156,16 @@ pub async fn rerank_v1(
     rerank_as(&state, req, Flavor::CohereV1).await
 }
 
+#[utoipa::path(post, path = "/v2/rerank",
+    summary = "Cohere v2 rerank (no `model` or `usage` in the answer).",
+    request_body = RerankRequest,
+    responses((status = 200, description = "Ranked results, best first.", body = RerankResponse,
+        headers(
+            ("x-request-id" = String, description = "The request's id (the client's, when short and printable)."),
+            ("x-queue-time" = String, description = "Milliseconds the request's pairs waited for the model."),
+            ("x-inference-time" = String, description = "Milliseconds of forward passes that held its pairs."),
+            ("x-total-time" = String, description = "Milliseconds from request received to response ready."),
+        ))))]
 pub async fn rerank_v2(
     State(state): State<Arc<AppState>>,
     JsonBody(req): JsonBody<RerankRequest>,
@@ -143,6 +173,16 @@ pub async fn rerank_v2(
     rerank_as(&state, req, Flavor::CohereV2).await
 }
 
+#[utoipa::path(post, path = "/v1/models/rerank",
+    summary = "ZeroEntropy rerank (the `zeroentropy` SDK with base URL `http://host:port/v1`).",
+    request_body = RerankRequest,
+    responses((status = 200, description = "Ranked results, best first.", body = ZeroEntropyResponse,
+        headers(
+            ("x-request-id" = String, description = "The request's id (the client's, when short and printable)."),
+            ("x-queue-time" = String, description = "Milliseconds the request's pairs waited for the model."),
+            ("x-inference-time" = String, description = "Milliseconds of forward passes that held its pairs."),
+            ("x-total-time" = String, description = "Milliseconds from request received to response ready."),
+        ))))]
 pub async fn rerank_zeroentropy(
     State(state): State<Arc<AppState>>,
     JsonBody(req): JsonBody<RerankRequest>,
@@ -235,6 +275,16 @@ async fn rerank_as(
     Ok((headers, Json(body)).into_response())
 }
 
+#[utoipa::path(post, path = "/score",
+    summary = "vLLM score API: arbitrary pairs, in input order (e.g. near-duplicate detection).",
+    request_body = ScoreRequest,
+    responses((status = 200, description = "One score per pair, in input order.", body = ScoreResponse,
+        headers(
+            ("x-request-id" = String, description = "The request's id (the client's, when short and printable)."),
+            ("x-queue-time" = String, description = "Milliseconds the request's pairs waited for the model."),
+            ("x-inference-time" = String, description = "Milliseconds of forward passes that held its pairs."),
+            ("x-total-time" = String, description = "Milliseconds from request received to response ready."),
+        ))))]
 pub async fn score(
     State(state): State<Arc<AppState>>,
     JsonBody(req): JsonBody<ScoreRequest>,
@@ -277,52 +327,69 @@ pub async fn score(
     Ok((headers, Json(body)).into_response())
 }
 
-pub async fn health(
-    State(state): State<Arc<AppState>>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    state.service()?;
-    Ok(Json(serde_json::json!({ "status": "ok" })))
+#[utoipa::path(post, path = "/v1/score",
+    summary = "Alias of /score.",
+    request_body = ScoreRequest,
+    responses((status = 200, description = "One score per pair, in input order.", body = ScoreResponse)))]
+pub async fn score_v1(
+    state: State<Arc<AppState>>,
+    body: JsonBody<ScoreRequest>,
+) -> Result<Response, ApiError> {
+    score(state, body).await
 }
 
-pub async fn info(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
+#[utoipa::path(get, path = "/health",
+    summary = "200 once every model is loaded and warmed up; 503 before, or when a model worker stopped.",
+    responses((status = 200, description = "Ready.", body = Health)))]
+pub async fn health(State(state): State<Arc<AppState>>) -> Result<Json<Health>, ApiError> {
+    state.service()?;
+    Ok(Json(Health { status: "ok" }))
+}
+
+#[utoipa::path(get, path = "/info",
+    summary = "The served models (recipe, scoring tokens, temperature, instruction, device, dtype, speed), limits and version.",
+    responses((status = 200, description = "Server information.", body = InfoResponse)))]
+pub async fn info(State(state): State<Arc<AppState>>) -> Result<Json<InfoResponse>, ApiError> {
     let service = state.service()?;
     let s = &state.settings;
-    let models: Vec<serde_json::Value> = service
-        .models()
-        .iter()
-        .map(|served| {
-            let speed = Service::speed(served);
-            serde_json::json!({
-                "served_model_names": served.names,
-                "model": served.engine.info(),
-                // Measured at warm-up, then over real batches.
-                "tokens_per_sec": speed.map(|(rate, _)| rate),
-                "typical_request_secs": speed.map(|(_, secs)| secs),
+    let first = service.models()[0].engine.info();
+    let as_json = |info| serde_json::to_value(info).expect("model info serializes");
+    Ok(Json(InfoResponse {
+        version: env!("CARGO_PKG_VERSION"),
+        model: as_json(first),
+        served_model_names: service.served_names(),
+        models: service
+            .models()
+            .iter()
+            .map(|served| {
+                let speed = Service::speed(served);
+                ModelEntry {
+                    served_model_names: served.names.clone(),
+                    model: as_json(served.engine.info()),
+                    tokens_per_sec: speed.map(|(rate, _)| rate),
+                    typical_request_secs: speed.map(|(_, secs)| secs),
+                }
             })
-        })
-        .collect();
-    Ok(Json(serde_json::json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        // The first model, where clients of one model look.
-        "model": service.models()[0].engine.info(),
-        "served_model_names": service.served_names(),
-        "models": models,
-        "limits": {
+            .collect(),
+        limits: serde_json::json!({
             "max_batch_tokens": s.max_batch_tokens,
             "max_batch_pairs": s.max_batch_pairs,
             "max_concurrent_requests": s.max_concurrent_requests,
             "max_queued_tokens": s.max_queued_tokens,
             "max_documents_per_request": s.max_documents_per_request,
             "max_tokens_per_doc": s.max_tokens_per_doc,
-            "max_length": service.models()[0].engine.info().max_length,
+            "max_length": first.max_length,
             "payload_limit_bytes": s.payload_limit_bytes,
             "request_timeout_secs": s.request_timeout_secs,
             "query_char_limit": crate::model::QUERY_CHAR_LIMIT,
             "document_char_limit": crate::model::DOCUMENT_CHAR_LIMIT,
-        },
-    })))
+        }),
+    }))
 }
 
+#[utoipa::path(get, path = "/v1/models",
+    summary = "OpenAI-style list of the served model names.",
+    responses((status = 200, description = "Served models.", body = ModelList)))]
 pub async fn models(State(state): State<Arc<AppState>>) -> Result<Json<ModelList>, ApiError> {
     let service = state.service()?;
     Ok(Json(ModelList {
@@ -340,6 +407,9 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Result<Json<ModelList
     }))
 }
 
+#[utoipa::path(get, path = "/metrics",
+    summary = "Prometheus metrics (text exposition format).",
+    responses((status = 200, description = "Metrics.", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     (
         [(
@@ -350,10 +420,13 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     )
 }
 
+#[utoipa::path(get, path = "/openapi.yaml",
+    summary = "This document.",
+    responses((status = 200, description = "The OpenAPI document.", body = Object, content_type = "application/yaml")))]
 pub async fn openapi() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/yaml")],
-        include_str!("../../openapi.yaml"),
+        super::openapi::SPEC,
     )
 }
 

@@ -2,25 +2,37 @@
 //! `null` is accepted wherever a field is optional.
 
 use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
 
 use crate::model::TruncationDirection;
 
 use super::error::ApiError;
 
 /// `POST /rerank`, `/v1/rerank`, `/v2/rerank`, `/v1/models/rerank`: the union of the
-/// Cohere, Jina, TEI and ZeroEntropy request fields.
-#[derive(Debug, Deserialize)]
+/// Cohere, Jina, TEI and ZeroEntropy request fields. One of `documents` or `texts` is required
+/// and must not be empty.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "query": "What is the capital of France?",
+    "documents": ["Paris is the capital of France.", "Berlin is the capital of Germany."],
+    "top_n": 1,
+    "return_documents": true
+}))]
 pub struct RerankRequest {
+    /// A served model name; absent means the first model.
     #[serde(default)]
     pub model: Option<String>,
     pub query: String,
     /// Strings, or objects with a `text` field (Cohere v1, Jina).
     #[serde(default)]
+    #[schema(value_type = Option<Vec<DocumentInput>>)]
     pub documents: Option<Vec<serde_json::Value>>,
-    /// TEI's name for the documents; selects TEI's response shape on `/rerank`.
+    /// TEI's name for the documents; on `/rerank` it selects TEI's response shape.
     #[serde(default)]
     pub texts: Option<Vec<String>>,
+    /// Absent, null or 0: all results.
     #[serde(default, deserialize_with = "whole_number")]
+    #[schema(minimum = 0)]
     pub top_n: Option<usize>,
     #[serde(default)]
     pub return_documents: Option<bool>,
@@ -33,10 +45,13 @@ pub struct RerankRequest {
     /// TEI: shorten over-long inputs (true, the default here) or refuse them (false).
     #[serde(default)]
     pub truncate: Option<bool>,
+    /// `right` keeps the beginning of an over-long document, `left` its end.
     #[serde(default, deserialize_with = "direction")]
+    #[schema(value_type = Option<String>)]
     pub truncation_direction: Option<TruncationDirection>,
     /// Cohere v2: cut each document to this many tokens.
     #[serde(default, deserialize_with = "positive_whole_number")]
+    #[schema(minimum = 1)]
     pub max_tokens_per_doc: Option<usize>,
     /// The task instruction (Sentence Transformers' `prompt`, Qwen3-Reranker's `<Instruct>`);
     /// replaces the model's default. 400 for a model whose prompt has no place for one.
@@ -113,6 +128,15 @@ impl RerankRequest {
     }
 }
 
+/// A document: a string, or an object with a `text` field (other fields are ignored).
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // Describes what `documents` accepts; parsing reads it as JSON values.
+pub enum DocumentInput {
+    Text(String),
+    Object(DocumentText),
+}
+
 fn json_kind(value: &serde_json::Value) -> &'static str {
     match value {
         serde_json::Value::Null => "null",
@@ -124,13 +148,13 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DocumentText {
     pub text: String,
 }
 
 /// One result of the Cohere / Jina / ZeroEntropy shapes.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RerankResult {
     pub index: usize,
     pub relevance_score: f32,
@@ -139,23 +163,23 @@ pub struct RerankResult {
 }
 
 /// Jina's and Cohere v1's `usage`; `prompt_tokens` too, as Infinity's client requires it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Usage {
     pub prompt_tokens: usize,
     pub total_tokens: usize,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ApiVersion {
     pub version: &'static str,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct BilledUnits {
     pub search_units: u32,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Meta {
     pub api_version: ApiVersion,
     pub billed_units: BilledUnits,
@@ -163,7 +187,7 @@ pub struct Meta {
 
 /// `/rerank` with `documents` and `/v1/rerank`: Jina's fields and Cohere v1's together;
 /// `/v2/rerank`: Cohere v2's (`model` and `usage` absent).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RerankResponse {
     pub results: Vec<RerankResult>,
     pub id: String,
@@ -175,7 +199,7 @@ pub struct RerankResponse {
 }
 
 /// `/rerank` with `texts`: TEI's bare array.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TeiRank {
     pub index: usize,
     pub score: f32,
@@ -184,7 +208,7 @@ pub struct TeiRank {
 }
 
 /// `/v1/models/rerank`: ZeroEntropy's response.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ZeroEntropyResponse {
     pub results: Vec<RerankResult>,
     pub actual_latency_mode: &'static str,
@@ -197,21 +221,28 @@ pub struct ZeroEntropyResponse {
 }
 
 /// `/score`: vLLM's score API.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "text_1": "What is the capital of France?",
+    "text_2": ["Paris.", "Berlin."]
+}))]
 pub struct ScoreRequest {
     #[serde(default)]
     pub model: Option<String>,
+    /// One text_1 for every text_2, every text_1 for one text_2, or equally many
+    /// (element-wise).
     pub text_1: OneOrMany,
     pub text_2: OneOrMany,
-    /// Cut each document to this many tokens.
+    /// Cut each text_2 to this many tokens.
     #[serde(default, deserialize_with = "positive_whole_number")]
+    #[schema(minimum = 1)]
     pub truncate_prompt_tokens: Option<usize>,
     /// As on the rerank routes.
     #[serde(default)]
     pub instruction: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),
@@ -252,20 +283,20 @@ impl ScoreRequest {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ScoreData {
     pub index: usize,
     pub object: &'static str,
     pub score: f32,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ScoreUsage {
     pub prompt_tokens: usize,
     pub total_tokens: usize,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ScoreResponse {
     pub id: String,
     pub object: &'static str,
@@ -275,14 +306,57 @@ pub struct ScoreResponse {
     pub usage: ScoreUsage,
 }
 
+/// `/rerank`'s answer: Jina/Cohere's object, or TEI's bare array when the request sent `texts`.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // Describes the two shapes; the handler builds each directly.
+pub enum RerankAnswer {
+    Ranked(RerankResponse),
+    Tei(Vec<TeiRank>),
+}
+
+/// `/health`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}
+
+/// `/info`: the server, its models and limits.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InfoResponse {
+    pub version: &'static str,
+    /// The first model, where clients of one model look.
+    #[schema(value_type = Object)]
+    pub model: serde_json::Value,
+    /// Every served name of every model.
+    pub served_model_names: Vec<String>,
+    pub models: Vec<ModelEntry>,
+    #[schema(value_type = Object)]
+    pub limits: serde_json::Value,
+}
+
+/// One served model in `/info`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelEntry {
+    pub served_model_names: Vec<String>,
+    /// Recipe, scoring tokens, calibration, instruction, device, dtype, matmul.
+    #[schema(value_type = Object)]
+    pub model: serde_json::Value,
+    /// Measured prompt tokens per second (warm-up, then real batches).
+    pub tokens_per_sec: Option<f64>,
+    /// Time for 100 documents of 400 tokens at that rate.
+    pub typical_request_secs: Option<f64>,
+}
+
 /// `/v1/models`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ModelList {
     pub object: &'static str,
     pub data: Vec<ModelCard>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ModelCard {
     pub id: String,
     pub object: &'static str,

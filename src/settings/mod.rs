@@ -166,7 +166,9 @@ pub struct Cli {
 pub enum Command {
     /// Score (query, document) pairs from a JSONL file, one score per output line, with the
     /// first model.
-    Score(ScoreArgs),
+    Score(Box<ScoreArgs>),
+    /// Print the OpenAPI document of the HTTP API (YAML).
+    Openapi,
 }
 
 #[derive(Args, Debug)]
@@ -195,6 +197,7 @@ pub struct ScoreFiles {
 pub enum Invocation {
     Serve(Settings),
     Score(ScoreFiles, Settings),
+    Openapi,
 }
 
 impl Invocation {
@@ -206,9 +209,11 @@ impl Invocation {
                 let matches = matches
                     .subcommand_matches("score")
                     .expect("the score subcommand was parsed");
-                let settings = Settings::resolve(args.settings, matches)?;
-                Ok(Invocation::Score(args.files, settings))
+                let ScoreArgs { files, settings } = *args;
+                let settings = Settings::resolve(settings, matches)?;
+                Ok(Invocation::Score(files, settings))
             }
+            Some(Command::Openapi) => Ok(Invocation::Openapi),
             None => Ok(Invocation::Serve(Settings::resolve(cli.settings, matches)?)),
         }
     }

@@ -9,6 +9,7 @@ fn resolve(args: &[&str]) -> anyhow::Result<Settings> {
     let matches = Cli::command().try_get_matches_from(args)?;
     match Invocation::resolve(&matches)? {
         Invocation::Serve(settings) | Invocation::Score(_, settings) => Ok(settings),
+        Invocation::Openapi => anyhow::bail!("no settings"),
     }
 }
 

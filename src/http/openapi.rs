@@ -1,0 +1,151 @@
+//! The OpenAPI document, generated from the request and response types and the handlers'
+//! annotations. `openapi.yaml` at the top of the repository is this document, committed; a
+//! test fails when they differ (`zerank-server openapi > openapi.yaml` writes it anew).
+
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+use utoipa::{Modify, OpenApi};
+
+use super::error::ErrorBody;
+use super::routes;
+use super::types::*;
+
+/// The committed document, which `/openapi.yaml` serves.
+pub const SPEC: &str = include_str!("../../openapi.yaml");
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "zerank-server",
+        description = "Rerank search results with causal-LM cross-encoders (zerank-1, zerank-2, Qwen3-Reranker).\n\n\
+Scores are each model's reference's. zerank-1 (recipe `zerank`): score `sigmoid(yes_logit / 5)`, raw \
+`yes_logit / 5`, query and document cut to 2,000 and 10,000 characters and stripped. Sentence \
+Transformers 6 native checkpoints (zerank-2, Qwen3-Reranker): raw is what `CrossEncoder.predict` \
+returns without activation (`logit[true] - logit[false]`, or `logit[true]`), score `sigmoid(raw / T)` \
+with the model's `score_temperature` T (5 for a true token only, 1 with a false token). The original \
+Qwen3-Reranker recipe: raw `logit(yes) - logit(no)`, score P(yes). `instruction` reaches models whose \
+prompt has a place for one; others answer 400 `instruction_not_accepted`. `model` picks one of the \
+served models. Results are sorted by descending score.\n\n\
+Request bodies ignore unknown fields and accept `null` for optional ones. Every error has the body \
+`ErrorBody`. Scoring routes, `/info`, `/v1/models` and `/openapi.yaml` need the API key when the \
+server has one; `/health` and `/metrics` only with `protect_health_and_metrics`.",
+        license(name = "Apache-2.0"),
+    ),
+    servers((url = "http://localhost:8080")),
+    paths(
+        routes::rerank,
+        routes::rerank_v1,
+        routes::rerank_v2,
+        routes::rerank_zeroentropy,
+        routes::score,
+        routes::score_v1,
+        routes::info,
+        routes::models,
+        routes::openapi,
+        routes::health,
+        routes::metrics,
+    ),
+    components(schemas(ErrorBody, DocumentInput, OneOrMany)),
+    modifiers(&ErrorsAndAuth),
+)]
+pub struct ApiDoc;
+
+/// The YAML of the document the code describes.
+pub fn generate() -> String {
+    ApiDoc::openapi()
+        .to_yaml()
+        .expect("the OpenAPI document serializes")
+}
+
+/// What every route shares: the error answers, `Retry-After` on 429, and the optional key.
+struct ErrorsAndAuth;
+
+/// Statuses a POST scoring route may answer besides 200; GET routes answer 401, 431, 503.
+const SCORING_ERRORS: &[&str] = &[
+    "400", "401", "404", "408", "413", "415", "422", "429", "431", "500", "503", "504",
+];
+const READ_ERRORS: &[&str] = &["401", "431", "503"];
+
+impl Modify for ErrorsAndAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "apiKey",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "`Authorization: Bearer <key>` (the bare key is accepted too). Only when the server sets one.",
+                    ))
+                    .build(),
+            ),
+        );
+        let error = || {
+            ResponseBuilder::new().content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+        };
+        components.responses.insert(
+            "Error".into(),
+            RefOr::T(
+                error()
+                    .description("An error; `error_type` says which.")
+                    .build(),
+            ),
+        );
+        components.responses.insert(
+            "TooManyRequests".into(),
+            RefOr::T(
+                error()
+                    .description("Over a limit; retry after the given seconds (the expected wait).")
+                    .header(
+                        "Retry-After",
+                        HeaderBuilder::new()
+                            .schema(ObjectBuilder::new().schema_type(Type::String))
+                            .build(),
+                    )
+                    .build(),
+            ),
+        );
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                (&mut item.post, SCORING_ERRORS),
+                (&mut item.get, READ_ERRORS),
+            ];
+            for (operation, statuses) in operations {
+                let Some(operation) = operation else { continue };
+                for status in statuses.iter() {
+                    let name = if *status == "429" {
+                        "TooManyRequests"
+                    } else {
+                        "Error"
+                    };
+                    operation.responses.responses.insert(
+                        status.to_string(),
+                        RefOr::Ref(Ref::from_response_name(name)),
+                    );
+                }
+            }
+        }
+        openapi.security = Some(vec![
+            SecurityRequirement::default(),
+            SecurityRequirement::new("apiKey", Vec::<String>::new()),
+        ]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_committed_document_is_the_generated_one() {
+        assert!(
+            super::generate() == super::SPEC,
+            "openapi.yaml differs from the types and routes: run `cargo run -- openapi > openapi.yaml`"
+        );
+    }
+}
