@@ -59,7 +59,8 @@ pub fn generate() -> String {
         .expect("the OpenAPI document serializes")
 }
 
-/// What every route shares: the error answers, `Retry-After` on 429, and the optional key.
+/// What every route shares: the error answers, `Retry-After` on 429, the timing headers of
+/// scoring answers, and the optional key.
 struct ErrorsAndAuth;
 
 /// Statuses a POST scoring route may answer besides 200; GET routes answer 401, 431, 503.
@@ -67,6 +68,26 @@ const SCORING_ERRORS: &[&str] = &[
     "400", "401", "404", "408", "413", "415", "422", "429", "431", "500", "503", "504",
 ];
 const READ_ERRORS: &[&str] = &["401", "431", "503"];
+
+/// The headers of every scoring answer.
+const TIMING_HEADERS: &[(&str, &str)] = &[
+    (
+        "x-request-id",
+        "The request's id (the client's, when short and printable).",
+    ),
+    (
+        "x-queue-time",
+        "Milliseconds the request's pairs waited for the model.",
+    ),
+    (
+        "x-inference-time",
+        "Milliseconds of forward passes that held its pairs.",
+    ),
+    (
+        "x-total-time",
+        "Milliseconds from request received to response ready.",
+    ),
+];
 
 impl Modify for ErrorsAndAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
@@ -113,6 +134,19 @@ impl Modify for ErrorsAndAuth {
             ),
         );
         for item in openapi.paths.paths.values_mut() {
+            if let Some(RefOr::T(answer)) = item
+                .post
+                .as_mut()
+                .and_then(|scoring| scoring.responses.responses.get_mut("200"))
+            {
+                for (name, description) in TIMING_HEADERS {
+                    let header = HeaderBuilder::new()
+                        .schema(ObjectBuilder::new().schema_type(Type::String))
+                        .description(Some(*description))
+                        .build();
+                    answer.headers.insert(name.to_string(), header);
+                }
+            }
             let operations = [
                 (&mut item.post, SCORING_ERRORS),
                 (&mut item.get, READ_ERRORS),

@@ -125,13 +125,7 @@ enum Flavor {
 #[utoipa::path(post, path = "/rerank",
     summary = "Rerank documents (Jina/Cohere shape with `documents`, TEI shape with `texts`).",
     request_body = RerankRequest,
-    responses((status = 200, description = "Ranked results, best first.", body = RerankAnswer,
-        headers(
-            ("x-request-id" = String, description = "The request's id (the client's, when short and printable)."),
-            ("x-queue-time" = String, description = "Milliseconds the request's pairs waited for the model."),
-            ("x-inference-time" = String, description = "Milliseconds of forward passes that held its pairs."),
-            ("x-total-time" = String, description = "Milliseconds from request received to response ready."),
-        ))))]
+    responses((status = 200, description = "Ranked results, best first.", body = RerankAnswer)))]
 pub async fn rerank(
     State(state): State<Arc<AppState>>,
     JsonBody(req): JsonBody<RerankRequest>,
@@ -142,13 +136,7 @@ pub async fn rerank(
 #[utoipa::path(post, path = "/v1/rerank",
     summary = "Cohere v1 / Jina rerank.",
     request_body = RerankRequest,
-    responses((status = 200, description = "Ranked results, best first.", body = RerankResponse,
-        headers(
-            ("x-request-id" = String, description = "The request's id (the client's, when short and printable)."),
-            ("x-queue-time" = String, description = "Milliseconds the request's pairs waited for the model."),
-            ("x-inference-time" = String, description = "Milliseconds of forward passes that held its pairs."),
-            ("x-total-time" = String, description = "Milliseconds from request received to response ready."),
-        ))))]
+    responses((status = 200, description = "Ranked results, best first.", body = RerankResponse)))]
 pub async fn rerank_v1(
     State(state): State<Arc<AppState>>,
     JsonBody(req): JsonBody<RerankRequest>,
@@ -159,13 +147,7 @@ pub async fn rerank_v1(
 #[utoipa::path(post, path = "/v2/rerank",
     summary = "Cohere v2 rerank (no `model` or `usage` in the answer).",
     request_body = RerankRequest,
-    responses((status = 200, description = "Ranked results, best first.", body = RerankResponse,
-        headers(
-            ("x-request-id" = String, description = "The request's id (the client's, when short and printable)."),
-            ("x-queue-time" = String, description = "Milliseconds the request's pairs waited for the model."),
-            ("x-inference-time" = String, description = "Milliseconds of forward passes that held its pairs."),
-            ("x-total-time" = String, description = "Milliseconds from request received to response ready."),
-        ))))]
+    responses((status = 200, description = "Ranked results, best first.", body = RerankResponse)))]
 pub async fn rerank_v2(
     State(state): State<Arc<AppState>>,
     JsonBody(req): JsonBody<RerankRequest>,
@@ -176,13 +158,7 @@ pub async fn rerank_v2(
 #[utoipa::path(post, path = "/v1/models/rerank",
     summary = "ZeroEntropy rerank (the `zeroentropy` SDK with base URL `http://host:port/v1`).",
     request_body = RerankRequest,
-    responses((status = 200, description = "Ranked results, best first.", body = ZeroEntropyResponse,
-        headers(
-            ("x-request-id" = String, description = "The request's id (the client's, when short and printable)."),
-            ("x-queue-time" = String, description = "Milliseconds the request's pairs waited for the model."),
-            ("x-inference-time" = String, description = "Milliseconds of forward passes that held its pairs."),
-            ("x-total-time" = String, description = "Milliseconds from request received to response ready."),
-        ))))]
+    responses((status = 200, description = "Ranked results, best first.", body = ZeroEntropyResponse)))]
 pub async fn rerank_zeroentropy(
     State(state): State<Arc<AppState>>,
     JsonBody(req): JsonBody<RerankRequest>,
@@ -278,13 +254,7 @@ async fn rerank_as(
 #[utoipa::path(post, path = "/score",
     summary = "vLLM score API: arbitrary pairs, in input order (e.g. near-duplicate detection).",
     request_body = ScoreRequest,
-    responses((status = 200, description = "One score per pair, in input order.", body = ScoreResponse,
-        headers(
-            ("x-request-id" = String, description = "The request's id (the client's, when short and printable)."),
-            ("x-queue-time" = String, description = "Milliseconds the request's pairs waited for the model."),
-            ("x-inference-time" = String, description = "Milliseconds of forward passes that held its pairs."),
-            ("x-total-time" = String, description = "Milliseconds from request received to response ready."),
-        ))))]
+    responses((status = 200, description = "One score per pair, in input order.", body = ScoreResponse)))]
 pub async fn score(
     State(state): State<Arc<AppState>>,
     JsonBody(req): JsonBody<ScoreRequest>,
