@@ -202,3 +202,35 @@ impl From<ServiceError> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batcher::BatchError;
+
+    /// What the model finds wrong with an input during a batch stays the client's error.
+    #[test]
+    fn failures_in_a_batch_keep_their_kind_up_to_the_status() {
+        let status = |err: BatchError| ApiError::from(ServiceError::from(err)).status();
+        assert_eq!(
+            status(BatchError::Input("5000 tokens, the model allows 4096".into())),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        assert_eq!(
+            status(BatchError::Model("non-finite logit".into())),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(
+            status(BatchError::Panicked("index out of bounds".into())),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(status(BatchError::Stopped), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            status(BatchError::TooLarge {
+                requested: 10,
+                limit: 5
+            }),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+    }
+}
