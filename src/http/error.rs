@@ -213,7 +213,9 @@ mod tests {
     fn failures_in_a_batch_keep_their_kind_up_to_the_status() {
         let status = |err: BatchError| ApiError::from(ServiceError::from(err)).status();
         assert_eq!(
-            status(BatchError::Input("5000 tokens, the model allows 4096".into())),
+            status(BatchError::Input(
+                "5000 tokens, the model allows 4096".into()
+            )),
             StatusCode::PAYLOAD_TOO_LARGE
         );
         assert_eq!(

@@ -23,7 +23,7 @@ struct Rotary {
 }
 
 impl Rotary {
-    fn new(config: &Qwen3Config, dtype: DType, device: &Device) -> Result<Self> {
+    fn new(config: &Qwen3Config, dtype: DType, device: &Device) -> candle_core::Result<Self> {
         let half = config.head_dim / 2;
         let max_len = config.max_position_embeddings;
         let inv_freq: Vec<f32> = (0..half)
@@ -335,8 +335,11 @@ impl Qwen3Scorer {
             layers,
             final_norm,
             head_rows,
-            rotary: Rotary::new(config, dtype, &device)?,
-            causal_block: causal_mask(QUERY_CHUNK, dtype, &device)?,
+            // Tables built on the device at load: a failure there is the device's.
+            rotary: Rotary::new(config, dtype, &device)
+                .map_err(|err| ModelError::Device(err.to_string()))?,
+            causal_block: causal_mask(QUERY_CHUNK, dtype, &device)
+                .map_err(|err| ModelError::Device(err.to_string()))?,
             device,
             max_length: config.max_position_embeddings,
         })
