@@ -11,7 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::batcher::{Batcher, Throughput};
 use crate::metrics::{Metrics, ModelMetrics};
-use crate::model::{Engine, ModelError, ModelInfo, Score, TokenLimits};
+use crate::model::{Engine, ModelError, Score, TokenLimits};
 use crate::settings::{ModelSettings, Settings};
 pub use error::ServiceError;
 
@@ -167,8 +167,11 @@ pub struct LoadedModel {
     throughput: Arc<Throughput>,
 }
 
-/// The request the start-up log and `/info` price: 100 documents of 400 prompt tokens.
-const TYPICAL_REQUEST_TOKENS: usize = 100 * 400;
+/// What the start-up log and `/info` price: a request of 100 documents of 400 prompt tokens,
+/// at `tokens_per_sec`.
+fn typical_request_secs(tokens_per_sec: f64) -> f64 {
+    (100 * 400) as f64 / tokens_per_sec
+}
 
 impl Service {
     /// Loads every model of `settings` and runs a warm-up batch on each, so that a model
@@ -191,7 +194,7 @@ impl Service {
                 let throughput = Arc::new(Throughput::default());
                 throughput.observe(warmup.tokens(), warmup.seconds);
                 let tokens_per_sec = throughput.tokens_per_sec().unwrap_or(f64::INFINITY);
-                let typical_secs = TYPICAL_REQUEST_TOKENS as f64 / tokens_per_sec;
+                let typical_secs = typical_request_secs(tokens_per_sec);
                 tracing::info!(
                     model = %model.load.model,
                     names = ?model.served_names,
@@ -270,19 +273,11 @@ impl Service {
         self.models.iter().all(|m| m.batcher.is_healthy())
     }
 
-    /// Every model's description, with its names.
-    pub fn infos(&self) -> Vec<(&[String], &ModelInfo)> {
-        self.models
-            .iter()
-            .map(|m| (m.names.as_slice(), m.engine.info()))
-            .collect()
-    }
-
     /// The model's measured prompt tokens per second, and what a typical request (100
     /// documents of 400 tokens) takes at that rate.
     pub fn speed(model: &ServedModel) -> Option<(f64, f64)> {
         let rate = model.batcher.throughput().tokens_per_sec()?;
-        Some((rate, TYPICAL_REQUEST_TOKENS as f64 / rate))
+        Some((rate, typical_request_secs(rate)))
     }
 
     /// The model a request names (the first when it names none), and the name to answer with.
