@@ -31,6 +31,7 @@ pub struct Metrics {
     pub connections_refused: IntCounter,
     pub connection_errors: IntCounterVec,
     pub client_disconnects: IntCounter,
+    pub unknown_model_names: IntCounter,
 }
 
 /// One model's metrics: the `model`-labelled children, cheap to clone.
@@ -191,6 +192,11 @@ impl Metrics {
                 "Scoring requests whose client went away before the answer",
             )
             .expect("valid metric"),
+            unknown_model_names: IntCounter::new(
+                "zerank_unknown_model_names_total",
+                "Requests naming a model that is not served, served by the first model (model_name_policy = any)",
+            )
+            .expect("valid metric"),
             registry,
         };
         metrics.register_all();
@@ -220,6 +226,7 @@ impl Metrics {
             Box::new(self.connections_refused.clone()),
             Box::new(self.connection_errors.clone()),
             Box::new(self.client_disconnects.clone()),
+            Box::new(self.unknown_model_names.clone()),
         ];
         for collector in collectors {
             self.registry

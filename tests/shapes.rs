@@ -206,15 +206,40 @@ fn the_vllm_score_shape_keeps_input_order() {
 }
 
 #[test]
-fn read_only_routes_and_unknown_ones() {
+fn unknown_model_names_follow_the_policy() {
+    // `any`, the default: the first model serves, and the answer names it.
     let server = TestServer::start(|_| {});
-    let body = server
+    for name in ["rerank-english-v3.0", "jina-reranker-v1-base-en"] {
+        let body = server
+            .post(
+                "/v1/rerank",
+                &json!({ "model": name, "query": QUERY, "documents": DOCUMENTS }),
+            )
+            .json();
+        assert_eq!(body["model"], "tiny", "{body}");
+        assert_eq!(body["results"].as_array().unwrap().len(), DOCUMENTS.len());
+    }
+    assert_eq!(server.metric("zerank_unknown_model_names_total"), 2.0);
+    // `strict`: 404 naming the served models and the setting.
+    let strict = TestServer::start(|settings| {
+        settings.model_name_policy = zerank_server::settings::ModelNamePolicy::Strict;
+    });
+    let body = strict
         .post(
             "/rerank",
             &json!({ "model": "other", "query": QUERY, "documents": DOCUMENTS }),
         )
         .assert_error(404, "unknown_model");
-    assert!(body["error"].as_str().unwrap().contains("\"tiny\""));
+    let message = body["error"].as_str().unwrap();
+    assert!(
+        message.contains("\"tiny\"") && message.contains("--model-name-policy"),
+        "{message}"
+    );
+}
+
+#[test]
+fn read_only_routes_and_unknown_ones() {
+    let server = TestServer::start(|_| {});
 
     assert_eq!(server.get("/health").json(), json!({ "status": "ok" }));
     let info = server.get("/info").json();

@@ -29,7 +29,9 @@ pub enum ApiError {
     HeadersTooLarge { limit: usize },
     #[error("the request body did not arrive within {0:.1} s")]
     BodyTimeout(f64),
-    #[error("model `{requested}` is not served here; served models: {served:?}")]
+    #[error(
+        "model `{requested}` is not served here; served models: {served:?} (with --model-name-policy any, unknown names are served by the first model)"
+    )]
     UnknownModel {
         requested: String,
         served: Vec<String>,

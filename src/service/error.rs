@@ -4,7 +4,9 @@ use crate::model::ModelError;
 /// Why a request got no scores. Each kind keeps what it found, whichever layer found it.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    #[error("model `{requested}` is not served here; served models: {served:?}")]
+    #[error(
+        "model `{requested}` is not served here; served models: {served:?} (with --model-name-policy any, unknown names are served by the first model)"
+    )]
     UnknownModel {
         requested: String,
         served: Vec<String>,

@@ -12,7 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::batcher::{Batcher, Throughput};
 use crate::metrics::{Metrics, ModelMetrics};
 use crate::model::{Engine, ModelError, Score, TokenLimits};
-use crate::settings::{ModelSettings, Settings};
+use crate::settings::{ModelNamePolicy, ModelSettings, Settings};
 pub use error::ServiceError;
 
 /// One served model.
@@ -37,6 +37,7 @@ pub struct Service {
     limits: RequestLimits,
     admission: Arc<Semaphore>,
     max_concurrent: usize,
+    model_name_policy: ModelNamePolicy,
     metrics: Arc<Metrics>,
 }
 
@@ -255,6 +256,7 @@ impl Service {
             },
             admission: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
             max_concurrent: settings.max_concurrent_requests,
+            model_name_policy: settings.model_name_policy,
             metrics,
         }
     }
@@ -280,19 +282,29 @@ impl Service {
         Some((rate, typical_request_secs(rate)))
     }
 
-    /// The model a request names (the first when it names none), and the name to answer with.
+    /// The model a request names, and the name to answer with: the first model when it
+    /// names none, or (under the `any` policy) one that is not served.
     pub fn model(&self, requested: Option<&str>) -> Result<(&ServedModel, String), ServiceError> {
-        match requested.filter(|name| !name.is_empty()) {
-            None => Ok((&self.models[0], self.models[0].names[0].clone())),
-            Some(name) => self
-                .models
-                .iter()
-                .find(|m| m.names.iter().any(|n| n == name))
-                .map(|m| (m, name.to_owned()))
-                .ok_or_else(|| ServiceError::UnknownModel {
-                    requested: name.to_owned(),
-                    served: self.served_names(),
-                }),
+        let first = || (&self.models[0], self.models[0].names[0].clone());
+        let Some(name) = requested.filter(|name| !name.is_empty()) else {
+            return Ok(first());
+        };
+        if let Some(served) = self
+            .models
+            .iter()
+            .find(|m| m.names.iter().any(|n| n == name))
+        {
+            return Ok((served, name.to_owned()));
+        }
+        match self.model_name_policy {
+            ModelNamePolicy::Any => {
+                self.metrics.unknown_model_names.inc();
+                Ok(first())
+            }
+            ModelNamePolicy::Strict => Err(ServiceError::UnknownModel {
+                requested: name.to_owned(),
+                served: self.served_names(),
+            }),
         }
     }
 
