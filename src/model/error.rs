@@ -7,9 +7,14 @@ pub enum ModelError {
     ModelNotFound(String),
     #[error("`{file}` is missing from model directory {}", dir.display())]
     MissingFile { dir: PathBuf, file: String },
-    #[error("could not fetch `{file}` of `{repo}` from the Hugging Face Hub: {message}")]
+    #[error(
+        "could not fetch `{file}` of `{repo}` at revision `{revision}` from the Hugging Face Hub: {message}. \
+         Check the id and --revision; a gated or private repo needs HF_TOKEN; without network, \
+         pass a local checkpoint directory to --model, or set HF_HUB_OFFLINE=1 with the model in the HF_HOME cache"
+    )]
     Hub {
         repo: String,
+        revision: String,
         file: String,
         message: String,
     },

@@ -130,6 +130,7 @@ impl HubRepo {
                 .build()
                 .map_err(|err| ModelError::Hub {
                     repo: name.to_owned(),
+                    revision: revision.clone().unwrap_or_else(|| "main".into()),
                     file: String::new(),
                     message: err.to_string(),
                 })?;
@@ -182,6 +183,7 @@ impl FileSource for HubRepo {
     fn missing(&self, file: &str, why: String) -> ModelError {
         ModelError::Hub {
             repo: self.name.clone(),
+            revision: self.repo.revision().to_owned(),
             file: file.to_owned(),
             message: why,
         }
