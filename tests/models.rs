@@ -14,7 +14,6 @@ const MODELS: [&str; 3] = ["tiny", "native-yes", "native-yes-no"];
 fn three_models() -> TestServer {
     TestServer::start(|settings| {
         settings.model = MODELS.iter().map(|m| fixture_path(m)).collect();
-        settings.model_name_policy = zerank_server::settings::ModelNamePolicy::Strict;
         settings.served_model_names = vec![
             NameList(vec!["tiny".into(), "zerank-tiny".into()]),
             NameList(vec!["native-yes".into()]),

@@ -207,8 +207,10 @@ fn the_vllm_score_shape_keeps_input_order() {
 
 #[test]
 fn unknown_model_names_follow_the_policy() {
-    // `any`, the default: the first model serves, and the answer names it.
-    let server = TestServer::start(|_| {});
+    // `any`: the first model serves, and the answer names it.
+    let server = TestServer::start(|settings| {
+        settings.model_name_policy = zerank_server::settings::ModelNamePolicy::Any;
+    });
     for name in ["rerank-english-v3.0", "jina-reranker-v1-base-en"] {
         let body = server
             .post(
@@ -220,10 +222,8 @@ fn unknown_model_names_follow_the_policy() {
         assert_eq!(body["results"].as_array().unwrap().len(), DOCUMENTS.len());
     }
     assert_eq!(server.metric("zerank_unknown_model_names_total"), 2.0);
-    // `strict`: 404 naming the served models and the setting.
-    let strict = TestServer::start(|settings| {
-        settings.model_name_policy = zerank_server::settings::ModelNamePolicy::Strict;
-    });
+    // `strict`, the default: 404 naming the served models and the setting.
+    let strict = TestServer::start(|_| {});
     let body = strict
         .post(
             "/rerank",

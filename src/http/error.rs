@@ -30,7 +30,7 @@ pub enum ApiError {
     #[error("the request body did not arrive within {0:.1} s")]
     BodyTimeout(f64),
     #[error(
-        "model `{requested}` is not served here; served models: {served:?} (with --model-name-policy any, unknown names are served by the first model)"
+        "model `{requested}` is not served here; served models: {served:?} (--model-name-policy any serves unknown names with the first model)"
     )]
     UnknownModel {
         requested: String,

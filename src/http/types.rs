@@ -19,8 +19,8 @@ use super::error::ApiError;
     "return_documents": true
 }))]
 pub struct RerankRequest {
-    /// A served model name; absent means the first model, and so does an unknown name unless
-    /// the server sets `model_name_policy = "strict"` (then 404).
+    /// A served model name; absent means the first model. An unknown name gets 404, or is
+    /// served by the first model when the server sets `model_name_policy = "any"`.
     #[serde(default)]
     pub model: Option<String>,
     pub query: String,

@@ -5,7 +5,7 @@ use crate::model::ModelError;
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error(
-        "model `{requested}` is not served here; served models: {served:?} (with --model-name-policy any, unknown names are served by the first model)"
+        "model `{requested}` is not served here; served models: {served:?} (--model-name-policy any serves unknown names with the first model)"
     )]
     UnknownModel {
         requested: String,

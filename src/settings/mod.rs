@@ -34,9 +34,9 @@ pub enum ModelNamePolicy {
     /// The first model serves it, and the answer names that model: clients that send a
     /// default name of their own (`rerank-english-v3.0`, `jina-reranker-v1-base-en`) work
     /// unchanged.
-    #[default]
     Any,
-    /// 404 naming the served models.
+    /// 404 naming the served models: a mistyped name never scores with another model.
+    #[default]
     Strict,
 }
 
@@ -91,9 +91,9 @@ pub struct Settings {
     #[arg(long, env = "ZERANK_SERVED_MODEL_NAMES", value_delimiter = ';')]
     #[serde(deserialize_with = "name_groups")]
     pub served_model_names: Vec<NameList>,
-    /// A request naming a model that is not served: `any` serves it with the first model
-    /// (and says so in the answer), `strict` answers 404.
-    #[arg(long, env = "ZERANK_MODEL_NAME_POLICY", value_enum, default_value_t = ModelNamePolicy::Any)]
+    /// A request naming a model that is not served: `strict` answers 404 naming the served
+    /// models; `any` serves it with the first model (and says so in the answer).
+    #[arg(long, env = "ZERANK_MODEL_NAME_POLICY", value_enum, default_value_t = ModelNamePolicy::Strict)]
     pub model_name_policy: ModelNamePolicy,
     /// Most prompt tokens in one forward pass (batches are packed, no padding).
     #[arg(long, env = "ZERANK_MAX_BATCH_TOKENS", default_value_t = 16_384)]
