@@ -66,7 +66,6 @@ pub struct WarmUp {
     pub tokens_each: usize,
     /// The measured run's time.
     pub seconds: f64,
-    pub computed_tokens: usize,
 }
 
 impl WarmUp {
@@ -176,7 +175,7 @@ impl Engine {
             options.max_length,
             config.max_position_embeddings,
         )?;
-        let head_tokens = head_tokens(&recipe, &files.tokenizer)?;
+        let head_tokens = head_tokens(&recipe, &encoder)?;
         let (device, device_spec) = options.device.open()?;
         let dtype = options.dtype.resolve(&device);
         // Only f32 on the CPU goes through a BLAS.
@@ -306,13 +305,11 @@ impl Engine {
         let batch = vec![warm.as_slice(); count];
         self.score_batch(&batch)?;
         let started = Instant::now();
-        let scored = self.score_batch(&batch)?;
-        let seconds = started.elapsed().as_secs_f64();
+        self.score_batch(&batch)?;
         Ok(WarmUp {
             pairs: count,
             tokens_each: length,
-            seconds,
-            computed_tokens: scored.computed_tokens,
+            seconds: started.elapsed().as_secs_f64(),
         })
     }
 
@@ -342,18 +339,9 @@ impl Engine {
 }
 
 /// The head tokens the recipe scores with: true, then false when it has one.
-fn head_tokens(recipe: &Recipe, tokenizer: &std::path::Path) -> Result<Vec<u32>> {
+fn head_tokens(recipe: &Recipe, encoder: &PromptEncoder) -> Result<Vec<u32>> {
     let by_text = |texts: &[&str]| -> Result<Vec<u32>> {
-        let tokenizer = tokenizers::Tokenizer::from_file(tokenizer)
-            .map_err(|err| ModelError::Tokenizer(format!("{}: {err}", tokenizer.display())))?;
-        texts
-            .iter()
-            .map(|text| {
-                tokenizer.token_to_id(text).ok_or_else(|| {
-                    ModelError::Tokenizer(format!("the vocabulary has no token `{text}`"))
-                })
-            })
-            .collect()
+        texts.iter().map(|text| encoder.token_id(text)).collect()
     };
     match recipe {
         Recipe::Zerank => by_text(&["Yes"]),

@@ -212,6 +212,13 @@ impl PromptEncoder {
         self.max_length
     }
 
+    /// The vocabulary id of one token.
+    pub fn token_id(&self, token: &str) -> Result<u32> {
+        self.text_tokenizer
+            .token_to_id(token)
+            .ok_or_else(|| ModelError::Tokenizer(format!("the vocabulary has no token `{token}`")))
+    }
+
     /// Whether a request may bring its own instruction.
     pub fn accepts_instruction(&self) -> bool {
         self.instructed.is_some()
