@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod model;
 pub mod service;
 pub mod settings;
+pub mod telemetry;
 
 /// Tensors of tens of megabytes come and go at every layer. glibc's malloc maps and unmaps
 /// each afresh (page faults, zeroing); mimalloc, set by [`keep_freed_memory`], reuses them.

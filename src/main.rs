@@ -1,9 +1,9 @@
 use std::io::{BufRead, BufWriter, Write};
 
 use anyhow::Context;
-use tracing_subscriber::EnvFilter;
 use zerank_server::model::{Engine, TokenLimits};
 use zerank_server::settings::{Invocation, LogFormat, ScoreFiles, Settings};
+use zerank_server::telemetry::{self, TraceExport};
 
 fn main() -> std::process::ExitCode {
     match run() {
@@ -24,11 +24,19 @@ fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Invocation::Score(args, settings) => {
-            init_logging(LogFormat::Text);
+            let _telemetry = telemetry::init(LogFormat::Text, None)?;
             score_file(&args, &settings)
         }
         Invocation::Serve(settings) => {
-            init_logging(settings.log_format);
+            // Before the runtime: the trace exporter's client must not live inside it.
+            let export = settings
+                .otlp_endpoint
+                .as_deref()
+                .map(|endpoint| TraceExport {
+                    endpoint,
+                    service_name: &settings.otlp_service_name,
+                });
+            let telemetry = telemetry::init(settings.log_format, export)?;
             tracing::info!(settings = ?settings.redacted(), "starting zerank-server {}", env!("CARGO_PKG_VERSION"));
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -36,19 +44,9 @@ fn run() -> anyhow::Result<()> {
             let served = runtime.block_on(zerank_server::http::serve(settings));
             // Blocking work still running (a model load, a tokenization) does not hold the exit.
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            drop(telemetry);
             served
         }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 

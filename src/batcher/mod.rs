@@ -121,6 +121,8 @@ pub struct Scored {
 /// One request's share of the batcher's work: where its scores gather.
 struct Request {
     state: std::sync::Mutex<RequestState>,
+    /// The caller's span: the parent of the forward passes that hold its pairs.
+    span: tracing::Span,
     /// Set once the request no longer wants answers (client gone, timed out, or failed).
     closed: AtomicBool,
     submitted: Instant,
@@ -132,6 +134,8 @@ struct RequestState {
     queue_time: Duration,
     inference_time: Duration,
     reply: Option<oneshot::Sender<Result<Scored, BatchError>>>,
+    /// Open from submission until the first batch that holds one of its pairs starts.
+    queue_span: Option<tracing::Span>,
 }
 
 impl Request {
@@ -158,6 +162,24 @@ impl Request {
         if let Some(reply) = state.reply.take() {
             let _ = reply.send(Ok(scored));
         }
+    }
+
+    /// Ends the wait in the queue (at the first batch), and opens this batch's forward span.
+    fn start_batch(
+        &self,
+        batch_pairs: usize,
+        batch_tokens: usize,
+        own_pairs: usize,
+    ) -> tracing::Span {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.queue_span.take();
+        tracing::info_span!(
+            parent: &self.span,
+            "forward",
+            batch.pairs = batch_pairs as i64,
+            batch.tokens = batch_tokens as i64,
+            pairs = own_pairs as i64
+        )
     }
 
     /// Adds a batch's forward time once per batch, not once per pair.
@@ -285,7 +307,13 @@ impl Batcher {
                 queue_time: Duration::ZERO,
                 inference_time: Duration::ZERO,
                 reply: Some(reply),
+                queue_span: Some(tracing::info_span!(
+                    "queue",
+                    pairs = sequences.len() as i64,
+                    tokens = requested as i64
+                )),
             }),
+            span: tracing::Span::current(),
             closed: AtomicBool::new(false),
             submitted: Instant::now(),
         });

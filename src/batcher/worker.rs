@@ -40,17 +40,6 @@ fn run_and_answer(
     throughput: &Throughput,
     metrics: &ModelMetrics,
 ) {
-    let started = Instant::now();
-    let sequences: Vec<&[u32]> = batch.iter().map(|p| p.ids.as_slice()).collect();
-    // A panic inside the forward fails this batch's requests, not the server.
-    let outcome = catch_unwind(AssertUnwindSafe(|| engine.score_batch(&sequences)));
-    let inference = started.elapsed();
-    let computed = match &outcome {
-        Ok(Ok(scored)) => Some(scored.computed_tokens),
-        _ => None,
-    };
-    observe(&batch, metrics, inference.as_secs_f64(), computed);
-
     let mut requests: Vec<&Arc<Request>> = Vec::new();
     let mut seen = HashSet::new();
     for pending in &batch {
@@ -58,9 +47,33 @@ fn run_and_answer(
             requests.push(&pending.request);
         }
     }
+    let tokens = batch.iter().map(|p| p.ids.len()).sum();
+    // Each request's trace gets the batch's forward as its own span.
+    let forward_spans: Vec<tracing::Span> = requests
+        .iter()
+        .map(|request| {
+            let own = batch
+                .iter()
+                .filter(|p| Arc::ptr_eq(&p.request, request))
+                .count();
+            request.start_batch(batch.len(), tokens, own)
+        })
+        .collect();
+
+    let started = Instant::now();
+    let sequences: Vec<&[u32]> = batch.iter().map(|p| p.ids.as_slice()).collect();
+    // A panic inside the forward fails this batch's requests, not the server.
+    let outcome = catch_unwind(AssertUnwindSafe(|| engine.score_batch(&sequences)));
+    let inference = started.elapsed();
+    drop(forward_spans);
+    let computed = match &outcome {
+        Ok(Ok(scored)) => Some(scored.computed_tokens),
+        _ => None,
+    };
+    observe(&batch, metrics, inference.as_secs_f64(), computed);
+
     match outcome {
         Ok(Ok(scored)) => {
-            let tokens = batch.iter().map(|p| p.ids.len()).sum();
             throughput.observe(tokens, inference.as_secs_f64());
             for request in &requests {
                 request.add_inference_time(inference);

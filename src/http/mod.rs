@@ -7,7 +7,7 @@ pub mod openapi;
 mod routes;
 pub mod types;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -168,11 +168,35 @@ pub fn router(state: Arc<AppState>) -> Router {
             record_metrics,
         ))
         // Failures are logged where they are made into responses, at their own level.
-        .layer(TraceLayer::new_for_http().on_failure(()))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(|response: &Response, _: Duration, span: &tracing::Span| {
+                    crate::telemetry::record_status(span, response.status().as_u16())
+                })
+                .on_failure(()),
+        )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .layer(middleware::from_fn(drop_unusable_request_id))
         .with_state(state)
+}
+
+/// The span of one request, named after its route (a path no route serves is not a name, so
+/// that names stay few).
+fn request_span(request: &Request) -> tracing::Span {
+    let (method, path) = (request.method(), request.uri().path());
+    static ROUTES: LazyLock<Vec<(Method, &'static str, Access)>> = LazyLock::new(served_routes);
+    let name = match ROUTES.iter().any(|(m, p, _)| m == method && *p == path) {
+        true => format!("{method} {path}"),
+        false => method.to_string(),
+    };
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    crate::telemetry::request_span(&name, method.as_str(), path, request_id, request.headers())
 }
 
 /// What is wrong with a request before its body is read: a head over `max_header_bytes`

@@ -192,6 +192,7 @@ async fn rerank_as(
             refuse_truncation: req.truncate == Some(false),
         })
         .await?;
+    let _respond = tracing::info_span!("respond").entered();
     let headers = timing_headers(&scoring);
     let ranked = scoring.ranked(req.top_n.filter(|&n| n > 0));
     let text = |index: usize| scoring.pairs.get(index).1.to_owned();
@@ -273,6 +274,7 @@ pub async fn score(
             refuse_truncation: false,
         })
         .await?;
+    let _respond = tracing::info_span!("respond").entered();
     let headers = timing_headers(&scoring);
     let body = ScoreResponse {
         id: format!("score-{}", uuid::Uuid::new_v4().simple()),

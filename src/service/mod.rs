@@ -361,7 +361,13 @@ impl Service {
         let metrics = served.metrics.clone();
         let pairs = job.pairs;
         let work = async move {
+            let span = tracing::info_span!(
+                "tokenize",
+                pairs = pairs.len() as i64,
+                tokens = tracing::field::Empty
+            );
             let (pairs, encoded) = tokio::task::spawn_blocking(move || {
+                let _in_span = span.enter();
                 let tokenizing = Instant::now();
                 let encoded = (0..pairs.len())
                     .map(|i| {
@@ -372,6 +378,12 @@ impl Service {
                 metrics
                     .tokenization_duration
                     .observe(tokenizing.elapsed().as_secs_f64());
+                if let Ok(encoded) = &encoded {
+                    span.record(
+                        "tokens",
+                        encoded.iter().map(|e| e.ids.len()).sum::<usize>() as i64,
+                    );
+                }
                 encoded.map(|encoded| (pairs, encoded))
             })
             .await

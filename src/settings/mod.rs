@@ -163,6 +163,18 @@ pub struct Settings {
     /// Log format.
     #[arg(long, env = "ZERANK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Export traces to this OpenTelemetry collector over OTLP/HTTP (protobuf), e.g.
+    /// http://otel-collector:4318 (`/v1/traces` is added to a URL without a path) [default:
+    /// off].
+    #[arg(long, env = "ZERANK_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported traces.
+    #[arg(
+        long,
+        env = "ZERANK_OTLP_SERVICE_NAME",
+        default_value = "zerank-server"
+    )]
+    pub otlp_service_name: String,
 }
 
 #[derive(Parser, Debug)]
@@ -355,6 +367,9 @@ impl Settings {
             anyhow::ensure!(value != Some(0), "{name} must be positive");
         }
         self.check_durations()?;
+        if let Some(endpoint) = &self.otlp_endpoint {
+            crate::telemetry::traces_url(endpoint)?;
+        }
         if let Some(key) = &self.api_key {
             anyhow::ensure!(
                 !key.trim().is_empty(),
