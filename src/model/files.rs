@@ -145,6 +145,10 @@ impl HubRepo {
     }
 }
 
+/// How long a download locked by another process (a replica on the same cache volume) is
+/// waited for: a multi-GB checkpoint on a slow link.
+const LOCKED_DOWNLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
 fn offline() -> bool {
     std::env::var("HF_HUB_OFFLINE")
         .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
@@ -171,12 +175,22 @@ impl FileSource for HubRepo {
                 return Ok(pinned);
             }
         }
-        match &self.api {
-            Some(api) => api
-                .repo(self.repo.clone())
-                .get(file)
-                .map_err(|err| err.to_string()),
-            None => Err("not in the local cache and HF_HUB_OFFLINE is set".into()),
+        let Some(api) = &self.api else {
+            return Err("not in the local cache and HF_HUB_OFFLINE is set".into());
+        };
+        // Replicas that share a cache volume start together: one downloads a file under a lock
+        // while the others wait for it, rather than fail and restart.
+        let waiting_since = std::time::Instant::now();
+        loop {
+            match api.repo(self.repo.clone()).get(file) {
+                Err(hf_hub::api::sync::ApiError::LockAcquisition(lock))
+                    if waiting_since.elapsed() < LOCKED_DOWNLOAD_WAIT =>
+                {
+                    tracing::info!(file, lock = %lock.display(), "another process is downloading this file into the shared cache; waiting for it");
+                    std::thread::sleep(std::time::Duration::from_secs(5));
+                }
+                fetched => return fetched.map_err(|err| err.to_string()),
+            }
         }
     }
 
