@@ -27,6 +27,10 @@ pub struct Metrics {
     input_tokens: HistogramVec,
     pub errors: IntCounterVec,
     model_load_seconds: GaugeVec,
+    score_cache_hits: IntCounterVec,
+    score_cache_misses: IntCounterVec,
+    score_cache_evictions: IntCounterVec,
+    score_cache_bytes: IntGaugeVec,
     pub connections_open: IntGauge,
     pub connections_refused: IntCounter,
     pub connection_errors: IntCounterVec,
@@ -50,6 +54,10 @@ pub struct ModelMetrics {
     pub queue_tokens: IntGauge,
     pub input_tokens: Histogram,
     pub model_load_seconds: Gauge,
+    pub score_cache_hits: IntCounter,
+    pub score_cache_misses: IntCounter,
+    pub score_cache_evictions: IntCounter,
+    pub score_cache_bytes: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -172,6 +180,38 @@ impl Metrics {
                 MODEL,
             )
             .expect("valid metric"),
+            score_cache_hits: IntCounterVec::new(
+                Opts::new(
+                    "zerank_score_cache_hits_total",
+                    "Prompts scored from the score cache, or by another request computing them at the same time",
+                ),
+                MODEL,
+            )
+            .expect("valid metric"),
+            score_cache_misses: IntCounterVec::new(
+                Opts::new(
+                    "zerank_score_cache_misses_total",
+                    "Prompts the score cache did not hold, computed by the model",
+                ),
+                MODEL,
+            )
+            .expect("valid metric"),
+            score_cache_evictions: IntCounterVec::new(
+                Opts::new(
+                    "zerank_score_cache_evictions_total",
+                    "Scores dropped from the score cache, least recently used first, to stay within score_cache_bytes",
+                ),
+                MODEL,
+            )
+            .expect("valid metric"),
+            score_cache_bytes: IntGaugeVec::new(
+                Opts::new(
+                    "zerank_score_cache_bytes",
+                    "Memory held by the score cache's entries",
+                ),
+                MODEL,
+            )
+            .expect("valid metric"),
             connections_open: IntGauge::new("zerank_connections_open", "Open client connections")
                 .expect("valid metric"),
             connections_refused: IntCounter::new(
@@ -222,6 +262,10 @@ impl Metrics {
             Box::new(self.input_tokens.clone()),
             Box::new(self.errors.clone()),
             Box::new(self.model_load_seconds.clone()),
+            Box::new(self.score_cache_hits.clone()),
+            Box::new(self.score_cache_misses.clone()),
+            Box::new(self.score_cache_evictions.clone()),
+            Box::new(self.score_cache_bytes.clone()),
             Box::new(self.connections_open.clone()),
             Box::new(self.connections_refused.clone()),
             Box::new(self.connection_errors.clone()),
@@ -252,6 +296,10 @@ impl Metrics {
             queue_tokens: self.queue_tokens.with_label_values(label),
             input_tokens: self.input_tokens.with_label_values(label),
             model_load_seconds: self.model_load_seconds.with_label_values(label),
+            score_cache_hits: self.score_cache_hits.with_label_values(label),
+            score_cache_misses: self.score_cache_misses.with_label_values(label),
+            score_cache_evictions: self.score_cache_evictions.with_label_values(label),
+            score_cache_bytes: self.score_cache_bytes.with_label_values(label),
         }
     }
 

@@ -190,6 +190,7 @@ async fn rerank_as(
                 direction: req.truncation_direction.unwrap_or_default(),
             },
             refuse_truncation: req.truncate == Some(false),
+            long_documents: req.long_documents,
         })
         .await?;
     let _respond = tracing::info_span!("respond").entered();
@@ -212,6 +213,12 @@ async fn rerank_as(
     }
 
     let with_documents = req.return_documents.unwrap_or(false);
+    // Cohere's SDKs and Elasticsearch's parsers know their fields only.
+    let chunk = |index: usize| {
+        let open_shape = matches!(flavor, Flavor::Generic | Flavor::ZeroEntropy);
+        let best = scoring.best_windows.as_ref().filter(|_| open_shape)?;
+        Some(ChunkWindow::from(&best[index]))
+    };
     let results: Vec<RerankResult> = ranked
         .iter()
         .map(|r| RerankResult {
@@ -220,6 +227,7 @@ async fn rerank_as(
             document: with_documents.then(|| DocumentText {
                 text: text(r.index),
             }),
+            chunk: chunk(r.index),
         })
         .collect();
     if flavor == Flavor::ZeroEntropy {
@@ -272,6 +280,7 @@ pub async fn score(
                 ..TokenLimits::default()
             },
             refuse_truncation: false,
+            long_documents: req.long_documents,
         })
         .await?;
     let _respond = tracing::info_span!("respond").entered();
@@ -288,6 +297,10 @@ pub async fn score(
                 index,
                 object: "score",
                 score: s.score,
+                chunk: scoring
+                    .best_windows
+                    .as_ref()
+                    .map(|best| ChunkWindow::from(&best[index])),
             })
             .collect(),
         usage: ScoreUsage {

@@ -5,6 +5,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
 use crate::model::TruncationDirection;
+use crate::service::BestWindow;
+use crate::settings::LongDocuments;
 
 use super::error::ApiError;
 
@@ -58,6 +60,10 @@ pub struct RerankRequest {
     /// replaces the model's default. 400 for a model whose prompt has no place for one.
     #[serde(default)]
     pub instruction: Option<String>,
+    /// A document longer than the model's prompt has room for: `truncate` cuts it, `chunk`
+    /// scores windows of it and takes the best [default: the server's `long_documents`].
+    #[serde(default)]
+    pub long_documents: Option<LongDocuments>,
 }
 
 /// A non-negative integer, also when written `3.0` (as JSON Schema's `integer` allows).
@@ -161,6 +167,34 @@ pub struct RerankResult {
     pub relevance_score: f32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub document: Option<DocumentText>,
+    /// With `long_documents: "chunk"`, the window that gave the score (`/rerank` with
+    /// `documents` and `/v1/models/rerank`; Cohere's routes keep their own shape).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunk: Option<ChunkWindow>,
+}
+
+/// The window of a long document that scored best.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChunkWindow {
+    /// The window's position among the document's windows, from 0.
+    pub index: usize,
+    /// How many windows the document made (1: it fitted whole).
+    pub count: usize,
+    /// Where the window starts in the document, in characters (Unicode code points).
+    pub start: usize,
+    /// Where it ends (exclusive), in characters.
+    pub end: usize,
+}
+
+impl From<&BestWindow> for ChunkWindow {
+    fn from(best: &BestWindow) -> Self {
+        ChunkWindow {
+            index: best.index,
+            count: best.windows,
+            start: best.chars.start,
+            end: best.chars.end,
+        }
+    }
 }
 
 /// Jina's and Cohere v1's `usage`; `prompt_tokens` too, as Infinity's client requires it.
@@ -241,6 +275,10 @@ pub struct ScoreRequest {
     /// As on the rerank routes.
     #[serde(default)]
     pub instruction: Option<String>,
+    /// A document longer than the model's prompt has room for: `truncate` cuts it, `chunk`
+    /// scores windows of it and takes the best [default: the server's `long_documents`].
+    #[serde(default)]
+    pub long_documents: Option<LongDocuments>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -289,6 +327,9 @@ pub struct ScoreData {
     pub index: usize,
     pub object: &'static str,
     pub score: f32,
+    /// With `long_documents: "chunk"`, the window of `text_2` that gave the score.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunk: Option<ChunkWindow>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

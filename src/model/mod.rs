@@ -26,8 +26,8 @@ pub use error::{ModelError, Result};
 pub use files::{CheckpointFiles, ModelSource};
 pub use linear::{Blas, CpuBlas};
 pub use prompt::{
-    DOCUMENT_CHAR_LIMIT, EncodedPair, QUERY_CHAR_LIMIT, TokenLimits, TruncationDirection,
-    cut_and_strip,
+    Chunking, DOCUMENT_CHAR_LIMIT, EncodedPair, QUERY_CHAR_LIMIT, TokenLimits, TruncationDirection,
+    Window, cut_and_strip,
 };
 pub use recipe::{Calibration, RecipeChoice};
 
@@ -235,6 +235,20 @@ impl Engine {
         limits: TokenLimits,
     ) -> Result<EncodedPair> {
         self.encoder.encode(query, document, instruction, limits)
+    }
+
+    /// The prompts of a document's windows, for scoring a long document whole (see
+    /// [`Chunking`]): one window when it fits.
+    pub fn encode_windows(
+        &self,
+        query: &str,
+        document: &str,
+        instruction: Option<&str>,
+        limits: TokenLimits,
+        chunking: Chunking,
+    ) -> Result<Vec<Window>> {
+        self.encoder
+            .encode_windows(query, document, instruction, limits, chunking)
     }
 
     /// Scores of the sequences (each non-empty), run as one forward pass, with what the

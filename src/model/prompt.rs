@@ -40,6 +40,27 @@ pub struct TokenLimits {
     pub direction: TruncationDirection,
 }
 
+/// How a document longer than the prompt's room is split into windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunking {
+    /// Tokens a window repeats from the end of the one before.
+    pub overlap_tokens: usize,
+    /// Most windows per document; more is an error.
+    pub max_chunks: usize,
+}
+
+/// One window of a document, ready for the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    pub encoded: EncodedPair,
+    /// Where the window lies in the document, in characters (Unicode scalar values).
+    pub chars: Range<usize>,
+}
+
+/// Tokens kept free in each window: inside the prompt, the window's first and last tokens
+/// may merge with the template's text and tokenize a little longer than alone.
+const WINDOW_SLACK_TOKENS: usize = 4;
+
 /// A pair ready for the model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedPair {
@@ -287,6 +308,53 @@ impl PromptEncoder {
         })
     }
 
+    /// The prompts of a document's windows: the whole document when it fits the prompt's
+    /// room (and the recipe's character cut), else token windows of that room that end on
+    /// whitespace where they can, each `overlap_tokens` into the one before.
+    /// `limits.max_document_tokens` caps a window's size.
+    pub fn encode_windows(
+        &self,
+        query: &str,
+        document: &str,
+        instruction: Option<&str>,
+        limits: TokenLimits,
+        chunking: Chunking,
+    ) -> Result<Vec<Window>> {
+        let whole_limits = TokenLimits {
+            max_document_tokens: None,
+            ..limits
+        };
+        let fixed = self.encode(query, "", instruction, whole_limits)?.ids.len();
+        let room = (self.max_length - fixed)
+            .min(limits.max_document_tokens.unwrap_or(usize::MAX))
+            .saturating_sub(WINDOW_SLACK_TOKENS)
+            .max(1);
+        let max_chars = match self.text_rule {
+            TextRule::ReferenceCuts => DOCUMENT_CHAR_LIMIT,
+            TextRule::Verbatim => usize::MAX,
+        };
+        let tokens = self
+            .text_tokenizer
+            .encode(document, false)
+            .map_err(|err| ModelError::Tokenizer(err.to_string()))?;
+        let offsets = tokens.get_offsets();
+        let spans = if offsets.len() <= room && document.chars().count() <= max_chars {
+            std::iter::once(0..document.len()).collect()
+        } else {
+            window_spans(document, offsets, room, max_chars, chunking)?
+        };
+        spans
+            .into_iter()
+            .map(|bytes| {
+                let encoded =
+                    self.encode(query, &document[bytes.clone()], instruction, whole_limits)?;
+                let start = document[..bytes.start].chars().count();
+                let chars = start..start + document[bytes].chars().count();
+                Ok(Window { encoded, chars })
+            })
+            .collect()
+    }
+
     /// The ids of `pieces` with the slots filled by `[query, document, instruction]`, and
     /// the positions of the document's own tokens among them.
     fn assemble(&self, pieces: &[Piece], texts: [&str; 3]) -> Result<(Vec<u32>, Range<usize>)> {
@@ -364,6 +432,60 @@ impl PromptEncoder {
         run.clear();
         Ok(())
     }
+}
+
+/// Byte ranges of the windows over a document's tokens (`offsets`, in bytes): at most
+/// `room` tokens and `max_chars` characters each, cut before a token that starts with
+/// whitespace when one lies in the window's second half.
+fn window_spans(
+    document: &str,
+    offsets: &[(usize, usize)],
+    room: usize,
+    max_chars: usize,
+    chunking: Chunking,
+) -> Result<Vec<Range<usize>>> {
+    let starts_word = |k: usize| {
+        document[offsets[k].0..]
+            .chars()
+            .next()
+            .is_some_and(char::is_whitespace)
+    };
+    let mut spans = Vec::new();
+    let mut start = 0;
+    while start < offsets.len() {
+        let mut end = (start + room).min(offsets.len());
+        while end > start + 1
+            && document[offsets[start].0..offsets[end - 1].1]
+                .chars()
+                .count()
+                > max_chars
+        {
+            end = start + (end - start) * 3 / 4;
+        }
+        if end < offsets.len()
+            && let Some(cut) = (start + (end - start) / 2 + 1..end)
+                .rev()
+                .find(|&k| starts_word(k))
+        {
+            end = cut;
+        }
+        spans.push(offsets[start].0..offsets[end - 1].1);
+        if spans.len() > chunking.max_chunks {
+            return Err(ModelError::InputTooLong(format!(
+                "a document of {} tokens needs more than {} windows of at most {room} tokens (max_chunks_per_document); send a shorter document or ask for `long_documents: \"truncate\"`",
+                offsets.len(),
+                chunking.max_chunks
+            )));
+        }
+        if end == offsets.len() {
+            break;
+        }
+        // Step back by the overlap (at most half a window), but always forward.
+        start = end
+            .saturating_sub(chunking.overlap_tokens.min(room / 2))
+            .max(start + 1);
+    }
+    Ok(spans)
 }
 
 /// A layout's fixed text cut at the tokenizer's special markers.

@@ -2,17 +2,20 @@
 //! way a request is scored: pick the model, admit, tokenize off the runtime, batch, rank.
 //! The HTTP layer only maps request shapes to [`ScoreJob`] and [`Scoring`] back.
 
+mod cache;
 mod error;
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::batcher::{Batcher, Throughput};
+use crate::batcher::{BatchError, Batcher, Scored, Throughput};
 use crate::metrics::{Metrics, ModelMetrics};
-use crate::model::{Engine, ModelError, Score, TokenLimits};
-use crate::settings::{ModelNamePolicy, ModelSettings, Settings};
+use crate::model::{Chunking, Engine, ModelError, Score, TokenLimits, Window};
+use crate::settings::{LongDocuments, ModelNamePolicy, ModelSettings, Settings};
+use cache::{Found, PromptKey, ScoreCache};
 pub use error::ServiceError;
 
 /// One served model.
@@ -21,7 +24,88 @@ pub struct ServedModel {
     pub names: Vec<String>,
     pub engine: Arc<Engine>,
     batcher: Batcher,
+    cache: Option<ScoreCache>,
     metrics: ModelMetrics,
+}
+
+impl ServedModel {
+    /// Scores prompts (token ids), in their order. With a cache, the prompts it holds skip
+    /// the batcher, and one that another request is computing is waited for.
+    async fn score_prompts(
+        &self,
+        prompts: Vec<Vec<u32>>,
+        time_left: Duration,
+    ) -> Result<Scored, BatchError> {
+        let Some(cache) = &self.cache else {
+            return self.batcher.score(prompts, time_left).await;
+        };
+        let started = Instant::now();
+        let keys: Vec<PromptKey> = prompts.iter().map(|ids| PromptKey::of(ids)).collect();
+        let (found, claim) = cache.look_up(&keys);
+        let mut prompts: Vec<Option<Vec<u32>>> = prompts.into_iter().map(Some).collect();
+        let mut scores: Vec<Option<Score>> = vec![None; prompts.len()];
+        let (mut claimed, mut pending, mut repeats) = (Vec::new(), Vec::new(), Vec::new());
+        for (position, found) in found.into_iter().enumerate() {
+            match found {
+                Found::Score(score) => scores[position] = Some(score),
+                Found::Claimed => claimed.push(position),
+                Found::Pending(promise) => pending.push((position, promise)),
+                Found::Repeat(first) => repeats.push((position, first)),
+            }
+        }
+        let mut take = |positions: &[usize]| -> Vec<Vec<u32>> {
+            positions
+                .iter()
+                .filter_map(|&i| prompts[i].take())
+                .collect()
+        };
+        let computed = self.batcher.score(take(&claimed), time_left).await?;
+        claim.fulfil(
+            claimed
+                .iter()
+                .map(|&i| keys[i])
+                .zip(computed.scores.iter().copied()),
+        );
+        for (&i, &score) in claimed.iter().zip(&computed.scores) {
+            scores[i] = Some(score);
+        }
+        let mut abandoned = Vec::new();
+        for (position, promise) in pending {
+            match cache::wait_for(promise).await {
+                Some(score) => scores[position] = Some(score),
+                None => abandoned.push(position),
+            }
+        }
+        let (mut queue_time, mut inference_time) = (computed.queue_time, computed.inference_time);
+        if !abandoned.is_empty() {
+            // The requests computing these failed or went away.
+            let retried = self
+                .batcher
+                .score(
+                    take(&abandoned),
+                    time_left.saturating_sub(started.elapsed()),
+                )
+                .await?;
+            for (&i, &score) in abandoned.iter().zip(&retried.scores) {
+                cache.insert(keys[i], score);
+                scores[i] = Some(score);
+            }
+            queue_time += retried.queue_time;
+            inference_time += retried.inference_time;
+        }
+        for (position, first) in repeats {
+            scores[position] = scores[first];
+        }
+        let scores = scores
+            .into_iter()
+            .collect::<Option<Vec<Score>>>()
+            .ok_or_else(|| BatchError::Model("a prompt was left without a score".into()))?;
+        Ok(Scored {
+            scores,
+            queue_time,
+            inference_time,
+        })
+    }
 }
 
 /// Limits every request is held to.
@@ -38,6 +122,8 @@ pub struct Service {
     admission: Arc<Semaphore>,
     max_concurrent: usize,
     model_name_policy: ModelNamePolicy,
+    long_documents: LongDocuments,
+    chunking: Chunking,
     metrics: Arc<Metrics>,
 }
 
@@ -92,6 +178,8 @@ pub struct ScoreJob {
     pub limits: TokenLimits,
     /// Refuse (413) a document the model's length limit would cut.
     pub refuse_truncation: bool,
+    /// Cut long documents or score them in windows; the server's setting when `None`.
+    pub long_documents: Option<LongDocuments>,
 }
 
 /// A scored request: its pairs, their scores in order, and where the time went.
@@ -100,10 +188,55 @@ pub struct Scoring {
     pub model: String,
     pub pairs: Pairs,
     pub scores: Vec<Score>,
+    /// Under `chunk`, the window that gave each document its score.
+    pub best_windows: Option<Vec<BestWindow>>,
+    /// Prompt tokens scored, every window counted.
     pub total_tokens: usize,
     pub queue_time: Duration,
     pub inference_time: Duration,
     pub started: Instant,
+}
+
+/// The window of a chunked document that scored best.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BestWindow {
+    pub index: usize,
+    /// How many windows the document made.
+    pub windows: usize,
+    /// Its place in the document, in characters.
+    pub chars: Range<usize>,
+}
+
+/// Each document's best window score (the first on ties), from the scores of all windows in
+/// order; `spans` holds each document's windows.
+fn best_of_windows(
+    scores: Vec<Score>,
+    spans: &[Vec<Range<usize>>],
+) -> (Vec<Score>, Vec<BestWindow>) {
+    let mut scores = scores.into_iter();
+    spans
+        .iter()
+        .map(|windows| {
+            let (index, score) = scores
+                .by_ref()
+                .take(windows.len())
+                .enumerate()
+                .reduce(|best, next| {
+                    if next.1.margin > best.1.margin {
+                        next
+                    } else {
+                        best
+                    }
+                })
+                .expect("every document has a window");
+            let best = BestWindow {
+                index,
+                windows: windows.len(),
+                chars: windows[index].clone(),
+            };
+            (score, best)
+        })
+        .unzip()
 }
 
 /// A document's place in a ranking.
@@ -243,6 +376,7 @@ impl Service {
                     names: loaded.settings.served_names,
                     engine,
                     batcher,
+                    cache: ScoreCache::new(settings.score_cache_bytes, model_metrics.clone()),
                     metrics: model_metrics,
                 }
             })
@@ -257,6 +391,8 @@ impl Service {
             admission: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
             max_concurrent: settings.max_concurrent_requests,
             model_name_policy: settings.model_name_policy,
+            long_documents: settings.long_documents,
+            chunking: settings.chunking(),
             metrics,
         }
     }
@@ -360,52 +496,77 @@ impl Service {
         let engine = served.engine.clone();
         let metrics = served.metrics.clone();
         let pairs = job.pairs;
+        let long_documents = job.long_documents.unwrap_or(self.long_documents);
+        let chunking = self.chunking;
         let work = async move {
             let span = tracing::info_span!(
                 "tokenize",
                 pairs = pairs.len() as i64,
                 tokens = tracing::field::Empty
             );
-            let (pairs, encoded) = tokio::task::spawn_blocking(move || {
+            let (pairs, windows) = tokio::task::spawn_blocking(move || {
                 let _in_span = span.enter();
                 let tokenizing = Instant::now();
-                let encoded = (0..pairs.len())
+                let windows = (0..pairs.len())
                     .map(|i| {
                         let (query, document) = pairs.get(i);
-                        engine.encode(query, document, instruction.as_deref(), limits)
+                        let instruction = instruction.as_deref();
+                        match long_documents {
+                            LongDocuments::Truncate => {
+                                let encoded =
+                                    engine.encode(query, document, instruction, limits)?;
+                                let chars = 0..document.chars().count();
+                                Ok(vec![Window { encoded, chars }])
+                            }
+                            LongDocuments::Chunk => engine.encode_windows(
+                                query,
+                                document,
+                                instruction,
+                                limits,
+                                chunking,
+                            ),
+                        }
                     })
-                    .collect::<Result<Vec<_>, ModelError>>();
+                    .collect::<Result<Vec<Vec<Window>>, ModelError>>();
                 metrics
                     .tokenization_duration
                     .observe(tokenizing.elapsed().as_secs_f64());
-                if let Ok(encoded) = &encoded {
-                    span.record(
-                        "tokens",
-                        encoded.iter().map(|e| e.ids.len()).sum::<usize>() as i64,
-                    );
+                if let Ok(windows) = &windows {
+                    let tokens: usize = windows.iter().flatten().map(|w| w.encoded.ids.len()).sum();
+                    span.record("tokens", tokens as i64);
                 }
-                encoded.map(|encoded| (pairs, encoded))
+                windows.map(|windows| (pairs, windows))
             })
             .await
             .map_err(|err| ServiceError::Internal(format!("tokenization task failed: {err}")))?
             .map_err(|err| ServiceError::from_model(err, &name))?;
             if job.refuse_truncation
-                && let Some(i) = encoded.iter().position(|e| e.over_max_length)
+                && let Some(i) = windows
+                    .iter()
+                    .position(|w| w.iter().any(|w| w.encoded.over_max_length))
             {
                 return Err(ServiceError::InputTooLong(format!(
                     "document {i} is over the model's length limit and `truncate` is false"
                 )));
             }
-            let total_tokens = encoded.iter().map(|e| e.ids.len()).sum();
+            let total_tokens = windows.iter().flatten().map(|w| w.encoded.ids.len()).sum();
+            let spans: Vec<Vec<Range<usize>>> = windows
+                .iter()
+                .map(|w| w.iter().map(|w| w.chars.clone()).collect())
+                .collect();
+            let prompts = windows
+                .into_iter()
+                .flatten()
+                .map(|w| w.encoded.ids)
+                .collect();
             let time_left = self.limits.timeout.saturating_sub(started.elapsed());
-            let scored = served
-                .batcher
-                .score(encoded.into_iter().map(|e| e.ids).collect(), time_left)
-                .await?;
+            let scored = served.score_prompts(prompts, time_left).await?;
+            let (scores, best_windows) = best_of_windows(scored.scores, &spans);
             Ok(Scoring {
                 model: name,
                 pairs,
-                scores: scored.scores,
+                scores,
+                best_windows: (long_documents == LongDocuments::Chunk).then_some(best_windows),
                 total_tokens,
                 queue_time: scored.queue_time,
                 inference_time: scored.inference_time,

@@ -12,7 +12,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{BatchBudget, CpuBlas, DTypeSpec, DeviceSpec};
+use crate::model::{BatchBudget, Chunking, CpuBlas, DTypeSpec, DeviceSpec};
 pub use models::{ModelSettings, NameList};
 use models::{name_groups, one_or_many};
 
@@ -38,6 +38,20 @@ pub enum ModelNamePolicy {
     /// 404 naming the served models: a mistyped name never scores with another model.
     #[default]
     Strict,
+}
+
+/// What happens to a document longer than the model's prompt has room for.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum, Default, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LongDocuments {
+    /// Cut it to the room (the reference's behaviour).
+    #[default]
+    Truncate,
+    /// Score it whole: windows of the room, each scored as its own pair; the document gets
+    /// the best window's score.
+    Chunk,
 }
 
 /// Every setting of the service. The file keys are the field names.
@@ -122,6 +136,16 @@ pub struct Settings {
     /// max_position_embeddings].
     #[arg(long, env = "ZERANK_MAX_LENGTH")]
     pub max_length: Option<usize>,
+    /// A document over the prompt's room: `truncate` cuts it; `chunk` scores windows of it
+    /// and takes the best. Requests may choose with `long_documents`.
+    #[arg(long, env = "ZERANK_LONG_DOCUMENTS", value_enum, default_value_t = LongDocuments::Truncate)]
+    pub long_documents: LongDocuments,
+    /// Tokens a chunk window repeats from the end of the one before (at most half a window).
+    #[arg(long, env = "ZERANK_CHUNK_OVERLAP_TOKENS", default_value_t = 64)]
+    pub chunk_overlap_tokens: usize,
+    /// Most windows per document under `chunk`; a document that needs more gets 413.
+    #[arg(long, env = "ZERANK_MAX_CHUNKS_PER_DOCUMENT", default_value_t = 16)]
+    pub max_chunks_per_document: usize,
     /// Compute the query prefix that a request's documents share once; a bare switch means true.
     #[arg(long, env = "ZERANK_PREFIX_SHARING", default_value_t = true, num_args = 0..=1,
           default_missing_value = "true", action = clap::ArgAction::Set)]
@@ -130,6 +154,9 @@ pub struct Settings {
     /// (candle's gemm), or a BLAS library name or path.
     #[arg(long, env = "ZERANK_CPU_BLAS", default_value = "auto")]
     pub cpu_blas: CpuBlas,
+    /// Memory for each model's score cache, in bytes (about 92 per score); 0 turns it off.
+    #[arg(long, env = "ZERANK_SCORE_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub score_cache_bytes: usize,
     /// Largest request body in bytes; larger gets 413.
     #[arg(long, env = "ZERANK_PAYLOAD_LIMIT_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub payload_limit_bytes: usize,
@@ -353,6 +380,11 @@ impl Settings {
             ("payload_limit_bytes", self.payload_limit_bytes, 1 << 32),
             ("max_connections", self.max_connections, 1 << 20),
             ("max_header_bytes", self.max_header_bytes, 1 << 20),
+            (
+                "max_chunks_per_document",
+                self.max_chunks_per_document,
+                1 << 12,
+            ),
         ];
         for (name, value, most) in counts {
             anyhow::ensure!(
@@ -404,6 +436,13 @@ impl Settings {
             // hyper's buffer is the hard stop; the router answers 431 in JSON below it.
             max_head_bytes: (self.max_header_bytes * 4).max(64 * 1024),
             drain_deadline: Duration::from_secs_f64(self.drain_deadline_secs),
+        }
+    }
+
+    pub fn chunking(&self) -> Chunking {
+        Chunking {
+            overlap_tokens: self.chunk_overlap_tokens,
+            max_chunks: self.max_chunks_per_document,
         }
     }
 
