@@ -26,9 +26,16 @@ fn pairs_computed(server: &TestServer) -> f64 {
     server.metric("zerank_batch_pairs_sum")
 }
 
+/// A server with the default cache budget.
+fn cached_server() -> TestServer {
+    let budget = zerank_server::settings::Settings::default().score_cache_bytes;
+    assert!(budget > 0, "the cache is on by default");
+    TestServer::start(|s| s.score_cache_bytes = budget)
+}
+
 #[test]
 fn a_repeated_request_is_answered_from_the_cache_with_identical_scores() {
-    let server = TestServer::start(|_| {});
+    let server = cached_server();
     let fresh = rerank_raw(&server, "capital of France", &DOCUMENTS);
     assert_eq!(pairs_computed(&server), 3.0);
     assert_eq!(server.metric("zerank_score_cache_misses_total"), 3.0);
@@ -52,7 +59,7 @@ fn a_repeated_request_is_answered_from_the_cache_with_identical_scores() {
 
 #[test]
 fn cached_scores_equal_those_of_a_server_without_a_cache() {
-    let cached = TestServer::start(|_| {});
+    let cached = cached_server();
     rerank_raw(&cached, "capital of France", &DOCUMENTS);
     let from_cache = rerank_raw(&cached, "capital of France", &DOCUMENTS);
     let uncached = TestServer::start(|s| s.score_cache_bytes = 0);
@@ -69,7 +76,7 @@ fn cached_scores_equal_those_of_a_server_without_a_cache() {
 
 #[test]
 fn sixteen_concurrent_identical_requests_compute_once() {
-    let server = TestServer::start(|_| {});
+    let server = cached_server();
     let answers: Vec<Vec<Value>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..16)
             .map(|_| scope.spawn(|| rerank_raw(&server, "tallest mountain", &DOCUMENTS)))

@@ -28,7 +28,6 @@ fn server(configure: impl FnOnce(&mut zerank_server::settings::Settings)) -> Tes
         s.max_length = Some(MAX_LENGTH);
         s.chunk_overlap_tokens = OVERLAP;
         s.max_chunks_per_document = 64;
-        s.score_cache_bytes = 0;
         configure(s);
     })
 }

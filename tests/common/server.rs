@@ -23,6 +23,9 @@ impl TestServer {
             device: zerank_server::model::DeviceSpec::Cpu,
             host: "127.0.0.1".into(),
             port: 0,
+            // Off: a test that compares scores must have them computed; tests/cache.rs
+            // turns it on.
+            score_cache_bytes: 0,
             ..Settings::default()
         };
         configure(&mut settings);
