@@ -71,7 +71,7 @@ fn main() -> anyhow::Result<()> {
     let mut peak = None;
     let mut weights_mib = None;
     let mut unshared: Option<Vec<f32>> = None;
-    for setting in &args.sharing {
+    for (run, setting) in args.sharing.iter().enumerate() {
         let share_prefixes = match setting.as_str() {
             "on" => true,
             "off" => false,
@@ -86,6 +86,9 @@ fn main() -> anyhow::Result<()> {
         })?;
         weights_mib = Some(f32_weight_mib(engine.config()));
         let rss_after_load = rss_mib("VmRSS:");
+        // The first load's peak, before anything else ran: the target is at most 1.1x the
+        // resident memory after it.
+        let load_peak = (run == 0).then(|| rss_mib("VmHWM:")).flatten();
         if peak.is_none() && args.gemm_rows > 0 {
             peak = Some(sgemm_peak(engine.config(), args.gemm_rows)?);
         }
@@ -129,6 +132,10 @@ fn main() -> anyhow::Result<()> {
                 "max_abs_diff_raw_vs_unshared": max_diff,
                 "matmul": engine.info().matmul,
                 "rss_after_load_mib": rss_after_load,
+                "load_peak_rss_mib": load_peak,
+                "load_peak_over_after_load": load_peak
+                    .zip(rss_after_load)
+                    .map(|(peak, after)| round(peak / after, 3)),
                 "rss_after_scoring_mib": rss_mib("VmRSS:"),
             })
         );

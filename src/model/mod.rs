@@ -12,10 +12,10 @@ mod prompt;
 mod qwen3;
 mod recipe;
 mod template;
+mod weights;
 
 use std::time::Instant;
 
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
@@ -35,6 +35,7 @@ use packing::Packing;
 use prompt::{PromptEncoder, PromptFiles};
 use qwen3::Qwen3Scorer;
 use recipe::Recipe;
+use weights::SafetensorsFiles;
 
 /// One pair's relevance.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -373,20 +374,9 @@ fn load_weights(
     head_tokens: &[u32],
     blas: Option<&std::sync::Arc<Blas>>,
 ) -> Result<Qwen3Scorer> {
+    // Two readers of the same headers: one behind the VarBuilder, one for the head rows.
     let open = || {
-        // SAFETY: the files are memory-mapped read-only; like every safetensors loader we
-        // rely on nobody truncating them while the process runs.
-        unsafe { MmapedSafetensors::multi(&files.weights) }.map_err(|err| {
-            ModelError::Weights(format!(
-                "{}: {err}",
-                files
-                    .weights
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })
+        SafetensorsFiles::open(&files.weights).map_err(|err| ModelError::Weights(err.to_string()))
     };
     let tensors = open()?;
     let vb = VarBuilder::from_backend(Box::new(open()?), dtype, device.clone());

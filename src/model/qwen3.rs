@@ -2,7 +2,6 @@
 //! token once, no padding, shared prefixes once; see [`Packing`]), no KV cache, and of the LM
 //! head only the rows of the scoring tokens ("Yes", or yes and no), applied to each sequence's last token.
 
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Module, Tensor};
 use std::sync::Arc;
 
@@ -12,6 +11,7 @@ use super::config::Qwen3Config;
 use super::error::{ModelError, Result};
 use super::linear::{Blas, Linear, matmul};
 use super::packing::{Packing, Span};
+use super::weights::SafetensorsFiles;
 
 /// Queries attended at once: bounds the score matrix to heads × 512 × length.
 const QUERY_CHUNK: usize = 512;
@@ -281,11 +281,11 @@ pub struct Qwen3Scorer {
 }
 
 impl Qwen3Scorer {
-    /// `vb` reads `tensors` at the compute dtype and device; the head row is read from
-    /// `tensors` directly.
+    /// `vb` reads `tensors` at the compute dtype and device; the head rows are read from
+    /// `tensors` alone, without the rest of the vocabulary matrix.
     pub fn load(
         config: &Qwen3Config,
-        tensors: &MmapedSafetensors,
+        tensors: &SafetensorsFiles,
         vb: VarBuilder,
         head_tokens: &[u32],
         blas: Option<&Arc<Blas>>,
@@ -325,7 +325,7 @@ impl Qwen3Scorer {
         };
         let head_rows = head_tokens
             .iter()
-            .map(|&id| head_row(tensors, head, id))
+            .map(|&id| tensors.read_row(head, id as usize))
             .collect::<candle_core::Result<Vec<_>>>()
             .and_then(|rows| Tensor::stack(&rows, 0))
             .and_then(|rows| rows.to_device(&device))
@@ -389,24 +389,6 @@ impl Qwen3Scorer {
             })
             .collect())
     }
-}
-
-/// Row `token_id` of `name` (vocab, hidden), copied out of the memory map without reading
-/// or converting the rest of the vocabulary matrix.
-fn head_row(weights: &MmapedSafetensors, name: &str, token_id: u32) -> candle_core::Result<Tensor> {
-    let view = weights.get(name)?;
-    let dtype = DType::try_from(view.dtype())?;
-    let (rows, width) = match view.shape() {
-        &[rows, width] => (rows, width),
-        other => candle_core::bail!("`{name}` has shape {other:?}, expected (vocab, hidden)"),
-    };
-    if token_id as usize >= rows {
-        candle_core::bail!("`{name}` has {rows} rows, token id {token_id} is past them");
-    }
-    let row_bytes = width * dtype.size_in_bytes();
-    let start = token_id as usize * row_bytes;
-    let bytes = &view.data()[start..start + row_bytes];
-    Tensor::from_raw_buffer(bytes, dtype, &[width], &Device::Cpu)?.to_dtype(DType::F32)
 }
 
 /// The mask of queries `start..start + count` against keys `0..start + count`: earlier keys
