@@ -8,8 +8,8 @@
 # Knobs (environment): SHAPE (qwen3-0.6b), CHECKPOINT (/tmp/zerank-<shape>), DOCS (100: pairs
 # per request and per engine/reference run), LONG_DOCS (24: pairs of the long-query run),
 # CONCURRENCY (1,4,16), REQUESTS (16: requests per concurrency level, at least the level),
-# REFERENCE_BATCHES (1,4,10). Needs python3 with torch and transformers (pip install torch
-# transformers) and, for the BLAS path, an installed OpenBLAS (apt install libopenblas0-pthread).
+# REFERENCE_BATCHES (1,4,10). Needs python3 with torch, transformers and matplotlib (pip install
+# torch transformers matplotlib) and, for the BLAS path, an installed OpenBLAS (apt install libopenblas0-pthread).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-bench/results.jsonl}"
@@ -29,9 +29,9 @@ log() { tee -a "$out"; }
 echo "{\"run\": \"$(date -u +%FT%TZ)\", \"shape\": \"$shape\", \"docs\": $docs, \"cpu\": \"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\", \"cores\": $(nproc)}" | log
 
 echo "== engine: short query, prefix sharing off/on" >&2
-cargo bench --bench engine -- --model "$checkpoint" --pairs "$work/short.jsonl" --sharing off,on | log
+cargo bench --bench engine -- --model "$checkpoint" --pairs "$work/short.jsonl" --sharing off,on --workload short-query | log
 echo "== engine: long query (~300 tokens), ~100-token documents, sharing off/on" >&2
-cargo bench --bench engine -- --model "$checkpoint" --pairs "$work/long.jsonl" --sharing off,on --gemm-rows 0 | log
+cargo bench --bench engine -- --model "$checkpoint" --pairs "$work/long.jsonl" --sharing off,on --gemm-rows 0 --workload long-query | log
 
 echo "== reference: transformers float32" >&2
 python3 bench/reference.py "$checkpoint" --pairs "$work/short.jsonl" \
@@ -42,3 +42,6 @@ export ZERANK_BINARY=target/release/zerank-server
 export ZERANK_SERVER_ARGS="--model $checkpoint --max-documents-per-request 10000 --request-timeout-secs 3600"
 scripts/with_server.sh sh -c "python3 bench/loadgen.py --pairs $work/short.jsonl --documents $docs \
   --concurrency ${CONCURRENCY:-1,4,16} --requests ${REQUESTS:-16} && python3 scripts/loadkit.py rss" | log
+
+echo "== charts (bench/plot.py)" >&2
+python3 bench/plot.py "$out" bench/figures

@@ -38,6 +38,9 @@ struct Args {
     /// Rows of the sgemm probe (tokens per matmul); 0 skips it.
     #[arg(long, default_value_t = 1024)]
     gemm_rows: usize,
+    /// A name for the pairs, carried into every result line (bench/plot.py groups by it).
+    #[arg(long, default_value = "pairs")]
+    workload: String,
     /// `cargo bench` passes this to every bench binary.
     #[arg(long, hide = true)]
     bench: bool,
@@ -120,6 +123,7 @@ fn main() -> anyhow::Result<()> {
             "{}",
             json!({
                 "runner": "engine",
+                "workload": args.workload,
                 "prefix_sharing": share_prefixes,
                 "pairs": pairs.len(),
                 "tokens": tokens,
