@@ -138,7 +138,8 @@ pub enum DocumentInput {
     Object(DocumentText),
 }
 
-fn json_kind(value: &serde_json::Value) -> &'static str {
+/// How a JSON value is named in messages: "a string", "null".
+pub(crate) fn json_kind(value: &serde_json::Value) -> &'static str {
     match value {
         serde_json::Value::Null => "null",
         serde_json::Value::Bool(_) => "a boolean",

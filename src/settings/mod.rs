@@ -199,15 +199,23 @@ pub struct ScoreArgs {
 /// What offline scoring reads and writes.
 #[derive(Args, Debug, Clone)]
 pub struct ScoreFiles {
-    /// JSONL file with one {"query", "document"} object per line; `-` reads stdin.
+    /// JSONL file with one {"query", "document"} object per line, and an optional
+    /// "instruction"; blank lines are skipped. `-` reads stdin.
     #[arg(long)]
     pub input: PathBuf,
-    /// Where to write the scores, one per line [default: stdout].
+    /// Where to write the scores, one per pair [default: stdout].
     #[arg(long)]
     pub output: Option<PathBuf>,
     /// Write raw scores (see README: the reference's unscaled score) instead of 0-1 scores.
     #[arg(long)]
     pub raw: bool,
+    /// Prompt tokens in one forward pass [default: max_batch_tokens].
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MAX_BATCH_TOKENS))]
+    pub batch_tokens: Option<usize>,
+    /// Continue an interrupted run: keep the scores already in --output and append those
+    /// of the remaining pairs.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 /// What the command line asks for, with its settings resolved.
@@ -325,7 +333,11 @@ impl Settings {
 
     fn validate(&self) -> anyhow::Result<()> {
         let counts = [
-            ("max_batch_tokens", self.max_batch_tokens, 1_usize << 24),
+            (
+                "max_batch_tokens",
+                self.max_batch_tokens,
+                MAX_BATCH_TOKENS as usize,
+            ),
             ("max_batch_pairs", self.max_batch_pairs, 1 << 16),
             (
                 "max_concurrent_requests",
@@ -407,6 +419,9 @@ impl Settings {
         }
     }
 }
+
+/// The largest batch budget in tokens: far past what any device runs in one pass.
+const MAX_BATCH_TOKENS: u64 = 1 << 24;
 
 /// A day: a longer duration setting is a typo.
 const MAX_DURATION_SECS: f64 = 86_400.0;
