@@ -37,7 +37,8 @@ pub struct RerankRequest {
     pub top_n: Option<usize>,
     #[serde(default)]
     pub return_documents: Option<bool>,
-    /// TEI: return the raw score (see README) instead of the 0-1 score.
+    /// The raw score (see README): TEI's shape (`texts`) returns it instead of the 0-1
+    /// score; the other shapes add it to each result as `raw_score`.
     #[serde(default)]
     pub raw_scores: Option<bool>,
     /// TEI: echo each text.
@@ -160,6 +161,9 @@ pub struct DocumentText {
 pub struct RerankResult {
     pub index: usize,
     pub relevance_score: f32,
+    /// With `raw_scores: true`: the model's raw score (see README).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_score: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub document: Option<DocumentText>,
 }

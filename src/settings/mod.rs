@@ -160,6 +160,12 @@ pub struct Settings {
     #[arg(long, env = "ZERANK_PROTECT_HEALTH_AND_METRICS", default_value_t = false,
           num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub protect_health_and_metrics: bool,
+    /// Serve the API reference and playground page at GET /docs (open to all: it holds no
+    /// data, and its calls carry the API key typed into it); false answers 404. A bare
+    /// switch means true.
+    #[arg(long, env = "ZERANK_DOCS_PAGE", default_value_t = true, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub docs_page: bool,
     /// Log format.
     #[arg(long, env = "ZERANK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
