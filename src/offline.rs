@@ -223,9 +223,9 @@ fn parse_pair(number: usize, line: &[u8]) -> anyhow::Result<PairLine> {
     })
 }
 
-/// The output of an interrupted run, ready to append to, and how many pairs it holds: its
-/// complete chunks. What follows them (a chunk cut short, a partial line) is cut away and
-/// scored again, as are the input's pairs it held, which are skipped.
+/// The output of an interrupted run, opened to append to, and the scores it keeps: those of
+/// its complete chunks, whose pairs are skipped in `input`. What follows them (a chunk cut
+/// short, a partial line) is cut away, to be scored again in the same batches.
 fn resume<R: BufRead>(
     path: &Path,
     input: &mut PairLines<R>,

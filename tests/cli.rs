@@ -105,8 +105,15 @@ fn blank_lines_are_skipped_and_give_no_output_line() {
     std::fs::write(&with_blanks, format!("\n{text}\n \n\t\n")).unwrap();
     let dense: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     std::fs::write(&without, dense.join("\n")).unwrap();
-    let scores = succeeded(&score("tiny", &with_blanks, &[]));
+    let output = score("tiny", &with_blanks, &[]);
+    let scores = succeeded(&output);
     assert_eq!(scores.lines().count(), 15);
+    // Progress is drawn on a terminal only; a piped stderr stays empty.
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert_eq!(scores, succeeded(&score("tiny", &without, &[])));
 }
 

@@ -101,7 +101,7 @@ where
 }
 
 /// Where the API reference and playground page is served, unless `docs_page` is false.
-pub const DOCS_PATH: &str = "/docs";
+const DOCS_PATH: &str = "/docs";
 
 /// Every route the server serves (`/docs` only with `docs_page`).
 fn route_table() -> Vec<Route> {
