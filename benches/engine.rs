@@ -16,7 +16,7 @@ use clap::Parser;
 use serde::Deserialize;
 use serde_json::json;
 use zerank_server::model::{
-    BatchBudget, Blas, CpuBlas, DTypeSpec, DeviceSpec, Engine, LoadOptions, Qwen3Config,
+    BatchBudget, Blas, CpuBlas, DTypeSpec, DeviceSpec, Engine, LoadOptions, PairText, Qwen3Config,
     TokenLimits,
 };
 
@@ -62,9 +62,13 @@ fn main() -> anyhow::Result<()> {
         .filter(|l| !l.trim().is_empty())
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()?;
-    let pairs: Vec<(&str, &str)> = pairs
+    let pairs: Vec<PairText> = pairs
         .iter()
-        .map(|p| (p.query.as_str(), p.document.as_str()))
+        .map(|p| PairText {
+            query: &p.query,
+            document: &p.document,
+            instruction: None,
+        })
         .collect();
     let budget = BatchBudget {
         max_tokens: args.max_batch_tokens,
@@ -97,16 +101,16 @@ fn main() -> anyhow::Result<()> {
         }
         let tokens: usize = pairs
             .iter()
-            .map(|(q, d)| {
+            .map(|p| {
                 engine
-                    .encode(q, d, None, TokenLimits::default())
+                    .encode(p.query, p.document, None, TokenLimits::default())
                     .map(|e| e.ids.len())
             })
             .sum::<Result<_, _>>()?;
         // Warm-up: first touches of the weights and allocator growth stay out of the timing.
-        engine.score_pairs_offline(&pairs[..1], None, TokenLimits::default(), budget)?;
+        engine.score_pairs_offline(&pairs[..1], TokenLimits::default(), budget)?;
         let started = Instant::now();
-        let scores = engine.score_pairs_offline(&pairs, None, TokenLimits::default(), budget)?;
+        let scores = engine.score_pairs_offline(&pairs, TokenLimits::default(), budget)?;
         let seconds = started.elapsed().as_secs_f64();
         let raw: Vec<f32> = scores.iter().map(|s| s.raw).collect();
         let max_diff = unshared.as_ref().map(|base| {
@@ -217,11 +221,7 @@ fn sgemm_peak(config: &Qwen3Config, rows: usize) -> anyhow::Result<f64> {
 
 /// Matmul FLOPs of scoring every pair alone (no sharing): the linear layers at every token,
 /// causal attention (q·k and p·v over the visible keys), and the one head row at the last.
-fn forward_flops(
-    config: &Qwen3Config,
-    pairs: &[(&str, &str)],
-    engine: &Engine,
-) -> anyhow::Result<f64> {
+fn forward_flops(config: &Qwen3Config, pairs: &[PairText], engine: &Engine) -> anyhow::Result<f64> {
     let (hidden, inner, layers) = (
         config.hidden_size as f64,
         config.intermediate_size as f64,
@@ -232,9 +232,9 @@ fn forward_flops(
     let linear_per_token =
         2.0 * layers * (hidden * (q + 2.0 * kv) + q * hidden + 3.0 * hidden * inner);
     let mut total = 0.0;
-    for (query, document) in pairs {
+    for pair in pairs {
         let n = engine
-            .encode(query, document, None, TokenLimits::default())?
+            .encode(pair.query, pair.document, None, TokenLimits::default())?
             .ids
             .len() as f64;
         let attention = 2.0 * 2.0 * layers * q * n * (n + 1.0) / 2.0;

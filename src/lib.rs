@@ -7,11 +7,14 @@
 //!   tokenizing and ranking;
 //! - [`batcher`]: the queue, batch formation and the model thread;
 //! - [`model`]: checkpoint loading, recipes and prompts, the Qwen3 scoring forward.
+//!
+//! [`offline`] scores a file of pairs with a model directly, without the server.
 
 pub mod batcher;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod offline;
 pub mod service;
 pub mod settings;
 pub mod telemetry;

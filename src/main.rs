@@ -1,8 +1,4 @@
-use std::io::{BufRead, BufWriter, Write};
-
-use anyhow::Context;
-use zerank_server::model::{Engine, TokenLimits};
-use zerank_server::settings::{Invocation, LogFormat, ScoreFiles, Settings};
+use zerank_server::settings::{Invocation, LogFormat};
 use zerank_server::telemetry::{self, TraceExport};
 
 fn main() -> std::process::ExitCode {
@@ -25,7 +21,7 @@ fn run() -> anyhow::Result<()> {
         }
         Invocation::Score(args, settings) => {
             let _telemetry = telemetry::init(LogFormat::Text, None)?;
-            score_file(&args, &settings)
+            zerank_server::offline::score_file(&args, &settings)
         }
         Invocation::Serve(settings) => {
             // Before the runtime: the trace exporter's client must not live inside it.
@@ -48,66 +44,4 @@ fn run() -> anyhow::Result<()> {
             served
         }
     }
-}
-
-#[derive(serde::Deserialize)]
-struct PairLine {
-    query: String,
-    document: String,
-}
-
-/// Pairs are read and scored in chunks, so that a file of any size streams through.
-const PAIRS_PER_CHUNK: usize = 256;
-
-fn score_file(args: &ScoreFiles, settings: &Settings) -> anyhow::Result<()> {
-    let model = settings.models()?.swap_remove(0);
-    let engine = Engine::load(&model.load)?;
-    let limits = TokenLimits {
-        max_document_tokens: settings.max_tokens_per_doc,
-        ..TokenLimits::default()
-    };
-    let input: Box<dyn BufRead> = if args.input.as_os_str() == "-" {
-        Box::new(std::io::stdin().lock())
-    } else {
-        let file = std::fs::File::open(&args.input)
-            .with_context(|| format!("cannot open {}", args.input.display()))?;
-        Box::new(std::io::BufReader::new(file))
-    };
-    let mut output: Box<dyn Write> = match &args.output {
-        Some(path) => Box::new(BufWriter::new(
-            std::fs::File::create(path)
-                .with_context(|| format!("cannot create {}", path.display()))?,
-        )),
-        None => Box::new(BufWriter::new(std::io::stdout().lock())),
-    };
-    let mut chunk: Vec<PairLine> = Vec::with_capacity(PAIRS_PER_CHUNK);
-    let flush = |chunk: &mut Vec<PairLine>, output: &mut dyn Write| -> anyhow::Result<()> {
-        let pairs: Vec<(&str, &str)> = chunk
-            .iter()
-            .map(|p| (p.query.as_str(), p.document.as_str()))
-            .collect();
-        for score in engine.score_pairs_offline(&pairs, None, limits, settings.batch_budget())? {
-            writeln!(output, "{}", if args.raw { score.raw } else { score.score })?;
-        }
-        chunk.clear();
-        Ok(())
-    };
-    for (number, line) in input.lines().enumerate() {
-        let line = line.with_context(|| format!("reading line {}", number + 1))?;
-        if line.trim().is_empty() {
-            anyhow::bail!(
-                "line {} is empty; every line must be a {{\"query\", \"document\"}} object",
-                number + 1
-            );
-        }
-        let pair: PairLine =
-            serde_json::from_str(&line).with_context(|| format!("line {}", number + 1))?;
-        chunk.push(pair);
-        if chunk.len() == PAIRS_PER_CHUNK {
-            flush(&mut chunk, &mut output)?;
-        }
-    }
-    flush(&mut chunk, &mut output)?;
-    output.flush()?;
-    Ok(())
 }

@@ -56,31 +56,226 @@ fn score_writes_one_golden_score_per_line() {
     }
 }
 
+/// `zerank-server score` of `input` on a fixture checkpoint, with `args` added.
+fn score(model: &str, input: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_zerank-server"))
+        .args(["score", "--model", fixture(model).to_str().unwrap()])
+        .args(["--device", "cpu", "--input", input.to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn succeeded(output: &std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+fn failed(output: &std::process::Output) -> String {
+    assert!(!output.status.success(), "the run should have failed");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Lines of varied pairs, one blank line after every seventh.
+fn varied_pairs(count: usize) -> String {
+    let mut text = String::new();
+    for i in 0..count {
+        let pair = serde_json::json!({
+            "query": format!("question {i}: what is {}?", "thing ".repeat(i % 5)),
+            "document": format!("document {i} {}", "about things and more ".repeat(i % 11)),
+        });
+        text.push_str(&pair.to_string());
+        text.push('\n');
+        if i % 7 == 6 {
+            text.push_str(if i % 2 == 0 { "\n" } else { "  \r\n" });
+        }
+    }
+    text
+}
+
 #[test]
-fn a_bad_line_is_named() {
+fn blank_lines_are_skipped_and_give_no_output_line() {
+    let work = tempfile::tempdir().unwrap();
+    let (with_blanks, without) = (work.path().join("a.jsonl"), work.path().join("b.jsonl"));
+    let text = varied_pairs(15);
+    std::fs::write(&with_blanks, format!("\n{text}\n \n\t\n")).unwrap();
+    let dense: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    std::fs::write(&without, dense.join("\n")).unwrap();
+    let output = score("tiny", &with_blanks, &[]);
+    let scores = succeeded(&output);
+    assert_eq!(scores.lines().count(), 15);
+    // Progress is drawn on a terminal only; a piped stderr stays empty.
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(scores, succeeded(&score("tiny", &without, &[])));
+}
+
+/// An interrupted run (output cut at a line's end, inside a line, or not started), resumed,
+/// leaves the bytes of one uninterrupted run.
+#[test]
+fn a_resumed_run_writes_what_an_uninterrupted_one_does() {
     let work = tempfile::tempdir().unwrap();
     let input = work.path().join("pairs.jsonl");
-    std::fs::write(
-        &input,
-        "{\"query\":\"q\",\"document\":\"d\"}\n{\"query\":\"q\"}\n",
-    )
-    .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_zerank-server"))
-        .args([
-            "score",
-            "--model",
-            fixture("tiny").to_str().unwrap(),
-            "--device",
-            "cpu",
-            "--input",
-            input.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    std::fs::write(&input, varied_pairs(40)).unwrap();
+    // Two pairs a batch: chunks of 8 pairs, so that cuts fall inside and between chunks.
+    let batching = ["--max-batch-pairs", "2"];
+    let whole = work.path().join("whole.txt");
+    let whole_args = [&batching[..], &["--output", whole.to_str().unwrap()]].concat();
+    succeeded(&score("tiny", &input, &whole_args));
+    let whole = std::fs::read(&whole).unwrap();
+    assert_eq!(whole.iter().filter(|&&b| b == b'\n').count(), 40);
+    let line_ends: Vec<usize> = whole
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .map(|(i, _)| i + 1)
+        .collect();
+    let cuts = [
+        ("nothing written", Some(0)),
+        ("13 lines", Some(line_ends[12])),
+        ("16 lines, a whole chunk", Some(line_ends[15])),
+        ("inside line 21", Some(line_ends[19] + 3)),
+        ("just before the last newline", Some(whole.len() - 1)),
+        ("everything", Some(whole.len())),
+        ("no output file", None),
+    ];
+    for (case, cut) in cuts {
+        let output = work.path().join("resumed.txt");
+        let _ = std::fs::remove_file(&output);
+        if let Some(cut) = cut {
+            std::fs::write(&output, &whole[..cut]).unwrap();
+        }
+        let args = [
+            &batching[..],
+            &["--output", output.to_str().unwrap(), "--resume"],
+        ]
+        .concat();
+        succeeded(&score("tiny", &input, &args));
+        assert!(std::fs::read(&output).unwrap() == whole, "{case}");
+    }
+}
+
+#[test]
+fn resume_needs_an_output_file_of_scores_of_this_input() {
+    let work = tempfile::tempdir().unwrap();
+    let input = work.path().join("pairs.jsonl");
+    std::fs::write(&input, varied_pairs(3)).unwrap();
+    let stderr = failed(&score("tiny", &input, &["--resume"]));
     assert!(
-        stderr.contains("line 2") && stderr.contains("document"),
+        stderr.contains("--resume") && stderr.contains("--output"),
+        "{stderr}"
+    );
+
+    let output = work.path().join("scores.txt");
+    std::fs::write(&output, "0.5\n{\"query\": \"q\"}\n").unwrap();
+    let args = ["--output", output.to_str().unwrap(), "--resume"];
+    let stderr = failed(&score("tiny", &input, &args));
+    assert!(stderr.contains("line 2 of"), "{stderr}");
+    // 300 scores, more than the input's 3 pairs: not its output.
+    std::fs::write(&output, "0.5\n".repeat(300)).unwrap();
+    let stderr = failed(&score("tiny", &input, &args));
+    assert!(stderr.contains("only 3 pairs"), "{stderr}");
+    assert_eq!(
+        std::fs::read(&output).unwrap(),
+        "0.5\n".repeat(300).as_bytes()
+    );
+}
+
+/// Each bad line is named once, with its number (blank lines counted) and its field.
+#[test]
+fn a_bad_line_is_named_once_with_its_field() {
+    let work = tempfile::tempdir().unwrap();
+    let input = work.path().join("pairs.jsonl");
+    let good = r#"{"query":"q","document":"d"}"#;
+    for (bad, expected) in [
+        (r#"{"query":"q"}"#, r#"line 3: missing field "document""#),
+        (
+            r#"{"query":7,"document":"d"}"#,
+            r#"line 3, field "query": expected a string, got a number"#,
+        ),
+        (
+            r#"{"query":"q","document":null}"#,
+            r#"line 3, field "document": expected a string, got null"#,
+        ),
+        (
+            r#"{"query":"q","document":"d","instruction":["x"]}"#,
+            r#"line 3, field "instruction": expected a string, got an array"#,
+        ),
+        (r#"{"query":"q","#, "line 3, column 13: invalid JSON"),
+        (r#"["q","d"]"#, "line 3: expected an object"),
+    ] {
+        std::fs::write(&input, format!("{good}\n\n{bad}\n{good}\n")).unwrap();
+        let stderr = failed(&score("tiny", &input, &[]));
+        assert!(stderr.contains(expected), "{bad}: {stderr}");
+        assert_eq!(stderr.matches("line").count(), 1, "{bad}: {stderr}");
+    }
+}
+
+#[test]
+fn batch_tokens_sets_the_batches_not_the_scores() {
+    let work = tempfile::tempdir().unwrap();
+    let input = work.path().join("pairs.jsonl");
+    std::fs::write(&input, varied_pairs(12)).unwrap();
+    let default = succeeded(&score("tiny", &input, &[]));
+    // Under one pair's tokens: every pair runs alone.
+    let small = succeeded(&score("tiny", &input, &["--batch-tokens", "8"]));
+    let parse = |text: &str| -> Vec<f32> { text.lines().map(|l| l.parse().unwrap()).collect() };
+    let (default, small) = (parse(&default), parse(&small));
+    assert_eq!(default.len(), 12);
+    for (a, b) in default.iter().zip(&small) {
+        assert!((a - b).abs() <= 1e-5, "{a} vs {b}");
+    }
+    let stderr = failed(&score("tiny", &input, &["--batch-tokens", "0"]));
+    assert!(stderr.contains("--batch-tokens"), "{stderr}");
+}
+
+/// A line's `instruction` reaches a model that takes one, and only that line; a model with
+/// no place for one refuses it, naming the line.
+#[test]
+fn an_instruction_per_line() {
+    let goldens: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("native_goldens.json")).unwrap())
+            .unwrap();
+    let instruction = goldens["instruction"].as_str().unwrap();
+    let expected = &goldens["models"]["native-yes-no"];
+    let work = tempfile::tempdir().unwrap();
+    let input = work.path().join("pairs.jsonl");
+    let lines: Vec<String> = (0..4)
+        .map(|i| {
+            let pair = &goldens["pairs"][i];
+            let mut line =
+                serde_json::json!({ "query": pair["query"], "document": pair["document"] });
+            if i % 2 == 1 {
+                line["instruction"] = instruction.into();
+            }
+            line.to_string()
+        })
+        .collect();
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let scores = succeeded(&score("native-yes-no", &input, &[]));
+    for (i, score) in scores.lines().enumerate() {
+        let score: f64 = score.parse().unwrap();
+        let kind = if i % 2 == 1 { "instructed" } else { "plain" };
+        let want = expected[kind]["predict"][i].as_f64().unwrap();
+        assert!(
+            (score - want).abs() <= 2e-5,
+            "line {}: {score} vs {want} ({kind})",
+            i + 1
+        );
+    }
+    assert_eq!(scores.lines().count(), 4);
+
+    let stderr = failed(&score("tiny", &input, &[]));
+    assert!(
+        stderr.contains(r#"line 2, field "instruction""#)
+            && stderr.contains("no place for an instruction"),
         "{stderr}"
     );
 }

@@ -9,7 +9,8 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use common::{fixture, goldens, load, options};
 use zerank_server::model::{
-    BatchBudget, CpuBlas, Engine, LoadOptions, ModelError, TokenLimits, TruncationDirection,
+    BatchBudget, CpuBlas, Engine, LoadOptions, ModelError, PairText, TokenLimits,
+    TruncationDirection,
 };
 
 const MODELS: [&str; 2] = ["tiny", "sharded"];
@@ -225,11 +226,12 @@ fn offline_scoring_agrees_with_the_goldens() {
     let indices: Vec<usize> = (0..goldens.pairs.len())
         .filter(|&i| goldens.pairs[i].input_ids.len() <= BATCHABLE_TOKENS)
         .collect();
-    let pairs: Vec<(&str, &str)> = indices
+    let pairs: Vec<PairText> = indices
         .iter()
-        .map(|&i| {
-            let p = &goldens.pairs[i];
-            (p.query.as_str(), p.document.as_str())
+        .map(|&i| PairText {
+            query: &goldens.pairs[i].query,
+            document: &goldens.pairs[i].document,
+            instruction: None,
         })
         .collect();
     let budget = BatchBudget {
@@ -237,7 +239,7 @@ fn offline_scoring_agrees_with_the_goldens() {
         max_sequences: 4,
     };
     let scores = engine
-        .score_pairs_offline(&pairs, None, TokenLimits::default(), budget)
+        .score_pairs_offline(&pairs, TokenLimits::default(), budget)
         .unwrap();
     for (k, &i) in indices.iter().enumerate() {
         assert!((scores[k].margin - expected[i]).abs() <= 1e-4, "pair {i}");

@@ -266,6 +266,9 @@ fn the_api_key_guards_scoring_routes_and_optionally_probes() {
     assert_eq!(with(Some("Bearer s3cret")).status, 200);
     assert_eq!(with(Some("s3cret")).status, 200);
     server.get("/info").assert_error(401, "unauthorized");
+    server
+        .get("/openapi.json")
+        .assert_error(401, "unauthorized");
     assert_eq!(server.get("/health").status, 200);
     assert_eq!(server.get("/metrics").status, 200);
     drop(server);
@@ -279,6 +282,56 @@ fn the_api_key_guards_scoring_routes_and_optionally_probes() {
         .set("authorization", "Bearer s3cret")
         .call();
     assert_eq!(Reply::from(health).status, 200);
+    // The docs page holds no data: open even here; its calls carry the key.
+    assert_eq!(strict.get("/docs").status, 200);
+}
+
+/// `/docs`: one page that loads nothing from elsewhere, served unless `docs_page` is off.
+#[test]
+fn the_docs_page_is_self_contained_and_can_be_turned_off() {
+    let server = TestServer::start(|_| {});
+    let page = server.get("/docs");
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    let html = page.text.to_ascii_lowercase();
+    assert!(html.starts_with("<!doctype html>") && html.contains("id=\"rank\""));
+    for external in ["http://", "https://", "@import", "<iframe", "<object"] {
+        assert!(!html.contains(external), "the page refers to {external}");
+    }
+    let style = html
+        .split("<style>")
+        .nth(1)
+        .unwrap()
+        .split("</style>")
+        .next();
+    assert!(!style.unwrap().contains("url("), "a stylesheet resource");
+    // Links and sources stay on the page: anchors and data URLs only.
+    for attribute in ["href=\"", "src=\""] {
+        for value in html.split(attribute).skip(1) {
+            assert!(
+                value.starts_with('#') || value.starts_with("data:"),
+                "{attribute}{}",
+                &value[..value.len().min(40)]
+            );
+        }
+    }
+    let policy = page.header("content-security-policy").unwrap();
+    assert!(
+        policy.contains("default-src 'none'") && policy.contains("connect-src 'self'"),
+        "{policy}"
+    );
+    // What the page reads: the reference, and raw scores with usage from /v1/rerank.
+    let spec = server.get("/openapi.json");
+    assert_eq!(spec.header("content-type"), Some("application/json"));
+    assert!(spec.json()["paths"]["/docs"]["get"].is_object());
+    drop(server);
+
+    let off = TestServer::start(|s| s.docs_page = false);
+    off.get("/docs").assert_error(404, "not_found");
+    assert_eq!(off.get("/openapi.json").status, 200);
 }
 
 #[test]

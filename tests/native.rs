@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use common::{copy_dir, fixture, load, options};
 use serde::Deserialize;
 use zerank_server::model::{
-    Engine, LoadOptions, ModelError, RecipeChoice, TokenLimits, TruncationDirection,
+    BatchBudget, Engine, LoadOptions, ModelError, PairText, RecipeChoice, TokenLimits,
+    TruncationDirection,
 };
 
 #[derive(Deserialize)]
@@ -128,6 +129,41 @@ fn a_yes_no_native_checkpoint_scores_as_sentence_transformers() {
         .filter(|ids| ids.len() == golden.max_length)
         .count();
     assert!(truncated >= 1, "no golden reaches the length limit");
+}
+
+/// Offline scoring with an instruction on every other pair, in shared batches: each pair
+/// scores as the reference does with its own instruction or none.
+#[test]
+fn offline_pairs_carry_their_own_instructions() {
+    let goldens = goldens();
+    let golden = &goldens.models["native-yes-no"];
+    let engine = load(&fixture("native-yes-no"));
+    let pairs: Vec<PairText> = goldens
+        .pairs
+        .iter()
+        .enumerate()
+        .map(|(i, pair)| PairText {
+            query: &pair.query,
+            document: &pair.document,
+            instruction: (i % 2 == 1).then_some(goldens.instruction.as_str()),
+        })
+        .collect();
+    let budget = BatchBudget {
+        max_tokens: 4096,
+        max_sequences: 4,
+    };
+    let scores = engine
+        .score_pairs_offline(&pairs, TokenLimits::default(), budget)
+        .unwrap();
+    assert_eq!(scores.len(), pairs.len());
+    for (i, score) in scores.iter().enumerate() {
+        let variant = if i % 2 == 1 {
+            &golden.instructed
+        } else {
+            &golden.plain
+        };
+        assert!((score.raw - variant.raw[i]).abs() <= 1e-4, "pair {i}");
+    }
 }
 
 #[test]

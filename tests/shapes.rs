@@ -89,6 +89,32 @@ fn top_n_cuts_and_documents_are_off_by_default() {
         let results = body["results"].as_array().unwrap();
         assert_eq!(results.len(), count, "top_n {top_n}");
         assert!(results.iter().all(|r| r.get("document").is_none()));
+        assert!(results.iter().all(|r| r.get("raw_score").is_none()));
+    }
+}
+
+/// `raw_scores` adds each result's raw score to the object shapes (TEI's replaces the score).
+#[test]
+fn raw_scores_add_the_raw_score_to_object_shapes() {
+    let expected = expected();
+    let server = TestServer::start(|_| {});
+    for path in ["/rerank", "/v1/rerank", "/v2/rerank", "/v1/models/rerank"] {
+        let body = server
+            .post(
+                path,
+                &json!({ "query": QUERY, "documents": DOCUMENTS, "raw_scores": true }),
+            )
+            .json();
+        let results = body["results"].as_array().unwrap();
+        assert_eq!(results.len(), DOCUMENTS.len(), "{path}");
+        for r in results {
+            let (score, raw) = expected[index(r)];
+            assert!(
+                close(r["relevance_score"].as_f64().unwrap(), score),
+                "{path} {r}"
+            );
+            assert!(close(r["raw_score"].as_f64().unwrap(), raw), "{path} {r}");
+        }
     }
 }
 

@@ -74,6 +74,8 @@ pub enum Access {
     Guarded,
     /// Health and metrics: open unless `protect_health_and_metrics`.
     Probe,
+    /// Anyone, always: the docs page, which holds no data (the calls it makes carry the key).
+    Open,
 }
 
 /// One route: its method and path, who may call it, and its handler.
@@ -98,9 +100,12 @@ where
     }
 }
 
-/// Every route the server serves.
+/// Where the API reference and playground page is served, unless `docs_page` is false.
+const DOCS_PATH: &str = "/docs";
+
+/// Every route the server serves (`/docs` only with `docs_page`).
 fn route_table() -> Vec<Route> {
-    use Access::{Guarded, Probe};
+    use Access::{Guarded, Open, Probe};
     vec![
         route(Method::POST, "/rerank", Guarded, routes::rerank),
         route(Method::POST, "/v1/rerank", Guarded, routes::rerank_v1),
@@ -116,12 +121,14 @@ fn route_table() -> Vec<Route> {
         route(Method::GET, "/info", Guarded, routes::info),
         route(Method::GET, "/v1/models", Guarded, routes::models),
         route(Method::GET, "/openapi.yaml", Guarded, routes::openapi),
+        route(Method::GET, "/openapi.json", Guarded, routes::openapi_json),
+        route(Method::GET, DOCS_PATH, Open, routes::docs),
         route(Method::GET, "/health", Probe, routes::health),
         route(Method::GET, "/metrics", Probe, routes::metrics),
     ]
 }
 
-/// The method, path and access of every route the router serves.
+/// The method, path and access of every route the router serves (with `docs_page`).
 pub fn served_routes() -> Vec<(Method, &'static str, Access)> {
     route_table()
         .into_iter()
@@ -130,11 +137,15 @@ pub fn served_routes() -> Vec<(Method, &'static str, Access)> {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    let (mut scoring, mut probes) = (Router::new(), Router::new());
+    let (mut scoring, mut probes, mut open) = (Router::new(), Router::new(), Router::new());
     for route in route_table() {
+        if route.path == DOCS_PATH && !state.settings.docs_page {
+            continue;
+        }
         match route.access {
             Access::Guarded => scoring = scoring.route(route.path, route.handler),
             Access::Probe => probes = probes.route(route.path, route.handler),
+            Access::Open => open = open.route(route.path, route.handler),
         }
     }
     let guarded = |r: Router<Arc<AppState>>| {
@@ -153,6 +164,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(scoring)
         .merge(probes)
+        .merge(open)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.settings.payload_limit_bytes))

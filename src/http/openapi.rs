@@ -29,8 +29,9 @@ Qwen3-Reranker recipe: raw `logit(yes) - logit(no)`, score P(yes). `instruction`
 prompt has a place for one; others answer 400 `instruction_not_accepted`. `model` picks one of the \
 served models. Results are sorted by descending score.\n\n\
 Request bodies ignore unknown fields and accept `null` for optional ones. Every error has the body \
-`ErrorBody`. Scoring routes, `/info`, `/v1/models` and `/openapi.yaml` need the API key when the \
-server has one; `/health` and `/metrics` only with `protect_health_and_metrics`.",
+`ErrorBody`. Scoring routes, `/info`, `/v1/models`, `/openapi.yaml` and `/openapi.json` need the API \
+key when the server has one; `/health` and `/metrics` only with `protect_health_and_metrics`; `/docs` \
+never.",
         license(name = "Apache-2.0"),
     ),
     servers((url = "http://localhost:8080")),
@@ -44,6 +45,8 @@ server has one; `/health` and `/metrics` only with `protect_health_and_metrics`.
         routes::info,
         routes::models,
         routes::openapi,
+        routes::openapi_json,
+        routes::docs,
         routes::health,
         routes::metrics,
     ),
@@ -59,6 +62,16 @@ pub fn generate() -> String {
         .expect("the OpenAPI document serializes")
 }
 
+/// The same document in JSON, which `/openapi.json` serves (to the docs page's script).
+pub fn json() -> &'static str {
+    static JSON: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        ApiDoc::openapi()
+            .to_pretty_json()
+            .expect("the OpenAPI document serializes")
+    });
+    &JSON
+}
+
 /// What every route shares: the error answers, `Retry-After` on 429, the timing headers of
 /// scoring answers, and the optional key.
 struct ErrorsAndAuth;
@@ -68,6 +81,8 @@ const SCORING_ERRORS: &[&str] = &[
     "400", "401", "404", "408", "413", "415", "422", "429", "431", "500", "503", "504",
 ];
 const READ_ERRORS: &[&str] = &["401", "431", "503"];
+/// The docs page: 404 when turned off.
+const OPEN_ERRORS: &[&str] = &["404", "431"];
 
 /// The headers of every scoring answer.
 const TIMING_HEADERS: &[(&str, &str)] = &[
@@ -133,7 +148,17 @@ impl Modify for ErrorsAndAuth {
                     .build(),
             ),
         );
-        for item in openapi.paths.paths.values_mut() {
+        let open: Vec<&str> = super::served_routes()
+            .into_iter()
+            .filter(|(_, _, access)| *access == super::Access::Open)
+            .map(|(_, path, _)| path)
+            .collect();
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let read_errors = if open.contains(&path.as_str()) {
+                OPEN_ERRORS
+            } else {
+                READ_ERRORS
+            };
             if let Some(RefOr::T(answer)) = item
                 .post
                 .as_mut()
@@ -149,7 +174,7 @@ impl Modify for ErrorsAndAuth {
             }
             let operations = [
                 (&mut item.post, SCORING_ERRORS),
-                (&mut item.get, READ_ERRORS),
+                (&mut item.get, read_errors),
             ];
             for (operation, statuses) in operations {
                 let Some(operation) = operation else { continue };
@@ -181,5 +206,12 @@ mod tests {
             super::generate() == super::SPEC,
             "openapi.yaml differs from the types and routes: run `cargo run -- openapi > openapi.yaml`"
         );
+    }
+
+    #[test]
+    fn the_json_document_is_the_yaml_one() {
+        let json: serde_json::Value = serde_json::from_str(super::json()).unwrap();
+        let yaml: serde_json::Value = serde_norway::from_str(super::SPEC).unwrap();
+        assert_eq!(json, yaml);
     }
 }

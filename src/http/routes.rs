@@ -177,6 +177,7 @@ async fn rerank_as(
         return Err(ApiError::Validation("`documents` must not be empty".into()));
     }
     let tei = flavor == Flavor::Generic && req.documents.is_none();
+    let raw = req.raw_scores.unwrap_or(false);
     let scoring = service
         .score(ScoreJob {
             model: req.model,
@@ -199,7 +200,6 @@ async fn rerank_as(
     let text = |index: usize| scoring.pairs.get(index).1.to_owned();
 
     if tei {
-        let raw = req.raw_scores.unwrap_or(false);
         let with_text = req.return_text.unwrap_or(false);
         let body: Vec<TeiRank> = ranked
             .iter()
@@ -224,6 +224,7 @@ async fn rerank_as(
         .map(|r| RerankResult {
             index: r.index,
             relevance_score: r.score.score,
+            raw_score: raw.then_some(r.score.raw),
             document: with_documents.then(|| DocumentText {
                 text: text(r.index),
             }),
@@ -412,6 +413,39 @@ pub async fn openapi() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/yaml")],
         super::openapi::SPEC,
+    )
+}
+
+#[utoipa::path(get, path = "/openapi.json",
+    summary = "This document, in JSON.",
+    responses((status = 200, description = "The OpenAPI document.", body = Object, content_type = "application/json")))]
+pub async fn openapi_json() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        super::openapi::json(),
+    )
+}
+
+/// What the docs page may reach: itself and this server, nothing else.
+const DOCS_CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+    style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; \
+    form-action 'none'; frame-ancestors 'none'";
+
+#[utoipa::path(get, path = "/docs",
+    summary = "The API reference (from this document) and a playground to rank documents, one self-contained HTML page. Open to all, as it holds no data; 404 when the server sets `docs_page = false`.",
+    security(()),
+    responses((status = 200, description = "The page.", body = String, content_type = "text/html")))]
+pub async fn docs() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                DOCS_CONTENT_SECURITY_POLICY,
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        include_str!("docs.html"),
     )
 }
 

@@ -39,7 +39,8 @@ pub struct RerankRequest {
     pub top_n: Option<usize>,
     #[serde(default)]
     pub return_documents: Option<bool>,
-    /// TEI: return the raw score (see README) instead of the 0-1 score.
+    /// The raw score (see README): TEI's shape (`texts`) returns it instead of the 0-1
+    /// score; the other shapes add it to each result as `raw_score`.
     #[serde(default)]
     pub raw_scores: Option<bool>,
     /// TEI: echo each text.
@@ -144,7 +145,8 @@ pub enum DocumentInput {
     Object(DocumentText),
 }
 
-fn json_kind(value: &serde_json::Value) -> &'static str {
+/// How a JSON value is named in messages: "a string", "null".
+pub(crate) fn json_kind(value: &serde_json::Value) -> &'static str {
     match value {
         serde_json::Value::Null => "null",
         serde_json::Value::Bool(_) => "a boolean",
@@ -165,6 +167,9 @@ pub struct DocumentText {
 pub struct RerankResult {
     pub index: usize,
     pub relevance_score: f32,
+    /// With `raw_scores: true`: the model's raw score (see README).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_score: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub document: Option<DocumentText>,
     /// With `long_documents: "chunk"`, the window that gave the score (`/rerank` with

@@ -37,6 +37,14 @@ use qwen3::Qwen3Scorer;
 use recipe::Recipe;
 use weights::SafetensorsFiles;
 
+/// One pair to score offline, with its own instruction (`None`: the model's default).
+#[derive(Debug, Clone, Copy)]
+pub struct PairText<'a> {
+    pub query: &'a str,
+    pub document: &'a str,
+    pub instruction: Option<&'a str>,
+}
+
 /// One pair's relevance.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Score {
@@ -332,24 +340,40 @@ impl Engine {
     /// without the batcher.
     pub fn score_pairs_offline(
         &self,
-        pairs: &[(&str, &str)],
-        instruction: Option<&str>,
+        pairs: &[PairText<'_>],
         limits: TokenLimits,
         budget: BatchBudget,
     ) -> Result<Vec<Score>> {
         let encoded = pairs
             .iter()
-            .map(|(q, d)| self.encode(q, d, instruction, limits).map(|e| e.ids))
+            .map(|p| {
+                self.encode(p.query, p.document, p.instruction, limits)
+                    .map(|e| e.ids)
+            })
             .collect::<Result<Vec<_>>>()?;
-        let lengths: Vec<usize> = encoded.iter().map(Vec::len).collect();
-        let mut scores = vec![Score::new(0.0, self.info.calibration); pairs.len()];
-        for batch in plan_batches(&lengths, budget) {
-            let sequences: Vec<&[u32]> = batch.iter().map(|&i| encoded[i].as_slice()).collect();
-            for (&i, score) in batch.iter().zip(self.score_batch(&sequences)?.scores) {
-                scores[i] = score;
-            }
-        }
+        let mut scores = Vec::with_capacity(pairs.len());
+        self.score_sequences(&encoded, budget, |batch| {
+            scores.extend_from_slice(batch);
+            Ok::<_, ModelError>(())
+        })?;
         Ok(scores)
+    }
+
+    /// Scores of encoded sequences, batched within `budget` in their order; `scored` gets
+    /// each batch's scores as soon as it has run, so that callers can write them out and
+    /// report progress, and may stop the run with an error of their own.
+    pub fn score_sequences<E: From<ModelError>>(
+        &self,
+        sequences: &[Vec<u32>],
+        budget: BatchBudget,
+        mut scored: impl FnMut(&[Score]) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let lengths: Vec<usize> = sequences.iter().map(Vec::len).collect();
+        for batch in plan_batches(&lengths, budget) {
+            let batch: Vec<&[u32]> = batch.iter().map(|&i| sequences[i].as_slice()).collect();
+            scored(&self.score_batch(&batch)?.scores)?;
+        }
+        Ok(())
     }
 }
 

@@ -187,6 +187,12 @@ pub struct Settings {
     #[arg(long, env = "ZERANK_PROTECT_HEALTH_AND_METRICS", default_value_t = false,
           num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub protect_health_and_metrics: bool,
+    /// Serve the API reference and playground page at GET /docs (open to all: it holds no
+    /// data, and its calls carry the API key typed into it); false answers 404. A bare
+    /// switch means true.
+    #[arg(long, env = "ZERANK_DOCS_PAGE", default_value_t = true, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub docs_page: bool,
     /// Log format.
     #[arg(long, env = "ZERANK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -238,15 +244,23 @@ pub struct ScoreArgs {
 /// What offline scoring reads and writes.
 #[derive(Args, Debug, Clone)]
 pub struct ScoreFiles {
-    /// JSONL file with one {"query", "document"} object per line; `-` reads stdin.
+    /// JSONL file with one {"query", "document"} object per line, and an optional
+    /// "instruction"; blank lines are skipped. `-` reads stdin.
     #[arg(long)]
     pub input: PathBuf,
-    /// Where to write the scores, one per line [default: stdout].
+    /// Where to write the scores, one per pair [default: stdout].
     #[arg(long)]
     pub output: Option<PathBuf>,
     /// Write raw scores (see README: the reference's unscaled score) instead of 0-1 scores.
     #[arg(long)]
     pub raw: bool,
+    /// Prompt tokens in one forward pass [default: max_batch_tokens].
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MAX_BATCH_TOKENS))]
+    pub batch_tokens: Option<usize>,
+    /// Continue an interrupted run: keep the scores already in --output and append those
+    /// of the remaining pairs.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 /// What the command line asks for, with its settings resolved.
@@ -364,7 +378,11 @@ impl Settings {
 
     fn validate(&self) -> anyhow::Result<()> {
         let counts = [
-            ("max_batch_tokens", self.max_batch_tokens, 1_usize << 24),
+            (
+                "max_batch_tokens",
+                self.max_batch_tokens,
+                MAX_BATCH_TOKENS as usize,
+            ),
             ("max_batch_pairs", self.max_batch_pairs, 1 << 16),
             (
                 "max_concurrent_requests",
@@ -461,6 +479,9 @@ impl Settings {
         }
     }
 }
+
+/// The largest batch budget in tokens: far past what any device runs in one pass.
+const MAX_BATCH_TOKENS: u64 = 1 << 24;
 
 /// A day: a longer duration setting is a typo.
 const MAX_DURATION_SECS: f64 = 86_400.0;

@@ -189,6 +189,9 @@ fn boolean_settings_are_switches_too() {
     assert!(bare.protect_health_and_metrics && bare.prefix_sharing);
     let explicit = resolve(&["zerank-server", "--prefix-sharing=false"]).unwrap();
     assert!(!explicit.prefix_sharing);
+    assert!(resolve(&["zerank-server"]).unwrap().docs_page);
+    let off = resolve(&["zerank-server", "--docs-page", "false"]).unwrap();
+    assert!(!off.docs_page);
 }
 
 #[test]
