@@ -6,6 +6,7 @@ mod config;
 mod device;
 mod error;
 mod files;
+mod kernels;
 mod linear;
 mod packing;
 mod prompt;

@@ -9,6 +9,7 @@ use candle_nn::{RmsNorm, VarBuilder};
 
 use super::config::Qwen3Config;
 use super::error::{ModelError, Result};
+use super::kernels::Kernels;
 use super::linear::{Blas, Linear, matmul};
 use super::packing::{Packing, Span};
 use super::weights::SafetensorsFiles;
@@ -62,11 +63,8 @@ struct Rotation {
 impl Rotation {
     /// `x`: (tokens, heads, head_dim) → rotated, head-major (heads, tokens, head_dim), so that
     /// a span is a row range of every head.
-    fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        candle_nn::rotary_emb::rope_thd(&x.unsqueeze(0)?, &self.cos, &self.sin)?
-            .squeeze(0)?
-            .transpose(0, 1)?
-            .contiguous()
+    fn apply(&self, x: &Tensor, kernels: Kernels) -> candle_core::Result<Tensor> {
+        kernels.rope_head_major(x, &self.cos, &self.sin)
     }
 }
 
@@ -76,6 +74,7 @@ struct PassContext<'a> {
     spans: &'a [Span],
     /// Additive causal mask of one query chunk against itself.
     causal_block: &'a Tensor,
+    kernels: Kernels,
 }
 
 struct Attention {
@@ -131,11 +130,14 @@ impl Attention {
         let v = split_heads(self.v_proj.forward(x)?, self.kv_heads)?
             .transpose(0, 1)?
             .contiguous()?;
-        let (q, k) = (pass.rotation.apply(&q)?, pass.rotation.apply(&k)?);
+        let (q, k) = (
+            pass.rotation.apply(&q, pass.kernels)?,
+            pass.rotation.apply(&k, pass.kernels)?,
+        );
         let spans = pass
             .spans
             .iter()
-            .map(|span| self.attend_span(&q, &k, &v, span, pass.causal_block))
+            .map(|span| self.attend_span(&q, &k, &v, span, pass))
             .collect::<candle_core::Result<Vec<_>>>()?;
         self.o_proj.forward(&Tensor::cat(&spans.concat(), 0)?)
     }
@@ -150,7 +152,7 @@ impl Attention {
         k: &Tensor,
         v: &Tensor,
         span: &Span,
-        causal_block: &Tensor,
+        pass: &PassContext,
     ) -> candle_core::Result<Vec<Tensor>> {
         let keys_of = |t: &Tensor| -> candle_core::Result<Tensor> {
             let own = t.narrow(1, span.tokens.start, span.tokens.len())?;
@@ -173,19 +175,22 @@ impl Attention {
                 let count = QUERY_CHUNK.min(len - start);
                 // Causal: these queries see the context and their span up to themselves.
                 let visible = before + start + count;
-                let queries = q
-                    .narrow(1, span.tokens.start + start, count)?
-                    .affine(scale, 0.0)?
-                    .reshape((self.kv_heads, group * count, self.head_dim))?;
-                let blas = self.blas.as_deref();
-                let scores = matmul(blas, &queries, &k.narrow(1, 0, visible)?.t()?)?
-                    .reshape((self.kv_heads, group, count, visible))?
-                    .broadcast_add(&chunk_mask(causal_block, before + start, count)?)?;
-                let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((
+                let queries = q.narrow(1, span.tokens.start + start, count)?.reshape((
                     self.kv_heads,
                     group * count,
+                    self.head_dim,
+                ))?;
+                let blas = self.blas.as_deref();
+                let scores = matmul(blas, &queries, &k.narrow(1, 0, visible)?.t()?)?.reshape((
+                    self.kv_heads,
+                    group,
+                    count,
                     visible,
                 ))?;
+                let probs = pass
+                    .kernels
+                    .causal_softmax(&scores, scale, before + start, pass.causal_block)?
+                    .reshape((self.kv_heads, group * count, visible))?;
                 matmul(blas, &probs, &v.narrow(1, 0, visible)?)?
                     .reshape((self.heads, count, self.head_dim))?
                     .transpose(0, 1)?
@@ -217,9 +222,9 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+    fn forward(&self, x: &Tensor, kernels: Kernels) -> candle_core::Result<Tensor> {
+        let gated = kernels.swiglu(&self.gate_proj.forward(x)?, &self.up_proj.forward(x)?)?;
+        self.down_proj.forward(&gated)
     }
 }
 
@@ -257,11 +262,11 @@ impl DecoderLayer {
         let attended = self
             .attention
             .forward(&self.input_layernorm.forward(x)?, pass)?;
-        let x = (x + attended)?;
+        let x = pass.kernels.add(x, &attended)?;
         let transformed = self
             .mlp
-            .forward(&self.post_attention_layernorm.forward(&x)?)?;
-        x + transformed
+            .forward(&self.post_attention_layernorm.forward(&x)?, pass.kernels)?;
+        pass.kernels.add(&x, &transformed)
     }
 }
 
@@ -276,6 +281,7 @@ pub struct Qwen3Scorer {
     rotary: Rotary,
     /// Additive causal mask of one query chunk against itself.
     causal_block: Tensor,
+    kernels: Kernels,
     device: Device,
     max_length: usize,
 }
@@ -340,6 +346,9 @@ impl Qwen3Scorer {
                 .map_err(|err| ModelError::Device(err.to_string()))?,
             causal_block: causal_mask(QUERY_CHUNK, dtype, &device)
                 .map_err(|err| ModelError::Device(err.to_string()))?,
+            kernels: Kernels {
+                cpu_f32: device.is_cpu() && dtype == DType::F32,
+            },
             device,
             max_length: config.max_position_embeddings,
         })
@@ -363,6 +372,7 @@ impl Qwen3Scorer {
             rotation: self.rotary.at(&positions)?,
             spans: &packing.spans,
             causal_block: &self.causal_block,
+            kernels: self.kernels,
         };
         let mut hidden =
             self.embed_tokens
@@ -389,17 +399,6 @@ impl Qwen3Scorer {
             })
             .collect())
     }
-}
-
-/// The mask of queries `start..start + count` against keys `0..start + count`: earlier keys
-/// are all visible, the chunk's own keys only up to each query's position.
-fn chunk_mask(causal_block: &Tensor, start: usize, count: usize) -> candle_core::Result<Tensor> {
-    let own = causal_block.narrow(0, 0, count)?.narrow(1, 0, count)?;
-    if start == 0 {
-        return Ok(own);
-    }
-    let earlier = Tensor::zeros((count, start), own.dtype(), own.device())?;
-    Tensor::cat(&[&earlier, &own], 1)
 }
 
 fn causal_mask(seq_len: usize, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
