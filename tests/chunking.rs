@@ -234,3 +234,20 @@ fn the_chunk_cap_and_the_queue_budget_give_413() {
     let reply = budget.post("/rerank", &json!({"query": QUERY, "documents": [document]}));
     assert_eq!(reply.status, 200);
 }
+
+#[test]
+fn windows_of_text_without_spaces_keep_whole_characters() {
+    // Chinese and emoji: no whitespace to end on, and byte-level tokens that split characters.
+    let document: String = "河流在三角洲汇入大海，磨坊和古桥见证了山谷的历史。🌊🏞️".repeat(30);
+    let spans = windows(&document);
+    assert!(spans.len() > 2, "{} windows", spans.len());
+    assert_eq!(spans.last().unwrap().end, document.chars().count());
+    let server = server(|_| {});
+    let reply = server.post(
+        "/rerank",
+        &json!({"query": QUERY, "documents": [document], "long_documents": "chunk"}),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let chunk = &reply.json()["results"][0]["chunk"];
+    assert_eq!(chunk["count"], spans.len());
+}

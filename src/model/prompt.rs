@@ -469,7 +469,15 @@ fn window_spans(
         {
             end = cut;
         }
-        spans.push(offsets[start].0..offsets[end - 1].1);
+        // Byte-level tokens may split a character; a window keeps it whole.
+        let (mut first, mut last) = (offsets[start].0, offsets[end - 1].1);
+        while !document.is_char_boundary(first) {
+            first -= 1;
+        }
+        while !document.is_char_boundary(last) {
+            last += 1;
+        }
+        spans.push(first..last);
         if spans.len() > chunking.max_chunks {
             return Err(ModelError::InputTooLong(format!(
                 "a document of {} tokens needs more than {} windows of at most {room} tokens (max_chunks_per_document); send a shorter document or ask for `long_documents: \"truncate\"`",
