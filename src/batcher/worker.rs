@@ -47,7 +47,7 @@ fn run_and_answer(
             requests.push(&pending.request);
         }
     }
-    let tokens = batch.iter().map(|p| p.ids.len()).sum();
+    let tokens: usize = batch.iter().map(|p| p.ids.len()).sum();
     // Each request's trace gets the batch's forward as its own span.
     let forward_spans: Vec<tracing::Span> = requests
         .iter()
@@ -70,7 +70,12 @@ fn run_and_answer(
         Ok(Ok(scored)) => Some(scored.computed_tokens),
         _ => None,
     };
-    observe(&batch, metrics, inference.as_secs_f64(), computed);
+    let held = BatchHeld {
+        pairs: batch.len(),
+        requests: requests.len(),
+        tokens,
+    };
+    observe(held, metrics, inference.as_secs_f64(), computed);
 
     match outcome {
         Ok(Ok(scored)) => {
@@ -108,21 +113,28 @@ fn run_and_answer(
     }
 }
 
+/// What one batch held.
+struct BatchHeld {
+    pairs: usize,
+    /// Distinct requests with pairs in it.
+    requests: usize,
+    /// Prompt tokens of its pairs.
+    tokens: usize,
+}
+
 /// `computed`: the tokens the forward pass computed, when it succeeded.
-fn observe(batch: &[Pending], metrics: &ModelMetrics, seconds: f64, computed: Option<usize>) {
-    let real: usize = batch.iter().map(|p| p.ids.len()).sum();
-    let distinct: HashSet<*const Request> = batch.iter().map(|p| Arc::as_ptr(&p.request)).collect();
+fn observe(held: BatchHeld, metrics: &ModelMetrics, seconds: f64, computed: Option<usize>) {
     metrics.inference_duration.observe(seconds);
-    metrics.batch_pairs.observe(batch.len() as f64);
-    metrics.batch_requests.observe(distinct.len() as f64);
-    if distinct.len() > 1 {
+    metrics.batch_pairs.observe(held.pairs as f64);
+    metrics.batch_requests.observe(held.requests as f64);
+    if held.requests > 1 {
         metrics.multi_request_batches.inc();
     }
-    metrics.batch_tokens.observe(real as f64);
-    if let Some(computed) = computed.filter(|_| real > 0) {
+    metrics.batch_tokens.observe(held.tokens as f64);
+    if let Some(computed) = computed.filter(|_| held.tokens > 0) {
         metrics.batch_computed_tokens.observe(computed as f64);
         metrics
             .batch_shared_ratio
-            .observe(real.saturating_sub(computed) as f64 / real as f64);
+            .observe(held.tokens.saturating_sub(computed) as f64 / held.tokens as f64);
     }
 }

@@ -67,44 +67,16 @@ impl CustomOp1 for CausalSoftmax {
     }
 }
 
-/// `silu(gate) · up`, element-wise.
-struct SwiGlu;
-
-impl CustomOp2 for SwiGlu {
-    fn name(&self) -> &'static str {
-        "swiglu"
-    }
-
-    fn cpu_fwd(
-        &self,
-        gate: &CpuStorage,
-        gate_layout: &Layout,
-        up: &CpuStorage,
-        up_layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (gate, up) = (
-            f32_data(gate, gate_layout, self.name())?,
-            f32_data(up, up_layout, self.name())?,
-        );
-        if gate.len() != up.len() {
-            candle_core::bail!("swiglu: {} gate and {} up values", gate.len(), up.len());
-        }
-        let out: Vec<f32> = gate
-            .par_iter()
-            .zip(up)
-            .with_min_len(MIN_CHUNK)
-            .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
-            .collect();
-        Ok((CpuStorage::F32(out), gate_layout.shape().clone()))
-    }
+/// `map(a, b)` element-wise over two tensors of one shape; generic, so that `map` is
+/// inlined into the loop.
+struct ZipMap<F> {
+    name: &'static str,
+    map: F,
 }
 
-/// `a + b`, element-wise, same shapes.
-struct Add;
-
-impl CustomOp2 for Add {
+impl<F: Fn(f32, f32) -> f32 + Send + Sync> CustomOp2 for ZipMap<F> {
     fn name(&self) -> &'static str {
-        "add"
+        self.name
     }
 
     fn cpu_fwd(
@@ -115,12 +87,13 @@ impl CustomOp2 for Add {
         b_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (a, b) = (
-            f32_data(a, a_layout, self.name())?,
-            f32_data(b, b_layout, self.name())?,
+            f32_data(a, a_layout, self.name)?,
+            f32_data(b, b_layout, self.name)?,
         );
         if a_layout.shape() != b_layout.shape() {
             candle_core::bail!(
-                "add: shapes {:?} and {:?}",
+                "{}: shapes {:?} and {:?}",
+                self.name,
                 a_layout.shape(),
                 b_layout.shape()
             );
@@ -129,7 +102,7 @@ impl CustomOp2 for Add {
             .par_iter()
             .zip(b)
             .with_min_len(MIN_CHUNK)
-            .map(|(&x, &y)| x + y)
+            .map(|(&x, &y)| (self.map)(x, y))
             .collect();
         Ok((CpuStorage::F32(out), a_layout.shape().clone()))
     }
@@ -193,16 +166,27 @@ pub struct Kernels {
 impl Kernels {
     pub fn add(&self, a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
         match self.cpu_f32 {
-            true => a.contiguous()?.apply_op2_no_bwd(&b.contiguous()?, &Add),
+            true => a.contiguous()?.apply_op2_no_bwd(
+                &b.contiguous()?,
+                &ZipMap {
+                    name: "add",
+                    map: |a, b| a + b,
+                },
+            ),
             false => a + b,
         }
     }
 
     pub fn swiglu(&self, gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
         match self.cpu_f32 {
-            true => gate
-                .contiguous()?
-                .apply_op2_no_bwd(&up.contiguous()?, &SwiGlu),
+            // silu(gate) · up
+            true => gate.contiguous()?.apply_op2_no_bwd(
+                &up.contiguous()?,
+                &ZipMap {
+                    name: "swiglu",
+                    map: |gate: f32, up: f32| gate / (1.0 + (-gate).exp()) * up,
+                },
+            ),
             false => candle_nn::ops::silu(gate)? * up,
         }
     }
@@ -269,6 +253,7 @@ fn chunk_mask(causal_block: &Tensor, start: usize, count: usize) -> candle_core:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::testing::max_abs_diff as max_diff;
     use candle_core::{DType, Device};
 
     const ON_CPU: Kernels = Kernels { cpu_f32: true };
@@ -280,20 +265,6 @@ mod tests {
             .map(|i| ((i as u64 * 2_654_435_761 + seed * 97) % 1000) as f32 / 250.0 - 2.0)
             .collect();
         Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.dims(), b.dims());
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
     }
 
     #[test]

@@ -363,17 +363,7 @@ mod tests {
     }
 
     fn assert_close(a: &Tensor, b: &Tensor) {
-        assert_eq!(a.dims(), b.dims());
-        let diff = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::model::testing::max_abs_diff(a, b);
         assert!(diff < 1e-4, "max |Δ| {diff}");
     }
 

@@ -504,7 +504,7 @@ impl Service {
                 pairs = pairs.len() as i64,
                 tokens = tracing::field::Empty
             );
-            let (pairs, windows) = tokio::task::spawn_blocking(move || {
+            let (pairs, windows, total_tokens) = tokio::task::spawn_blocking(move || {
                 let _in_span = span.enter();
                 let tokenizing = Instant::now();
                 let windows = (0..pairs.len())
@@ -531,11 +531,11 @@ impl Service {
                 metrics
                     .tokenization_duration
                     .observe(tokenizing.elapsed().as_secs_f64());
-                if let Ok(windows) = &windows {
+                windows.map(|windows| {
                     let tokens: usize = windows.iter().flatten().map(|w| w.encoded.ids.len()).sum();
                     span.record("tokens", tokens as i64);
-                }
-                windows.map(|windows| (pairs, windows))
+                    (pairs, windows, tokens)
+                })
             })
             .await
             .map_err(|err| ServiceError::Internal(format!("tokenization task failed: {err}")))?
@@ -549,11 +549,14 @@ impl Service {
                     "document {i} is over the model's length limit and `truncate` is false"
                 )));
             }
-            let total_tokens = windows.iter().flatten().map(|w| w.encoded.ids.len()).sum();
-            let spans: Vec<Vec<Range<usize>>> = windows
-                .iter()
-                .map(|w| w.iter().map(|w| w.chars.clone()).collect())
-                .collect();
+            // Under `truncate` every document is one window: its score is the pair's.
+            let spans: Option<Vec<Vec<Range<usize>>>> = (long_documents == LongDocuments::Chunk)
+                .then(|| {
+                    windows
+                        .iter()
+                        .map(|w| w.iter().map(|w| w.chars.clone()).collect())
+                        .collect()
+                });
             let prompts = windows
                 .into_iter()
                 .flatten()
@@ -561,12 +564,18 @@ impl Service {
                 .collect();
             let time_left = self.limits.timeout.saturating_sub(started.elapsed());
             let scored = served.score_prompts(prompts, time_left).await?;
-            let (scores, best_windows) = best_of_windows(scored.scores, &spans);
+            let (scores, best_windows) = match spans {
+                Some(spans) => {
+                    let (scores, best) = best_of_windows(scored.scores, &spans);
+                    (scores, Some(best))
+                }
+                None => (scored.scores, None),
+            };
             Ok(Scoring {
                 model: name,
                 pairs,
                 scores,
-                best_windows: (long_documents == LongDocuments::Chunk).then_some(best_windows),
+                best_windows,
                 total_tokens,
                 queue_time: scored.queue_time,
                 inference_time: scored.inference_time,
