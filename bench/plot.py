@@ -29,7 +29,7 @@ def last_run(path):
 
 
 def subtitle(header):
-    return f"{header['shape']}, f32, {header['cpu']} ({header['cores']} cores), {header['run']}"
+    return f"{header['shape']}, f32 unless marked, {header['cpu']} ({header['cores']} cores), {header['run']}"
 
 
 def throughput(header, rows, out):
@@ -37,7 +37,8 @@ def throughput(header, rows, out):
     for row in rows:
         runner = row.get("runner")
         if runner == "engine" and row.get("workload") == "short-query" and row["prefix_sharing"]:
-            bars.append(("engine", row["tokens_per_s"]))
+            dtype = row.get("dtype", "f32")
+            bars.append(("engine" if dtype == "f32" else f"engine\n{dtype}", row["tokens_per_s"]))
         elif runner == "reference":
             bars.append((f"reference\nbatch {row['batch_size']}", row["tokens_per_s"]))
         elif runner == "reference-predict":
@@ -71,7 +72,7 @@ def latency(header, rows, out):
 
 
 def prefix_sharing(header, rows, out):
-    engine = [r for r in rows if r.get("runner") == "engine"]
+    engine = [r for r in rows if r.get("runner") == "engine" and r.get("dtype", "f32") == "f32"]
     workloads = list(dict.fromkeys(r["workload"] for r in engine))
     rate = {(r["workload"], r["prefix_sharing"]): r["tokens_per_s"] for r in engine}
     figure, axes = plt.subplots(figsize=(7, 4.5))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole CPU benchmark of BENCHMARKS.md, in one run on one machine: engine (prefix sharing
-# off/on, short and long queries, sgemm roofline, RSS), the HF reference on the same pairs,
+# off/on, short and long queries, sgemm roofline, RSS; bf16 and its fidelity), the HF reference on the same pairs,
 # and the service under the load generator at several concurrencies.
 #
 #   bash bench/run.sh [results.jsonl]
@@ -29,7 +29,12 @@ log() { tee -a "$out"; }
 echo "{\"run\": \"$(date -u +%FT%TZ)\", \"shape\": \"$shape\", \"docs\": $docs, \"cpu\": \"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\", \"cores\": $(nproc)}" | log
 
 echo "== engine: short query, prefix sharing off/on" >&2
-cargo bench --bench engine -- --model "$checkpoint" --pairs "$work/short.jsonl" --sharing off,on --workload short-query | log
+cargo bench --bench engine -- --model "$checkpoint" --pairs "$work/short.jsonl" --sharing off,on --workload short-query \
+  --scores "$work/f32-scores.txt" | log
+echo "== engine: bf16 (oneDNN where the CPU has AVX512-BF16 or AMX, else widened), fidelity against f32" >&2
+cargo bench --bench engine -- --model "$checkpoint" --pairs "$work/short.jsonl" --sharing on --gemm-rows 0 \
+  --workload short-query --dtype bf16 --scores "$work/bf16-scores.txt" | log
+python3 bench/fidelity.py "$work/f32-scores.txt" "$work/bf16-scores.txt" --label bf16-vs-f32 | log
 echo "== engine: long query (~300 tokens), ~100-token documents, sharing off/on" >&2
 cargo bench --bench engine -- --model "$checkpoint" --pairs "$work/long.jsonl" --sharing off,on --gemm-rows 0 --workload long-query | log
 

@@ -16,8 +16,8 @@ use clap::Parser;
 use serde::Deserialize;
 use serde_json::json;
 use zerank_server::model::{
-    BatchBudget, Blas, CpuBlas, DTypeSpec, DeviceSpec, Engine, LoadOptions, PairText, Qwen3Config,
-    TokenLimits,
+    BatchBudget, Blas, CpuLibrary, DTypeSpec, DeviceSpec, Engine, LoadOptions, PairText,
+    Qwen3Config, TokenLimits,
 };
 
 #[derive(Parser)]
@@ -41,6 +41,13 @@ struct Args {
     /// A name for the pairs, carried into every result line (bench/plot.py groups by it).
     #[arg(long, default_value = "pairs")]
     workload: String,
+    /// Compute dtype: f32, or bf16 (bf16 weights; oneDNN where the CPU has AVX512-BF16 or AMX).
+    #[arg(long, default_value = "f32")]
+    dtype: DTypeSpec,
+    /// Write the last run's raw scores here, one per line in the order of the pairs
+    /// (bench/fidelity.py compares two dtypes' files).
+    #[arg(long)]
+    scores: Option<PathBuf>,
     /// `cargo bench` passes this to every bench binary.
     #[arg(long, hide = true)]
     bench: bool,
@@ -87,7 +94,7 @@ fn main() -> anyhow::Result<()> {
         let engine = Engine::load(&LoadOptions {
             model: args.model.clone(),
             device: DeviceSpec::Cpu,
-            dtype: DTypeSpec::F32,
+            dtype: args.dtype,
             share_prefixes,
             ..LoadOptions::default()
         })?;
@@ -113,6 +120,10 @@ fn main() -> anyhow::Result<()> {
         let scores = engine.score_pairs_offline(&pairs, TokenLimits::default(), budget)?;
         let seconds = started.elapsed().as_secs_f64();
         let raw: Vec<f32> = scores.iter().map(|s| s.raw).collect();
+        if let Some(path) = &args.scores {
+            let lines: String = raw.iter().map(|r| format!("{r}\n")).collect();
+            std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))?;
+        }
         let max_diff = unshared.as_ref().map(|base| {
             base.iter()
                 .zip(&raw)
@@ -128,6 +139,7 @@ fn main() -> anyhow::Result<()> {
             json!({
                 "runner": "engine",
                 "workload": args.workload,
+                "dtype": engine.info().dtype,
                 "prefix_sharing": share_prefixes,
                 "pairs": pairs.len(),
                 "tokens": tokens,
@@ -179,7 +191,7 @@ fn sgemm_peak(config: &Qwen3Config, rows: usize) -> anyhow::Result<f64> {
     let (hidden, inner) = (config.hidden_size, config.intermediate_size);
     let q = config.num_attention_heads * config.head_dim;
     let kv = config.num_key_value_heads * config.head_dim;
-    let blas = Blas::open(&CpuBlas::Auto)?;
+    let blas = Blas::open(&CpuLibrary::Auto)?;
     let mut best: f64 = 0.0;
     for (k, n) in [
         (hidden, q),

@@ -7,15 +7,25 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use common::{fixture, goldens, load, options};
+use common::{Goldens, fixture, goldens, load, options};
 use zerank_server::model::{
-    BatchBudget, CpuBlas, Engine, LoadOptions, ModelError, PairText, TokenLimits,
+    BatchBudget, CpuLibrary, DTypeSpec, Engine, LoadOptions, ModelError, PairText, TokenLimits,
     TruncationDirection,
 };
 
 const MODELS: [&str; 2] = ["tiny", "sharded"];
 /// Longest golden prompt put into the `score_pairs` batches.
 const BATCHABLE_TOKENS: usize = 512;
+
+/// The golden prompts of up to `BATCHABLE_TOKENS` tokens.
+fn batchable_sequences(goldens: &Goldens) -> Vec<&[u32]> {
+    goldens
+        .pairs
+        .iter()
+        .map(|p| p.input_ids.as_slice())
+        .filter(|ids| ids.len() <= BATCHABLE_TOKENS)
+        .collect()
+}
 
 #[test]
 fn prompt_ids_match_the_reference() {
@@ -61,12 +71,7 @@ fn yes_logits_match_the_goldens_on_both_shapes() {
 #[test]
 fn a_pair_in_a_mixed_batch_scores_as_it_does_alone() {
     let goldens = goldens();
-    let sequences: Vec<&[u32]> = goldens
-        .pairs
-        .iter()
-        .map(|p| p.input_ids.as_slice())
-        .filter(|ids| ids.len() <= BATCHABLE_TOKENS)
-        .collect();
+    let sequences = batchable_sequences(&goldens);
     let lengths: Vec<usize> = sequences.iter().map(|s| s.len()).collect();
     assert!(lengths.iter().min() < lengths.iter().max(), "{lengths:?}");
     for name in MODELS {
@@ -196,7 +201,7 @@ fn blas_and_candle_matmuls_score_the_same() {
         .collect();
     for name in MODELS {
         let candle = Engine::load(&LoadOptions {
-            cpu_blas: CpuBlas::Off,
+            cpu_blas: CpuLibrary::Off,
             ..options(&fixture(name))
         })
         .unwrap();
@@ -214,6 +219,50 @@ fn blas_and_candle_matmuls_score_the_same() {
         {
             let diff = (a.margin - b.margin).abs();
             assert!(diff <= 1e-4, "{name} pair {i}: |Δ yes_logit| {diff}");
+        }
+    }
+}
+
+/// Largest |Δ raw score| that `--dtype bf16` on the CPU may add on the fixtures. Rounding a
+/// linear layer's input and weight to bf16 (8 significant bits) moves each product by up to
+/// 2^-8 relative. Measured here: at most 0.006 (tiny) and 0.003 (sharded); the whole forward
+/// in bf16 (activations, norms and softmax too, candle's CPU bf16) gives 0.012 and 0.016.
+const BF16_MAX_RAW_DIFF: f32 = 0.01;
+
+#[test]
+fn bf16_on_the_cpu_stays_near_f32_and_batches_as_it_scores_alone() {
+    let goldens = goldens();
+    let sequences = batchable_sequences(&goldens);
+    for name in MODELS {
+        let f32_engine = load(&fixture(name));
+        let bf16_engine = Engine::load(&LoadOptions {
+            dtype: DTypeSpec::Bf16,
+            ..options(&fixture(name))
+        })
+        .unwrap();
+        let info = bf16_engine.info();
+        assert_eq!(info.dtype, "bf16");
+        assert!(info.matmul.contains("bf16"), "{}", info.matmul);
+        assert!(info.cpu.is_some());
+        let exact = f32_engine.score_batch(&sequences).unwrap().scores;
+        let bf16 = bf16_engine.score_batch(&sequences).unwrap().scores;
+        let diffs: Vec<f32> = exact
+            .iter()
+            .zip(&bf16)
+            .map(|(a, b)| (a.raw - b.raw).abs())
+            .collect();
+        let max = diffs.iter().copied().fold(0.0, f32::max);
+        println!("{name}: bf16 max |Δ raw| {max} over {} pairs", diffs.len());
+        assert!(max <= BF16_MAX_RAW_DIFF, "{name}: max |Δ raw| {max}");
+        // bf16 really rounds: some score moves.
+        assert!(max > 1e-6, "{name}: bf16 scores equal f32's exactly");
+        for (i, seq) in sequences.iter().enumerate() {
+            let alone = bf16_engine.score_batch(&[seq]).unwrap().scores[0];
+            let diff = (alone.raw - bf16[i].raw).abs();
+            assert!(
+                diff <= 1e-5,
+                "{name} sequence {i}: batched vs alone |Δ raw| {diff}"
+            );
         }
     }
 }

@@ -272,6 +272,8 @@ fn read_only_routes_and_unknown_ones() {
     assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(info["model"]["dtype"], "f32");
     assert_eq!(info["model"]["device"], "cpu");
+    assert!(info["model"]["cpu"]["avx512_bf16"].is_boolean(), "{info}");
+    assert!(info["model"]["cpu"]["amx_bf16"].is_boolean(), "{info}");
     assert_eq!(info["model"]["recipe"], "zerank");
     assert_eq!(info["model"]["true_token_id"], 9454);
     assert_eq!(info["limits"]["max_batch_tokens"], 16_384);

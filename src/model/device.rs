@@ -139,6 +139,59 @@ impl DTypeSpec {
     }
 }
 
+/// What the CPU offers the matmuls, read at run time: `/info` and the start-up log report it,
+/// and `--dtype bf16` on the CPU multiplies in bf16 only where it has AVX512-BF16 or AMX.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CpuFeatures {
+    /// The processor's brand string, where the CPU reports one.
+    pub model: Option<String>,
+    pub avx2: bool,
+    pub avx512f: bool,
+    pub avx512_bf16: bool,
+    pub amx_bf16: bool,
+}
+
+impl CpuFeatures {
+    #[cfg(target_arch = "x86_64")]
+    pub fn detect() -> CpuFeatures {
+        let cpuid = raw_cpuid::CpuId::new();
+        let model = cpuid
+            .get_processor_brand_string()
+            .map(|brand| brand.as_str().trim().to_owned())
+            .filter(|brand| !brand.is_empty());
+        CpuFeatures {
+            model,
+            // std also checks that the OS saves the registers these use.
+            avx2: std::is_x86_feature_detected!("avx2"),
+            avx512f: std::is_x86_feature_detected!("avx512f"),
+            avx512_bf16: std::is_x86_feature_detected!("avx512bf16"),
+            // std's AMX detection is unstable; oneDNN asks the OS for the tile state itself.
+            amx_bf16: cpuid
+                .get_extended_feature_info()
+                .is_some_and(|features| features.has_amx_bf16()),
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub fn detect() -> CpuFeatures {
+        CpuFeatures::default()
+    }
+
+    /// Whether the CPU multiplies bf16 natively (AVX512-BF16 dot products or AMX tiles).
+    pub fn has_bf16_gemm(&self) -> bool {
+        self.avx512_bf16 || self.amx_bf16
+    }
+
+    /// `AMX-BF16`, `AVX512-BF16`, ... for logs: the best bf16 instructions, or none.
+    pub fn bf16_instructions(&self) -> &'static str {
+        match (self.amx_bf16, self.avx512_bf16) {
+            (true, _) => "AMX-BF16",
+            (false, true) => "AVX512-BF16",
+            (false, false) => "neither AVX512-BF16 nor AMX",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,5 +205,33 @@ mod tests {
         assert!("tpu".parse::<DeviceSpec>().is_err());
         assert_eq!("bfloat16".parse::<DTypeSpec>(), Ok(DTypeSpec::Bf16));
         assert!("int8".parse::<DTypeSpec>().is_err());
+    }
+
+    /// The run-time detection agrees with the kernel's view of the CPU.
+    #[test]
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    fn cpu_features_agree_with_proc_cpuinfo() {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+        let flags: Vec<&str> = cpuinfo
+            .lines()
+            .find(|line| line.starts_with("flags"))
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        let cpu = CpuFeatures::detect();
+        for (name, detected) in [
+            ("avx2", cpu.avx2),
+            ("avx512f", cpu.avx512f),
+            ("avx512_bf16", cpu.avx512_bf16),
+            ("amx_bf16", cpu.amx_bf16),
+        ] {
+            assert_eq!(flags.contains(&name), detected, "{name}");
+        }
+        assert_eq!(cpu.has_bf16_gemm(), cpu.avx512_bf16 || cpu.amx_bf16);
+        let brand = cpuinfo
+            .lines()
+            .find_map(|line| line.strip_prefix("model name"))
+            .map(|rest| rest.trim_start_matches([' ', '\t', ':']).trim());
+        assert_eq!(cpu.model.as_deref(), brand);
     }
 }

@@ -8,10 +8,12 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
+use super::bf16::Bf16Matmul;
+use super::device::CpuFeatures;
 use super::error::{ModelError, Result};
 
 /// Libraries tried, in order, when the choice is automatic: optimised BLAS builds only (a
@@ -24,7 +26,8 @@ const AUTO_LIBRARIES: &[&str] = &[
     "libmkl_rt.so",
 ];
 
-/// Which CPU matmul to use.
+/// Which native library runs a CPU matmul: the f32 BLAS (`cpu_blas`), or oneDNN for bf16
+/// weights (`cpu_onednn`).
 #[derive(
     Debug,
     Clone,
@@ -34,35 +37,37 @@ const AUTO_LIBRARIES: &[&str] = &[
     serde_with::DeserializeFromStr,
     serde_with::SerializeDisplay,
 )]
-pub enum CpuBlas {
-    /// The first optimised BLAS found on the library path, else candle's gemm.
+pub enum CpuLibrary {
+    /// The first suitable library found on the library path, else the built-in path.
     #[default]
     Auto,
-    /// candle's gemm.
+    /// The built-in path: candle's gemm for f32, widened weights for bf16.
     Off,
     /// This library; failing to load it is an error.
     Library(String),
 }
 
-impl FromStr for CpuBlas {
+impl FromStr for CpuLibrary {
     type Err = String;
 
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s.trim() {
-            "" => Err("an empty cpu_blas (expected auto, off, or a library path or name)".into()),
-            "auto" => Ok(CpuBlas::Auto),
-            "off" | "none" => Ok(CpuBlas::Off),
-            library => Ok(CpuBlas::Library(library.to_owned())),
+            "" => Err(
+                "an empty library choice (expected auto, off, or a library path or name)".into(),
+            ),
+            "auto" => Ok(CpuLibrary::Auto),
+            "off" | "none" => Ok(CpuLibrary::Off),
+            library => Ok(CpuLibrary::Library(library.to_owned())),
         }
     }
 }
 
-impl fmt::Display for CpuBlas {
+impl fmt::Display for CpuLibrary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CpuBlas::Auto => write!(f, "auto"),
-            CpuBlas::Off => write!(f, "off"),
-            CpuBlas::Library(library) => write!(f, "{library}"),
+            CpuLibrary::Auto => write!(f, "auto"),
+            CpuLibrary::Off => write!(f, "off"),
+            CpuLibrary::Library(library) => write!(f, "{library}"),
         }
     }
 }
@@ -101,14 +106,14 @@ pub struct Blas {
 
 impl Blas {
     /// The BLAS `choice` asks for; `None` for candle's gemm.
-    pub fn open(choice: &CpuBlas) -> Result<Option<Arc<Blas>>> {
+    pub fn open(choice: &CpuLibrary) -> Result<Option<Arc<Blas>>> {
         match choice {
-            CpuBlas::Off => Ok(None),
-            CpuBlas::Auto => Ok(AUTO_LIBRARIES
+            CpuLibrary::Off => Ok(None),
+            CpuLibrary::Auto => Ok(AUTO_LIBRARIES
                 .iter()
                 .find_map(|name| Blas::load(name).ok())
                 .map(Arc::new)),
-            CpuBlas::Library(name) => Blas::load(name).map(|blas| Some(Arc::new(blas))),
+            CpuLibrary::Library(name) => Blas::load(name).map(|blas| Some(Arc::new(blas))),
         }
     }
 
@@ -306,12 +311,74 @@ impl CustomOp2 for BlasMatmul<'_> {
     }
 }
 
+/// What multiplies a linear layer's input by its weight, chosen once per model.
+#[derive(Clone)]
+pub enum LinearGemm {
+    /// candle's matmul at the model's dtype (GPUs; the CPU without a BLAS).
+    Candle,
+    /// f32 weights through a BLAS.
+    Blas(Arc<Blas>),
+    /// bf16 weights with f32 activations: the CPU under `--dtype bf16`.
+    Bf16(Arc<Bf16Matmul>),
+}
+
+impl LinearGemm {
+    /// The linear layers' matmul for `dtype` on `device`, and the dtype of the activations.
+    pub fn open(
+        device: &Device,
+        dtype: DType,
+        (blas, onednn): (&CpuLibrary, &CpuLibrary),
+        cpu: &CpuFeatures,
+    ) -> Result<(LinearGemm, DType)> {
+        if !device.is_cpu() {
+            return Ok((LinearGemm::Candle, dtype));
+        }
+        Ok(match dtype {
+            DType::F32 => (
+                Blas::open(blas)?.map_or(LinearGemm::Candle, LinearGemm::Blas),
+                DType::F32,
+            ),
+            DType::BF16 => (
+                LinearGemm::Bf16(Arc::new(Bf16Matmul::open(onednn, cpu, Blas::open(blas)?)?)),
+                DType::F32,
+            ),
+            // f16 on the CPU stays candle's, activations included.
+            _ => (LinearGemm::Candle, dtype),
+        })
+    }
+
+    /// The f32 matmul of the attention, next to the linear layers.
+    pub fn blas(&self) -> Option<&Arc<Blas>> {
+        match self {
+            LinearGemm::Candle => None,
+            LinearGemm::Blas(blas) => Some(blas),
+            LinearGemm::Bf16(bf16) => bf16.blas(),
+        }
+    }
+
+    /// The dtype weights are stored in, for activations of `activations`.
+    pub fn weight_dtype(&self, activations: DType) -> DType {
+        match self {
+            LinearGemm::Bf16(_) => DType::BF16,
+            _ => activations,
+        }
+    }
+
+    /// What multiplies, as `/info` and the start-up log name it.
+    pub fn description(&self) -> String {
+        match self {
+            LinearGemm::Candle => "candle".into(),
+            LinearGemm::Blas(blas) => blas.description().to_owned(),
+            LinearGemm::Bf16(bf16) => bf16.description(),
+        }
+    }
+}
+
 /// `x @ w^T + b` over the last dimension of a (tokens, in) input.
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
-    /// For f32 weights on the CPU only.
-    blas: Option<Arc<Blas>>,
+    gemm: LinearGemm,
 }
 
 impl Linear {
@@ -320,19 +387,25 @@ impl Linear {
         out_dim: usize,
         bias: bool,
         vb: VarBuilder,
-        blas: Option<&Arc<Blas>>,
+        gemm: &LinearGemm,
     ) -> candle_core::Result<Self> {
-        let weight = vb.get((out_dim, in_dim), "weight")?;
+        let weight = vb
+            .clone()
+            .set_dtype(gemm.weight_dtype(vb.dtype()))
+            .get((out_dim, in_dim), "weight")?;
         let bias = bias.then(|| vb.get(out_dim, "bias")).transpose()?;
         Ok(Linear {
             weight,
             bias,
-            blas: blas.cloned(),
+            gemm: gemm.clone(),
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = matmul(self.blas.as_deref(), x, &self.weight.t()?)?;
+        let y = match &self.gemm {
+            LinearGemm::Bf16(bf16) => bf16.linear(x, &self.weight)?,
+            gemm => matmul(gemm.blas().map(|b| b.as_ref()), x, &self.weight.t()?)?,
+        };
         match &self.bias {
             Some(bias) => y.broadcast_add(bias),
             None => Ok(y),
@@ -357,7 +430,7 @@ mod tests {
     /// The installed BLAS. The tests that need one are ignored by default (reported as
     /// such, never as passed); `.ci/run` installs OpenBLAS and runs them with `--ignored`.
     fn blas() -> Arc<Blas> {
-        Blas::open(&CpuBlas::Auto)
+        Blas::open(&CpuLibrary::Auto)
             .unwrap()
             .expect("no BLAS library found: install OpenBLAS (libopenblas0-pthread), BLIS or MKL")
     }
@@ -415,13 +488,13 @@ mod tests {
 
     #[test]
     fn a_library_that_does_not_load_is_an_error_naming_it() {
-        let err = Blas::open(&CpuBlas::Library("libno-such-blas.so".into()))
+        let err = Blas::open(&CpuLibrary::Library("libno-such-blas.so".into()))
             .err()
             .unwrap()
             .to_string();
         assert!(err.contains("libno-such-blas.so"), "{err}");
-        assert!(Blas::open(&CpuBlas::Off).unwrap().is_none());
-        assert_eq!("auto".parse::<CpuBlas>(), Ok(CpuBlas::Auto));
-        assert!("".parse::<CpuBlas>().is_err());
+        assert!(Blas::open(&CpuLibrary::Off).unwrap().is_none());
+        assert_eq!("auto".parse::<CpuLibrary>(), Ok(CpuLibrary::Auto));
+        assert!("".parse::<CpuLibrary>().is_err());
     }
 }

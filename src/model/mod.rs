@@ -2,6 +2,7 @@
 //! ([`Engine::encode`]) and batches of ids into scores ([`Engine::score_batch`]).
 
 mod batch;
+mod bf16;
 mod config;
 mod device;
 mod error;
@@ -22,10 +23,10 @@ use candle_nn::VarBuilder;
 
 pub use batch::{BatchBudget, plan_batches};
 pub use config::Qwen3Config;
-pub use device::{DTypeSpec, DeviceSpec};
+pub use device::{CpuFeatures, DTypeSpec, DeviceSpec};
 pub use error::{ModelError, Result};
 pub use files::{CheckpointFiles, ModelSource};
-pub use linear::{Blas, CpuBlas};
+pub use linear::{Blas, CpuLibrary, LinearGemm};
 pub use prompt::{
     Chunking, DOCUMENT_CHAR_LIMIT, EncodedPair, QUERY_CHAR_LIMIT, TokenLimits, TruncationDirection,
     Window, cut_and_strip,
@@ -105,7 +106,9 @@ pub struct LoadOptions {
     /// Compute a prefix that sequences of one batch share (a request's query) once.
     pub share_prefixes: bool,
     /// The CPU's f32 matmul.
-    pub cpu_blas: CpuBlas,
+    pub cpu_blas: CpuLibrary,
+    /// The CPU's bf16 matmul under `--dtype bf16` (oneDNN).
+    pub cpu_onednn: CpuLibrary,
     /// How pairs become prompts and logits become scores.
     pub recipe: RecipeChoice,
     /// `score = sigmoid(margin / score_temperature)`; the recipe's convention when `None`.
@@ -123,7 +126,8 @@ impl Default for LoadOptions {
             dtype: DTypeSpec::default(),
             max_length: None,
             share_prefixes: true,
-            cpu_blas: CpuBlas::default(),
+            cpu_blas: CpuLibrary::default(),
+            cpu_onednn: CpuLibrary::default(),
             recipe: RecipeChoice::default(),
             score_temperature: None,
             instruction: None,
@@ -152,8 +156,11 @@ pub struct ModelInfo {
     pub accepts_instruction: bool,
     pub default_instruction: Option<String>,
     pub share_prefixes: bool,
-    /// What runs the f32 matmuls: a BLAS library, or candle's gemm.
+    /// What runs the linear layers' matmuls: a BLAS library, oneDNN's bf16 GEMM, widened
+    /// bf16 weights, or candle's gemm.
     pub matmul: String,
+    /// The CPU's model and the instructions its matmuls can use (on the CPU only).
+    pub cpu: Option<CpuFeatures>,
 }
 
 /// A loaded zerank checkpoint.
@@ -188,18 +195,14 @@ impl Engine {
         let head_tokens = head_tokens(&recipe, &encoder)?;
         let (device, device_spec) = options.device.open()?;
         let dtype = options.dtype.resolve(&device);
-        // Only f32 on the CPU goes through a BLAS.
-        let blas = match (device.is_cpu(), dtype) {
-            (true, DType::F32) => Blas::open(&options.cpu_blas)?,
-            _ => None,
-        };
-        let scorer = load_weights(
-            &files,
-            &config,
-            (&device, dtype),
-            &head_tokens,
-            blas.as_ref(),
+        let cpu = device.is_cpu().then(CpuFeatures::detect);
+        let (gemm, activations) = LinearGemm::open(
+            &device,
+            dtype,
+            (&options.cpu_blas, &options.cpu_onednn),
+            cpu.as_ref().unwrap_or(&CpuFeatures::default()),
         )?;
+        let scorer = load_weights(&files, &config, (&device, activations), &head_tokens, &gemm)?;
         let info = ModelInfo {
             model: options.model.clone(),
             revision: options.revision.clone(),
@@ -215,9 +218,8 @@ impl Engine {
             accepts_instruction: encoder.accepts_instruction(),
             default_instruction: encoder.default_instruction().map(str::to_owned),
             share_prefixes: options.share_prefixes,
-            matmul: blas
-                .as_ref()
-                .map_or_else(|| "candle".into(), |b| b.description().to_owned()),
+            matmul: gemm.description(),
+            cpu,
         };
         Ok(Engine {
             encoder,
@@ -397,7 +399,7 @@ fn load_weights(
     config: &Qwen3Config,
     (device, dtype): (&Device, DType),
     head_tokens: &[u32],
-    blas: Option<&std::sync::Arc<Blas>>,
+    gemm: &LinearGemm,
 ) -> Result<Qwen3Scorer> {
     // Two readers of the same headers: one behind the VarBuilder, one for the head rows.
     let open = || {
@@ -405,7 +407,7 @@ fn load_weights(
     };
     let tensors = open()?;
     let vb = VarBuilder::from_backend(Box::new(open()?), dtype, device.clone());
-    Qwen3Scorer::load(config, &tensors, vb, head_tokens, blas)
+    Qwen3Scorer::load(config, &tensors, vb, head_tokens, gemm)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use candle_nn::{RmsNorm, VarBuilder};
 use super::config::Qwen3Config;
 use super::error::{ModelError, Result};
 use super::kernels::Kernels;
-use super::linear::{Blas, Linear, matmul};
+use super::linear::{Blas, Linear, LinearGemm, matmul};
 use super::packing::{Packing, Span};
 use super::weights::SafetensorsFiles;
 
@@ -92,15 +92,11 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(
-        config: &Qwen3Config,
-        vb: VarBuilder,
-        blas: Option<&Arc<Blas>>,
-    ) -> candle_core::Result<Self> {
+    fn load(config: &Qwen3Config, vb: VarBuilder, gemm: &LinearGemm) -> candle_core::Result<Self> {
         let (hidden, head_dim) = (config.hidden_size, config.head_dim);
         let (heads, kv_heads) = (config.num_attention_heads, config.num_key_value_heads);
         let linear = |in_dim, out_dim, name| {
-            Linear::load(in_dim, out_dim, config.attention_bias, vb.pp(name), blas)
+            Linear::load(in_dim, out_dim, config.attention_bias, vb.pp(name), gemm)
         };
         Ok(Attention {
             q_proj: linear(hidden, heads * head_dim, "q_proj")?,
@@ -109,7 +105,7 @@ impl Attention {
             o_proj: linear(heads * head_dim, hidden, "o_proj")?,
             q_norm: candle_nn::rms_norm(head_dim, config.rms_norm_eps, vb.pp("q_norm"))?,
             k_norm: candle_nn::rms_norm(head_dim, config.rms_norm_eps, vb.pp("k_norm"))?,
-            blas: blas.cloned(),
+            blas: gemm.blas().cloned(),
             heads,
             kv_heads,
             head_dim,
@@ -207,14 +203,10 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn load(
-        config: &Qwen3Config,
-        vb: VarBuilder,
-        blas: Option<&Arc<Blas>>,
-    ) -> candle_core::Result<Self> {
+    fn load(config: &Qwen3Config, vb: VarBuilder, gemm: &LinearGemm) -> candle_core::Result<Self> {
         let (hidden, inner) = (config.hidden_size, config.intermediate_size);
         let linear =
-            |in_dim, out_dim, name| Linear::load(in_dim, out_dim, false, vb.pp(name), blas);
+            |in_dim, out_dim, name| Linear::load(in_dim, out_dim, false, vb.pp(name), gemm);
         Ok(Mlp {
             gate_proj: linear(hidden, inner, "gate_proj")?,
             up_proj: linear(hidden, inner, "up_proj")?,
@@ -236,11 +228,7 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn load(
-        config: &Qwen3Config,
-        vb: VarBuilder,
-        blas: Option<&Arc<Blas>>,
-    ) -> candle_core::Result<Self> {
+    fn load(config: &Qwen3Config, vb: VarBuilder, gemm: &LinearGemm) -> candle_core::Result<Self> {
         let eps = config.rms_norm_eps;
         Ok(DecoderLayer {
             input_layernorm: candle_nn::rms_norm(
@@ -248,13 +236,13 @@ impl DecoderLayer {
                 eps,
                 vb.pp("input_layernorm"),
             )?,
-            attention: Attention::load(config, vb.pp("self_attn"), blas)?,
+            attention: Attention::load(config, vb.pp("self_attn"), gemm)?,
             post_attention_layernorm: candle_nn::rms_norm(
                 config.hidden_size,
                 eps,
                 vb.pp("post_attention_layernorm"),
             )?,
-            mlp: Mlp::load(config, vb.pp("mlp"), blas)?,
+            mlp: Mlp::load(config, vb.pp("mlp"), gemm)?,
         })
     }
 
@@ -283,18 +271,21 @@ pub struct Qwen3Scorer {
     causal_block: Tensor,
     kernels: Kernels,
     device: Device,
+    /// Of the activations (the embedding table may be stored in another).
+    dtype: DType,
     max_length: usize,
 }
 
 impl Qwen3Scorer {
-    /// `vb` reads `tensors` at the compute dtype and device; the head rows are read from
-    /// `tensors` alone, without the rest of the vocabulary matrix.
+    /// `vb` reads `tensors` at the activations' dtype and device (`gemm` may store the
+    /// weights in another); the head rows are read from `tensors` alone, without the rest of
+    /// the vocabulary matrix.
     pub fn load(
         config: &Qwen3Config,
         tensors: &SafetensorsFiles,
         vb: VarBuilder,
         head_tokens: &[u32],
-        blas: Option<&Arc<Blas>>,
+        gemm: &LinearGemm,
     ) -> Result<Self> {
         let weights = |err: candle_core::Error| ModelError::Weights(err.to_string());
         if let Some(&id) = head_tokens
@@ -311,11 +302,11 @@ impl Qwen3Scorer {
         let embed_tokens = candle_nn::embedding(
             config.vocab_size,
             config.hidden_size,
-            model.pp("embed_tokens"),
+            model.pp("embed_tokens").set_dtype(gemm.weight_dtype(dtype)),
         )
         .map_err(weights)?;
         let layers = (0..config.num_hidden_layers)
-            .map(|i| DecoderLayer::load(config, model.pp("layers").pp(i), blas))
+            .map(|i| DecoderLayer::load(config, model.pp("layers").pp(i), gemm))
             .collect::<candle_core::Result<Vec<_>>>()
             .map_err(weights)?;
         let final_norm = candle_nn::rms_norm(
@@ -350,6 +341,7 @@ impl Qwen3Scorer {
                 cpu_f32: device.is_cpu() && dtype == DType::F32,
             },
             device,
+            dtype,
             max_length: config.max_position_embeddings,
         })
     }
@@ -374,9 +366,10 @@ impl Qwen3Scorer {
             causal_block: &self.causal_block,
             kernels: self.kernels,
         };
-        let mut hidden =
-            self.embed_tokens
-                .forward(&Tensor::from_slice(&packing.ids, tokens, &self.device)?)?;
+        let mut hidden = self
+            .embed_tokens
+            .forward(&Tensor::from_slice(&packing.ids, tokens, &self.device)?)?
+            .to_dtype(self.dtype)?;
         for layer in &self.layers {
             hidden = layer.forward(&hidden, &pass)?;
         }

@@ -12,7 +12,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{BatchBudget, Chunking, CpuBlas, DTypeSpec, DeviceSpec};
+use crate::model::{BatchBudget, Chunking, CpuLibrary, DTypeSpec, DeviceSpec};
 pub use models::{ModelSettings, NameList};
 use models::{name_groups, one_or_many};
 
@@ -153,7 +153,12 @@ pub struct Settings {
     /// CPU f32 matmuls: auto (an installed OpenBLAS, BLIS or MKL, else candle's gemm), off
     /// (candle's gemm), or a BLAS library name or path.
     #[arg(long, env = "ZERANK_CPU_BLAS", default_value = "auto")]
-    pub cpu_blas: CpuBlas,
+    pub cpu_blas: CpuLibrary,
+    /// CPU bf16 matmuls under `--dtype bf16`: auto (oneDNN, libdnnl.so.3 or .so.2, where the
+    /// CPU has AVX512-BF16 or AMX; else bf16 weights widened to f32 for each matmul), off
+    /// (always widen), or a oneDNN library name or path.
+    #[arg(long, env = "ZERANK_CPU_ONEDNN", default_value = "auto")]
+    pub cpu_onednn: CpuLibrary,
     /// Memory for each model's score cache, in bytes (about 92 per score); 0 turns it off.
     #[arg(long, env = "ZERANK_SCORE_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub score_cache_bytes: usize,
