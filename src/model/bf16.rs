@@ -181,7 +181,7 @@ impl Bf16Matmul {
             CpuLibrary::Off => None,
             CpuLibrary::Auto if !cpu.has_bf16_gemm() => {
                 tracing::warn!(
-                    "--dtype bf16 on a CPU with {}: the bf16 weights are widened to f32 for each matmul (half the memory of f32 weights, f32 speed at best; --dtype f32 is as fast and exact)",
+                    "--dtype bf16 on a CPU with {}: the bf16 weights are widened to f32 for each matmul (half the memory of f32 weights, about f32 speed; --dtype f32 runs as fast, without the rounding)",
                     cpu.bf16_instructions()
                 );
                 None
