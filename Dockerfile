@@ -39,8 +39,10 @@ RUN touch src/main.rs src/lib.rs \
 
 # ---- Runtime images: small, non-root, model cache on a volume ------------------------------
 FROM debian:bookworm-slim AS cpu
-# OpenBLAS: the server loads it at run time for its CPU matmuls (cpu_blas = "auto").
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl libopenblas0-pthread \
+# OpenBLAS and oneDNN: the server loads them at run time, OpenBLAS for its CPU matmuls
+# (cpu_blas = "auto"), oneDNN for bf16 ones under --dtype bf16 on CPUs with AVX512-BF16 or AMX
+# (cpu_onednn = "auto").
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl libopenblas0-pthread libdnnl2 \
     && rm -rf /var/lib/apt/lists/* && useradd --uid 10001 --create-home zerank \
     && mkdir -p /data && chown zerank /data
 COPY --from=build-cpu /src/target/release/zerank-server /usr/local/bin/zerank-server

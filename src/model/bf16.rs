@@ -236,10 +236,9 @@ impl Bf16Matmul {
     /// `x @ w^T` for an f32 input `x` (tokens, in) and a bf16 weight `w` (out, in): x is
     /// rounded to bf16, the products are summed in f32, the output is f32.
     pub fn linear(&self, x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
+        let x = x.contiguous()?;
         match &self.onednn {
-            Some(onednn) => x
-                .contiguous()?
-                .apply_op2_no_bwd(weight, &OneDnnLinear(onednn)),
+            Some(onednn) => x.apply_op2_no_bwd(weight, &OneDnnLinear(onednn)),
             None => {
                 let x = x.apply_op1_no_bwd(&Bf16Values)?;
                 let weight = weight.apply_op1_no_bwd(&Bf16Values)?;
@@ -377,6 +376,11 @@ mod tests {
         let product = widened.linear(&x, &w).unwrap();
         assert_eq!(product.dtype(), DType::F32);
         assert!(max_abs_diff(&product, &reference(&x, &w)) < 1e-5);
+        // Columns of a wider input (not contiguous).
+        let wide = Tensor::randn(0f32, 1.0, (37, 200), &Device::Cpu).unwrap();
+        let narrow = wide.narrow(1, 10, 96).unwrap();
+        let product = widened.linear(&narrow, &w).unwrap();
+        assert!(max_abs_diff(&product, &reference(&narrow, &w)) < 1e-5);
         // The input really is rounded: unrounded f32 differs.
         let unrounded = x
             .matmul(&w.to_dtype(DType::F32).unwrap().t().unwrap())
