@@ -19,6 +19,11 @@ docs="${DOCS:-100}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
+# The reference and the charts need these; find out now, not after the engine runs.
+python3 -c "import torch, transformers, matplotlib" 2>/dev/null || {
+  echo "bench/run.sh: python3 ($(command -v python3)) lacks torch, transformers or matplotlib: pip install torch transformers matplotlib, or put a virtualenv that has them first on PATH" >&2
+  exit 1
+}
 cargo build --release --bin zerank-server
 cargo bench --bench engine --no-run
 [ -f "$checkpoint/config.json" ] || python3 bench/make_checkpoint.py "$shape" "$checkpoint"
