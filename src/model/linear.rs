@@ -1,7 +1,8 @@
 //! Linear layers, with f32 matmuls on the CPU through the system's BLAS when one is
 //! installed. candle 0.11's own gemm has no AVX-512 kernels: on CPUs that have them an
 //! optimised BLAS (OpenBLAS, BLIS, MKL) multiplies up to 3× faster. The library is loaded at
-//! run time, so the build needs none and a machine without one runs candle's gemm.
+//! run time, so the build needs none and a machine without one runs candle's gemm. bf16
+//! weights on the CPU multiply through [`Bf16Matmul`] (see `bf16.rs`).
 
 use std::ffi::{c_char, c_int};
 use std::fmt;
