@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 use super::device::CpuFeatures;
 use super::error::{ModelError, Result};
+use super::kernels::contiguous_data;
 use super::linear::{Blas, CpuLibrary, matmul};
 
 /// oneDNN libraries tried, in order, when the choice is automatic (v3, then Debian's v2).
@@ -248,12 +249,16 @@ impl Bf16Matmul {
     }
 }
 
-/// The contiguous data of a CPU tensor.
-fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{what}: the input must be contiguous"),
-    }
+/// `convert` applied chunk by chunk in parallel, from `data` into a new vector of its length.
+fn convert_in_parallel<S: Sync, D: Copy + Default + Send>(
+    data: &[S],
+    convert: impl Fn(&[S], &mut [D]) + Sync,
+) -> Vec<D> {
+    let mut out = vec![D::default(); data.len()];
+    out.par_chunks_mut(CONVERT_CHUNK)
+        .zip(data.par_chunks(CONVERT_CHUNK))
+        .for_each(|(out, data)| convert(data, out));
+    out
 }
 
 /// `x @ w^T` through oneDNN, for f32 `x` (tokens, in) and bf16 `w` (out, in).
@@ -281,14 +286,10 @@ impl CustomOp2 for OneDnnLinear<'_> {
             candle_core::bail!("{}: {m}x{k} input, {n}x{w_k} weight", self.name());
         }
         let (x, w) = (
-            contiguous(x, x_layout, self.name())?,
-            contiguous(w, w_layout, self.name())?,
+            contiguous_data(x, x_layout, self.name())?,
+            contiguous_data(w, w_layout, self.name())?,
         );
-        let mut x_bf16 = vec![bf16::ZERO; x.len()];
-        x_bf16
-            .par_chunks_mut(CONVERT_CHUNK)
-            .zip(x.par_chunks(CONVERT_CHUNK))
-            .for_each(|(out, x)| out.convert_from_f32_slice(x));
+        let x_bf16 = convert_in_parallel(x, |x, out: &mut [bf16]| out.convert_from_f32_slice(x));
         let mut out = vec![0f32; m * n];
         self.0
             .gemm_nt(&x_bf16, w, (m, n, k), &mut out)
@@ -313,24 +314,16 @@ impl CustomOp1 for Bf16Values {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let widened = match storage {
             CpuStorage::BF16(data) => {
-                let data = contiguous(data, layout, self.name())?;
-                let mut out = vec![0f32; data.len()];
-                out.par_chunks_mut(CONVERT_CHUNK)
-                    .zip(data.par_chunks(CONVERT_CHUNK))
-                    .for_each(|(out, data)| data.convert_to_f32_slice(out));
-                out
+                convert_in_parallel(contiguous_data(data, layout, self.name())?, |data, out| {
+                    data.convert_to_f32_slice(out)
+                })
             }
             CpuStorage::F32(data) => {
-                let data = contiguous(data, layout, self.name())?;
-                let mut out = vec![0f32; data.len()];
-                out.par_chunks_mut(CONVERT_CHUNK)
-                    .zip(data.par_chunks(CONVERT_CHUNK))
-                    .for_each(|(out, data)| {
-                        for (out, &v) in out.iter_mut().zip(data) {
-                            *out = bf16::from_f32(v).to_f32();
-                        }
-                    });
-                out
+                convert_in_parallel(contiguous_data(data, layout, self.name())?, |data, out| {
+                    for (out, &v) in out.iter_mut().zip(data) {
+                        *out = bf16::from_f32(v).to_f32();
+                    }
+                })
             }
             _ => candle_core::bail!("{}: f32 or bf16 data only", self.name()),
         };

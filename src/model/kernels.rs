@@ -18,6 +18,15 @@ fn f32_data<'a>(
     let CpuStorage::F32(data) = storage else {
         candle_core::bail!("{what}: f32 data only");
     };
+    contiguous_data(data, layout, what)
+}
+
+/// The part of a CPU tensor's storage that `layout` spans, which must be contiguous.
+pub(super) fn contiguous_data<'a, T>(
+    data: &'a [T],
+    layout: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [T]> {
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
         None => candle_core::bail!("{what}: the input must be contiguous"),
