@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::json;
 use zerank_server::model::{
     BatchBudget, Blas, CpuLibrary, DTypeSpec, DeviceSpec, Engine, LoadOptions, PairText,
-    Qwen3Config, TokenLimits,
+    Qwen3Config, TokenLimits, matmul_time,
 };
 
 #[derive(Parser)]
@@ -116,9 +116,11 @@ fn main() -> anyhow::Result<()> {
             .sum::<Result<_, _>>()?;
         // Warm-up: first touches of the weights and allocator growth stay out of the timing.
         engine.score_pairs_offline(&pairs[..1], TokenLimits::default(), budget)?;
-        let started = Instant::now();
+        let (started, matmul_before) = (Instant::now(), matmul_time());
         let scores = engine.score_pairs_offline(&pairs, TokenLimits::default(), budget)?;
         let seconds = started.elapsed().as_secs_f64();
+        let matmul_seconds = (matmul_time() - matmul_before).as_secs_f64();
+        let us_per_token = |seconds: f64| round(seconds * 1e6 / tokens as f64, 1);
         let raw: Vec<f32> = scores.iter().map(|s| s.raw).collect();
         if let Some(path) = &args.scores {
             let lines: String = raw.iter().map(|r| format!("{r}\n")).collect();
@@ -146,6 +148,10 @@ fn main() -> anyhow::Result<()> {
                 "seconds": round(seconds, 2),
                 "tokens_per_s": round(tokens as f64 / seconds, 1),
                 "pairs_per_s": round(pairs.len() as f64 / seconds, 2),
+                // Wall time inside the matmul libraries' calls, and the rest (candle's own
+                // gemm, under --cpu-blas off, counts as the rest).
+                "matmul_us_per_token": us_per_token(matmul_seconds),
+                "outside_matmul_us_per_token": us_per_token(seconds - matmul_seconds),
                 "model_gflop_per_token": round(flops / tokens as f64 / 1e9, 3),
                 "model_gflops_per_s": round(flops / seconds / 1e9, 1),
                 "fraction_of_sgemm_peak": peak.map(|p| round(flops / seconds / 1e9 / p, 3)),

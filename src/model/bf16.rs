@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use super::device::CpuFeatures;
 use super::error::{ModelError, Result};
 use super::kernels::contiguous_data;
-use super::linear::{Blas, CpuLibrary, matmul};
+use super::linear::{Blas, CpuLibrary, matmul, timed_matmul};
 
 /// oneDNN libraries tried, in order, when the choice is automatic (v3, then Debian's v2).
 const AUTO_LIBRARIES: &[&str] = &["libdnnl.so.3", "libdnnl.so.2", "libdnnl.so"];
@@ -291,8 +291,7 @@ impl CustomOp2 for OneDnnLinear<'_> {
         );
         let x_bf16 = convert_in_parallel(x, |x, out: &mut [bf16]| out.convert_from_f32_slice(x));
         let mut out = vec![0f32; m * n];
-        self.0
-            .gemm_nt(&x_bf16, w, (m, n, k), &mut out)
+        timed_matmul(|| self.0.gemm_nt(&x_bf16, w, (m, n, k), &mut out))
             .map_err(candle_core::Error::msg)?;
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }

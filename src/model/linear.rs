@@ -8,6 +8,8 @@ use std::ffi::{c_char, c_int};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
 use candle_nn::VarBuilder;
@@ -71,6 +73,25 @@ impl fmt::Display for CpuLibrary {
             CpuLibrary::Library(library) => write!(f, "{library}"),
         }
     }
+}
+
+/// Wall time spent inside matmul library calls since the process started: the engine bench
+/// splits each token's time into this and the rest (the part that is the same code on every
+/// CPU). candle's own gemm is not counted.
+static MATMUL_NANOS: AtomicU64 = AtomicU64::new(0);
+
+/// Wall time spent inside matmul library calls so far (see [`timed_matmul`]).
+pub fn matmul_time() -> Duration {
+    Duration::from_nanos(MATMUL_NANOS.load(Ordering::Relaxed))
+}
+
+/// Runs `multiply`, one parallel region of library calls, adding its wall time to
+/// [`matmul_time`].
+pub(super) fn timed_matmul<R>(multiply: impl FnOnce() -> R) -> R {
+    let started = Instant::now();
+    let result = multiply();
+    MATMUL_NANOS.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    result
 }
 
 /// `cblas_sgemm` of the standard CBLAS interface (32-bit integers).
@@ -291,17 +312,19 @@ impl CustomOp2 for BlasMatmul<'_> {
         } else {
             m.div_ceil(threads)
         };
-        out.par_chunks_mut((m * n).max(1))
-            .enumerate()
-            .try_for_each(|(i, out)| {
-                let (a_matrix, b_matrix) = (a.matrix(i, m, k)?, b.matrix(i, k, n)?);
-                out.par_chunks_mut((rows * n).max(1))
-                    .enumerate()
-                    .try_for_each(|(block, out)| {
-                        let a_block = &a_matrix[block * rows * a.leading..];
-                        sgemm(out.len() / n, a_block, b_matrix, out)
-                    })
-            })?;
+        timed_matmul(|| {
+            out.par_chunks_mut((m * n).max(1))
+                .enumerate()
+                .try_for_each(|(i, out)| {
+                    let (a_matrix, b_matrix) = (a.matrix(i, m, k)?, b.matrix(i, k, n)?);
+                    out.par_chunks_mut((rows * n).max(1))
+                        .enumerate()
+                        .try_for_each(|(block, out)| {
+                            let a_block = &a_matrix[block * rows * a.leading..];
+                            sgemm(out.len() / n, a_block, b_matrix, out)
+                        })
+                })
+        })?;
         Ok((
             CpuStorage::F32(out),
             Shape::from(match a_layout.dims().len() {

@@ -26,7 +26,7 @@ pub use config::Qwen3Config;
 pub use device::{CpuFeatures, DTypeSpec, DeviceSpec};
 pub use error::{ModelError, Result};
 pub use files::{CheckpointFiles, ModelSource};
-pub use linear::{Blas, CpuLibrary, LinearGemm};
+pub use linear::{Blas, CpuLibrary, LinearGemm, matmul_time};
 pub use prompt::{
     Chunking, DOCUMENT_CHAR_LIMIT, EncodedPair, QUERY_CHAR_LIMIT, TokenLimits, TruncationDirection,
     Window, cut_and_strip,
@@ -441,12 +441,13 @@ mod tests {
 
 #[cfg(test)]
 pub(crate) mod testing {
-    use candle_core::Tensor;
+    use candle_core::{DType, Tensor};
 
-    /// The largest element-wise |a - b| of two tensors of one shape.
+    /// The largest element-wise |a - b| of two tensors of one shape, in f32.
     pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         assert_eq!(a.dims(), b.dims());
-        (a - b)
+        let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        (f32(a) - f32(b))
             .unwrap()
             .abs()
             .unwrap()
