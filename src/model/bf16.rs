@@ -1,15 +1,24 @@
-//! bf16 weights on the CPU (`--dtype bf16`): a linear layer multiplies its input, rounded to
-//! bf16, by its bf16 weight and accumulates in f32; the rest of the forward (norms, rotary,
-//! attention, softmax, the head dot and the score) stays f32. Where the CPU has AVX512-BF16 or
-//! AMX, oneDNN's `dnnl_gemm_bf16bf16f32` multiplies (about twice the f32 throughput there).
-//! Elsewhere each weight is widened to f32 for the call and the f32 matmul multiplies: the
-//! product of two bf16 values is exact in f32, so the scores are the same (up to the order of
-//! the sums) with half the weight memory of f32, at about f32 speed.
+//! bf16 weights on the CPU (`--dtype bf16`): a linear layer multiplies bf16 activations by its
+//! bf16 weight and accumulates in f32. Where a bf16 GEMM library runs (MKL's
+//! `cblas_gemm_bf16bf16f32`, or oneDNN's `dnnl_gemm_bf16bf16f32`), the attention's two
+//! matmuls (QKᵀ and PV) multiply in bf16 too, and the kernels before each matmul (norms,
+//! rotary, softmax, SwiGLU) write bf16 once (see `kernels.rs`). Norms, softmax statistics,
+//! the residual stream, the head dot and the score stay f32.
+//!
+//! The library is called one thread per call: rayon's threads split each product (a linear
+//! layer by blocks of output columns, attention by heads), so that no OpenMP pool spins
+//! beside rayon's on the same cores. MKL runs its sequential layer; oneDNN (OpenMP) is set to
+//! one thread on the calling thread before each call.
+//!
+//! Without a library, each weight is widened to f32 for the call and the f32 matmul
+//! multiplies: the product of two bf16 values is exact in f32, so the scores are the same (up
+//! to the order of the sums) with half the weight memory of f32, at about f32 speed, and the
+//! attention stays f32.
 
 use std::ffi::{c_char, c_int};
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 use half::bf16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
@@ -17,17 +26,26 @@ use rayon::prelude::*;
 use super::device::CpuFeatures;
 use super::error::{ModelError, Result};
 use super::kernels::contiguous_data;
-use super::linear::{Blas, CpuLibrary, matmul, timed_matmul};
+use super::linear::{Blas, CpuLibrary, Product, Split, batched_matmul, matmul, uninit_vec};
 
-/// oneDNN libraries tried, in order, when the choice is automatic (v3, then Debian's v2).
-const AUTO_LIBRARIES: &[&str] = &["libdnnl.so.3", "libdnnl.so.2", "libdnnl.so"];
+/// Libraries tried, in order, when the choice is automatic: MKL (PyPI's `mkl`; the faster of
+/// the two on the model's shapes, measured in BENCHMARKS.md), then oneDNN (v3, then Debian's
+/// v2).
+const AUTO_LIBRARIES: &[&str] = &[
+    "libmkl_rt.so.3",
+    "libmkl_rt.so.2",
+    "libmkl_rt.so",
+    "libdnnl.so.3",
+    "libdnnl.so.2",
+    "libdnnl.so",
+];
 
 /// Values a parallel conversion task takes at least.
 const CONVERT_CHUNK: usize = 1 << 15;
 
 /// `dnnl_gemm_bf16bf16f32`: row-major `C = alpha·op(A)·op(B) + beta·C`, 64-bit sizes; the
 /// same in oneDNN 2.x and 3.x. Returns a `dnnl_status_t` (0 is success, 3 unimplemented).
-type GemmBf16 = unsafe extern "C" fn(
+type DnnlGemm = unsafe extern "C" fn(
     trans_a: c_char,
     trans_b: c_char,
     m: i64,
@@ -43,6 +61,31 @@ type GemmBf16 = unsafe extern "C" fn(
     ldc: i64,
 ) -> i32;
 
+/// MKL's `cblas_gemm_bf16bf16f32` (LP64: 32-bit sizes; `MKL_BF16` is the bf16 bits).
+type MklGemm = unsafe extern "C" fn(
+    layout: c_int,
+    trans_a: c_int,
+    trans_b: c_int,
+    m: c_int,
+    n: c_int,
+    k: c_int,
+    alpha: f32,
+    a: *const bf16,
+    lda: c_int,
+    b: *const bf16,
+    ldb: c_int,
+    beta: f32,
+    c: *mut f32,
+    ldc: c_int,
+);
+
+const CBLAS_ROW_MAJOR: c_int = 101;
+const CBLAS_NO_TRANS: c_int = 111;
+const CBLAS_TRANS: c_int = 112;
+/// `MKL_THREADING_SEQUENTIAL` and `MKL_INTERFACE_LP64` of `mkl_service.h`.
+const MKL_THREADING_SEQUENTIAL: c_int = 1;
+const MKL_INTERFACE_LP64: c_int = 0;
+
 /// oneDNN's `dnnl_version_t`.
 #[repr(C)]
 struct DnnlVersion {
@@ -54,48 +97,78 @@ struct DnnlVersion {
     gpu_runtime: u32,
 }
 
-/// A loaded oneDNN whose bf16 GEMM ran correctly on this CPU.
-struct OneDnn {
-    gemm: GemmBf16,
-    /// OpenMP's `omp_set_num_threads`, in builds on OpenMP (Debian's): OpenMP counts the
-    /// machine's cores, rayon the cores this process may use (a container's CPU quota).
-    set_threads: Option<unsafe extern "C" fn(c_int)>,
+/// The entry point of a loaded library.
+enum Gemm {
+    Mkl(MklGemm),
+    OneDnn {
+        gemm: DnnlGemm,
+        /// OpenMP's `omp_set_num_threads`, in builds on OpenMP (Debian's): the count is the
+        /// calling thread's, so each rayon thread sets one.
+        set_threads: Option<unsafe extern "C" fn(c_int)>,
+    },
+}
+
+/// A loaded bf16 GEMM library whose product ran correctly on this CPU.
+struct Bf16Library {
+    gemm: Gemm,
     description: String,
     // Keeps `gemm` valid.
     _library: libloading::Library,
 }
 
-impl OneDnn {
-    fn load(name: &str) -> Result<OneDnn> {
-        let failed = |why: String| ModelError::Device(format!("oneDNN library {name}: {why}"));
+impl Bf16Library {
+    /// MKL or oneDNN, told apart by the symbols the library exports.
+    fn load(name: &str) -> Result<Bf16Library> {
+        let failed = |why: String| ModelError::Device(format!("bf16 GEMM library {name}: {why}"));
         // SAFETY: loading runs the library's initialisers, which only set up its state.
         let library =
             unsafe { libloading::Library::new(name) }.map_err(|e| failed(e.to_string()))?;
-        // SAFETY: the signature of `dnnl_gemm_bf16bf16f32` in oneDNN 2.x and 3.x.
-        let gemm = *unsafe { library.get::<GemmBf16>(b"dnnl_gemm_bf16bf16f32\0") }
-            .map_err(|e| failed(e.to_string()))?;
-        // SAFETY: `dnnl_version` returns a pointer to a static `dnnl_version_t`.
-        let version = unsafe {
-            library.get::<unsafe extern "C" fn() -> *const DnnlVersion>(b"dnnl_version\0")
-        }
-        .ok()
-        .map(|version| unsafe { &*version() })
-        .map_or_else(String::new, |v| {
-            format!(" {}.{}.{}", v.major, v.minor, v.patch)
-        });
-        // SAFETY: OpenMP's `omp_set_num_threads(int)`, found among oneDNN's dependencies.
-        let set_threads =
-            unsafe { library.get::<unsafe extern "C" fn(c_int)>(b"omp_set_num_threads\0") }
-                .ok()
-                .map(|symbol| *symbol);
-        let onednn = OneDnn {
+        // SAFETY: the signatures of MKL's and oneDNN's entry points, as declared above.
+        let (gemm, description) = unsafe {
+            if let Ok(gemm) = library.get::<MklGemm>(b"cblas_gemm_bf16bf16f32\0") {
+                // Before any other MKL call: the sequential layer, 32-bit integers.
+                let layer = library
+                    .get::<unsafe extern "C" fn(c_int) -> c_int>(b"MKL_Set_Threading_Layer\0");
+                if let Ok(set_layer) = layer {
+                    set_layer(MKL_THREADING_SEQUENTIAL);
+                }
+                let interface = library
+                    .get::<unsafe extern "C" fn(c_int) -> c_int>(b"MKL_Set_Interface_Layer\0");
+                if let Ok(set_interface) = interface {
+                    set_interface(MKL_INTERFACE_LP64);
+                }
+                let version = mkl_version(&library);
+                (
+                    Gemm::Mkl(*gemm),
+                    format!("MKL{version} bf16 GEMM, sequential ({name})"),
+                )
+            } else if let Ok(gemm) = library.get::<DnnlGemm>(b"dnnl_gemm_bf16bf16f32\0") {
+                let set_threads = library
+                    .get::<unsafe extern "C" fn(c_int)>(b"omp_set_num_threads\0")
+                    .ok()
+                    .map(|symbol| *symbol);
+                let version = onednn_version(&library);
+                (
+                    Gemm::OneDnn {
+                        gemm: *gemm,
+                        set_threads,
+                    },
+                    format!("oneDNN{version} bf16 GEMM, one thread per call ({name})"),
+                )
+            } else {
+                return Err(failed(
+                    "exports neither cblas_gemm_bf16bf16f32 (MKL) nor dnnl_gemm_bf16bf16f32 (oneDNN)"
+                        .into(),
+                ));
+            }
+        };
+        let loaded = Bf16Library {
             gemm,
-            set_threads,
-            description: format!("oneDNN{version} bf16 GEMM ({name})"),
+            description,
             _library: library,
         };
-        onednn.check().map_err(failed)?;
-        Ok(onednn)
+        loaded.check().map_err(failed)?;
+        Ok(loaded)
     }
 
     /// Runs a small product and compares it with f32 arithmetic: oneDNN answers
@@ -106,7 +179,17 @@ impl OneDnn {
         let a: Vec<bf16> = (0..m * k).map(value).collect();
         let b: Vec<bf16> = (0..n * k).map(|i| value(i * 3 + 1)).collect();
         let mut out = vec![0f32; m * n];
-        self.gemm_nt(&a, &b, (m, n, k), &mut out)?;
+        self.gemm(Product {
+            a: &a,
+            a_layout: (false, k),
+            b: &b,
+            b_layout: (true, k),
+            m,
+            n,
+            k,
+            out: out.as_mut_ptr(),
+            ldc: n,
+        })?;
         for (i, &got) in out.iter().enumerate() {
             let (row, col) = (i / n, i % n);
             let expected: f32 = (0..k)
@@ -114,71 +197,150 @@ impl OneDnn {
                 .sum();
             if (got - expected).abs() > 1e-4 {
                 return Err(format!(
-                    "dnnl_gemm_bf16bf16f32 computed {got} where {expected} was expected"
+                    "its bf16 GEMM computed {got} where {expected} was expected"
                 ));
             }
         }
         Ok(())
     }
 
-    /// `out (m, n) = a (m, k) @ b^T` for row-major `b (n, k)`.
-    fn gemm_nt(
-        &self,
-        a: &[bf16],
-        b: &[bf16],
-        (m, n, k): (usize, usize, usize),
-        out: &mut [f32],
-    ) -> std::result::Result<(), String> {
-        assert!(a.len() >= m * k && b.len() >= n * k && out.len() >= m * n);
-        let dim = |v: usize| v as i64;
-        if let Some(set_threads) = self.set_threads {
-            let threads = c_int::try_from(rayon::current_num_threads()).unwrap_or(c_int::MAX);
-            // SAFETY: sets the OpenMP thread count of the calling thread's next regions.
-            unsafe { set_threads(threads) };
-        }
-        // SAFETY: `a` holds m × k, `b` n × k and `out` m × n values, row-major with the
-        // leading dimensions given; the call reads a and b and writes only out.
-        let status = unsafe {
-            (self.gemm)(
-                b'N' as c_char,
-                b'T' as c_char,
-                dim(m),
-                dim(n),
-                dim(k),
-                1.0,
-                a.as_ptr(),
-                dim(k),
-                b.as_ptr(),
-                dim(k),
-                0.0,
-                out.as_mut_ptr(),
-                dim(n),
-            )
-        };
-        match status {
-            0 => Ok(()),
-            3 => Err("dnnl_gemm_bf16bf16f32 is unimplemented on this CPU (status 3)".into()),
-            status => Err(format!("dnnl_gemm_bf16bf16f32 failed with status {status}")),
+    /// One product on the calling thread.
+    fn gemm(&self, p: Product<bf16>) -> std::result::Result<(), String> {
+        let (a_needed, b_needed) = (
+            extent(p.a_layout, (p.m, p.k)),
+            extent(p.b_layout, (p.k, p.n)),
+        );
+        assert!(p.a.len() >= a_needed && p.b.len() >= b_needed);
+        match self.gemm {
+            Gemm::Mkl(gemm) => {
+                let int = |v: usize| c_int::try_from(v).map_err(|_| "a dimension over i32");
+                let trans = |(transposed, _)| {
+                    if transposed {
+                        CBLAS_TRANS
+                    } else {
+                        CBLAS_NO_TRANS
+                    }
+                };
+                // SAFETY: `a` holds m × k and `b` k × n values as their transpositions and
+                // leading dimensions say (checked above); `out` has m rows of n values at
+                // leading `ldc` that this call alone writes.
+                unsafe {
+                    gemm(
+                        CBLAS_ROW_MAJOR,
+                        trans(p.a_layout),
+                        trans(p.b_layout),
+                        int(p.m)?,
+                        int(p.n)?,
+                        int(p.k)?,
+                        1.0,
+                        p.a.as_ptr(),
+                        int(p.a_layout.1)?,
+                        p.b.as_ptr(),
+                        int(p.b_layout.1)?,
+                        0.0,
+                        p.out,
+                        int(p.ldc)?,
+                    )
+                };
+                Ok(())
+            }
+            Gemm::OneDnn { gemm, set_threads } => {
+                if let Some(set_threads) = set_threads {
+                    // SAFETY: sets the OpenMP thread count of this thread's next regions.
+                    unsafe { set_threads(1) };
+                }
+                let trans = |(transposed, _)| if transposed { b'T' } else { b'N' } as c_char;
+                let dim = |v: usize| v as i64;
+                // SAFETY: as for MKL above.
+                let status = unsafe {
+                    gemm(
+                        trans(p.a_layout),
+                        trans(p.b_layout),
+                        dim(p.m),
+                        dim(p.n),
+                        dim(p.k),
+                        1.0,
+                        p.a.as_ptr(),
+                        dim(p.a_layout.1),
+                        p.b.as_ptr(),
+                        dim(p.b_layout.1),
+                        0.0,
+                        p.out,
+                        dim(p.ldc),
+                    )
+                };
+                match status {
+                    0 => Ok(()),
+                    3 => {
+                        Err("dnnl_gemm_bf16bf16f32 is unimplemented on this CPU (status 3)".into())
+                    }
+                    status => Err(format!("dnnl_gemm_bf16bf16f32 failed with status {status}")),
+                }
+            }
         }
     }
 }
 
-/// The matmul of bf16 linear layers on the CPU: oneDNN where it runs, else widening.
+/// Values a matrix of `rows` × `cols` spans, stored as `(transposed, leading)` says.
+fn extent((transposed, leading): (bool, usize), (rows, cols): (usize, usize)) -> usize {
+    let (outer, inner) = if transposed {
+        (cols, rows)
+    } else {
+        (rows, cols)
+    };
+    if outer == 0 || inner == 0 {
+        return 0;
+    }
+    (outer - 1) * leading + inner
+}
+
+/// ` 2026.2`, from MKL's version string, or nothing.
+fn mkl_version(library: &libloading::Library) -> String {
+    let mut text = [0u8; 256];
+    // SAFETY: `MKL_Get_Version_String(char*, int)` writes at most `len` bytes, NUL-terminated.
+    let written = unsafe {
+        library
+            .get::<unsafe extern "C" fn(*mut c_char, c_int)>(b"MKL_Get_Version_String\0")
+            .map(|get| get(text.as_mut_ptr().cast(), text.len() as c_int))
+    };
+    if written.is_err() {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&text);
+    // "Intel(R) oneAPI Math Kernel Library Version 2026.2-Product Build ..."
+    text.split_once("Version ")
+        .and_then(|(_, rest)| rest.split(['-', ' ', '\0']).next())
+        .map_or_else(String::new, |version| format!(" {version}"))
+}
+
+/// ` 2.6.3`, from oneDNN's `dnnl_version`, or nothing.
+fn onednn_version(library: &libloading::Library) -> String {
+    // SAFETY: `dnnl_version` returns a pointer to a static `dnnl_version_t`.
+    unsafe { library.get::<unsafe extern "C" fn() -> *const DnnlVersion>(b"dnnl_version\0") }
+        .ok()
+        .map(|version| unsafe { &*version() })
+        .map_or_else(String::new, |v| {
+            format!(" {}.{}.{}", v.major, v.minor, v.patch)
+        })
+}
+
+/// The matmuls of the CPU's bf16 path: a bf16 GEMM library where one runs, else widening.
 pub struct Bf16Matmul {
-    onednn: Option<OneDnn>,
-    /// The f32 matmul: the attention's, and the widened layers'.
+    library: Option<Bf16Library>,
+    /// The f32 matmul: the widened layers', and the attention's without a library.
     blas: Option<Arc<Blas>>,
 }
 
 impl Bf16Matmul {
-    /// oneDNN as `choice` says, where the CPU multiplies bf16 natively; the fallback is
-    /// logged. An explicitly named library must load and compute correctly.
+    /// A library as `choice` says, where the CPU multiplies bf16 natively; the fallback is
+    /// logged. An explicitly named library must load and compute correctly (MKL computes
+    /// bf16 products on CPUs without the instructions too, more slowly).
     pub fn open(
         choice: &CpuLibrary,
         cpu: &CpuFeatures,
         blas: Option<Arc<Blas>>,
     ) -> Result<Bf16Matmul> {
-        let onednn = match choice {
+        let library = match choice {
             CpuLibrary::Off => None,
             CpuLibrary::Auto if !cpu.has_bf16_gemm() => {
                 tracing::warn!(
@@ -189,13 +351,13 @@ impl Bf16Matmul {
             }
             CpuLibrary::Auto => {
                 let found = AUTO_LIBRARIES.iter().find_map(|name| {
-                    OneDnn::load(name)
+                    Bf16Library::load(name)
                         .inspect_err(|err| tracing::debug!("{err}"))
                         .ok()
                 });
                 if found.is_none() {
                     tracing::warn!(
-                        "this CPU has {} but no working oneDNN was found ({}): the bf16 weights are widened to f32 for each matmul; install oneDNN (Debian: libdnnl2) for about twice the speed",
+                        "this CPU has {} but no working bf16 GEMM library was found ({}): the bf16 weights are widened to f32 for each matmul; install MKL (pip install mkl, with its lib directory on LD_LIBRARY_PATH) or oneDNN (Debian: libdnnl2) for several times the speed",
                         cpu.bf16_instructions(),
                         AUTO_LIBRARIES.join(", ")
                     );
@@ -203,23 +365,23 @@ impl Bf16Matmul {
                 found
             }
             CpuLibrary::Library(name) => {
-                let onednn = OneDnn::load(name)?;
+                let library = Bf16Library::load(name)?;
                 if !cpu.has_bf16_gemm() {
                     tracing::warn!(
-                        "{} on a CPU with {}: oneDNN emulates bf16 and may be slower than f32",
-                        onednn.description,
+                        "{} on a CPU with {}: bf16 is emulated and may be slower than f32",
+                        library.description,
                         cpu.bf16_instructions()
                     );
                 }
-                Some(onednn)
+                Some(library)
             }
         };
-        Ok(Bf16Matmul { onednn, blas })
+        Ok(Bf16Matmul { library, blas })
     }
 
-    /// The f32 matmul for the attention.
-    pub fn blas(&self) -> Option<&Arc<Blas>> {
-        self.blas.as_ref()
+    /// Whether a bf16 GEMM library multiplies (else the weights are widened to f32).
+    pub fn multiplies_bf16(&self) -> bool {
+        self.library.is_some()
     }
 
     /// What multiplies, as `/info` and the start-up log name it.
@@ -228,72 +390,104 @@ impl Bf16Matmul {
             .blas
             .as_ref()
             .map_or("candle", |blas| blas.description());
-        match &self.onednn {
-            Some(onednn) => format!("{}; f32 attention: {f32_matmul}", onednn.description),
+        match &self.library {
+            Some(library) => format!("{}; attention in bf16 too", library.description),
             None => format!("bf16 weights widened to f32 per matmul: {f32_matmul}"),
         }
     }
 
-    /// `x @ w^T` for an f32 input `x` (tokens, in) and a bf16 weight `w` (out, in): x is
-    /// rounded to bf16, the products are summed in f32, the output is f32.
+    /// `x @ w^T` for an input `x` (tokens, in), f32 or bf16, and a bf16 weight `w`
+    /// (out, in): x is rounded to bf16, the products are summed in f32, the output is f32.
     pub fn linear(&self, x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
-        let x = x.contiguous()?;
-        match &self.onednn {
-            Some(onednn) => x.apply_op2_no_bwd(weight, &OneDnnLinear(onednn)),
+        match &self.library {
+            Some(_) => self.matmul(x, &weight.t()?),
             None => {
-                let x = x.apply_op1_no_bwd(&Bf16Values)?;
+                let x = x.contiguous()?.apply_op1_no_bwd(&Bf16Values)?;
                 let weight = weight.apply_op1_no_bwd(&Bf16Values)?;
                 matmul(self.blas.as_deref(), &x, &weight.t()?)
             }
         }
     }
+
+    /// `a @ b` (rank 2 or 3, as [`Blas::matmul`] takes them), f32 out: in bf16 through the
+    /// library (f32 operands rounded first), else in f32.
+    pub fn matmul(&self, a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.library {
+            Some(library) => to_bf16(a)?.apply_op2_no_bwd(&to_bf16(b)?, &Bf16Product(library)),
+            None => matmul(self.blas.as_deref(), a, b),
+        }
+    }
+}
+
+/// `t` as bf16: as it is when bf16, else rounded in one parallel pass.
+fn to_bf16(t: &Tensor) -> candle_core::Result<Tensor> {
+    match t.dtype() {
+        DType::BF16 => Ok(t.clone()),
+        _ => t.contiguous()?.apply_op1_no_bwd(&RoundToBf16),
+    }
 }
 
 /// `convert` applied chunk by chunk in parallel, from `data` into a new vector of its length.
-fn convert_in_parallel<S: Sync, D: Copy + Default + Send>(
+fn convert_in_parallel<S: Sync, D: Copy + Send>(
     data: &[S],
     convert: impl Fn(&[S], &mut [D]) + Sync,
 ) -> Vec<D> {
-    let mut out = vec![D::default(); data.len()];
+    let mut out = uninit_vec(data.len());
     out.par_chunks_mut(CONVERT_CHUNK)
         .zip(data.par_chunks(CONVERT_CHUNK))
         .for_each(|(out, data)| convert(data, out));
     out
 }
 
-/// `x @ w^T` through oneDNN, for f32 `x` (tokens, in) and bf16 `w` (out, in).
-struct OneDnnLinear<'a>(&'a OneDnn);
+/// `a @ b` for bf16 tensors through the library, products summed in f32.
+struct Bf16Product<'a>(&'a Bf16Library);
 
-impl CustomOp2 for OneDnnLinear<'_> {
+impl CustomOp2 for Bf16Product<'_> {
     fn name(&self) -> &'static str {
-        "onednn-bf16-linear"
+        "bf16-matmul"
     }
 
     fn cpu_fwd(
         &self,
-        x: &CpuStorage,
-        x_layout: &Layout,
-        w: &CpuStorage,
-        w_layout: &Layout,
+        a: &CpuStorage,
+        a_layout: &Layout,
+        b: &CpuStorage,
+        b_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::BF16(w)) = (x, w) else {
-            candle_core::bail!("{}: takes an f32 input and a bf16 weight", self.name());
+        let (CpuStorage::BF16(a), CpuStorage::BF16(b)) = (a, b) else {
+            candle_core::bail!("{}: takes bf16 tensors", self.name());
         };
-        let (&[m, k], &[n, w_k]) = (x_layout.dims(), w_layout.dims()) else {
-            candle_core::bail!("{}: takes (tokens, in) and (out, in)", self.name());
+        batched_matmul(
+            (a, a_layout),
+            (b, b_layout),
+            Some(Split::Columns),
+            |product| self.0.gemm(product).map_err(candle_core::Error::msg),
+        )
+    }
+}
+
+/// An f32 tensor rounded to bf16 (nearest, ties to even). Contiguous input, parallel over
+/// chunks.
+struct RoundToBf16;
+
+impl CustomOp1 for RoundToBf16 {
+    fn name(&self) -> &'static str {
+        "round-to-bf16"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("{}: f32 data only", self.name());
         };
-        if k != w_k {
-            candle_core::bail!("{}: {m}x{k} input, {n}x{w_k} weight", self.name());
-        }
-        let (x, w) = (
-            contiguous_data(x, x_layout, self.name())?,
-            contiguous_data(w, w_layout, self.name())?,
+        let rounded = convert_in_parallel(
+            contiguous_data(data, layout, self.name())?,
+            |data, out: &mut [bf16]| out.convert_from_f32_slice(data),
         );
-        let x_bf16 = convert_in_parallel(x, |x, out: &mut [bf16]| out.convert_from_f32_slice(x));
-        let mut out = vec![0f32; m * n];
-        timed_matmul(|| self.0.gemm_nt(&x_bf16, w, (m, n, k), &mut out))
-            .map_err(candle_core::Error::msg)?;
-        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+        Ok((CpuStorage::BF16(rounded), layout.shape().clone()))
     }
 }
 
@@ -337,15 +531,15 @@ mod tests {
     use super::*;
     use crate::model::testing::max_abs_diff;
 
-    /// `x @ w^T` in f32 arithmetic on the bf16 values of both: what either path must give.
-    fn reference(x: &Tensor, w: &Tensor) -> Tensor {
-        let x = x
-            .to_dtype(DType::BF16)
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap();
-        let w = w.to_dtype(DType::F32).unwrap();
-        x.matmul(&w.t().unwrap()).unwrap()
+    /// `a @ b` in f32 arithmetic on the bf16 values of both: what every path must give.
+    fn reference(a: &Tensor, b: &Tensor) -> Tensor {
+        let values = |t: &Tensor| {
+            t.to_dtype(DType::BF16)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+        };
+        values(a).matmul(&values(b)).unwrap()
     }
 
     fn inputs() -> (Tensor, Tensor) {
@@ -362,17 +556,17 @@ mod tests {
     fn widened_linear_is_f32_arithmetic_on_bf16_values() {
         let (x, w) = inputs();
         let widened = Bf16Matmul {
-            onednn: None,
+            library: None,
             blas: None,
         };
         let product = widened.linear(&x, &w).unwrap();
         assert_eq!(product.dtype(), DType::F32);
-        assert!(max_abs_diff(&product, &reference(&x, &w)) < 1e-5);
+        assert!(max_abs_diff(&product, &reference(&x, &w.t().unwrap())) < 1e-5);
         // Columns of a wider input (not contiguous).
         let wide = Tensor::randn(0f32, 1.0, (37, 200), &Device::Cpu).unwrap();
         let narrow = wide.narrow(1, 10, 96).unwrap();
         let product = widened.linear(&narrow, &w).unwrap();
-        assert!(max_abs_diff(&product, &reference(&narrow, &w)) < 1e-5);
+        assert!(max_abs_diff(&product, &reference(&narrow, &w.t().unwrap())) < 1e-5);
         // The input really is rounded: unrounded f32 differs.
         let unrounded = x
             .matmul(&w.to_dtype(DType::F32).unwrap().t().unwrap())
@@ -389,8 +583,8 @@ mod tests {
             -2.5e-3,
             3.0e38,
         ];
-        let rounded = Tensor::new(&values, &Device::Cpu)
-            .unwrap()
+        let input = Tensor::new(&values, &Device::Cpu).unwrap();
+        let rounded = input
             .apply_op1_no_bwd(&Bf16Values)
             .unwrap()
             .to_vec1::<f32>()
@@ -400,6 +594,15 @@ mod tests {
         // Halfway between 1 and the next bf16 rounds to the even one, 1.
         assert_eq!(rounded[1], 1.0);
         assert_eq!(rounded[2], 1.0 + 4.0 / 256.0);
+        // Rounding into bf16 storage gives the same values.
+        let stored = to_bf16(&input).unwrap();
+        assert_eq!(stored.dtype(), DType::BF16);
+        let stored = stored
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(stored, expected);
     }
 
     #[test]
@@ -407,13 +610,13 @@ mod tests {
         let plain = CpuFeatures::default();
         for choice in [CpuLibrary::Off, CpuLibrary::Auto] {
             let matmul = Bf16Matmul::open(&choice, &plain, None).unwrap();
-            assert!(matmul.onednn.is_none(), "{choice}");
+            assert!(!matmul.multiplies_bf16(), "{choice}");
             assert!(matmul.description().starts_with("bf16 weights widened"));
         }
     }
 
     #[test]
-    fn a_library_that_is_missing_or_not_onednn_is_an_error_naming_it() {
+    fn a_library_that_is_missing_or_not_a_bf16_gemm_is_an_error_naming_it() {
         let cpu = CpuFeatures::detect();
         for name in ["libno-such-dnnl.so", "libc.so.6"] {
             let err = Bf16Matmul::open(&CpuLibrary::Library(name.into()), &cpu, None)
@@ -424,30 +627,65 @@ mod tests {
         }
     }
 
-    /// oneDNN's bf16 GEMM against f32 arithmetic on the same bf16 values. It needs oneDNN
-    /// (Debian: libdnnl2) and a CPU with AVX512-BF16 or AMX; `.ci/run` runs it with
-    /// `--ignored` where the CPU has them.
+    /// Each installed bf16 GEMM library (MKL, oneDNN) against f32 arithmetic on the same
+    /// bf16 values, on the layouts the forward gives it. MKL runs on any x86 CPU (`.ci/run`
+    /// installs it from PyPI and runs this with `--ignored`); oneDNN only where the CPU has
+    /// AVX512-BF16 or AMX.
     #[test]
-    #[ignore = "needs oneDNN and a CPU with AVX512-BF16 or AMX"]
-    fn onednn_linear_equals_f32_arithmetic_on_bf16_values() {
-        let cpu = CpuFeatures::detect();
-        assert!(
-            cpu.has_bf16_gemm(),
-            "this CPU has {}",
-            cpu.bf16_instructions()
-        );
-        let matmul = Bf16Matmul::open(&CpuLibrary::Auto, &cpu, None).unwrap();
-        assert!(matmul.onednn.is_some(), "no working oneDNN found");
-        let (x, w) = inputs();
-        let product = matmul.linear(&x, &w).unwrap();
-        assert!(max_abs_diff(&product, &reference(&x, &w)) < 1e-4);
-        // A row range of a wider input (not contiguous) and one row.
-        let wide = Tensor::randn(0f32, 1.0, (37, 200), &Device::Cpu).unwrap();
-        let narrow = wide.narrow(1, 10, 96).unwrap();
-        let product = matmul.linear(&narrow, &w).unwrap();
-        assert!(max_abs_diff(&product, &reference(&narrow, &w)) < 1e-4);
-        let row = x.narrow(0, 3, 1).unwrap();
-        let product = matmul.linear(&row, &w).unwrap();
-        assert!(max_abs_diff(&product, &reference(&row, &w)) < 1e-4);
+    #[ignore = "needs MKL (pip install mkl, its lib directory on LD_LIBRARY_PATH) or oneDNN on a CPU with AVX512-BF16 or AMX"]
+    fn bf16_library_products_equal_f32_arithmetic_on_bf16_values() {
+        let libraries: Vec<Bf16Matmul> = AUTO_LIBRARIES
+            .iter()
+            .filter_map(|name| Bf16Library::load(name).ok())
+            .map(|library| Bf16Matmul {
+                library: Some(library),
+                blas: None,
+            })
+            .collect();
+        assert!(!libraries.is_empty(), "no bf16 GEMM library loads here");
+        let device = Device::Cpu;
+        // More threads than matrices: every product splits into column blocks, the last
+        // one partial (53 columns, blocks of 64 and fewer).
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        for matmul in &libraries {
+            let name = matmul.description();
+            let (x, w) = inputs();
+            let wide_w = Tensor::randn(0f32, 0.1, (300, 96), &device)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap();
+            for (x, w) in [
+                (x.clone(), w.clone()),
+                (x.narrow(0, 3, 1).unwrap(), w.clone()),
+                (x.clone(), wide_w),
+            ] {
+                let expected = reference(&x, &w.t().unwrap());
+                let product = pool.install(|| matmul.linear(&x, &w)).unwrap();
+                assert!(max_abs_diff(&product, &expected) < 1e-4, "{name}");
+                // A bf16 input, as the kernels before a linear layer write it.
+                let product = matmul.linear(&to_bf16(&x).unwrap(), &w).unwrap();
+                assert!(max_abs_diff(&product, &expected) < 1e-4, "{name}");
+            }
+            // Attention: a span of the packed queries, keys transposed, a batch of heads.
+            let q = Tensor::randn(0f32, 1.0, (3, 50, 8), &device).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (3, 50, 8), &device).unwrap();
+            let (q_span, k_span) = (
+                to_bf16(&q).unwrap().narrow(1, 10, 17).unwrap(),
+                to_bf16(&k).unwrap().narrow(1, 5, 22).unwrap(),
+            );
+            let kt = k_span.t().unwrap();
+            let scores = pool.install(|| matmul.matmul(&q_span, &kt)).unwrap();
+            assert_eq!(scores.dims(), &[3, 17, 22]);
+            assert!(
+                max_abs_diff(&scores, &reference(&q_span, &kt)) < 1e-4,
+                "{name}"
+            );
+            let v = to_bf16(&k).unwrap().narrow(1, 0, 22).unwrap();
+            let out = matmul.matmul(&scores, &v).unwrap();
+            assert!(max_abs_diff(&out, &reference(&scores, &v)) < 1e-3, "{name}");
+        }
     }
 }

@@ -92,7 +92,8 @@ impl DeviceSpec {
     serde_with::SerializeDisplay,
 )]
 pub enum DTypeSpec {
-    /// f32 on CPU (candle's CPU half-precision matmuls convert on every call), bf16 on GPUs.
+    /// bf16 on GPUs and on CPUs that multiply bf16 natively (AVX512-BF16 or AMX) where a bf16
+    /// GEMM library loads; f32 on other CPUs, where bf16 would be no faster.
     #[default]
     Auto,
     F32,
@@ -128,13 +129,23 @@ impl fmt::Display for DTypeSpec {
 }
 
 impl DTypeSpec {
-    pub(super) fn resolve(self, device: &Device) -> DType {
+    /// The dtype to run in on `device`, and why, for `/info` and the start-up log. On the CPU,
+    /// `auto`'s bf16 still needs a bf16 GEMM library: the caller falls back to f32 without one.
+    pub(super) fn resolve(self, device: &Device, cpu: &CpuFeatures) -> (DType, String) {
+        let instructions = cpu.bf16_instructions();
         match self {
-            DTypeSpec::Auto if device.is_cpu() => DType::F32,
-            DTypeSpec::Auto => DType::BF16,
-            DTypeSpec::F32 => DType::F32,
-            DTypeSpec::Bf16 => DType::BF16,
-            DTypeSpec::F16 => DType::F16,
+            DTypeSpec::Auto if !device.is_cpu() => (DType::BF16, "auto: bf16 on a GPU".into()),
+            DTypeSpec::Auto if cpu.has_bf16_gemm() => (
+                DType::BF16,
+                format!("auto: bf16, this CPU has {instructions}"),
+            ),
+            DTypeSpec::Auto => (
+                DType::F32,
+                format!("auto: f32, this CPU has {instructions}, so bf16 would be no faster"),
+            ),
+            DTypeSpec::F32 => (DType::F32, "f32, as set".into()),
+            DTypeSpec::Bf16 => (DType::BF16, "bf16, as set".into()),
+            DTypeSpec::F16 => (DType::F16, "f16, as set".into()),
         }
     }
 }
@@ -205,6 +216,35 @@ mod tests {
         assert!("tpu".parse::<DeviceSpec>().is_err());
         assert_eq!("bfloat16".parse::<DTypeSpec>(), Ok(DTypeSpec::Bf16));
         assert!("int8".parse::<DTypeSpec>().is_err());
+    }
+
+    #[test]
+    fn auto_takes_bf16_on_a_cpu_with_bf16_instructions_and_f32_elsewhere() {
+        let plain = CpuFeatures::default();
+        let (dtype, why) = DTypeSpec::Auto.resolve(&Device::Cpu, &plain);
+        assert_eq!(dtype, DType::F32);
+        assert!(why.contains("neither AVX512-BF16 nor AMX"), "{why}");
+        for cpu in [
+            CpuFeatures {
+                avx512_bf16: true,
+                ..CpuFeatures::default()
+            },
+            CpuFeatures {
+                amx_bf16: true,
+                ..CpuFeatures::default()
+            },
+        ] {
+            let (dtype, why) = DTypeSpec::Auto.resolve(&Device::Cpu, &cpu);
+            assert_eq!(dtype, DType::BF16);
+            assert!(why.contains(cpu.bf16_instructions()), "{why}");
+        }
+        // Set explicitly, a dtype is what it says whatever the CPU.
+        let amx = CpuFeatures {
+            amx_bf16: true,
+            ..CpuFeatures::default()
+        };
+        assert_eq!(DTypeSpec::F32.resolve(&Device::Cpu, &amx).0, DType::F32);
+        assert_eq!(DTypeSpec::Bf16.resolve(&Device::Cpu, &plain).0, DType::BF16);
     }
 
     /// The run-time detection agrees with the kernel's view of the CPU.

@@ -1,10 +1,18 @@
 //! CPU kernels for the element-wise work of the forward that candle runs on one thread (its
 //! binary and unary maps, and rotary embeddings of a single batch), each one parallel pass
-//! over contiguous f32 data that also folds in the copy or mask around it. Other devices
-//! and dtypes keep candle's ops (see [`Kernels`]).
+//! over contiguous f32 data that also folds in the copy or mask around it. A kernel whose
+//! output feeds a matmul writes it in that matmul's input dtype (bf16 on the CPU's bf16
+//! path), so nothing rounds it again; every output is written whole, never zero-filled
+//! first. Other devices and dtypes keep candle's ops (see [`Kernels`]).
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor,
+};
+use candle_nn::{Module, RmsNorm};
+use half::bf16;
 use rayon::prelude::*;
+
+use super::linear::{LinearGemm, uninit_vec};
 
 /// Elements a parallel task takes at least, so that small tensors are not split thin.
 const MIN_CHUNK: usize = 1 << 14;
@@ -33,6 +41,45 @@ pub(super) fn contiguous_data<'a, T>(
     }
 }
 
+/// What a kernel writes: f32, or bf16 where its output feeds the bf16 GEMM.
+trait Element: Copy + Send + Sync {
+    const ZERO: Self;
+    fn from_f32(value: f32) -> Self;
+}
+
+impl Element for f32 {
+    const ZERO: Self = 0.0;
+    fn from_f32(value: f32) -> Self {
+        value
+    }
+}
+
+impl Element for bf16 {
+    const ZERO: Self = bf16::ZERO;
+    fn from_f32(value: f32) -> Self {
+        bf16::from_f32(value)
+    }
+}
+
+/// The storage of `kernel`'s output, written as bf16 when `as_bf16`, else f32. `kernel` must
+/// write every element of the vector it is given.
+macro_rules! output {
+    ($as_bf16:expr, $len:expr, |$out:ident| $kernel:expr) => {
+        match $as_bf16 {
+            true => {
+                let mut $out = uninit_vec::<bf16>($len);
+                $kernel;
+                CpuStorage::BF16($out)
+            }
+            false => {
+                let mut $out = uninit_vec::<f32>($len);
+                $kernel;
+                CpuStorage::F32($out)
+            }
+        }
+    };
+}
+
 /// `softmax(scale · scores)` over the last dim, causal: in scores of shape
 /// (…, count, keys), the row of query `i` (`i` = row index mod `count`) sees keys
 /// `0..=first_key + i`; the rest get probability 0.
@@ -40,6 +87,30 @@ struct CausalSoftmax {
     scale: f32,
     first_key: usize,
     count: usize,
+    bf16_out: bool,
+}
+
+impl CausalSoftmax {
+    fn rows<T: Element>(&self, scores: &[f32], keys: usize, probs: &mut [T]) {
+        probs
+            .par_chunks_mut(keys)
+            .zip(scores.par_chunks(keys))
+            .enumerate()
+            .with_min_len((MIN_CHUNK / keys).max(1))
+            .for_each_init(Vec::new, |exps: &mut Vec<f32>, (row, (probs, scores))| {
+                let seen = (self.first_key + row % self.count + 1).min(keys);
+                let (visible, hidden) = probs.split_at_mut(seen);
+                hidden.fill(T::ZERO);
+                let scores = &scores[..seen];
+                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                exps.clear();
+                exps.extend(scores.iter().map(|&s| ((s - max) * self.scale).exp()));
+                let inverse = 1.0 / exps.iter().sum::<f32>();
+                for (p, &e) in visible.iter_mut().zip(exps.iter()) {
+                    *p = T::from_f32(e * inverse);
+                }
+            });
+    }
 }
 
 impl CustomOp1 for CausalSoftmax {
@@ -54,25 +125,9 @@ impl CustomOp1 for CausalSoftmax {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let scores = f32_data(storage, layout, self.name())?;
         let keys = layout.dims().last().copied().unwrap_or(1).max(1);
-        let mut probs = vec![0f32; scores.len()];
-        probs
-            .par_chunks_mut(keys)
-            .zip(scores.par_chunks(keys))
-            .enumerate()
-            .with_min_len((MIN_CHUNK / keys).max(1))
-            .for_each(|(row, (probs, scores))| {
-                let seen = (self.first_key + row % self.count + 1).min(keys);
-                let (probs, scores) = (&mut probs[..seen], &scores[..seen]);
-                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0;
-                for (p, &s) in probs.iter_mut().zip(scores) {
-                    *p = ((s - max) * self.scale).exp();
-                    sum += *p;
-                }
-                let inverse = 1.0 / sum;
-                probs.iter_mut().for_each(|p| *p *= inverse);
-            });
-        Ok((CpuStorage::F32(probs), layout.shape().clone()))
+        let probs = output!(self.bf16_out, scores.len(), |probs| self
+            .rows(scores, keys, &mut probs));
+        Ok((probs, layout.shape().clone()))
     }
 }
 
@@ -81,6 +136,16 @@ impl CustomOp1 for CausalSoftmax {
 struct ZipMap<F> {
     name: &'static str,
     map: F,
+    bf16_out: bool,
+}
+
+impl<F: Fn(f32, f32) -> f32 + Send + Sync> ZipMap<F> {
+    fn zip<T: Element>(&self, a: &[f32], b: &[f32], out: &mut [T]) {
+        out.par_iter_mut()
+            .zip(a.par_iter().zip(b))
+            .with_min_len(MIN_CHUNK)
+            .for_each(|(out, (&x, &y))| *out = T::from_f32((self.map)(x, y)));
+    }
 }
 
 impl<F: Fn(f32, f32) -> f32 + Send + Sync> CustomOp2 for ZipMap<F> {
@@ -107,20 +172,48 @@ impl<F: Fn(f32, f32) -> f32 + Send + Sync> CustomOp2 for ZipMap<F> {
                 b_layout.shape()
             );
         }
-        let out: Vec<f32> = a
-            .par_iter()
-            .zip(b)
-            .with_min_len(MIN_CHUNK)
-            .map(|(&x, &y)| (self.map)(x, y))
-            .collect();
-        Ok((CpuStorage::F32(out), a_layout.shape().clone()))
+        let out = output!(self.bf16_out, a.len(), |out| self.zip(a, b, &mut out));
+        Ok((out, a_layout.shape().clone()))
     }
 }
 
 /// Rotary embedding of packed tokens (tokens, heads, head_dim), by the rotation of each
 /// token's position (cos and sin, (tokens, head_dim / 2) each), written head-major
-/// (heads, tokens, head_dim).
-struct RopeHeadMajor;
+/// (heads, tokens, head_dim). Without a rotation, the head-major copy alone.
+struct RopeHeadMajor {
+    bf16_out: bool,
+}
+
+impl RopeHeadMajor {
+    fn rotate<T: Element>(
+        x: &[f32],
+        (tokens, heads, dim): (usize, usize, usize),
+        rotation: Option<(&[f32], &[f32])>,
+        out: &mut [T],
+    ) {
+        let half = dim / 2;
+        out.par_chunks_mut((tokens * dim).max(1))
+            .enumerate()
+            .for_each(|(head, out)| {
+                for token in 0..tokens {
+                    let x = &x[(token * heads + head) * dim..][..dim];
+                    let out = &mut out[token * dim..][..dim];
+                    let Some((cos, sin)) = rotation else {
+                        out.iter_mut()
+                            .zip(x)
+                            .for_each(|(o, &v)| *o = T::from_f32(v));
+                        continue;
+                    };
+                    let (cos, sin) = (&cos[token * half..][..half], &sin[token * half..][..half]);
+                    for i in 0..half {
+                        let (a, b) = (x[i], x[i + half]);
+                        out[i] = T::from_f32(a * cos[i] - b * sin[i]);
+                        out[i + half] = T::from_f32(a * sin[i] + b * cos[i]);
+                    }
+                }
+            });
+    }
+}
 
 impl CustomOp3 for RopeHeadMajor {
     fn name(&self) -> &'static str {
@@ -146,22 +239,88 @@ impl CustomOp3 for RopeHeadMajor {
         if cos.len() != tokens * half || sin.len() != tokens * half {
             candle_core::bail!("rope: rotation tables do not match {tokens} tokens of {dim}");
         }
-        let mut out = vec![0f32; x_data.len()];
-        out.par_chunks_mut(tokens * dim)
-            .enumerate()
-            .for_each(|(head, out)| {
-                for token in 0..tokens {
-                    let x = &x_data[(token * heads + head) * dim..][..dim];
-                    let out = &mut out[token * dim..][..dim];
-                    let (cos, sin) = (&cos[token * half..][..half], &sin[token * half..][..half]);
-                    for i in 0..half {
-                        let (a, b) = (x[i], x[i + half]);
-                        out[i] = a * cos[i] - b * sin[i];
-                        out[i + half] = a * sin[i] + b * cos[i];
-                    }
+        let dims = (tokens, heads, dim);
+        let out = output!(self.bf16_out, x_data.len(), |out| Self::rotate(
+            x_data,
+            dims,
+            Some((cos, sin)),
+            &mut out
+        ));
+        Ok((out, Shape::from((heads, tokens, dim))))
+    }
+}
+
+/// (tokens, heads, head_dim) → head-major (heads, tokens, head_dim): the values of the
+/// attention, copied once in the matmul's dtype.
+struct HeadMajor {
+    bf16_out: bool,
+}
+
+impl CustomOp1 for HeadMajor {
+    fn name(&self) -> &'static str {
+        "head-major"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_data(storage, layout, self.name())?;
+        let (tokens, heads, dim) = layout.shape().dims3()?;
+        let out = output!(self.bf16_out, x.len(), |out| RopeHeadMajor::rotate(
+            x,
+            (tokens, heads, dim),
+            None,
+            &mut out
+        ));
+        Ok((out, Shape::from((heads, tokens, dim))))
+    }
+}
+
+/// RMS norm over the last dim, `x / rms(x) · weight`, statistics in f32.
+struct RmsNormKernel<'a> {
+    weight: &'a [f32],
+    eps: f32,
+    bf16_out: bool,
+}
+
+impl RmsNormKernel<'_> {
+    fn rows<T: Element>(&self, x: &[f32], out: &mut [T]) {
+        let dim = self.weight.len().max(1);
+        out.par_chunks_mut(dim)
+            .zip(x.par_chunks(dim))
+            .with_min_len((MIN_CHUNK / dim).max(1))
+            .for_each(|(out, x)| {
+                let mean_square = x.iter().map(|v| v * v).sum::<f32>() / dim as f32;
+                let inverse = 1.0 / (mean_square + self.eps).sqrt();
+                for ((o, &v), &w) in out.iter_mut().zip(x).zip(self.weight) {
+                    *o = T::from_f32(v * inverse * w);
                 }
             });
-        Ok((CpuStorage::F32(out), Shape::from((heads, tokens, dim))))
+    }
+}
+
+impl CustomOp1 for RmsNormKernel<'_> {
+    fn name(&self) -> &'static str {
+        "rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_data(storage, layout, self.name())?;
+        if layout.dims().last() != Some(&self.weight.len()) {
+            candle_core::bail!(
+                "rms-norm: {:?} against a weight of {}",
+                layout.dims(),
+                self.weight.len()
+            );
+        }
+        let out = output!(self.bf16_out, x.len(), |out| self.rows(x, &mut out));
+        Ok((out, layout.shape().clone()))
     }
 }
 
@@ -170,9 +329,21 @@ impl CustomOp3 for RopeHeadMajor {
 #[derive(Debug, Clone, Copy)]
 pub struct Kernels {
     pub cpu_f32: bool,
+    /// Kernels whose output feeds a matmul write bf16 (the CPU's bf16 GEMM path; f32
+    /// activations otherwise).
+    pub bf16_matmul_inputs: bool,
 }
 
 impl Kernels {
+    /// The kernels for activations of `dtype` on `device`, feeding `gemm`.
+    pub fn new(device: &Device, dtype: DType, gemm: &LinearGemm) -> Kernels {
+        let cpu_f32 = device.is_cpu() && dtype == DType::F32;
+        Kernels {
+            cpu_f32,
+            bf16_matmul_inputs: cpu_f32 && gemm.multiplies_bf16(),
+        }
+    }
+
     pub fn add(&self, a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
         match self.cpu_f32 {
             true => a.contiguous()?.apply_op2_no_bwd(
@@ -180,24 +351,39 @@ impl Kernels {
                 &ZipMap {
                     name: "add",
                     map: |a, b| a + b,
+                    bf16_out: false,
                 },
             ),
             false => a + b,
         }
     }
 
+    /// `silu(gate) · up`, the input of the MLP's down projection.
     pub fn swiglu(&self, gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
         match self.cpu_f32 {
-            // silu(gate) · up
             true => gate.contiguous()?.apply_op2_no_bwd(
                 &up.contiguous()?,
                 &ZipMap {
                     name: "swiglu",
                     map: |gate: f32, up: f32| gate / (1.0 + (-gate).exp()) * up,
+                    bf16_out: self.bf16_matmul_inputs,
                 },
             ),
             false => candle_nn::ops::silu(gate)? * up,
         }
+    }
+
+    /// `norm(x)` where its output feeds a linear layer.
+    pub fn rms_norm(&self, x: &Tensor, norm: &RmsNorm) -> candle_core::Result<Tensor> {
+        if !self.bf16_matmul_inputs {
+            return norm.forward(x);
+        }
+        let weight = norm.weight().to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        x.contiguous()?.apply_op1_no_bwd(&RmsNormKernel {
+            weight: &weight,
+            eps: norm.eps() as f32,
+            bf16_out: true,
+        })
     }
 
     /// `x` (tokens, heads, head_dim) rotated, head-major (heads, tokens, head_dim).
@@ -211,12 +397,24 @@ impl Kernels {
             true => x.contiguous()?.apply_op3_no_bwd(
                 &cos.contiguous()?,
                 &sin.contiguous()?,
-                &RopeHeadMajor,
+                &RopeHeadMajor {
+                    bf16_out: self.bf16_matmul_inputs,
+                },
             ),
             false => candle_nn::rotary_emb::rope_thd(&x.unsqueeze(0)?, cos, sin)?
                 .squeeze(0)?
                 .transpose(0, 1)?
                 .contiguous(),
+        }
+    }
+
+    /// `x` (tokens, heads, head_dim) head-major (heads, tokens, head_dim), contiguous.
+    pub fn head_major(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self.cpu_f32 {
+            true => x.contiguous()?.apply_op1_no_bwd(&HeadMajor {
+                bf16_out: self.bf16_matmul_inputs,
+            }),
+            false => x.transpose(0, 1)?.contiguous(),
         }
     }
 
@@ -238,6 +436,7 @@ impl Kernels {
                 scale: scale as f32,
                 first_key,
                 count,
+                bf16_out: self.bf16_matmul_inputs,
             }),
             false => {
                 let mask = chunk_mask(causal_block, first_key, count)?;
@@ -265,8 +464,27 @@ mod tests {
     use crate::model::testing::max_abs_diff as max_diff;
     use candle_core::{DType, Device};
 
-    const ON_CPU: Kernels = Kernels { cpu_f32: true };
-    const CANDLE: Kernels = Kernels { cpu_f32: false };
+    const ON_CPU: Kernels = Kernels {
+        cpu_f32: true,
+        bf16_matmul_inputs: false,
+    };
+    const CANDLE: Kernels = Kernels {
+        cpu_f32: false,
+        bf16_matmul_inputs: false,
+    };
+    /// The CPU's bf16 path: kernels before a matmul write bf16.
+    const BF16_OUT: Kernels = Kernels {
+        cpu_f32: true,
+        bf16_matmul_inputs: true,
+    };
+
+    /// `t` rounded to bf16 and back: what a bf16-writing kernel must equal.
+    fn rounded(t: &Tensor) -> Tensor {
+        t.to_dtype(DType::BF16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+    }
 
     fn random(shape: &[usize], seed: u64) -> Tensor {
         let count: usize = shape.iter().product();
@@ -274,6 +492,13 @@ mod tests {
             .map(|i| ((i as u64 * 2_654_435_761 + seed * 97) % 1000) as f32 / 250.0 - 2.0)
             .collect();
         Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+    }
+
+    fn causal_mask_block() -> Tensor {
+        let mask: Vec<f32> = (0..16)
+            .flat_map(|i| (0..16).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        Tensor::from_vec(mask, (16, 16), &Device::Cpu).unwrap()
     }
 
     #[test]
@@ -296,12 +521,7 @@ mod tests {
         assert_eq!(fused.dims(), &[4, 37, 16]);
         assert!(max_diff(&fused, &CANDLE.rope_head_major(&x, &cos, &sin).unwrap()) < 1e-6);
 
-        let block = {
-            let mask: Vec<f32> = (0..16)
-                .flat_map(|i| (0..16).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-                .collect();
-            Tensor::from_vec(mask, (16, 16), &Device::Cpu).unwrap()
-        };
+        let block = causal_mask_block();
         // Two key/value heads, groups of 3 query heads, a chunk of 5 queries after 9 keys.
         let scores = random(&[2, 3, 5, 14], 6);
         let fused = ON_CPU.causal_softmax(&scores, 0.125, 9, &block).unwrap();
@@ -315,6 +535,58 @@ mod tests {
                 .all(|s| (s - 1.0).abs() < 1e-5)
         );
         assert_eq!(fused.to_dtype(DType::F32).unwrap().dims(), scores.dims());
+    }
+
+    #[test]
+    fn kernels_before_a_matmul_write_bf16_the_rounded_f32_result() {
+        let (a, b) = (random(&[70, 300], 1), random(&[70, 300], 2));
+        let swiglu = BF16_OUT.swiglu(&a, &b).unwrap();
+        assert_eq!(swiglu.dtype(), DType::BF16);
+        assert!(max_diff(&swiglu, &rounded(&ON_CPU.swiglu(&a, &b).unwrap())) == 0.0);
+        // The residual stream stays f32.
+        assert_eq!(BF16_OUT.add(&a, &b).unwrap().dtype(), DType::F32);
+
+        let x = random(&[37, 4, 16], 3);
+        let (cos, sin) = (
+            random(&[37, 8], 4).cos().unwrap(),
+            random(&[37, 8], 5).sin().unwrap(),
+        );
+        let rotated = BF16_OUT.rope_head_major(&x, &cos, &sin).unwrap();
+        assert_eq!(
+            (rotated.dtype(), rotated.dims()),
+            (DType::BF16, &[4, 37, 16][..])
+        );
+        let f32_rotated = ON_CPU.rope_head_major(&x, &cos, &sin).unwrap();
+        assert!(max_diff(&rotated, &rounded(&f32_rotated)) == 0.0);
+
+        let head_major = x.transpose(0, 1).unwrap().contiguous().unwrap();
+        assert!(max_diff(&ON_CPU.head_major(&x).unwrap(), &head_major) == 0.0);
+        let values = BF16_OUT.head_major(&x).unwrap();
+        assert_eq!(values.dtype(), DType::BF16);
+        assert!(max_diff(&values, &rounded(&head_major)) == 0.0);
+
+        let scores = random(&[2, 3, 5, 14], 6);
+        let block = causal_mask_block();
+        let probs = BF16_OUT.causal_softmax(&scores, 0.125, 9, &block).unwrap();
+        assert_eq!(probs.dtype(), DType::BF16);
+        let f32_probs = ON_CPU.causal_softmax(&scores, 0.125, 9, &block).unwrap();
+        assert!(max_diff(&probs, &rounded(&f32_probs)) == 0.0);
+
+        // RMS norm against candle's, to bf16's precision (its sums run in another order).
+        let weight = random(&[300], 7);
+        let norm = RmsNorm::new(weight, 1e-6);
+        let normed = BF16_OUT.rms_norm(&a, &norm).unwrap();
+        assert_eq!(normed.dtype(), DType::BF16);
+        let reference = norm.forward(&a).unwrap();
+        let largest = reference
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(max_diff(&normed, &reference) <= largest / 128.0);
+        assert!(max_diff(&ON_CPU.rms_norm(&a, &norm).unwrap(), &reference) == 0.0);
     }
 
     #[test]

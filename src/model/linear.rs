@@ -194,25 +194,26 @@ impl Blas {
 struct BlasMatmul<'a>(&'a Blas);
 
 /// Where the matrices of one operand lie: a batch of them, each (rows, cols).
-struct Operand<'a> {
-    data: &'a [f32],
+pub(super) struct Operand<'a, T> {
+    data: &'a [T],
     batch_stride: usize,
-    transposed: bool,
-    leading: usize,
+    /// Column-major (a transposed view).
+    pub transposed: bool,
+    pub leading: usize,
 }
 
-impl<'a> Operand<'a> {
-    fn new(data: &'a [f32], layout: &Layout) -> candle_core::Result<(Self, usize, usize, usize)> {
+impl<'a, T> Operand<'a, T> {
+    fn new(data: &'a [T], layout: &Layout) -> candle_core::Result<(Self, usize, usize, usize)> {
         let (batch, rows, cols, strides) = match (layout.dims(), layout.stride()) {
             (&[rows, cols], &[r, c]) => (1, rows, cols, [0, r, c]),
             (&[batch, rows, cols], &[b, r, c]) => (batch, rows, cols, [b, r, c]),
-            (dims, _) => candle_core::bail!("blas-matmul takes rank 2 or 3, not {dims:?}"),
+            (dims, _) => candle_core::bail!("matmul takes rank 2 or 3, not {dims:?}"),
         };
         let [batch_stride, row_stride, col_stride] = strides;
         let (transposed, leading) = match (row_stride, col_stride) {
             (r, 1) if r >= cols.max(1) || rows == 1 => (false, r.max(cols).max(1)),
             (1, c) if c >= rows.max(1) || cols == 1 => (true, c.max(rows).max(1)),
-            _ => candle_core::bail!("blas-matmul: strides {strides:?} are not a matrix layout"),
+            _ => candle_core::bail!("matmul: strides {strides:?} are not a matrix layout"),
         };
         let operand = Operand {
             data: &data[layout.start_offset()..],
@@ -224,7 +225,7 @@ impl<'a> Operand<'a> {
     }
 
     /// Matrix `index` of the batch, checked to hold `rows` × `cols` values as laid out.
-    fn matrix(&self, index: usize, rows: usize, cols: usize) -> candle_core::Result<&[f32]> {
+    fn matrix(&self, index: usize, rows: usize, cols: usize) -> candle_core::Result<&'a [T]> {
         let (outer, inner) = if self.transposed {
             (cols, rows)
         } else {
@@ -235,17 +236,139 @@ impl<'a> Operand<'a> {
         match self.data.get(start..start + needed) {
             Some(matrix) if outer > 0 && inner > 0 => Ok(matrix),
             _ if outer == 0 || inner == 0 => Ok(&[]),
-            _ => candle_core::bail!("blas-matmul: matrix {index} lies past its storage"),
+            _ => candle_core::bail!("matmul: matrix {index} lies past its storage"),
         }
     }
 
-    fn trans(&self) -> c_int {
-        if self.transposed {
-            CBLAS_TRANS
-        } else {
-            CBLAS_NO_TRANS
-        }
+    /// Where row `row` (column `col` of a column-major matrix) of `matrix` starts.
+    fn skip<'m>(&self, matrix: &'m [T], line: usize) -> &'m [T] {
+        &matrix[(line * self.leading).min(matrix.len())..]
     }
+}
+
+/// One library call of a batched matmul: `out = op(a) @ op(b)`, (m, k) @ (k, n), `out`
+/// row-major with leading dimension `ldc`.
+pub(super) struct Product<'a, T> {
+    pub a: &'a [T],
+    pub a_layout: (bool, usize),
+    pub b: &'a [T],
+    pub b_layout: (bool, usize),
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub out: *mut f32,
+    pub ldc: usize,
+}
+
+/// How a matrix is divided among threads when the batch has fewer matrices than threads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Split {
+    /// Blocks of rows of the left side (each call reads the whole right side).
+    Rows,
+    /// Blocks of columns of the right side (each call reads the whole left side): the
+    /// weight of a linear layer is divided, not repeated.
+    Columns,
+}
+
+/// Columns of a block are a multiple of this, so that every block but the last is whole
+/// vectors and cache lines.
+const COLUMN_ALIGN: usize = 64;
+
+/// The output pointer, for tasks that write disjoint blocks of it.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: each task writes only its own block of the output (see `batched_matmul`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// A vector of `len` values that the caller overwrites whole before reading any: no pass
+/// zeroing memory that is about to be written.
+pub(super) fn uninit_vec<T: Copy>(len: usize) -> Vec<T> {
+    let mut values = Vec::with_capacity(len);
+    // SAFETY: `T: Copy` has no drop, the capacity is `len`, and every caller writes each
+    // element before the vector is read.
+    unsafe { values.set_len(len) };
+    values
+}
+
+/// `a @ b` for CPU tensors of rank 2 or 3 (a batch of matrices; `b` may be one matrix for
+/// all), each matrix row- or column-major at any batch stride, f32 out. `gemm` makes one
+/// single-threaded library call; the calls run on rayon's threads, one task per matrix, and
+/// with fewer matrices than threads each matrix is split as `split` says (`None` for a
+/// library that runs its own threads). The one thread pool: no library threads spinning
+/// beside rayon's.
+pub(super) fn batched_matmul<T: Sync>(
+    (a, a_layout): (&[T], &Layout),
+    (b, b_layout): (&[T], &Layout),
+    split: Option<Split>,
+    gemm: impl Fn(Product<T>) -> candle_core::Result<()> + Sync,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let (a, batch, m, k) = Operand::new(a, a_layout)?;
+    let (b, b_batch, b_k, n) = Operand::new(b, b_layout)?;
+    if k != b_k || (b_batch != 1 && b_batch != batch) {
+        candle_core::bail!("matmul: {:?} @ {:?}", a_layout.dims(), b_layout.dims());
+    }
+    let mut out = uninit_vec::<f32>(batch * m * n);
+    let threads = rayon::current_num_threads();
+    let (row_block, column_block) = match split {
+        _ if batch >= threads => (m, n),
+        Some(Split::Rows) if !a.transposed => (m.div_ceil(threads), n),
+        Some(Split::Columns) => (m, n.div_ceil(threads).next_multiple_of(COLUMN_ALIGN)),
+        _ => (m, n),
+    };
+    let (row_blocks, column_blocks) = (
+        m.div_ceil(row_block.max(1)),
+        n.div_ceil(column_block.max(1)),
+    );
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let blocks = batch * row_blocks * column_blocks;
+    timed_matmul(|| {
+        (0..blocks).into_par_iter().try_for_each(|block| {
+            let (matrix, rest) = (
+                block / (row_blocks * column_blocks),
+                block % (row_blocks * column_blocks),
+            );
+            let (first_row, first_column) = (
+                rest / column_blocks * row_block,
+                rest % column_blocks * column_block,
+            );
+            let rows = row_block.min(m - first_row);
+            let columns = column_block.min(n - first_column);
+            let (a_matrix, b_matrix) = (a.matrix(matrix, m, k)?, b.matrix(matrix % b_batch, k, n)?);
+            // Row `first_row` of op(a) is a row of a row-major a (rows split only then);
+            // column `first_column` of op(b) is a column of a row-major b, a row of a
+            // transposed one.
+            let a_block = if first_row > 0 {
+                a.skip(a_matrix, first_row)
+            } else {
+                a_matrix
+            };
+            let b_block = match (first_column, b.transposed) {
+                (0, _) => b_matrix,
+                (column, true) => b.skip(b_matrix, column),
+                (column, false) => &b_matrix[column.min(b_matrix.len())..],
+            };
+            let out = out_ptr;
+            gemm(Product {
+                a: a_block,
+                a_layout: (a.transposed, a.leading),
+                b: b_block,
+                b_layout: (b.transposed, b.leading),
+                m: rows,
+                n: columns,
+                k,
+                // SAFETY: inside the output (matrix < batch, first_row < m, first_column
+                // < n); the block's rows × columns at leading n are this task's alone.
+                out: unsafe { out.0.add(matrix * m * n + first_row * n + first_column) },
+                ldc: n,
+            })
+        })
+    })?;
+    let shape = match a_layout.dims().len() {
+        2 => Shape::from((m, n)),
+        _ => Shape::from((batch, m, n)),
+    };
+    Ok((CpuStorage::F32(out), shape))
 }
 
 impl CustomOp2 for BlasMatmul<'_> {
@@ -263,75 +386,43 @@ impl CustomOp2 for BlasMatmul<'_> {
         let (CpuStorage::F32(a), CpuStorage::F32(b)) = (a, b) else {
             candle_core::bail!("blas-matmul takes f32 tensors");
         };
-        let (a, batch, m, k) = Operand::new(a, a_layout)?;
-        let (b, b_batch, b_k, n) = Operand::new(b, b_layout)?;
-        if k != b_k || (b_batch != 1 && b_batch != batch) {
-            candle_core::bail!("blas-matmul: {:?} @ {:?}", a_layout.dims(), b_layout.dims());
-        }
         let int = |v: usize| {
             c_int::try_from(v)
                 .map_err(|_| candle_core::Error::msg("blas-matmul: a dimension over i32"))
         };
-        let (n_int, k_int, a_leading, b_leading) =
-            (int(n)?, int(k)?, int(a.leading)?, int(b.leading)?);
-        let (trans_a, trans_b) = (a.trans(), b.trans());
-        let sgemm = |rows: usize, a_matrix: &[f32], b_matrix: &[f32], out: &mut [f32]| {
-            // SAFETY: `a_matrix` holds rows × k, `b_matrix` k × n values laid out as their
-            // leading dimensions and transpositions say, `out` rows × n; the call reads the
-            // two and writes only out.
+        let trans = |transposed| {
+            if transposed {
+                CBLAS_TRANS
+            } else {
+                CBLAS_NO_TRANS
+            }
+        };
+        // A library left multi-threaded gets one call per matrix.
+        let split = self.0.single_threaded.then_some(Split::Rows);
+        batched_matmul((a, a_layout), (b, b_layout), split, |p: Product<f32>| {
+            // SAFETY: `p.a` holds m × k, `p.b` k × n values laid out as their transpositions
+            // and leading dimensions say; `p.out` has m rows of n values at leading `ldc`,
+            // written by this call alone.
             unsafe {
                 (self.0.sgemm)(
                     CBLAS_ROW_MAJOR,
-                    trans_a,
-                    trans_b,
-                    int(rows)?,
-                    n_int,
-                    k_int,
+                    trans(p.a_layout.0),
+                    trans(p.b_layout.0),
+                    int(p.m)?,
+                    int(p.n)?,
+                    int(p.k)?,
                     1.0,
-                    a_matrix.as_ptr(),
-                    a_leading,
-                    b_matrix.as_ptr(),
-                    b_leading,
+                    p.a.as_ptr(),
+                    int(p.a_layout.1)?,
+                    p.b.as_ptr(),
+                    int(p.b_layout.1)?,
                     0.0,
-                    out.as_mut_ptr(),
-                    n_int,
+                    p.out,
+                    int(p.ldc)?,
                 )
             };
-            Ok::<_, candle_core::Error>(())
-        };
-        let mut out = vec![0f32; batch * m * n];
-        // One task per matrix; with fewer matrices than threads, a row-major left side also
-        // splits each matrix into row blocks, one per thread.
-        let threads = if self.0.single_threaded {
-            rayon::current_num_threads()
-        } else {
-            1
-        };
-        let rows = if batch >= threads || a.transposed {
-            m
-        } else {
-            m.div_ceil(threads)
-        };
-        timed_matmul(|| {
-            out.par_chunks_mut((m * n).max(1))
-                .enumerate()
-                .try_for_each(|(i, out)| {
-                    let (a_matrix, b_matrix) = (a.matrix(i, m, k)?, b.matrix(i, k, n)?);
-                    out.par_chunks_mut((rows * n).max(1))
-                        .enumerate()
-                        .try_for_each(|(block, out)| {
-                            let a_block = &a_matrix[block * rows * a.leading..];
-                            sgemm(out.len() / n, a_block, b_matrix, out)
-                        })
-                })
-        })?;
-        Ok((
-            CpuStorage::F32(out),
-            Shape::from(match a_layout.dims().len() {
-                2 => vec![m, n],
-                _ => vec![batch, m, n],
-            }),
-        ))
+            Ok(())
+        })
     }
 }
 
@@ -371,12 +462,26 @@ impl LinearGemm {
         })
     }
 
-    /// The f32 matmul of the attention, next to the linear layers.
-    pub fn blas(&self) -> Option<&Arc<Blas>> {
+    /// The f32 matmul, where a BLAS runs it.
+    fn blas(&self) -> Option<&Blas> {
         match self {
-            LinearGemm::Candle => None,
             LinearGemm::Blas(blas) => Some(blas),
-            LinearGemm::Bf16(bf16) => bf16.blas(),
+            _ => None,
+        }
+    }
+
+    /// Whether the matmuls take bf16 inputs (a bf16 GEMM library on the CPU), so that the
+    /// kernels before them write bf16.
+    pub fn multiplies_bf16(&self) -> bool {
+        matches!(self, LinearGemm::Bf16(bf16) if bf16.multiplies_bf16())
+    }
+
+    /// `a @ b` for the attention (rank 2 or 3), f32 out: in bf16 where the linear layers
+    /// multiply in bf16, else in f32 as the linear layers do.
+    pub fn matmul(&self, a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            LinearGemm::Bf16(bf16) => bf16.matmul(a, b),
+            gemm => matmul(gemm.blas(), a, b),
         }
     }
 
@@ -428,7 +533,7 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = match &self.gemm {
             LinearGemm::Bf16(bf16) => bf16.linear(x, &self.weight)?,
-            gemm => matmul(gemm.blas().map(|b| b.as_ref()), x, &self.weight.t()?)?,
+            gemm => matmul(gemm.blas(), x, &self.weight.t()?)?,
         };
         match &self.bias {
             Some(bias) => y.broadcast_add(bias),

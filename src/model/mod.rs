@@ -142,6 +142,8 @@ pub struct ModelInfo {
     pub revision: Option<String>,
     pub device: String,
     pub dtype: String,
+    /// Why this dtype: as set, or what `auto` found (the CPU's bf16 instructions, a library).
+    pub dtype_choice: String,
     pub max_length: usize,
     pub num_layers: usize,
     pub hidden_size: usize,
@@ -194,20 +196,32 @@ impl Engine {
         )?;
         let head_tokens = head_tokens(&recipe, &encoder)?;
         let (device, device_spec) = options.device.open()?;
-        let dtype = options.dtype.resolve(&device);
         let cpu = device.is_cpu().then(CpuFeatures::detect);
-        let (gemm, activations) = LinearGemm::open(
-            &device,
-            dtype,
-            (&options.cpu_blas, &options.cpu_onednn),
-            cpu.as_ref().unwrap_or(&CpuFeatures::default()),
-        )?;
+        let features = cpu.clone().unwrap_or_default();
+        let (mut dtype, mut dtype_choice) = options.dtype.resolve(&device, &features);
+        let libraries = (&options.cpu_blas, &options.cpu_onednn);
+        let (mut gemm, mut activations) = LinearGemm::open(&device, dtype, libraries, &features)?;
+        if options.dtype == DTypeSpec::Auto
+            && device.is_cpu()
+            && dtype == DType::BF16
+            && !gemm.multiplies_bf16()
+        {
+            // Widened bf16 would be no faster than f32, only less exact.
+            dtype = DType::F32;
+            dtype_choice = format!(
+                "auto: f32, this CPU has {} but no bf16 GEMM library loaded (MKL or oneDNN; README, Configuration)",
+                features.bf16_instructions()
+            );
+            (gemm, activations) = LinearGemm::open(&device, dtype, libraries, &features)?;
+        }
+        tracing::info!(dtype = ?dtype, matmul = %gemm.description(), "{dtype_choice}");
         let scorer = load_weights(&files, &config, (&device, activations), &head_tokens, &gemm)?;
         let info = ModelInfo {
             model: options.model.clone(),
             revision: options.revision.clone(),
             device: device_spec.to_string(),
             dtype: format!("{dtype:?}").to_lowercase(),
+            dtype_choice,
             max_length: encoder.max_length(),
             num_layers: config.num_hidden_layers,
             hidden_size: config.hidden_size,

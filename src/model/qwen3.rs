@@ -3,14 +3,13 @@
 //! head only the rows of the scoring tokens ("Yes", or yes and no), applied to each sequence's last token.
 
 use candle_core::{DType, Device, Module, Tensor};
-use std::sync::Arc;
 
 use candle_nn::{RmsNorm, VarBuilder};
 
 use super::config::Qwen3Config;
 use super::error::{ModelError, Result};
 use super::kernels::Kernels;
-use super::linear::{Blas, Linear, LinearGemm, matmul};
+use super::linear::{Linear, LinearGemm};
 use super::packing::{Packing, Span};
 use super::weights::SafetensorsFiles;
 
@@ -85,7 +84,7 @@ struct Attention {
     q_norm: RmsNorm,
     k_norm: RmsNorm,
     /// For the attention matmuls, as for the projections.
-    blas: Option<Arc<Blas>>,
+    gemm: LinearGemm,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -105,7 +104,7 @@ impl Attention {
             o_proj: linear(heads * head_dim, hidden, "o_proj")?,
             q_norm: candle_nn::rms_norm(head_dim, config.rms_norm_eps, vb.pp("q_norm"))?,
             k_norm: candle_nn::rms_norm(head_dim, config.rms_norm_eps, vb.pp("k_norm"))?,
-            blas: gemm.blas().cloned(),
+            gemm: gemm.clone(),
             heads,
             kv_heads,
             head_dim,
@@ -123,9 +122,9 @@ impl Attention {
         let k = self
             .k_norm
             .forward(&split_heads(self.k_proj.forward(x)?, self.kv_heads)?)?;
-        let v = split_heads(self.v_proj.forward(x)?, self.kv_heads)?
-            .transpose(0, 1)?
-            .contiguous()?;
+        let v = pass
+            .kernels
+            .head_major(&split_heads(self.v_proj.forward(x)?, self.kv_heads)?)?;
         let (q, k) = (
             pass.rotation.apply(&q, pass.kernels)?,
             pass.rotation.apply(&k, pass.kernels)?,
@@ -176,18 +175,16 @@ impl Attention {
                     group * count,
                     self.head_dim,
                 ))?;
-                let blas = self.blas.as_deref();
-                let scores = matmul(blas, &queries, &k.narrow(1, 0, visible)?.t()?)?.reshape((
-                    self.kv_heads,
-                    group,
-                    count,
-                    visible,
-                ))?;
+                let scores = self
+                    .gemm
+                    .matmul(&queries, &k.narrow(1, 0, visible)?.t()?)?
+                    .reshape((self.kv_heads, group, count, visible))?;
                 let probs = pass
                     .kernels
                     .causal_softmax(&scores, scale, before + start, pass.causal_block)?
                     .reshape((self.kv_heads, group * count, visible))?;
-                matmul(blas, &probs, &v.narrow(1, 0, visible)?)?
+                self.gemm
+                    .matmul(&probs, &v.narrow(1, 0, visible)?)?
                     .reshape((self.heads, count, self.head_dim))?
                     .transpose(0, 1)?
                     .reshape((count, self.heads * self.head_dim))
@@ -247,13 +244,15 @@ impl DecoderLayer {
     }
 
     fn forward(&self, x: &Tensor, pass: &PassContext) -> candle_core::Result<Tensor> {
+        let kernels = pass.kernels;
         let attended = self
             .attention
-            .forward(&self.input_layernorm.forward(x)?, pass)?;
-        let x = pass.kernels.add(x, &attended)?;
-        let transformed = self
-            .mlp
-            .forward(&self.post_attention_layernorm.forward(&x)?, pass.kernels)?;
+            .forward(&kernels.rms_norm(x, &self.input_layernorm)?, pass)?;
+        let x = kernels.add(x, &attended)?;
+        let transformed = self.mlp.forward(
+            &kernels.rms_norm(&x, &self.post_attention_layernorm)?,
+            kernels,
+        )?;
         pass.kernels.add(&x, &transformed)
     }
 }
@@ -337,9 +336,7 @@ impl Qwen3Scorer {
                 .map_err(|err| ModelError::Device(err.to_string()))?,
             causal_block: causal_mask(QUERY_CHUNK, dtype, &device)
                 .map_err(|err| ModelError::Device(err.to_string()))?,
-            kernels: Kernels {
-                cpu_f32: device.is_cpu() && dtype == DType::F32,
-            },
+            kernels: Kernels::new(&device, dtype, gemm),
             device,
             dtype,
             max_length: config.max_position_embeddings,
