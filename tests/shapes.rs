@@ -271,6 +271,7 @@ fn read_only_routes_and_unknown_ones() {
     let info = server.get("/info").json();
     assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(info["model"]["dtype"], "f32");
+    assert_eq!(info["model"]["dtype_choice"], "f32, as set");
     assert_eq!(info["model"]["device"], "cpu");
     assert!(info["model"]["cpu"]["avx512_bf16"].is_boolean(), "{info}");
     assert!(info["model"]["cpu"]["amx_bf16"].is_boolean(), "{info}");

@@ -41,6 +41,35 @@ pub(super) fn contiguous_data<'a, T>(
     }
 }
 
+/// `e^x` to within a few ulp (a polynomial on a range-reduced argument) in plain
+/// arithmetic: no call into libm (nor to `round` or `mul_add`, which are calls on the
+/// baseline x86-64 target), so that the loops of the softmax and SwiGLU vectorise. Arguments
+/// past f32's range saturate: 0 below about -87, a large finite value above 88.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    /// 1.5 · 2^23: adding and subtracting it rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    // x = n·ln 2 + r, |r| ≤ ln 2 / 2; ln 2 in two parts so that r is exact.
+    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    // e^r by its Taylor series to r^7/7! (error under 1e-7 relative on the range).
+    let mut p = 1.0 / 5040.0;
+    for c in [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ] {
+        p = p * r + c;
+    }
+    // 2^n from its exponent bits: n is in -126..=127 after the clamp.
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
 /// What a kernel writes: f32, or bf16 where its output feeds the bf16 GEMM.
 trait Element: Copy + Send + Sync {
     const ZERO: Self;
@@ -104,7 +133,7 @@ impl CausalSoftmax {
                 let scores = &scores[..seen];
                 let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 exps.clear();
-                exps.extend(scores.iter().map(|&s| ((s - max) * self.scale).exp()));
+                exps.extend(scores.iter().map(|&s| exp((s - max) * self.scale)));
                 let inverse = 1.0 / exps.iter().sum::<f32>();
                 for (p, &e) in visible.iter_mut().zip(exps.iter()) {
                     *p = T::from_f32(e * inverse);
@@ -365,7 +394,7 @@ impl Kernels {
                 &up.contiguous()?,
                 &ZipMap {
                     name: "swiglu",
-                    map: |gate: f32, up: f32| gate / (1.0 + (-gate).exp()) * up,
+                    map: |gate: f32, up: f32| gate / (1.0 + exp(-gate)) * up,
                     bf16_out: self.bf16_matmul_inputs,
                 },
             ),
@@ -587,6 +616,20 @@ mod tests {
             .unwrap();
         assert!(max_diff(&normed, &reference) <= largest / 128.0);
         assert!(max_diff(&ON_CPU.rms_norm(&a, &norm).unwrap(), &reference) == 0.0);
+    }
+
+    #[test]
+    fn exp_is_within_a_few_ulp_of_libm_and_saturates() {
+        let mut worst: f32 = 0.0;
+        for i in -87_000..88_000 {
+            let x = i as f32 / 1000.0 + 0.000_37;
+            let (fast, libm) = (exp(x), x.exp());
+            worst = worst.max(((fast - libm) / libm).abs());
+        }
+        assert!(worst < 5e-7, "worst relative error {worst}");
+        assert_eq!(exp(0.0), 1.0);
+        assert!(exp(-1000.0) < 1e-37 && exp(-1000.0) >= 0.0);
+        assert!(exp(1000.0).is_finite() && exp(1000.0) > 1e38);
     }
 
     #[test]

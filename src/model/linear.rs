@@ -274,6 +274,10 @@ pub(super) enum Split {
 /// vectors and cache lines.
 const COLUMN_ALIGN: usize = 64;
 
+/// Most columns of one block: several blocks per thread, so that a thread whose core is
+/// busy elsewhere leaves its share to the others instead of holding up the product.
+const MAX_BLOCK_COLUMNS: usize = 256;
+
 /// The output pointer, for tasks that write disjoint blocks of it.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
@@ -313,7 +317,12 @@ pub(super) fn batched_matmul<T: Sync>(
     let (row_block, column_block) = match split {
         _ if batch >= threads => (m, n),
         Some(Split::Rows) if !a.transposed => (m.div_ceil(threads), n),
-        Some(Split::Columns) => (m, n.div_ceil(threads).next_multiple_of(COLUMN_ALIGN)),
+        Some(Split::Columns) => (
+            m,
+            n.div_ceil(threads)
+                .min(MAX_BLOCK_COLUMNS)
+                .next_multiple_of(COLUMN_ALIGN),
+        ),
         _ => (m, n),
     };
     let (row_blocks, column_blocks) = (

@@ -21,6 +21,8 @@ impl TestServer {
         let mut settings = Settings {
             model: vec![fixture("tiny").to_string_lossy().into_owned()],
             device: zerank_server::model::DeviceSpec::Cpu,
+            // The goldens are f32; `auto` takes bf16 on CPUs with AVX512-BF16 or AMX.
+            dtype: zerank_server::model::DTypeSpec::F32,
             host: "127.0.0.1".into(),
             port: 0,
             // Off: a test that compares scores must have them computed; tests/cache.rs
