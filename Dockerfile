@@ -37,13 +37,27 @@ COPY openapi.yaml ./
 RUN touch src/main.rs src/lib.rs \
     && PIP_BREAK_SYSTEM_PACKAGES=1 CUDA_TOOLKIT_DIR=/opt/cuda-toolkit scripts/build_cuda.sh --locked
 
+# ---- MKL from PyPI: the bf16 GEMM the CPU image runs (AMX and AVX512-BF16 kernels; the
+# sequential layer, since the server splits each product across its own threads). Only the
+# libraries that path loads: the runtime, core, LP64 interface, sequential layer, and the
+# per-CPU kernels (about 450 MB). ---------------------------------------------------------
+FROM python:3.12-slim-bookworm AS mkl
+ARG MKL_VERSION=2026.2.1
+RUN pip install --no-cache-dir --no-deps --prefix /opt/mkl "mkl==${MKL_VERSION}" \
+    && mkdir /opt/mkl-runtime && cd /opt/mkl/lib \
+    && cp -L libmkl_rt.so.3 libmkl_core.so.3 libmkl_intel_lp64.so.3 libmkl_sequential.so.3 \
+       libmkl_def.so.3 libmkl_mc3.so.3 libmkl_avx2.so.3 libmkl_avx512.so.3 libmkl_avx10.so.3 \
+       libmkl_vml_*.so.3 /opt/mkl-runtime/
+
 # ---- Runtime images: small, non-root, model cache on a volume ------------------------------
 FROM debian:bookworm-slim AS cpu
-# OpenBLAS and oneDNN: the server loads them at run time, OpenBLAS for its CPU matmuls
-# (cpu_blas = "auto"), oneDNN for bf16 ones under --dtype bf16 on CPUs with AVX512-BF16 or AMX
-# (cpu_onednn = "auto").
+# OpenBLAS, MKL and oneDNN: the server loads them at run time, OpenBLAS for its f32 CPU
+# matmuls (cpu_blas = "auto"), MKL for bf16 ones on CPUs with AVX512-BF16 or AMX, where
+# dtype = "auto" runs bf16 (cpu_bf16_gemm = "auto"; oneDNN if MKL were missing: measured
+# slower, BENCHMARKS.md).
+COPY --from=mkl /opt/mkl-runtime/ /usr/local/lib/
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl libopenblas0-pthread libdnnl2 \
-    && rm -rf /var/lib/apt/lists/* && useradd --uid 10001 --create-home zerank \
+    && rm -rf /var/lib/apt/lists/* && ldconfig && useradd --uid 10001 --create-home zerank \
     && mkdir -p /data && chown zerank /data
 COPY --from=build-cpu /src/target/release/zerank-server /usr/local/bin/zerank-server
 COPY config /etc/zerank

@@ -40,9 +40,11 @@ def throughput(header, rows, out):
             dtype = row.get("dtype", "f32")
             bars.append(("engine" if dtype == "f32" else f"engine\n{dtype}", row["tokens_per_s"]))
         elif runner == "reference":
-            bars.append((f"reference\nbatch {row['batch_size']}", row["tokens_per_s"]))
+            dtype = "" if row.get("dtype", "float32") == "float32" else " bf16"
+            bars.append((f"reference{dtype}\nbatch {row['batch_size']}", row["tokens_per_s"]))
         elif runner == "reference-predict":
-            bars.append(("reference\nas predict", row["tokens_per_s"]))
+            dtype = "" if row.get("dtype", "float32") == "float32" else " bf16"
+            bars.append((f"reference{dtype}\nas predict", row["tokens_per_s"]))
         elif runner == "service":
             bars.append((f"service\n{row['concurrency']} clients", row["tokens_per_s"]))
     figure, axes = plt.subplots(figsize=(9, 4.5))

@@ -50,11 +50,13 @@ def main():
     parser.add_argument("--batch-sizes", default="1,4,10")
     parser.add_argument("--predict", action="store_true")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="as a user of the reference would load it (bfloat16: PyTorch's bf16 Linear, oneDNN with AMX where the CPU has it)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tokenizer = AutoTokenizer.from_pretrained(args.checkpoint)
     tokenizer.padding_side = "right"
-    model = AutoModelForCausalLM.from_pretrained(args.checkpoint, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(args.checkpoint, dtype=getattr(torch, args.dtype)).eval()
     yes_id = tokenizer.convert_tokens_to_ids("Yes")
     with open(args.pairs) as f:
         pairs = [(p["query"], p["document"]) for p in map(json.loads, f) if p]
@@ -63,7 +65,7 @@ def main():
     for size in [int(s) for s in args.batch_sizes.split(",")]:
         batches = [list(range(i, min(i + size, len(texts)))) for i in range(0, len(texts), size)]
         raw_scores = [None] * len(texts)
-        print(json.dumps({"runner": "reference", "batch_size": size, **run(model, tokenizer, yes_id, texts, batches, raw_scores)}), flush=True)
+        print(json.dumps({"runner": "reference", "dtype": args.dtype, "batch_size": size, **run(model, tokenizer, yes_id, texts, batches, raw_scores)}), flush=True)
         if size == 1 and args.scores:
             with open(args.scores, "w") as f:
                 f.writelines(f"{r}\n" for r in raw_scores)
@@ -76,7 +78,7 @@ def main():
             current.append(i)
             chars += len(t)
         batches.append(current)
-        print(json.dumps({"runner": "reference-predict", "batches": len(batches), **run(model, tokenizer, yes_id, texts, batches, [None] * len(texts))}), flush=True)
+        print(json.dumps({"runner": "reference-predict", "dtype": args.dtype, "batches": len(batches), **run(model, tokenizer, yes_id, texts, batches, [None] * len(texts))}), flush=True)
 
 
 if __name__ == "__main__":

@@ -231,18 +231,32 @@ const BF16_MAX_RAW_DIFF: f32 = 0.01;
 
 #[test]
 fn bf16_on_the_cpu_stays_near_f32_and_batches_as_it_scores_alone() {
+    assert_bf16_stays_near_f32(CpuLibrary::Auto, "bf16");
+}
+
+/// The bf16 path with a bf16 GEMM library (activations, attention and products in bf16) on
+/// any x86 CPU: MKL computes bf16 products without AVX512-BF16 or AMX too. `.ci/run`
+/// installs MKL from PyPI and runs this with `--ignored`.
+#[test]
+#[ignore = "needs MKL: pip install mkl, its lib directory on LD_LIBRARY_PATH"]
+fn bf16_library_path_stays_near_f32_and_batches_as_it_scores_alone() {
+    assert_bf16_stays_near_f32(CpuLibrary::Library("libmkl_rt.so.3".into()), "MKL");
+}
+
+fn assert_bf16_stays_near_f32(bf16_gemm: CpuLibrary, matmul: &str) {
     let goldens = goldens();
     let sequences = batchable_sequences(&goldens);
     for name in MODELS {
         let f32_engine = load(&fixture(name));
         let bf16_engine = Engine::load(&LoadOptions {
             dtype: DTypeSpec::Bf16,
+            cpu_bf16_gemm: bf16_gemm.clone(),
             ..options(&fixture(name))
         })
         .unwrap();
         let info = bf16_engine.info();
         assert_eq!(info.dtype, "bf16");
-        assert!(info.matmul.contains("bf16"), "{}", info.matmul);
+        assert!(info.matmul.contains(matmul), "{}", info.matmul);
         assert!(info.cpu.is_some());
         let exact = f32_engine.score_batch(&sequences).unwrap().scores;
         let bf16 = bf16_engine.score_batch(&sequences).unwrap().scores;

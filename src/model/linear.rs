@@ -29,8 +29,8 @@ const AUTO_LIBRARIES: &[&str] = &[
     "libmkl_rt.so",
 ];
 
-/// Which native library runs a CPU matmul: the f32 BLAS (`cpu_blas`), or oneDNN for bf16
-/// weights (`cpu_onednn`).
+/// Which native library runs a CPU matmul: the f32 BLAS (`cpu_blas`), or MKL or oneDNN for
+/// bf16 (`cpu_bf16_gemm`).
 #[derive(
     Debug,
     Clone,
@@ -451,7 +451,7 @@ impl LinearGemm {
     pub fn open(
         device: &Device,
         dtype: DType,
-        (blas, onednn): (&CpuLibrary, &CpuLibrary),
+        (blas, bf16_gemm): (&CpuLibrary, &CpuLibrary),
         cpu: &CpuFeatures,
     ) -> Result<(LinearGemm, DType)> {
         if !device.is_cpu() {
@@ -463,7 +463,11 @@ impl LinearGemm {
                 DType::F32,
             ),
             DType::BF16 => (
-                LinearGemm::Bf16(Arc::new(Bf16Matmul::open(onednn, cpu, Blas::open(blas)?)?)),
+                LinearGemm::Bf16(Arc::new(Bf16Matmul::open(
+                    bf16_gemm,
+                    cpu,
+                    Blas::open(blas)?,
+                )?)),
                 DType::F32,
             ),
             // f16 on the CPU stays candle's, activations included.

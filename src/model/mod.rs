@@ -107,8 +107,8 @@ pub struct LoadOptions {
     pub share_prefixes: bool,
     /// The CPU's f32 matmul.
     pub cpu_blas: CpuLibrary,
-    /// The CPU's bf16 matmul under `--dtype bf16` (oneDNN).
-    pub cpu_onednn: CpuLibrary,
+    /// The CPU's bf16 matmul under bf16 (MKL or oneDNN).
+    pub cpu_bf16_gemm: CpuLibrary,
     /// How pairs become prompts and logits become scores.
     pub recipe: RecipeChoice,
     /// `score = sigmoid(margin / score_temperature)`; the recipe's convention when `None`.
@@ -127,7 +127,7 @@ impl Default for LoadOptions {
             max_length: None,
             share_prefixes: true,
             cpu_blas: CpuLibrary::default(),
-            cpu_onednn: CpuLibrary::default(),
+            cpu_bf16_gemm: CpuLibrary::default(),
             recipe: RecipeChoice::default(),
             score_temperature: None,
             instruction: None,
@@ -199,7 +199,7 @@ impl Engine {
         let cpu = device.is_cpu().then(CpuFeatures::detect);
         let features = cpu.clone().unwrap_or_default();
         let (mut dtype, mut dtype_choice) = options.dtype.resolve(&device, &features);
-        let libraries = (&options.cpu_blas, &options.cpu_onednn);
+        let libraries = (&options.cpu_blas, &options.cpu_bf16_gemm);
         let (mut gemm, mut activations) = LinearGemm::open(&device, dtype, libraries, &features)?;
         if options.dtype == DTypeSpec::Auto
             && device.is_cpu()

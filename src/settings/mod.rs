@@ -87,7 +87,8 @@ pub struct Settings {
     #[arg(long, env = "ZERANK_SCORE_TEMPERATURE", value_delimiter = ',')]
     #[serde(deserialize_with = "one_or_many")]
     pub score_temperature: Vec<f32>,
-    /// Compute dtype: auto (f32 on CPU, bf16 on GPU), f32, bf16, f16.
+    /// Compute dtype: auto (bf16 on GPUs and on CPUs with AVX512-BF16 or AMX where a bf16 GEMM
+    /// library loads, else f32), f32, bf16, f16.
     #[arg(long, env = "ZERANK_DTYPE", default_value = "auto")]
     pub dtype: DTypeSpec,
     /// Device: auto, cpu, cuda[:N], metal[:N].
@@ -154,11 +155,17 @@ pub struct Settings {
     /// (candle's gemm), or a BLAS library name or path.
     #[arg(long, env = "ZERANK_CPU_BLAS", default_value = "auto")]
     pub cpu_blas: CpuLibrary,
-    /// CPU bf16 matmuls under `--dtype bf16`: auto (oneDNN, libdnnl.so.3 or .so.2, where the
-    /// CPU has AVX512-BF16 or AMX; else bf16 weights widened to f32 for each matmul), off
-    /// (always widen), or a oneDNN library name or path.
-    #[arg(long, env = "ZERANK_CPU_ONEDNN", default_value = "auto")]
-    pub cpu_onednn: CpuLibrary,
+    /// CPU bf16 matmuls under bf16: auto (MKL, libmkl_rt.so.3, else oneDNN, libdnnl.so.3 or
+    /// .so.2, where the CPU has AVX512-BF16 or AMX; else bf16 weights widened to f32 for each
+    /// matmul), off (always widen), or an MKL or oneDNN library name or path.
+    #[arg(
+        long,
+        alias = "cpu-onednn",
+        env = "ZERANK_CPU_BF16_GEMM",
+        default_value = "auto"
+    )]
+    #[serde(alias = "cpu_onednn")]
+    pub cpu_bf16_gemm: CpuLibrary,
     /// Memory for each model's score cache, in bytes (about 92 per score); 0 turns it off.
     #[arg(long, env = "ZERANK_SCORE_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub score_cache_bytes: usize,

@@ -68,7 +68,7 @@ impl Settings {
                     max_length: self.max_length,
                     share_prefixes: self.prefix_sharing,
                     cpu_blas: self.cpu_blas.clone(),
-                    cpu_onednn: self.cpu_onednn.clone(),
+                    cpu_bf16_gemm: self.cpu_bf16_gemm.clone(),
                     recipe: recipes[i].unwrap_or_default(),
                     score_temperature: temperatures[i],
                     instruction: instructions[i].clone().filter(|s| !s.is_empty()),
