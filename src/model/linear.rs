@@ -286,7 +286,9 @@ unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 /// A vector of `len` values that the caller overwrites whole before reading any: no pass
-/// zeroing memory that is about to be written.
+/// zeroing memory that is about to be written (candle's CPU backend allocates its outputs
+/// the same way).
+#[allow(clippy::uninit_vec)]
 pub(super) fn uninit_vec<T: Copy>(len: usize) -> Vec<T> {
     let mut values = Vec::with_capacity(len);
     // SAFETY: `T: Copy` has no drop, the capacity is `len`, and every caller writes each
