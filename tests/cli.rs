@@ -178,7 +178,11 @@ fn resume_needs_an_output_file_of_scores_of_this_input() {
 
     let output = work.path().join("scores.txt");
     // A run of these settings, for the record beside its output.
-    succeeded(&score("tiny", &input, &["--output", output.to_str().unwrap()]));
+    succeeded(&score(
+        "tiny",
+        &input,
+        &["--output", output.to_str().unwrap()],
+    ));
     std::fs::write(&output, "0.5\n{\"query\": \"q\"}\n").unwrap();
     let args = ["--output", output.to_str().unwrap(), "--resume"];
     let stderr = failed(&score("tiny", &input, &args));
@@ -231,12 +235,30 @@ fn resume_refuses_an_output_of_other_settings() {
     let whole = std::fs::read_to_string(&output).unwrap();
     let interrupted: String = whole.lines().take(9).map(|l| format!("{l}\n")).collect();
     let refusals: [(&str, &[&str], &str); 4] = [
-        ("tiny", &["--max-batch-pairs", "2"], "--raw was true there and is false now"),
-        ("sharded", &["--raw", "--max-batch-pairs", "2"], "--model was"),
-        ("tiny", &["--raw"], "--max-batch-pairs was 2 there and is 64 now"),
         (
             "tiny",
-            &["--raw", "--max-batch-pairs", "2", "--max-tokens-per-doc", "5"],
+            &["--max-batch-pairs", "2"],
+            "--raw was true there and is false now",
+        ),
+        (
+            "sharded",
+            &["--raw", "--max-batch-pairs", "2"],
+            "--model was",
+        ),
+        (
+            "tiny",
+            &["--raw"],
+            "--max-batch-pairs was 2 there and is 64 now",
+        ),
+        (
+            "tiny",
+            &[
+                "--raw",
+                "--max-batch-pairs",
+                "2",
+                "--max-tokens-per-doc",
+                "5",
+            ],
             "--max-tokens-per-doc was not set there and is 5 now",
         ),
     ];
@@ -258,7 +280,10 @@ fn resume_refuses_an_output_of_other_settings() {
     std::fs::remove_file(work.path().join("scores.txt.settings.json")).unwrap();
     std::fs::write(&output, &interrupted).unwrap();
     let stderr = failed(&score("tiny", &input, &resume));
-    assert!(stderr.contains("there is no") && stderr.contains("settings.json"), "{stderr}");
+    assert!(
+        stderr.contains("there is no") && stderr.contains("settings.json"),
+        "{stderr}"
+    );
     // An empty output holds nothing to mix with: it is started whatever its record says.
     std::fs::write(&output, "").unwrap();
     succeeded(&score("tiny", &input, &resume));

@@ -213,7 +213,10 @@ mod tests {
         assert_eq!(DTypeSpec::Auto.resolve(&cpu).unwrap(), DType::F32);
         assert_eq!(DTypeSpec::Bf16.resolve(&cpu).unwrap(), DType::BF16);
         let refused = DTypeSpec::F16.resolve(&cpu).unwrap_err().to_string();
-        assert!(refused.contains("f16") && refused.contains("bf16"), "{refused}");
+        assert!(
+            refused.contains("f16") && refused.contains("bf16"),
+            "{refused}"
+        );
     }
 
     #[test]

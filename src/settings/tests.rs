@@ -237,7 +237,10 @@ fn the_shipped_config_file_holds_real_keys_and_their_defaults() {
 #[test]
 fn the_settings_file_read_and_each_non_default_source_are_named() {
     let found = resolve(&["zerank-server"]).unwrap();
-    assert_eq!(found.config.as_deref(), Some(Path::new(DEFAULT_CONFIG_FILE)));
+    assert_eq!(
+        found.config.as_deref(),
+        Some(Path::new(DEFAULT_CONFIG_FILE))
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("s.toml");
@@ -278,7 +281,10 @@ fn every_environment_variable_is_zerank_and_the_key() {
     let mut count = 0;
     for arg in command.get_arguments() {
         if let Some(variable) = arg.get_env() {
-            assert_eq!(variable.to_str(), Some(&*environment_variable(arg.get_id().as_str())));
+            assert_eq!(
+                variable.to_str(),
+                Some(&*environment_variable(arg.get_id().as_str()))
+            );
             count += 1;
         }
     }
