@@ -253,7 +253,8 @@ pub struct ScoreFiles {
     /// "instruction"; blank lines are skipped. `-` reads stdin.
     #[arg(long)]
     pub input: PathBuf,
-    /// Where to write the scores, one per pair [default: stdout].
+    /// Where to write the scores, one per pair, with the settings that decide them in
+    /// `<output>.settings.json` beside it [default: stdout].
     #[arg(long)]
     pub output: Option<PathBuf>,
     /// Write raw scores (see README: the reference's unscaled score) instead of 0-1 scores.
@@ -263,7 +264,8 @@ pub struct ScoreFiles {
     #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MAX_BATCH_TOKENS))]
     pub batch_tokens: Option<usize>,
     /// Continue an interrupted run: keep the scores already in --output and append those
-    /// of the remaining pairs.
+    /// of the remaining pairs. Refused when the settings recorded in `<output>.settings.json`
+    /// differ from this run's, or the output has more scores than the input has pairs.
     #[arg(long)]
     pub resume: bool,
 }
