@@ -130,10 +130,13 @@ impl fmt::Display for DTypeSpec {
 
 impl DTypeSpec {
     /// The dtype to run in on `device`, and why, for `/info` and the start-up log. On the CPU,
-    /// `auto`'s bf16 still needs a bf16 GEMM library: the caller falls back to f32 without one.
-    pub(super) fn resolve(self, device: &Device, cpu: &CpuFeatures) -> (DType, String) {
+    /// `auto`'s bf16 still needs a bf16 GEMM library: the caller falls back to f32 without
+    /// one. f16 is refused on the CPU: there it would run the whole forward in f16 (norms and
+    /// softmax included) through candle's generic kernels, where bf16 gives the same memory,
+    /// f32's range and a native GEMM on CPUs with bf16 instructions.
+    pub(super) fn resolve(self, device: &Device, cpu: &CpuFeatures) -> Result<(DType, String)> {
         let instructions = cpu.bf16_instructions();
-        match self {
+        Ok(match self {
             DTypeSpec::Auto if !device.is_cpu() => (DType::BF16, "auto: bf16 on a GPU".into()),
             DTypeSpec::Auto if cpu.has_bf16_gemm() => (
                 DType::BF16,
@@ -145,8 +148,16 @@ impl DTypeSpec {
             ),
             DTypeSpec::F32 => (DType::F32, "f32, as set".into()),
             DTypeSpec::Bf16 => (DType::BF16, "bf16, as set".into()),
+            DTypeSpec::F16 if device.is_cpu() => {
+                return Err(ModelError::UnsupportedConfig(
+                    "--dtype f16 is for GPUs; on the CPU use bf16 (half of f32's memory, as f16, \
+                     with f32's range; multiplied natively where the CPU has AVX512-BF16 or AMX) \
+                     or f32"
+                        .into(),
+                ));
+            }
             DTypeSpec::F16 => (DType::F16, "f16, as set".into()),
-        }
+        })
     }
 }
 
@@ -208,6 +219,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn f16_is_refused_on_the_cpu_and_names_bf16() {
+        let (cpu, features) = (Device::Cpu, CpuFeatures::default());
+        assert_eq!(
+            DTypeSpec::Auto.resolve(&cpu, &features).unwrap().0,
+            DType::F32
+        );
+        assert_eq!(
+            DTypeSpec::Bf16.resolve(&cpu, &features).unwrap().0,
+            DType::BF16
+        );
+        let refused = DTypeSpec::F16
+            .resolve(&cpu, &features)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("f16") && refused.contains("bf16"),
+            "{refused}"
+        );
+    }
+
+    #[test]
     fn device_and_dtype_names() {
         assert_eq!("cuda:1".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(1)));
         assert_eq!("CUDA".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(0)));
@@ -221,7 +253,7 @@ mod tests {
     #[test]
     fn auto_takes_bf16_on_a_cpu_with_bf16_instructions_and_f32_elsewhere() {
         let plain = CpuFeatures::default();
-        let (dtype, why) = DTypeSpec::Auto.resolve(&Device::Cpu, &plain);
+        let (dtype, why) = DTypeSpec::Auto.resolve(&Device::Cpu, &plain).unwrap();
         assert_eq!(dtype, DType::F32);
         assert!(why.contains("neither AVX512-BF16 nor AMX"), "{why}");
         for cpu in [
@@ -234,7 +266,7 @@ mod tests {
                 ..CpuFeatures::default()
             },
         ] {
-            let (dtype, why) = DTypeSpec::Auto.resolve(&Device::Cpu, &cpu);
+            let (dtype, why) = DTypeSpec::Auto.resolve(&Device::Cpu, &cpu).unwrap();
             assert_eq!(dtype, DType::BF16);
             assert!(why.contains(cpu.bf16_instructions()), "{why}");
         }
@@ -243,8 +275,14 @@ mod tests {
             amx_bf16: true,
             ..CpuFeatures::default()
         };
-        assert_eq!(DTypeSpec::F32.resolve(&Device::Cpu, &amx).0, DType::F32);
-        assert_eq!(DTypeSpec::Bf16.resolve(&Device::Cpu, &plain).0, DType::BF16);
+        assert_eq!(
+            DTypeSpec::F32.resolve(&Device::Cpu, &amx).unwrap().0,
+            DType::F32
+        );
+        assert_eq!(
+            DTypeSpec::Bf16.resolve(&Device::Cpu, &plain).unwrap().0,
+            DType::BF16
+        );
     }
 
     /// The run-time detection agrees with the kernel's view of the CPU.

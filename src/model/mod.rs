@@ -175,6 +175,12 @@ pub struct Engine {
 
 impl Engine {
     pub fn load(options: &LoadOptions) -> Result<Self> {
+        // The device and dtype first: a combination that cannot run is refused before a
+        // download.
+        let (device, device_spec) = options.device.open()?;
+        let cpu = device.is_cpu().then(CpuFeatures::detect);
+        let features = cpu.clone().unwrap_or_default();
+        let (mut dtype, mut dtype_choice) = options.dtype.resolve(&device, &features)?;
         let source = ModelSource::parse(&options.model, options.revision.as_deref())?;
         let files = source.locate()?;
         let config = Qwen3Config::from_file(&files.config)?;
@@ -195,10 +201,6 @@ impl Engine {
             config.max_position_embeddings,
         )?;
         let head_tokens = head_tokens(&recipe, &encoder)?;
-        let (device, device_spec) = options.device.open()?;
-        let cpu = device.is_cpu().then(CpuFeatures::detect);
-        let features = cpu.clone().unwrap_or_default();
-        let (mut dtype, mut dtype_choice) = options.dtype.resolve(&device, &features);
         let libraries = (&options.cpu_blas, &options.cpu_bf16_gemm);
         let (mut gemm, mut activations) = LinearGemm::open(&device, dtype, libraries, &features)?;
         if options.dtype == DTypeSpec::Auto
