@@ -29,6 +29,9 @@ fn score_writes_one_golden_score_per_line() {
             fixture("sharded").to_str().unwrap(),
             "--device",
             "cpu",
+            // The goldens are f32; `auto` takes bf16 on CPUs with AVX512-BF16 or AMX.
+            "--dtype",
+            "f32",
             "--input",
             input.to_str().unwrap(),
         ]);
@@ -60,7 +63,14 @@ fn score_writes_one_golden_score_per_line() {
 fn score(model: &str, input: &Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_zerank-server"))
         .args(["score", "--model", fixture(model).to_str().unwrap()])
-        .args(["--device", "cpu", "--input", input.to_str().unwrap()])
+        .args([
+            "--device",
+            "cpu",
+            "--dtype",
+            "f32",
+            "--input",
+            input.to_str().unwrap(),
+        ])
         .args(args)
         .output()
         .unwrap()
@@ -205,7 +215,7 @@ fn resume_needs_an_output_file_of_scores_of_this_input() {
     std::fs::write(&output, "0.5\n".repeat(2)).unwrap();
     let mut resumed = Command::new(env!("CARGO_BIN_EXE_zerank-server"))
         .args(["score", "--model", fixture("tiny").to_str().unwrap()])
-        .args(["--device", "cpu", "--input", "-"])
+        .args(["--device", "cpu", "--dtype", "f32", "--input", "-"])
         .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -408,6 +418,9 @@ fn score_offline(home: &Path, pair: (&str, &str), args: &[&str]) -> std::process
             "score",
             "--device",
             "cpu",
+            // The goldens are f32; `auto` takes bf16 on CPUs with AVX512-BF16 or AMX.
+            "--dtype",
+            "f32",
             "--input",
             input.to_str().unwrap(),
         ])
