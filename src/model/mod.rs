@@ -216,7 +216,8 @@ impl Engine {
             );
             (gemm, activations) = LinearGemm::open(&device, dtype, libraries, &features)?;
         }
-        tracing::info!(dtype = ?dtype, matmul = %gemm.description(), "{dtype_choice}");
+        // The server's "model ready" line carries it at info (`info.dtype_choice`).
+        tracing::debug!(dtype = ?dtype, matmul = %gemm.description(), "{dtype_choice}");
         let scorer = load_weights(&files, &config, (&device, activations), &head_tokens, &gemm)?;
         let info = ModelInfo {
             model: options.model.clone(),
