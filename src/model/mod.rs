@@ -249,6 +249,12 @@ impl Engine {
         self.encoder.encode(query, document, instruction, limits)
     }
 
+    /// About the most memory the tokenizer takes for `text` (a query or document), however
+    /// long: it tokenizes only as much as the prompt can hold.
+    pub fn tokenizing_bytes(&self, text: &str) -> usize {
+        self.encoder.tokenizing_bytes(text)
+    }
+
     /// The prompts of a document's windows, for scoring a long document whole (see
     /// [`Chunking`]): one window when it fits.
     pub fn encode_windows(

@@ -9,7 +9,7 @@
 use std::ops::Range;
 use std::path::Path;
 
-use tokenizers::Tokenizer;
+use tokenizers::{Encoding, Tokenizer};
 
 use super::error::{ModelError, Result};
 use super::recipe::Recipe;
@@ -57,6 +57,22 @@ pub struct Window {
     pub chars: Range<usize>,
 }
 
+/// Characters a token of ordinary text stands for, about (English runs near 4).
+const TYPICAL_CHARS_PER_TOKEN: usize = 4;
+
+/// Characters tokenized first, per token looked for. More are tokenized, doubling, only
+/// when the text holds fewer tokens than that.
+const CHARS_PER_TOKEN_GUESS: usize = 2 * TYPICAL_CHARS_PER_TOKEN;
+
+/// Tokens tokenized past the last one kept, so that where a long text is cut never changes
+/// a kept token: the tokenizer looks past a character only within its pre-token (a word, a
+/// run of spaces or punctuation), which 64 tokens span many times over.
+const CUT_MARGIN_TOKENS: usize = 64;
+
+/// Memory the tokenizer takes per byte of text it tokenizes at once (offsets and alignments
+/// per byte, a string per token): 856 MiB for a 7.5 MB document, measured.
+const TOKENIZER_BYTES_PER_BYTE: usize = 120;
+
 /// Tokens kept free in each window: inside the prompt, the window's first and last tokens
 /// may merge with the template's text and tokenize a little longer than alone.
 const WINDOW_SLACK_TOKENS: usize = 4;
@@ -97,6 +113,9 @@ pub struct PromptEncoder {
     default_instruction: Option<String>,
     text_rule: TextRule,
     max_length: usize,
+    /// The most characters one token can stand for: twice the longest vocabulary entry, as
+    /// Unicode normalization may compose several characters into one.
+    max_token_chars: usize,
 }
 
 /// Where the prompt's pieces come from.
@@ -205,6 +224,12 @@ impl PromptEncoder {
         specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
         // Special markers in user text are split as text.
         tokenizer.set_encode_special_tokens(true);
+        let max_token_chars = 2 * tokenizer
+            .get_vocab(true)
+            .keys()
+            .map(|token| token.chars().count())
+            .max()
+            .unwrap_or(1);
         let encoder = PromptEncoder {
             text_tokenizer: tokenizer,
             plain: split_at_specials(plain, &specials),
@@ -212,6 +237,7 @@ impl PromptEncoder {
             default_instruction,
             text_rule,
             max_length,
+            max_token_chars,
         };
         let template_len = encoder
             .assemble(
@@ -231,6 +257,17 @@ impl PromptEncoder {
     /// The longest prompt the model accepts, template included.
     pub fn max_length(&self) -> usize {
         self.max_length
+    }
+
+    /// About the most memory the tokenizer takes for `text`: [`TOKENIZER_BYTES_PER_BYTE`]
+    /// times the most of it tokenized at once, a recipe cut or a doubling past what the
+    /// prompt holds, 4 bytes a character.
+    pub fn tokenizing_bytes(&self, text: &str) -> usize {
+        let at_once_chars = match self.text_rule {
+            TextRule::ReferenceCuts => DOCUMENT_CHAR_LIMIT + 1,
+            TextRule::Verbatim => (self.max_length + CUT_MARGIN_TOKENS) * CHARS_PER_TOKEN_GUESS * 2,
+        };
+        TOKENIZER_BYTES_PER_BYTE.saturating_mul(text.len().min(at_once_chars * 4))
     }
 
     /// The vocabulary id of one token.
@@ -260,6 +297,11 @@ impl PromptEncoder {
 
     /// The token ids of the prompt for one pair: the recipe's text rule, the layout, joined
     /// tokenization; then the token limits, which only ever shorten the document.
+    ///
+    /// Memory follows what the prompt can hold, not the text's size: a document is first
+    /// cut, at the end the token limits drop, to a piece that still tokenizes to more than
+    /// the model keeps (and a margin), so the tokens kept are the same as from the whole; a
+    /// query or instruction longer than the model's length is refused from such a piece.
     pub fn encode(
         &self,
         query: &str,
@@ -275,6 +317,28 @@ impl PromptEncoder {
             TextRule::Verbatim => (query, document),
         };
         let instruction = instruction.or(self.default_instruction.as_deref());
+        for (what, text) in [("query", Some(query)), ("instruction", instruction)] {
+            let text = text.unwrap_or("");
+            let (piece, _) =
+                self.head(text, self.max_length, usize::MAX, TruncationDirection::Right)?;
+            if piece.len() < text.len() {
+                return Err(ModelError::InputTooLong(format!(
+                    "the {what} alone takes more than the model's {} tokens",
+                    self.max_length
+                )));
+            }
+        }
+        let kept_at_most = self
+            .max_length
+            .min(limits.max_document_tokens.unwrap_or(usize::MAX));
+        let document = self
+            .head(
+                document,
+                kept_at_most + CUT_MARGIN_TOKENS,
+                usize::MAX,
+                limits.direction,
+            )?
+            .0;
         let pieces = self.pieces(instruction.is_some())?;
         let (mut ids, document_span) =
             self.assemble(pieces, [query, document, instruction.unwrap_or("")])?;
@@ -310,8 +374,13 @@ impl PromptEncoder {
 
     /// The prompts of a document's windows: the whole document when it fits the prompt's
     /// room (and the recipe's character cut), else token windows of that room that end on
-    /// whitespace where they can, each `overlap_tokens` into the one before.
-    /// `limits.max_document_tokens` caps a window's size.
+    /// whitespace where they can, each `overlap_tokens` into the one before (at most half
+    /// of it). `limits.max_document_tokens` caps a window's size. A document of whitespace
+    /// only is one window, cut as `truncate` cuts it.
+    ///
+    /// A document longer than `max_chunks` windows can hold, at the most characters a token
+    /// stands for, is refused before it is tokenized; the others are tokenized a window at
+    /// a time.
     pub fn encode_windows(
         &self,
         query: &str,
@@ -320,6 +389,11 @@ impl PromptEncoder {
         limits: TokenLimits,
         chunking: Chunking,
     ) -> Result<Vec<Window>> {
+        if document.chars().all(is_python_whitespace) {
+            let encoded = self.encode(query, document, instruction, limits)?;
+            let chars = 0..document.chars().count();
+            return Ok(vec![Window { encoded, chars }]);
+        }
         let whole_limits = TokenLimits {
             max_document_tokens: None,
             ..limits
@@ -329,20 +403,18 @@ impl PromptEncoder {
             .min(limits.max_document_tokens.unwrap_or(usize::MAX))
             .saturating_sub(WINDOW_SLACK_TOKENS)
             .max(1);
-        let max_chars = match self.text_rule {
-            TextRule::ReferenceCuts => DOCUMENT_CHAR_LIMIT,
-            TextRule::Verbatim => usize::MAX,
+        let window = WindowSize {
+            tokens: room,
+            chars: match self.text_rule {
+                TextRule::ReferenceCuts => Some(DOCUMENT_CHAR_LIMIT),
+                TextRule::Verbatim => None,
+            },
         };
-        let tokens = self
-            .text_tokenizer
-            .encode(document, false)
-            .map_err(|err| ModelError::Tokenizer(err.to_string()))?;
-        let offsets = tokens.get_offsets();
-        let spans = if offsets.len() <= room && document.chars().count() <= max_chars {
-            std::iter::once(0..document.len()).collect()
-        } else {
-            window_spans(document, offsets, room, max_chars, chunking)?
-        };
+        let chars = document.chars().count();
+        if chars > chunking.max_chunks.saturating_mul(window.most_chars(self.max_token_chars)) {
+            return Err(window.too_many(chars, chunking));
+        }
+        let spans = self.window_spans(document, window, chunking)?;
         spans
             .into_iter()
             .map(|bytes| {
@@ -353,6 +425,132 @@ impl PromptEncoder {
                 Ok(Window { encoded, chars })
             })
             .collect()
+    }
+
+    /// Byte ranges of the windows over a document: at most `window` each, cut before a
+    /// token that starts with whitespace when one lies in the window's second half. Each
+    /// window's tokens are found by tokenizing from its start just past where it can end.
+    fn window_spans(
+        &self,
+        document: &str,
+        window: WindowSize,
+        chunking: Chunking,
+    ) -> Result<Vec<Range<usize>>> {
+        let most_chars = window.chars.unwrap_or(usize::MAX);
+        let mut spans = Vec::new();
+        let mut start = 0;
+        loop {
+            let rest = &document[start..];
+            let (piece, tokens) = self.head(
+                rest,
+                window.tokens + CUT_MARGIN_TOKENS,
+                most_chars.saturating_add(1),
+                TruncationDirection::Right,
+            )?;
+            let tokens = match tokens {
+                Some(tokens) => tokens,
+                None => self.tokenize(piece)?,
+            };
+            let offsets = tokens.get_offsets();
+            let to_the_end = piece.len() == rest.len();
+            if offsets.is_empty() {
+                // Only text the tokenizer drops is left.
+                if spans.is_empty() {
+                    spans.push(0..document.len());
+                }
+                break;
+            }
+            let text_of = |end: usize| &rest[offsets[0].0..offsets[end - 1].1];
+            let mut end = window.tokens.min(offsets.len());
+            while end > 1 && text_of(end).chars().count() > most_chars {
+                end = end * 3 / 4;
+            }
+            let last_window = to_the_end && end == offsets.len();
+            if last_window && spans.is_empty() {
+                // The whole document fits one window.
+                spans.push(0..document.len());
+                break;
+            }
+            if !last_window
+                && let Some(cut) = (end / 2 + 1..end).rev().find(|&k| {
+                    rest[offsets[k].0..]
+                        .chars()
+                        .next()
+                        .is_some_and(char::is_whitespace)
+                })
+            {
+                end = cut;
+            }
+            // Byte-level tokens may split a character; a window keeps it whole.
+            let (mut first, mut last) = (offsets[0].0, offsets[end - 1].1);
+            while !rest.is_char_boundary(first) {
+                first -= 1;
+            }
+            while !rest.is_char_boundary(last) {
+                last += 1;
+            }
+            spans.push(start + first..start + last);
+            if spans.len() > chunking.max_chunks {
+                return Err(window.too_many(document.chars().count(), chunking));
+            }
+            if last_window {
+                break;
+            }
+            // Step back by the overlap, at most half this window: windows advance by at
+            // least half a window, however much the character cut shortened it.
+            let mut next = offsets[end - chunking.overlap_tokens.min(end / 2)].0;
+            while !rest.is_char_boundary(next) {
+                next -= 1;
+            }
+            if next == 0 {
+                next = rest.chars().next().map_or(rest.len(), char::len_utf8);
+            }
+            start += next;
+        }
+        Ok(spans)
+    }
+
+    /// A prefix (`Right`) or suffix (`Left`) of `text` long enough to hold more than
+    /// `tokens` tokens or `chars` characters, whichever is shorter, and its tokens; all of
+    /// `text` when it holds neither, untokenized (`None`) when its length alone shows it.
+    /// Tokenizes doubling lengths, from `tokens` times a guess of characters per token, so
+    /// that work and memory follow what is asked for, not the text's size.
+    fn head<'t>(
+        &self,
+        text: &'t str,
+        tokens: usize,
+        chars: usize,
+        from: TruncationDirection,
+    ) -> Result<(&'t str, Option<Encoding>)> {
+        let mut take = tokens
+            .saturating_mul(CHARS_PER_TOKEN_GUESS)
+            .min(chars)
+            .max(1);
+        // A text of fewer bytes has fewer characters, too.
+        if text.len() <= take {
+            return Ok((text, None));
+        }
+        loop {
+            let piece = match from {
+                TruncationDirection::Right => {
+                    &text[..text.char_indices().nth(take).map_or(text.len(), |(i, _)| i)]
+                }
+                TruncationDirection::Left => {
+                    &text[text.char_indices().rev().nth(take - 1).map_or(0, |(i, _)| i)..]
+                }
+            };
+            let encoding = self.tokenize(piece)?;
+            if piece.len() == text.len() || encoding.len() > tokens || take >= chars {
+                return Ok((piece, Some(encoding)));
+            }
+            take = take.saturating_mul(2).min(chars);
+        }
+    }
+
+    fn tokenize(&self, text: &str) -> Result<Encoding> {
+        self.text_tokenizer
+            .encode(text, false)
+            .map_err(|err| ModelError::Tokenizer(err.to_string()))
     }
 
     /// The ids of `pieces` with the slots filled by `[query, document, instruction]`, and
@@ -434,66 +632,42 @@ impl PromptEncoder {
     }
 }
 
-/// Byte ranges of the windows over a document's tokens (`offsets`, in bytes): at most
-/// `room` tokens and `max_chars` characters each, cut before a token that starts with
-/// whitespace when one lies in the window's second half.
-fn window_spans(
-    document: &str,
-    offsets: &[(usize, usize)],
-    room: usize,
-    max_chars: usize,
-    chunking: Chunking,
-) -> Result<Vec<Range<usize>>> {
-    let starts_word = |k: usize| {
-        document[offsets[k].0..]
-            .chars()
-            .next()
-            .is_some_and(char::is_whitespace)
-    };
-    let mut spans = Vec::new();
-    let mut start = 0;
-    while start < offsets.len() {
-        let mut end = (start + room).min(offsets.len());
-        while end > start + 1
-            && document[offsets[start].0..offsets[end - 1].1]
-                .chars()
-                .count()
-                > max_chars
-        {
-            end = start + (end - start) * 3 / 4;
-        }
-        if end < offsets.len()
-            && let Some(cut) = (start + (end - start) / 2 + 1..end)
-                .rev()
-                .find(|&k| starts_word(k))
-        {
-            end = cut;
-        }
-        // Byte-level tokens may split a character; a window keeps it whole.
-        let (mut first, mut last) = (offsets[start].0, offsets[end - 1].1);
-        while !document.is_char_boundary(first) {
-            first -= 1;
-        }
-        while !document.is_char_boundary(last) {
-            last += 1;
-        }
-        spans.push(first..last);
-        if spans.len() > chunking.max_chunks {
-            return Err(ModelError::InputTooLong(format!(
-                "a document of {} tokens needs more than {} windows of at most {room} tokens (max_chunks_per_document); send a shorter document or ask for `long_documents: \"truncate\"`",
-                offsets.len(),
-                chunking.max_chunks
-            )));
-        }
-        if end == offsets.len() {
-            break;
-        }
-        // Step back by the overlap (at most half a window), but always forward.
-        start = end
-            .saturating_sub(chunking.overlap_tokens.min(room / 2))
-            .max(start + 1);
+/// The most a chunk window holds.
+#[derive(Debug, Clone, Copy)]
+struct WindowSize {
+    /// The prompt's room for the document.
+    tokens: usize,
+    /// The recipe's character cut, when it has one.
+    chars: Option<usize>,
+}
+
+impl WindowSize {
+    /// Characters a window can hold at most, at `max_token_chars` characters a token.
+    fn most_chars(self, max_token_chars: usize) -> usize {
+        let by_tokens = self.tokens.saturating_mul(max_token_chars);
+        self.chars.map_or(by_tokens, |chars| chars.min(by_tokens))
     }
-    Ok(spans)
+
+    /// The refusal of a document that needs more than `max_chunks` windows, naming the
+    /// limit of the window that binds in its own unit: characters under the recipe's cut
+    /// when a window of the prompt's room would pass it, else tokens.
+    fn too_many(self, chars: usize, chunking: Chunking) -> ModelError {
+        let window = match self.chars {
+            Some(cut) if self.tokens.saturating_mul(TYPICAL_CHARS_PER_TOKEN) > cut => {
+                format!(
+                    "{cut} characters each (the recipe cuts what it scores of a text to {cut} characters)"
+                )
+            }
+            _ => format!(
+                "{} tokens each (the model's length less the query, instruction and template)",
+                self.tokens
+            ),
+        };
+        ModelError::InputTooLong(format!(
+            "a document of {chars} characters needs more than {} windows (max_chunks_per_document) of at most {window}; send a shorter document or ask for `long_documents: \"truncate\"`",
+            chunking.max_chunks
+        ))
+    }
 }
 
 /// A layout's fixed text cut at the tokenizer's special markers.

@@ -1,0 +1,91 @@
+//! Memory bounded before tokenizing: a 7.5 MB document, in each mode and recipe, is refused
+//! at once or scored from a bounded piece, and the server's peak memory shows it. One test
+//! in its own binary, so that no other test's allocations share the peak.
+
+mod common;
+
+use common::server::TestServer;
+use serde_json::json;
+use zerank_server::model::RecipeChoice;
+use zerank_server::settings::LongDocuments;
+
+/// A field of /proc/self/status, in bytes.
+fn status_bytes(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with(field))
+        .unwrap_or_else(|| panic!("no {field} in /proc/self/status"));
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// The peak resident memory above the present while `work` runs.
+fn peak_growth(work: impl FnOnce()) -> u64 {
+    // Writing 5 resets the peak (VmHWM) to the present resident size.
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+    let before = status_bytes("VmRSS:");
+    work();
+    status_bytes("VmHWM:").saturating_sub(before)
+}
+
+#[test]
+fn a_7_5_mb_document_is_refused_or_scored_in_bounded_memory() {
+    // Words of a few letters: about 4 characters a token, as the attack's document.
+    let document: String = (0..1_500_000).map(|i| ["lorem ", "ipsa ", "dolo "][i % 3]).collect();
+    assert!(document.len() >= 7_500_000);
+    let body = serde_json::to_vec(&json!({"query": "what is it", "documents": [document]})).unwrap();
+    drop(document);
+    const MIB: u64 = 1024 * 1024;
+    // Before the bound, the tokenizer alone took 856 MiB (chunk) and 1,028 MiB (truncate)
+    // for this document. The body is held a few times over (read, parsed): about 40 MiB.
+    const BOUND: u64 = 160 * MIB;
+    // zerank's chunk mode: more than 16 windows of 10,000 characters hold, refused before
+    // tokenizing. The Qwen3-Reranker recipe cuts the document to a piece in truncate mode,
+    // and in chunk mode, allowed windows enough, tokenizes it a window at a time until its
+    // tokens pass the queue's budget.
+    let cases = [
+        (RecipeChoice::Zerank, LongDocuments::Chunk, 16, 413),
+        (RecipeChoice::Qwen3Reranker, LongDocuments::Truncate, 16, 200),
+        (RecipeChoice::Qwen3Reranker, LongDocuments::Chunk, 4_096, 413),
+    ];
+    for (recipe, long_documents, max_chunks, status) in cases {
+        let server = TestServer::start(|s| {
+            s.recipe = vec![recipe];
+            s.long_documents = long_documents;
+            s.max_chunks_per_document = max_chunks;
+            s.max_queued_tokens = 100_000;
+            // Short prompts: the forward's own memory stays small beside the document's.
+            s.max_length = Some(512);
+            s.payload_limit_bytes = 16 * 1024 * 1024;
+        });
+        // Warm: the first request's allocations (pools, the forward's buffers) are not the
+        // document's.
+        let small = server.post("/rerank", &json!({"query": "q", "documents": ["d"]}));
+        assert_eq!(small.status, 200, "{}", small.text);
+        let mut reply = None;
+        let growth = peak_growth(|| {
+            reply = Some(server.post_raw(
+                "/rerank",
+                "application/json",
+                std::str::from_utf8(&body).unwrap(),
+            ));
+        });
+        let reply = reply.unwrap();
+        assert_eq!(reply.status, status, "{recipe:?} {long_documents:?}: {}", reply.text);
+        eprintln!(
+            "{recipe:?} {long_documents:?}: {} with the peak {} MiB above the start",
+            reply.status,
+            growth / MIB
+        );
+        assert!(
+            growth < BOUND,
+            "{recipe:?} {long_documents:?}: the peak grew by {} MiB",
+            growth / MIB
+        );
+    }
+}
