@@ -51,7 +51,7 @@ fn a_7_5_mb_document_is_refused_or_scored_in_bounded_memory() {
     let cases = [
         (RecipeChoice::Zerank, LongDocuments::Chunk, 16, 413),
         (RecipeChoice::Qwen3Reranker, LongDocuments::Truncate, 16, 200),
-        (RecipeChoice::Qwen3Reranker, LongDocuments::Chunk, 4_096, 413),
+        (RecipeChoice::Qwen3Reranker, LongDocuments::Chunk, 512, 413),
     ];
     for (recipe, long_documents, max_chunks, status) in cases {
         let server = TestServer::start(|s| {
