@@ -543,14 +543,16 @@ fn a_long_document_keeps_the_tokens_it_would_keep_whole() {
     // Over 9,000 characters (under zerank's 10,000-character cut) against a prompt of 128
     // tokens: the document is cut to a piece of a few hundred tokens before it is tokenized
     // in its prompt. The tokens kept must be the whole document's own, from either end.
-    let sentence = "Le traité fut signé en 1919, 条约于1919年签署 🙂 — the mill's old bridge (№ 7) stood. ";
+    let sentence =
+        "Le traité fut signé en 1919, 条约于1919年签署 🙂 — the mill's old bridge (№ 7) stood. ";
     // Stripped, as the zerank recipe strips it.
     let document = sentence
         .repeat(9_500 / sentence.chars().count())
         .trim()
         .to_owned();
     assert!(document.chars().count() > 9_000);
-    let tokenizer = tokenizers::Tokenizer::from_file(fixture("tiny").join("tokenizer.json")).unwrap();
+    let tokenizer =
+        tokenizers::Tokenizer::from_file(fixture("tiny").join("tokenizer.json")).unwrap();
     let alone = tokenizer.encode(document.as_str(), false).unwrap();
     let alone = alone.get_ids();
 

@@ -1,6 +1,7 @@
 //! Memory bounded before tokenizing: a 7.5 MB document, in each mode and recipe, is refused
-//! at once or scored from a bounded piece, and the server's peak memory shows it. One test
-//! in its own binary, so that no other test's allocations share the peak.
+//! at once or scored from a bounded piece, by the server and the offline scorer, and their
+//! peak memory shows it. One test in its own binary, so that no other test's allocations
+//! share the peak.
 
 mod common;
 
@@ -24,6 +25,17 @@ fn status_bytes(field: &str) -> u64 {
     kib * 1024
 }
 
+/// The largest peak resident memory of the child processes waited for.
+fn children_peak_rss() -> u64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        assert_eq!(libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage), 0);
+        usage
+    };
+    usage.ru_maxrss as u64 * 1024
+}
+
 /// The peak resident memory above the present while `work` runs.
 fn peak_growth(work: impl FnOnce()) -> u64 {
     // Writing 5 resets the peak (VmHWM) to the present resident size.
@@ -36,9 +48,15 @@ fn peak_growth(work: impl FnOnce()) -> u64 {
 #[test]
 fn a_7_5_mb_document_is_refused_or_scored_in_bounded_memory() {
     // Words of a few letters: about 4 characters a token, as the attack's document.
-    let document: String = (0..1_500_000).map(|i| ["lorem ", "ipsa ", "dolo "][i % 3]).collect();
+    let document: String = (0..1_500_000)
+        .map(|i| ["lorem ", "ipsa ", "dolo "][i % 3])
+        .collect();
     assert!(document.len() >= 7_500_000);
-    let body = serde_json::to_vec(&json!({"query": "what is it", "documents": [document]})).unwrap();
+    let body =
+        serde_json::to_vec(&json!({"query": "what is it", "documents": [document]})).unwrap();
+    let mut line =
+        serde_json::to_vec(&json!({"query": "what is it", "document": document})).unwrap();
+    line.push(b'\n');
     drop(document);
     const MIB: u64 = 1024 * 1024;
     // Before the bound, the tokenizer alone took 856 MiB (chunk) and 1,028 MiB (truncate)
@@ -50,9 +68,42 @@ fn a_7_5_mb_document_is_refused_or_scored_in_bounded_memory() {
     // tokens pass the queue's budget.
     let cases = [
         (RecipeChoice::Zerank, LongDocuments::Chunk, 16, 413),
-        (RecipeChoice::Qwen3Reranker, LongDocuments::Truncate, 16, 200),
+        (
+            RecipeChoice::Qwen3Reranker,
+            LongDocuments::Truncate,
+            16,
+            200,
+        ),
         (RecipeChoice::Qwen3Reranker, LongDocuments::Chunk, 512, 413),
     ];
+    // The offline scorer (truncate mode), on a line of that document: the peak of the
+    // process, the only child this test waits for.
+    let input = std::env::temp_dir().join(format!("zerank-memory-{}.jsonl", std::process::id()));
+    std::fs::write(&input, line).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_zerank-server"))
+        .args(["score", "--input"])
+        .arg(&input)
+        .args([
+            "--recipe",
+            "qwen3-reranker",
+            "--max-length",
+            "512",
+            "--model",
+        ])
+        .arg(common::fixture("tiny"))
+        .output()
+        .unwrap();
+    std::fs::remove_file(&input).unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8(output.stdout).unwrap().lines().count(), 1);
+    let peak = children_peak_rss();
+    eprintln!("offline: a peak of {} MiB", peak / MIB);
+    assert!(peak < 2 * BOUND, "offline: a peak of {} MiB", peak / MIB);
+
     for (recipe, long_documents, max_chunks, status) in cases {
         let server = TestServer::start(|s| {
             s.recipe = vec![recipe];
@@ -76,7 +127,11 @@ fn a_7_5_mb_document_is_refused_or_scored_in_bounded_memory() {
             ));
         });
         let reply = reply.unwrap();
-        assert_eq!(reply.status, status, "{recipe:?} {long_documents:?}: {}", reply.text);
+        assert_eq!(
+            reply.status, status,
+            "{recipe:?} {long_documents:?}: {}",
+            reply.text
+        );
         eprintln!(
             "{recipe:?} {long_documents:?}: {} with the peak {} MiB above the start",
             reply.status,

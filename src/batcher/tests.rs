@@ -398,7 +398,10 @@ fn requests_that_cannot_finish_in_time_are_refused_at_once() {
             BatchError::Busy {
                 queued: 150,
                 expected_wait,
-            } => assert!(expected_wait >= Duration::from_millis(250), "{expected_wait:?}"),
+            } => assert!(
+                expected_wait >= Duration::from_millis(250),
+                "{expected_wait:?}"
+            ),
             other => panic!("{other}"),
         }
         let small = tokio::spawn({

@@ -319,8 +319,12 @@ impl PromptEncoder {
         let instruction = instruction.or(self.default_instruction.as_deref());
         for (what, text) in [("query", Some(query)), ("instruction", instruction)] {
             let text = text.unwrap_or("");
-            let (piece, _) =
-                self.head(text, self.max_length, usize::MAX, TruncationDirection::Right)?;
+            let (piece, _) = self.head(
+                text,
+                self.max_length,
+                usize::MAX,
+                TruncationDirection::Right,
+            )?;
             if piece.len() < text.len() {
                 return Err(ModelError::InputTooLong(format!(
                     "the {what} alone takes more than the model's {} tokens",
@@ -411,7 +415,11 @@ impl PromptEncoder {
             },
         };
         let chars = document.chars().count();
-        if chars > chunking.max_chunks.saturating_mul(window.most_chars(self.max_token_chars)) {
+        if chars
+            > chunking
+                .max_chunks
+                .saturating_mul(window.most_chars(self.max_token_chars))
+        {
             return Err(window.too_many(chars, chunking));
         }
         let spans = self.window_spans(document, window, chunking)?;
@@ -536,7 +544,11 @@ impl PromptEncoder {
                     &text[..text.char_indices().nth(take).map_or(text.len(), |(i, _)| i)]
                 }
                 TruncationDirection::Left => {
-                    &text[text.char_indices().rev().nth(take - 1).map_or(0, |(i, _)| i)..]
+                    &text[text
+                        .char_indices()
+                        .rev()
+                        .nth(take - 1)
+                        .map_or(0, |(i, _)| i)..]
                 }
             };
             let encoding = self.tokenize(piece)?;

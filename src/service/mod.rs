@@ -371,7 +371,8 @@ impl Service {
     /// Starts a batcher per model; call inside a Tokio runtime.
     pub fn start(models: Vec<LoadedModel>, settings: &Settings, metrics: Arc<Metrics>) -> Self {
         // KiB: the semaphore counts in u32, and a request's estimate is never that fine.
-        let tokenizing_budget_kib = (settings.tokenizing_memory_bytes / 1024).clamp(1, u32::MAX as usize);
+        let tokenizing_budget_kib =
+            (settings.tokenizing_memory_bytes / 1024).clamp(1, u32::MAX as usize);
         let models = models
             .into_iter()
             .map(|loaded| {
@@ -524,9 +525,10 @@ impl Service {
                 .max()
                 .unwrap_or(0);
             let kib = (longest / 1024).clamp(1, tokenizing_budget_kib) as u32;
-            let memory = tokenizing_memory.acquire_many_owned(kib).await.map_err(|_| {
-                ServiceError::Internal("the tokenizing budget is closed".into())
-            })?;
+            let memory = tokenizing_memory
+                .acquire_many_owned(kib)
+                .await
+                .map_err(|_| ServiceError::Internal("the tokenizing budget is closed".into()))?;
             let span = tracing::info_span!(
                 "tokenize",
                 pairs = pairs.len() as i64,
