@@ -3,6 +3,7 @@
 
 mod batch;
 mod bf16;
+mod chunks;
 mod config;
 mod device;
 mod error;
@@ -22,14 +23,15 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
 pub use batch::{BatchBudget, plan_batches};
+pub use chunks::{Chunking, Window};
 pub use config::Qwen3Config;
 pub use device::{CpuFeatures, DTypeSpec, DeviceSpec};
 pub use error::{ModelError, Result};
 pub use files::{CheckpointFiles, ModelSource};
 pub use linear::{Blas, CpuLibrary, LinearGemm};
 pub use prompt::{
-    Chunking, DOCUMENT_CHAR_LIMIT, EncodedPair, QUERY_CHAR_LIMIT, TokenLimits, TruncationDirection,
-    Window, cut_and_strip,
+    DOCUMENT_CHAR_LIMIT, EncodedPair, QUERY_CHAR_LIMIT, TokenLimits, TruncationDirection,
+    cut_and_strip,
 };
 pub use recipe::{Calibration, RecipeChoice};
 
