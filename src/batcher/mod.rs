@@ -38,7 +38,7 @@ pub enum BatchError {
     )]
     TooLarge { requested: usize, limit: usize },
     #[error(
-        "the request's {requested} prompt tokens would take about {seconds:.0} s at the measured {tokens_per_sec:.0} tokens/s, over the {time_left:.0} s it has (request_timeout_secs); send fewer or shorter documents"
+        "the request's {requested} prompt tokens would take about {seconds:.0} s at the measured {tokens_per_sec:.0} tokens/s with admission's 1.25x margin, over the {time_left:.0} s it has (request_timeout_secs); send fewer or shorter documents"
     )]
     TooSlow {
         requested: usize,
@@ -113,7 +113,7 @@ impl Throughput {
 /// How much longer than the estimate admission plans for: the rate is measured on the
 /// batches that ran, and long prompts cost more per token (attention grows with length).
 /// The attack that set it saw a request estimated at 46.5 s take 54.7 s (1.18x).
-const ADMISSION_MARGIN: f64 = 1.25;
+pub const ADMISSION_MARGIN: f64 = 1.25;
 
 /// What admission expects `tokens` to take, with its margin; `None` until measured.
 fn planned(throughput: &Throughput, tokens: usize) -> Option<Duration> {

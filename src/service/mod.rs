@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::batcher::{BatchError, Batcher, Scored, Throughput};
+use crate::batcher::{ADMISSION_MARGIN, BatchError, Batcher, Scored, Throughput};
 use crate::metrics::{Metrics, ModelMetrics};
 use crate::model::{Chunking, Engine, ModelError, Score, TokenLimits, Window};
 use crate::settings::{LongDocuments, ModelNamePolicy, ModelSettings, Settings};
@@ -351,10 +351,10 @@ impl Service {
                     info = ?engine.info(),
                     "model ready"
                 );
-                if typical_secs > settings.request_timeout_secs {
+                if typical_secs * ADMISSION_MARGIN > settings.request_timeout_secs {
                     tracing::warn!(
                         model = %model.load.model,
-                        "a request of 100 documents of 400 tokens would take about {typical_secs:.0} s at the measured {:.0} tokens/s, over request_timeout_secs = {}; such requests will be refused with 413 (raise the timeout, or use a GPU or a smaller model)",
+                        "a request of 100 documents of 400 tokens would take about {typical_secs:.0} s at the measured {:.0} tokens/s, with admission's {ADMISSION_MARGIN}x margin over request_timeout_secs = {}; such requests will be refused with 413 (raise the timeout, or use a GPU or a smaller model)",
                         tokens_per_sec,
                         settings.request_timeout_secs
                     );
