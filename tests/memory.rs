@@ -1,9 +1,11 @@
 //! Memory bounded before tokenizing: a 7.5 MB document, in each mode and recipe, is refused
 //! at once or scored from a bounded piece, by the server and the offline scorer, and their
-//! peak memory shows it. One test in its own binary, so that no other test's allocations
-//! share the peak.
+//! peak memory shows it. In its own binary, one test at a time, so that no other test's
+//! allocations share the peak.
 
 mod common;
+
+use std::sync::Mutex;
 
 use common::server::TestServer;
 use serde_json::json;
@@ -45,8 +47,12 @@ fn peak_growth(work: impl FnOnce()) -> u64 {
     status_bytes("VmHWM:").saturating_sub(before)
 }
 
+/// Held by each test: peaks are measured with nothing else running.
+static ALONE: Mutex<()> = Mutex::new(());
+
 #[test]
 fn a_7_5_mb_document_is_refused_or_scored_in_bounded_memory() {
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
     // Words of a few letters: about 4 characters a token, as the attack's document.
     let document: String = (0..1_500_000)
         .map(|i| ["lorem ", "ipsa ", "dolo "][i % 3])
@@ -143,4 +149,32 @@ fn a_7_5_mb_document_is_refused_or_scored_in_bounded_memory() {
             growth / MIB
         );
     }
+}
+
+#[test]
+fn requests_over_the_tokenizing_budget_take_turns() {
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
+    // 1 KiB: every request's estimate is over it, so each takes the whole budget in turn
+    // rather than waiting for more than there is.
+    let server = TestServer::start(|s| {
+        s.tokenizing_memory_bytes = 1024;
+        s.request_timeout_secs = 20.0;
+    });
+    std::thread::scope(|scope| {
+        let replies: Vec<_> = (0..6)
+            .map(|i| {
+                let server = &server;
+                scope.spawn(move || {
+                    let documents: Vec<String> = (0..3)
+                        .map(|d| format!("document {d} of request {i}"))
+                        .collect();
+                    server.post("/rerank", &json!({"query": "q", "documents": documents}))
+                })
+            })
+            .collect();
+        for reply in replies {
+            let reply = reply.join().unwrap();
+            assert_eq!(reply.status, 200, "{}", reply.text);
+        }
+    });
 }
