@@ -86,6 +86,8 @@ enum Piece {
     Special(u32),
     Text(String),
     Slot(Slot),
+    /// Ends a run of text: what follows is tokenized apart.
+    Break,
 }
 
 pub struct PromptEncoder {
@@ -124,7 +126,7 @@ impl PromptEncoder {
         let recipe_limit = match recipe {
             Recipe::SentenceTransformers(native) => native.max_seq_length,
             Recipe::Qwen3Reranker => Some(QWEN3_RERANKER_MAX_LENGTH),
-            Recipe::Zerank => None,
+            Recipe::Zerank | Recipe::BgeGemma => None,
         };
         let max_length = max_length
             .or(recipe_limit)
@@ -134,8 +136,12 @@ impl PromptEncoder {
                 .map(|n| n as usize))
             .map_or(max_position, |n| n.min(max_position));
         let (plain, instructed, text_rule) = match recipe {
-            Recipe::Qwen3Reranker => {
-                let layout = Layout::qwen3_reranker();
+            // Fixed prompts whose instruction has a default: one layout for both.
+            Recipe::Qwen3Reranker | Recipe::BgeGemma => {
+                let layout = match recipe {
+                    Recipe::BgeGemma => Layout::bge_gemma(config.prompt_bos()),
+                    _ => Layout::qwen3_reranker(),
+                };
                 (layout.clone(), Some(layout), TextRule::Verbatim)
             }
             Recipe::Zerank | Recipe::SentenceTransformers(_) => {
@@ -369,6 +375,9 @@ impl PromptEncoder {
                     self.flush(&mut run, &mut document_bytes, &mut ids, &mut document_span)?;
                     ids.push(*id);
                 }
+                Piece::Break => {
+                    self.flush(&mut run, &mut document_bytes, &mut ids, &mut document_span)?
+                }
                 Piece::Text(text) => run.push_str(text),
                 Piece::Slot(slot) => {
                     let text = match slot {
@@ -503,6 +512,10 @@ fn split_at_specials(layout: &Layout, specials: &[(String, u32)]) -> Vec<Piece> 
         let text = match part {
             Part::Slot(slot) => {
                 pieces.push(Piece::Slot(*slot));
+                continue;
+            }
+            Part::Break => {
+                pieces.push(Piece::Break);
                 continue;
             }
             Part::Text(text) => text.as_str(),

@@ -40,6 +40,8 @@ impl Slot {
 pub enum Part {
     Text(String),
     Slot(Slot),
+    /// The text on either side is tokenized apart, as a recipe that joins token lists does.
+    Break,
 }
 
 /// A prompt with holes, in order.
@@ -80,6 +82,38 @@ impl Layout {
                 Part::Text(QWEN3_RERANKER_SUFFIX.into()),
             ],
         }
+    }
+}
+
+/// FlagEmbedding's decoder-only reranker (bge-reranker-v2-gemma): BOS, `A: {query}`, `\n`,
+/// `B: {passage}`, `\n`, then the prompt, each tokenized alone and the token lists joined
+/// (FlagEmbedding/inference/reranker/decoder_only/base.py). Its `prompt` argument replaces
+/// the fixed question: that is the instruction's place, the question its default.
+pub const BGE_GEMMA_DEFAULT_INSTRUCTION: &str = "Given a query A and a passage B, determine whether the passage contains an answer to the query by providing a prediction of either 'Yes' or 'No'.";
+
+impl Layout {
+    /// `bos`: the BOS token FlagEmbedding puts first (none when the tokenizer has none, or
+    /// when it is the padding token).
+    pub fn bge_gemma(bos: Option<&str>) -> Layout {
+        let sep = || Part::Text("\n".into());
+        let mut parts: Vec<Part> = bos
+            .map(|bos| Part::Text(bos.to_owned()))
+            .into_iter()
+            .collect();
+        parts.extend([
+            Part::Text("A: ".into()),
+            Part::Slot(Slot::Query),
+            Part::Break,
+            sep(),
+            Part::Break,
+            Part::Text("B: ".into()),
+            Part::Slot(Slot::Document),
+            Part::Break,
+            sep(),
+            Part::Break,
+            Part::Slot(Slot::Instruction),
+        ]);
+        Layout { parts }
     }
 }
 
@@ -325,6 +359,14 @@ impl TokenizerConfig {
         }
     }
 
+    /// The BOS token a recipe that prepends one uses: none without one, or when it is also
+    /// the padding token (FlagEmbedding's rule).
+    pub(super) fn prompt_bos(&self) -> Option<&str> {
+        let bos = self.bos_token.as_ref()?.content();
+        let pad = self.pad_token.as_ref().map(SpecialToken::content);
+        (pad != Some(bos)).then_some(bos)
+    }
+
     /// What transformers hands a template besides the messages: the special tokens, then
     /// the checkpoint's own chat-template kwargs.
     pub(super) fn template_variables(
@@ -418,10 +460,11 @@ mod tests {
     }
 
     #[test]
-    fn the_qwen3_reranker_recipe_has_every_slot() {
-        let layout = Layout::qwen3_reranker();
-        for slot in [Slot::Instruction, Slot::Query, Slot::Document] {
-            assert!(layout.parts.contains(&Part::Slot(slot)));
+    fn the_fixed_recipes_have_every_slot() {
+        for layout in [Layout::qwen3_reranker(), Layout::bge_gemma(Some("<bos>"))] {
+            for slot in [Slot::Instruction, Slot::Query, Slot::Document] {
+                assert!(layout.parts.contains(&Part::Slot(slot)));
+            }
         }
     }
 }
