@@ -83,6 +83,10 @@ document: {{ document }}
 
 """
 
+# Line breaks at the edges of a query and a passage: where FlagEmbedding's tokenizing each part
+# alone differs from tokenizing the joined prompt ("\n" + "\n" is not "\n\n").
+LINE_BREAK_PAIR = ("a question ending with a line break\n", "\n\na passage after two blank lines")
+
 GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"]
 
 
@@ -113,6 +117,7 @@ def corpus():
     texts = [q + " " + d for q, d in native.pairs()[:17]]  # not the long ones
     texts += [BGE_PROMPT, "Yes", "No", "Yes, it does.", "No, it does not.", "A: B: Yes"] * 20
     texts += native.LONG_SENTENCES * 3
+    texts += ["one line\n\nanother line\n\n"] * 20  # so that "\n\n" is one token
     return texts
 
 
@@ -209,6 +214,9 @@ def gemma_goldens(tok, pair_list, records):
         ids_out, raw_out, score_out = [], [], []
         for i, (q, d) in enumerate(pair_list):
             ids = bge_ids(tok, q, d, prompt, split_special=True)
+            if (q, d) == LINE_BREAK_PAIR:
+                joined = [tok.bos_token_id] + tok(f"A: {q}\nB: {d}\n{prompt}", add_special_tokens=False)["input_ids"]
+                assert joined != ids, "the parts tokenized alone should differ from the joined prompt"
             differ = ids != bge_ids(tok, q, d, prompt, split_special=False)
             records[i]["reference_ids_differ"] |= differ
             raw = float(native.direct_logits(lm, ids)[yes])
@@ -236,7 +244,7 @@ def main():
                 activation=torch.nn.Sigmoid(), prompts={}, default_prompt_name=None)
     native.build_native("native-qwen2", spec, base=QWEN2)
 
-    pair_list = native.pairs()
+    pair_list = native.pairs() + [LINE_BREAK_PAIR]
     records = [{"query": q, "document": d, "reference_ids_differ": False} for q, d in pair_list]
     qwen2_lm = Qwen2ForCausalLM.from_pretrained(str(QWEN2), dtype=torch.float32).eval()
     models = {
