@@ -22,6 +22,10 @@ Goldens:
 - `legacy.qwen2`: the zerank recipe's yes logit (transformers Qwen2ForCausalLM, float32, CPU) for
   goldens.json's prompts (the same tokenizer, so the same ids).
 - `native-qwen2`: as make_native_fixtures.py's native goldens (ST `predict`, plain and with a prompt).
+- `mxbai-rerank-recipe`: mxbai-rerank-v2's own prompt (`MxbaiRerankV2.prepare_inputs`,
+  mxbai_rerank/mxbai_rerank_v2.py: chat prefix, "query: {query}" after "instruction: {i}\n"
+  when given, "\n", "document: {document}", "\n", task prompt, chat suffix, each tokenized
+  alone) on the qwen2 weights; raw = logit("1") - logit("0"), as its `predict` returns.
 - `bge-gemma`: FlagEmbedding's decoder-only reranker (`BaseLLMReranker.compute_score_single_gpu`,
   FlagEmbedding/inference/reranker/decoder_only/base.py, and AbsReranker.get_detailed_inputs):
   query "A: {query}" and passage "B: {passage}" tokenized alone without special tokens,
@@ -86,6 +90,10 @@ document: {{ document }}
 # Line breaks at the edges of a query and a passage: where FlagEmbedding's tokenizing each part
 # alone differs from tokenizing the joined prompt ("\n" + "\n" is not "\n\n").
 LINE_BREAK_PAIR = ("a question ending with a line break\n", "\n\na passage after two blank lines")
+
+MXBAI_PREFIX = "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+MXBAI_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
+MXBAI_MAX_LENGTH = 8192
 
 GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"]
 
@@ -227,6 +235,50 @@ def gemma_goldens(tok, pair_list, records):
     return entry
 
 
+def mxbai_ids(tok, query, document, instruction, split_special):
+    """mxbai-rerank-v2's `prepare_inputs` for one pair (mxbai_rerank/mxbai_rerank_v2.py);
+    `split_special`: user text as plain text."""
+    def get_input_ids(x):
+        return tok(x, return_tensors=None, add_special_tokens=False)["input_ids"]
+    task, sep = get_input_ids(MXBAI_TASK), get_input_ids("\n")
+    prefix, suffix = get_input_ids(MXBAI_PREFIX), get_input_ids(MXBAI_SUFFIX)
+    predefined = len(prefix) + len(task) + len(suffix) + len(sep)
+    query_prompt = f"query: {query}"
+    if instruction:
+        query_prompt = "".join([f"instruction: {instruction}", "\n", query_prompt])
+    query_inputs = tok(query_prompt, return_tensors=None, add_special_tokens=False,
+                       max_length=MXBAI_MAX_LENGTH * 3 // 4, truncation=True,
+                       split_special_tokens=split_special)["input_ids"]
+    model_max_length = json.loads((QWEN2 / "config.json").read_text())["max_position_embeddings"]
+    doc_maxlen = min(model_max_length - len(query_inputs) - predefined, MXBAI_MAX_LENGTH)
+    document_inputs = tok(f"document: {document}", return_tensors=None, add_special_tokens=False,
+                          max_length=doc_maxlen, truncation=True,
+                          split_special_tokens=split_special)["input_ids"]
+    # prepare_for_model(query, sep + document, truncation="only_second", max_length=MXBAI_MAX_LENGTH)
+    second = (sep + document_inputs)[:max(0, MXBAI_MAX_LENGTH - len(query_inputs))]
+    return prefix + query_inputs + second + sep + task + suffix
+
+
+def mxbai_goldens(pair_list, records):
+    tok = AutoTokenizer.from_pretrained(str(QWEN2))
+    lm = Qwen2ForCausalLM.from_pretrained(str(QWEN2), dtype=torch.float32).eval()
+    yes, no = (tok("1", add_special_tokens=False)["input_ids"][0],
+               tok("0", add_special_tokens=False)["input_ids"][0])
+    entry = {"true_token_id": yes, "false_token_id": no, "max_length": MXBAI_MAX_LENGTH}
+    for variant, instruction in (("plain", None), ("instructed", native.INSTRUCTION)):
+        ids_out, raw_out, score_out = [], [], []
+        for i, (q, d) in enumerate(pair_list):
+            ids = mxbai_ids(tok, q, d, instruction, split_special=True)
+            records[i]["reference_ids_differ"] |= ids != mxbai_ids(tok, q, d, instruction, False)
+            logits = native.direct_logits(lm, ids)
+            raw = float(logits[yes] - logits[no])  # MxbaiRerankV2.predict without normalize
+            ids_out.append(ids)
+            raw_out.append(raw)
+            score_out.append(1 / (1 + math.exp(-raw)))
+        entry[variant] = {"input_ids": ids_out, "raw": raw_out, "score": score_out}
+    return entry
+
+
 def qwen2_legacy_goldens():
     goldens = json.loads((FIXTURES / "goldens.json").read_text())
     lm = Qwen2ForCausalLM.from_pretrained(str(QWEN2), dtype=torch.float32).eval()
@@ -250,6 +302,7 @@ def main():
     models = {
         "native-qwen2": native.native_goldens("native-qwen2", spec, pair_list, qwen2_lm, records),
         "bge-gemma": gemma_goldens(gemma_tok, pair_list, records),
+        "mxbai-rerank-recipe": mxbai_goldens(pair_list, records),
     }
     for r in records:
         r.pop("_truncated", None)

@@ -1,14 +1,15 @@
 //! The decoders beside Qwen3, each against its reference on its fixtures: Qwen2 (the zerank
 //! recipe on a legacy checkpoint against transformers; mxbai-rerank-v2's layout in Sentence
-//! Transformers' native format against `predict`) and Gemma (bge-reranker-v2-gemma's
-//! FlagEmbedding prompt against transformers). Then what the engine promises every
+//! Transformers' native format against `predict`; mxbai-rerank's own prompt against
+//! transformers) and Gemma (bge-reranker-v2-gemma's FlagEmbedding prompt against
+//! transformers). Then what the engine promises every
 //! architecture: batched equals alone, a shared prefix equals alone, bf16 stays near f32.
 
 mod common;
 
 use common::native::{NativeGoldens, check_against_goldens};
 use common::{fixture, goldens, load, options};
-use zerank_server::model::{DTypeSpec, Engine, LoadOptions, ModelError, TokenLimits};
+use zerank_server::model::{DTypeSpec, Engine, LoadOptions, ModelError, RecipeChoice, TokenLimits};
 
 /// The architectures' fixtures, with the class names `/info` reports.
 const FIXTURES: [(&str, &str); 3] = [
@@ -99,6 +100,27 @@ fn a_gemma_checkpoint_scores_as_flagembedding_with_transformers() {
     // BOS first, as FlagEmbedding puts it.
     assert!(golden.plain.input_ids.iter().all(|ids| ids[0] == 2));
     check_against_goldens(&engine, &goldens, golden, "bge-gemma", 1.0);
+}
+
+#[test]
+fn the_mxbai_rerank_recipe_matches_its_library_with_transformers() {
+    let goldens = arch_goldens();
+    let engine = Engine::load(&LoadOptions {
+        recipe: RecipeChoice::MxbaiRerank,
+        ..options(&fixture("qwen2"))
+    })
+    .unwrap();
+    let info = engine.info();
+    assert_eq!(info.recipe, "mxbai-rerank");
+    // Its prompt has an optional "instruction: " line and no default one.
+    assert!(info.accepts_instruction && info.default_instruction.is_none());
+    check_against_goldens(
+        &engine,
+        &goldens,
+        &goldens.models["mxbai-rerank-recipe"],
+        "mxbai-rerank-recipe",
+        1.0,
+    );
 }
 
 /// Prompts of one long query over several documents.

@@ -151,7 +151,7 @@ pub struct ModelInfo {
     pub architecture: &'static str,
     pub num_layers: usize,
     pub hidden_size: usize,
-    /// `zerank`, `sentence-transformers`, `qwen3-reranker` or `bge-gemma`.
+    /// `zerank`, `sentence-transformers`, `qwen3-reranker`, `bge-gemma` or `mxbai-rerank`.
     pub recipe: &'static str,
     /// The head token whose logit scores relevance ("Yes", "yes").
     pub true_token_id: u32,
@@ -395,6 +395,7 @@ fn head_tokens(recipe: &Recipe, encoder: &PromptEncoder) -> Result<Vec<u32>> {
     match recipe {
         Recipe::Zerank | Recipe::BgeGemma => by_text(&["Yes"]),
         Recipe::Qwen3Reranker => by_text(&["yes", "no"]),
+        Recipe::MxbaiRerank => by_text(&["1", "0"]),
         Recipe::SentenceTransformers(native) => Ok(std::iter::once(native.true_token_id)
             .chain(native.false_token_id)
             .collect()),

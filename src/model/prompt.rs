@@ -20,6 +20,8 @@ pub const QUERY_CHAR_LIMIT: usize = 2_000;
 pub const DOCUMENT_CHAR_LIMIT: usize = 10_000;
 /// The published Qwen3-Reranker recipe's prompt length.
 const QWEN3_RERANKER_MAX_LENGTH: usize = 8_192;
+/// mxbai-rerank's `max_length` (of query and document; the server counts the whole prompt).
+const MXBAI_RERANK_MAX_LENGTH: usize = 8_192;
 
 /// Which end of an over-long document is kept.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -126,6 +128,7 @@ impl PromptEncoder {
         let recipe_limit = match recipe {
             Recipe::SentenceTransformers(native) => native.max_seq_length,
             Recipe::Qwen3Reranker => Some(QWEN3_RERANKER_MAX_LENGTH),
+            Recipe::MxbaiRerank => Some(MXBAI_RERANK_MAX_LENGTH),
             Recipe::Zerank | Recipe::BgeGemma => None,
         };
         let max_length = max_length
@@ -136,6 +139,11 @@ impl PromptEncoder {
                 .map(|n| n as usize))
             .map_or(max_position, |n| n.min(max_position));
         let (plain, instructed, text_rule) = match recipe {
+            Recipe::MxbaiRerank => (
+                Layout::mxbai_rerank(false),
+                Some(Layout::mxbai_rerank(true)),
+                TextRule::Verbatim,
+            ),
             // Fixed prompts whose instruction has a default: one layout for both.
             Recipe::Qwen3Reranker | Recipe::BgeGemma => {
                 let layout = match recipe {

@@ -9,6 +9,8 @@
 //!   yes/no log-odds. Its files cannot be told from zerank-1's, so it is chosen explicitly.
 //! - bge-reranker-v2-gemma: FlagEmbedding's decoder-only reranker prompt and the raw "Yes"
 //!   logit; the recipe of a Gemma checkpoint without Sentence Transformers files.
+//! - mxbai-rerank-v2's own library prompt and logit("1") - logit("0"), chosen explicitly (its
+//!   Hub checkpoints carry Sentence Transformers' files, which `auto` prefers).
 
 use std::fmt;
 use std::path::Path;
@@ -41,6 +43,7 @@ pub enum RecipeChoice {
     SentenceTransformers,
     Qwen3Reranker,
     BgeGemma,
+    MxbaiRerank,
 }
 
 impl FromStr for RecipeChoice {
@@ -53,8 +56,9 @@ impl FromStr for RecipeChoice {
             "sentence-transformers" | "st" => Ok(RecipeChoice::SentenceTransformers),
             "qwen3-reranker" => Ok(RecipeChoice::Qwen3Reranker),
             "bge-gemma" => Ok(RecipeChoice::BgeGemma),
+            "mxbai-rerank" => Ok(RecipeChoice::MxbaiRerank),
             other => Err(format!(
-                "unknown recipe `{other}` (expected auto, zerank, sentence-transformers, qwen3-reranker or bge-gemma)"
+                "unknown recipe `{other}` (expected auto, zerank, sentence-transformers, qwen3-reranker, bge-gemma or mxbai-rerank)"
             )),
         }
     }
@@ -68,6 +72,7 @@ impl fmt::Display for RecipeChoice {
             RecipeChoice::SentenceTransformers => "sentence-transformers",
             RecipeChoice::Qwen3Reranker => "qwen3-reranker",
             RecipeChoice::BgeGemma => "bge-gemma",
+            RecipeChoice::MxbaiRerank => "mxbai-rerank",
         })
     }
 }
@@ -79,6 +84,7 @@ pub enum Recipe {
     SentenceTransformers(NativeConfig),
     Qwen3Reranker,
     BgeGemma,
+    MxbaiRerank,
 }
 
 /// What Sentence Transformers' files say about a causal-LM reranker.
@@ -131,6 +137,7 @@ impl Recipe {
             )),
             RecipeChoice::Qwen3Reranker => Ok(Recipe::Qwen3Reranker),
             RecipeChoice::BgeGemma => Ok(Recipe::BgeGemma),
+            RecipeChoice::MxbaiRerank => Ok(Recipe::MxbaiRerank),
         }
     }
 
@@ -140,6 +147,7 @@ impl Recipe {
             Recipe::SentenceTransformers(_) => "sentence-transformers",
             Recipe::Qwen3Reranker => "qwen3-reranker",
             Recipe::BgeGemma => "bge-gemma",
+            Recipe::MxbaiRerank => "mxbai-rerank",
         }
     }
 
@@ -150,21 +158,23 @@ impl Recipe {
             Recipe::SentenceTransformers(native) => native.default_prompt.as_deref(),
             Recipe::Qwen3Reranker => Some(QWEN3_RERANKER_DEFAULT_INSTRUCTION),
             Recipe::BgeGemma => Some(BGE_GEMMA_DEFAULT_INSTRUCTION),
+            Recipe::MxbaiRerank => None,
         }
     }
 
     /// `score_temperature` when the settings give none: 5 for a lone "Yes" logit, 1 for
-    /// yes/no log-odds (Qwen3-Reranker's P(yes)) and for bge-gemma (FlagEmbedding's
-    /// `normalize=True`: sigmoid of the raw logit).
+    /// yes/no log-odds (Qwen3-Reranker's P(yes), mxbai-rerank's "1" against "0") and for
+    /// bge-gemma (FlagEmbedding's `normalize=True`: sigmoid of the raw logit).
     pub fn calibration(&self, temperature: Option<f32>) -> Calibration {
         let (raw_divisor, default) = match self {
             Recipe::Zerank => (ZERANK_TEMPERATURE, ZERANK_TEMPERATURE),
             Recipe::SentenceTransformers(n) if n.false_token_id.is_none() => {
                 (1.0, ZERANK_TEMPERATURE)
             }
-            Recipe::SentenceTransformers(_) | Recipe::Qwen3Reranker | Recipe::BgeGemma => {
-                (1.0, 1.0)
-            }
+            Recipe::SentenceTransformers(_)
+            | Recipe::Qwen3Reranker
+            | Recipe::BgeGemma
+            | Recipe::MxbaiRerank => (1.0, 1.0),
         };
         Calibration {
             raw_divisor,

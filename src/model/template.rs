@@ -117,6 +117,43 @@ impl Layout {
     }
 }
 
+/// mxbai-rerank-v2's own prompt (mxbai_rerank/mxbai_rerank_v2.py): its chat prefix,
+/// `query: {query}` (after `instruction: {instruction}\n` when there is one), `\n`,
+/// `document: {document}`, `\n`, its task prompt and its chat suffix, each tokenized alone.
+const MXBAI_PREFIX: &str = "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n<|im_start|>user\n";
+const MXBAI_TASK: &str = "You are a search relevance expert who evaluates how well documents match search queries. For each query-document pair, carefully analyze the semantic relationship between them, then provide your binary relevance judgment (0 for not relevant, 1 for relevant).\nRelevance:";
+const MXBAI_SUFFIX: &str = "<|im_end|>\n<|im_start|>assistant\n";
+
+impl Layout {
+    pub fn mxbai_rerank(with_instruction: bool) -> Layout {
+        let text = |t: &str| Part::Text(t.to_owned());
+        let mut parts = vec![text(MXBAI_PREFIX), Part::Break];
+        if with_instruction {
+            parts.extend([
+                text("instruction: "),
+                Part::Slot(Slot::Instruction),
+                text("\n"),
+            ]);
+        }
+        parts.extend([
+            text("query: "),
+            Part::Slot(Slot::Query),
+            Part::Break,
+            text("\n"),
+            Part::Break,
+            text("document: "),
+            Part::Slot(Slot::Document),
+            Part::Break,
+            text("\n"),
+            Part::Break,
+            text(MXBAI_TASK),
+            Part::Break,
+            text(MXBAI_SUFFIX),
+        ]);
+        Layout { parts }
+    }
+}
+
 /// A chat template with the variables it is rendered with besides the messages.
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -461,7 +498,11 @@ mod tests {
 
     #[test]
     fn the_fixed_recipes_have_every_slot() {
-        for layout in [Layout::qwen3_reranker(), Layout::bge_gemma(Some("<bos>"))] {
+        for layout in [
+            Layout::qwen3_reranker(),
+            Layout::bge_gemma(Some("<bos>")),
+            Layout::mxbai_rerank(true),
+        ] {
             for slot in [Slot::Instruction, Slot::Query, Slot::Document] {
                 assert!(layout.parts.contains(&Part::Slot(slot)));
             }
