@@ -138,21 +138,9 @@ impl PromptEncoder {
                 .filter(|&n| n >= 1.0 && n < max_position as f64)
                 .map(|n| n as usize))
             .map_or(max_position, |n| n.min(max_position));
-        let (plain, instructed, text_rule) = match recipe {
-            Recipe::MxbaiRerank => (
-                Layout::mxbai_rerank(false),
-                Some(Layout::mxbai_rerank(true)),
-                TextRule::Verbatim,
-            ),
-            // Fixed prompts whose instruction has a default: one layout for both.
-            Recipe::Qwen3Reranker | Recipe::BgeGemma => {
-                let layout = match recipe {
-                    Recipe::BgeGemma => Layout::bge_gemma(config.prompt_bos()),
-                    _ => Layout::qwen3_reranker(),
-                };
-                (layout.clone(), Some(layout), TextRule::Verbatim)
-            }
-            Recipe::Zerank | Recipe::SentenceTransformers(_) => {
+        let (plain, instructed, text_rule) = match recipe.fixed_layouts(config.prompt_bos()) {
+            Some((plain, instructed)) => (plain, Some(instructed), TextRule::Verbatim),
+            None => {
                 let source = match files.chat_template {
                     Some(path) => std::fs::read_to_string(path).map_err(|err| {
                         ModelError::Template(format!("{}: {err}", path.display()))

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use super::config::Architecture;
 use super::error::{ModelError, Result};
 use super::files::CheckpointFiles;
-use super::template::{BGE_GEMMA_DEFAULT_INSTRUCTION, QWEN3_RERANKER_DEFAULT_INSTRUCTION};
+use super::template::{BGE_GEMMA_DEFAULT_INSTRUCTION, Layout, QWEN3_RERANKER_DEFAULT_INSTRUCTION};
 
 /// The `recipe` setting.
 #[derive(
@@ -159,6 +159,18 @@ impl Recipe {
             Recipe::Qwen3Reranker => Some(QWEN3_RERANKER_DEFAULT_INSTRUCTION),
             Recipe::BgeGemma => Some(BGE_GEMMA_DEFAULT_INSTRUCTION),
             Recipe::MxbaiRerank => None,
+        }
+    }
+
+    /// The prompts of a recipe with a fixed one (no chat template), without and with an
+    /// instruction; `bos`: the tokenizer's BOS, for a recipe that puts one first.
+    pub fn fixed_layouts(&self, bos: Option<&str>) -> Option<(Layout, Layout)> {
+        match self {
+            Recipe::Zerank | Recipe::SentenceTransformers(_) => None,
+            // The instruction has a default: one layout for both.
+            Recipe::Qwen3Reranker => Some((Layout::qwen3_reranker(), Layout::qwen3_reranker())),
+            Recipe::BgeGemma => Some((Layout::bge_gemma(bos), Layout::bge_gemma(bos))),
+            Recipe::MxbaiRerank => Some((Layout::mxbai_rerank(false), Layout::mxbai_rerank(true))),
         }
     }
 
