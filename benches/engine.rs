@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::json;
 use zerank_server::model::{
     BatchBudget, CpuFeatures, CpuLibrary, DTypeSpec, DeviceSpec, Engine, LinearGemm, LoadOptions,
-    PairText, Qwen3Config, TokenLimits, matmul_time,
+    ModelConfig, PairText, TokenLimits, matmul_time,
 };
 
 #[derive(Parser)]
@@ -184,7 +184,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Bytes of the weights at f32: what the resident set cannot go below on CPU.
-fn f32_weight_mib(config: &Qwen3Config) -> f64 {
+fn f32_weight_mib(config: &ModelConfig) -> f64 {
     let (hidden, inner) = (config.hidden_size, config.intermediate_size);
     let q = config.num_attention_heads * config.head_dim;
     let kv = config.num_key_value_heads * config.head_dim;
@@ -204,7 +204,7 @@ fn f32_weight_mib(config: &Qwen3Config) -> f64 {
 /// bf16, the BLAS that `cpu_blas = auto` finds under f32, else candle's gemm) over the
 /// model's linear shapes, `rows` tokens at a time (`x @ w^T` with inputs already in the
 /// matmul's dtype, as the forward gives them), on the same rayon threads as the forward.
-fn gemm_peak(config: &Qwen3Config, rows: usize, dtype: DType) -> anyhow::Result<f64> {
+fn gemm_peak(config: &ModelConfig, rows: usize, dtype: DType) -> anyhow::Result<f64> {
     let (hidden, inner) = (config.hidden_size, config.intermediate_size);
     let q = config.num_attention_heads * config.head_dim;
     let kv = config.num_key_value_heads * config.head_dim;
@@ -248,7 +248,7 @@ fn gemm_peak(config: &Qwen3Config, rows: usize, dtype: DType) -> anyhow::Result<
 
 /// Matmul FLOPs of scoring every pair alone (no sharing): the linear layers at every token,
 /// causal attention (q·k and p·v over the visible keys), and the one head row at the last.
-fn forward_flops(config: &Qwen3Config, pairs: &[PairText], engine: &Engine) -> anyhow::Result<f64> {
+fn forward_flops(config: &ModelConfig, pairs: &[PairText], engine: &Engine) -> anyhow::Result<f64> {
     let (hidden, inner, layers) = (
         config.hidden_size as f64,
         config.intermediate_size as f64,

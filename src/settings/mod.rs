@@ -72,8 +72,9 @@ pub struct Settings {
     #[serde(deserialize_with = "one_or_many")]
     pub revision: Vec<String>,
     /// Scoring recipe: auto (Sentence Transformers' native layout when the checkpoint has it,
-    /// else zerank), zerank, sentence-transformers, qwen3-reranker (the original
-    /// Qwen3-Reranker prompt); one for every model, or one per model [default: auto].
+    /// else bge-gemma for a Gemma, else zerank), zerank, sentence-transformers, qwen3-reranker
+    /// (the original Qwen3-Reranker prompt), bge-gemma (FlagEmbedding's prompt), mxbai-rerank
+    /// (mxbai-rerank-v2's library prompt); one for every model, or one per model [default: auto].
     #[arg(long, env = "ZERANK_RECIPE", value_delimiter = ',')]
     #[serde(deserialize_with = "one_or_many")]
     pub recipe: Vec<crate::model::RecipeChoice>,
@@ -169,6 +170,14 @@ pub struct Settings {
     /// Memory for each model's score cache, in bytes (about 92 per score); 0 turns it off.
     #[arg(long, env = "ZERANK_SCORE_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub score_cache_bytes: usize,
+    /// Memory the tokenizers of all requests together may take, in bytes (estimated per
+    /// request from its longest text); requests over it wait their turn.
+    #[arg(
+        long,
+        env = "ZERANK_TOKENIZING_MEMORY_BYTES",
+        default_value_t = 1024 * 1024 * 1024
+    )]
+    pub tokenizing_memory_bytes: usize,
     /// Largest request body in bytes; larger gets 413.
     #[arg(long, env = "ZERANK_PAYLOAD_LIMIT_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub payload_limit_bytes: usize,
@@ -413,6 +422,11 @@ impl Settings {
                 1 << 20,
             ),
             ("payload_limit_bytes", self.payload_limit_bytes, 1 << 32),
+            (
+                "tokenizing_memory_bytes",
+                self.tokenizing_memory_bytes,
+                1 << 40,
+            ),
             ("max_connections", self.max_connections, 1 << 20),
             ("max_header_bytes", self.max_header_bytes, 1 << 20),
             (
@@ -427,6 +441,12 @@ impl Settings {
                 "{name} must be between 1 and {most}; got {value}"
             );
         }
+        // Checked against each model's window once it is loaded, too.
+        anyhow::ensure!(
+            self.chunk_overlap_tokens <= MAX_CHUNK_OVERLAP_TOKENS,
+            "chunk_overlap_tokens must be at most {MAX_CHUNK_OVERLAP_TOKENS}, and under half of a chunk window; got {}",
+            self.chunk_overlap_tokens
+        );
         for (name, value) in [
             ("max_tokens_per_doc", self.max_tokens_per_doc),
             ("max_length", self.max_length),
@@ -529,6 +549,9 @@ fn environment_variable(key: &str) -> String {
 
 /// The largest batch budget in tokens: far past what any device runs in one pass.
 const MAX_BATCH_TOKENS: u64 = 1 << 24;
+
+/// Past any model's window: a larger chunk overlap is a typo.
+const MAX_CHUNK_OVERLAP_TOKENS: usize = 1 << 20;
 
 /// A day: a longer duration setting is a typo.
 const MAX_DURATION_SECS: f64 = 86_400.0;
