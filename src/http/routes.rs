@@ -39,6 +39,9 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
                     ApiError::PayloadTooLarge { limit }
                 } else if caused_by_timeout(&rejection) {
                     ApiError::BodyTimeout(body_timeout)
+                } else if client_went_away(&rejection) {
+                    state.metrics.client_disconnects.inc();
+                    ApiError::ClientDisconnected
                 } else {
                     ApiError::InvalidJson(rejection.body_text())
                 }
@@ -95,9 +98,45 @@ fn caused_by_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// `x-queue-time`, `x-inference-time`, `x-total-time`, in milliseconds.
-fn timing_headers(scoring: &Scoring) -> HeaderMap {
+/// Whether reading the body failed because the client closed its connection (HTTP/1) or
+/// reset its stream (HTTP/2) before sending all of it.
+fn client_went_away(error: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind;
+    let connection_lost = |err: &std::io::Error| {
+        matches!(
+            err.kind(),
+            ErrorKind::UnexpectedEof
+                | ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::BrokenPipe
+        )
+    };
+    let mut source = Some(error);
+    while let Some(err) = source {
+        let gone = if let Some(err) = err.downcast_ref::<hyper::Error>() {
+            err.is_incomplete_message() || err.is_canceled() || err.is_closed()
+        } else if let Some(err) = err.downcast_ref::<std::io::Error>() {
+            connection_lost(err)
+        } else if let Some(err) = err.downcast_ref::<h2::Error>() {
+            // h2's errors have no `source()`: their io error is asked for.
+            ((err.is_reset() || err.is_go_away()) && err.is_remote())
+                || err.get_io().is_some_and(connection_lost)
+        } else {
+            false
+        };
+        if gone {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// `x-model`, the served model that scored (what every shape can carry, the TEI array and
+/// Cohere v2 included); `x-queue-time`, `x-inference-time`, `x-total-time`, in milliseconds.
+fn scoring_headers(scoring: &Scoring) -> HeaderMap {
     let mut headers = HeaderMap::new();
+    headers.insert("x-model", header_text(&scoring.model));
     for (name, time) in [
         ("x-queue-time", scoring.queue_time),
         ("x-inference-time", scoring.inference_time),
@@ -110,6 +149,21 @@ fn timing_headers(scoring: &Scoring) -> HeaderMap {
         );
     }
     headers
+}
+
+/// `text` as a header value: bytes a header cannot hold (a model directory's non-ASCII
+/// name) percent-encoded.
+fn header_text(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| {
+        let encoded: String = text
+            .bytes()
+            .map(|b| match b {
+                b' '..=b'~' if b != b'%' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        HeaderValue::from_str(&encoded).expect("printable ASCII is a valid header")
+    })
 }
 
 /// Which rerank API a route speaks.
@@ -145,7 +199,7 @@ pub async fn rerank_v1(
 }
 
 #[utoipa::path(post, path = "/v2/rerank",
-    summary = "Cohere v2 rerank (no `model` or `usage` in the answer).",
+    summary = "Cohere v2 rerank (no `model` or `usage` in the answer; `x-model` names the model).",
     request_body = RerankRequest,
     responses((status = 200, description = "Ranked results, best first.", body = RerankResponse)))]
 pub async fn rerank_v2(
@@ -195,7 +249,7 @@ async fn rerank_as(
         })
         .await?;
     let _respond = tracing::info_span!("respond").entered();
-    let headers = timing_headers(&scoring);
+    let headers = scoring_headers(&scoring);
     let ranked = scoring.ranked(req.top_n.filter(|&n| n > 0));
     let text = |index: usize| scoring.pairs.get(index).1.to_owned();
 
@@ -239,6 +293,7 @@ async fn rerank_as(
             inference_latency: scoring.inference_time.as_secs_f64(),
             total_bytes: scoring.pairs.bytes(),
             total_tokens: scoring.total_tokens,
+            model: scoring.model,
         };
         return Ok((headers, Json(body)).into_response());
     }
@@ -285,7 +340,7 @@ pub async fn score(
         })
         .await?;
     let _respond = tracing::info_span!("respond").entered();
-    let headers = timing_headers(&scoring);
+    let headers = scoring_headers(&scoring);
     let body = ScoreResponse {
         id: format!("score-{}", uuid::Uuid::new_v4().simple()),
         object: "list",
