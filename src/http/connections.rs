@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -27,7 +28,8 @@ pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
     /// hyper's own buffer for a request head; the router answers 431 well below it.
     pub max_head_bytes: usize,
-    /// A write to the client that makes no progress for this long closes the connection.
+    /// A write to the client that makes no progress for this long closes the connection; so
+    /// does owing the client data through a whole such time while writing almost nothing.
     pub response_write_timeout: Duration,
     /// After the shutdown signal, connections still open this long are closed.
     pub drain_deadline: Duration,
@@ -40,9 +42,9 @@ pub struct Listener {
     pub max_connections: usize,
 }
 
-/// How long an HTTP/2 connection closed for idleness has to take its GOAWAY before it is
-/// dropped (a client that never finished its handshake never does).
-const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Bytes a connection that owes an answer must write within each response write timeout:
+/// more than HTTP/2 keep-alive pings and window updates ever take, less than any answer.
+const MIN_WRITE_PROGRESS: u64 = 1024;
 
 /// Serves every listener until `shutdown` completes, then stops accepting, lets open
 /// connections finish for up to the drain deadline, and returns.
@@ -158,20 +160,26 @@ impl Serving {
         };
         let (streams, open_streams) = watch::channel(0usize);
         let streams = Arc::new(streams);
-        let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
-            let stream = OpenStream::new(streams.clone());
-            let response = app.clone().oneshot(request.map(axum::body::Body::new));
-            async move {
-                let response = response.await?;
-                Ok::<_, std::convert::Infallible>(response.map(|body| {
-                    axum::body::Body::new(Tracked {
-                        body,
-                        _stream: stream,
-                    })
-                }))
-            }
-        });
-        let io = WriteDeadline::new(stream, self.limits.response_write_timeout);
+        let progress = Arc::new(Progress::default());
+        let service = {
+            let progress = progress.clone();
+            hyper::service::service_fn(move |request: hyper::Request<_>| {
+                let stream = OpenStream::new(streams.clone());
+                let progress = progress.clone();
+                let response = app.clone().oneshot(request.map(axum::body::Body::new));
+                async move {
+                    let response = response.await?;
+                    Ok::<_, std::convert::Infallible>(response.map(|body| {
+                        axum::body::Body::new(Tracked {
+                            body,
+                            _stream: stream,
+                            progress,
+                        })
+                    }))
+                }
+            })
+        };
+        let io = WriteDeadline::new(stream, self.limits.response_write_timeout, progress.clone());
         let connection = self
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), service);
@@ -184,21 +192,28 @@ impl Serving {
             }
         };
         tokio::pin!(idle);
-        let mut closing: Option<Pin<Box<tokio::time::Sleep>>> = None;
-        let mut stop_seen = false;
+        let (mut closing, mut stop_seen) = (false, false);
         let ended = loop {
+            let stall = Stall {
+                progress: &progress,
+                limit: self.limits.response_write_timeout,
+                closing,
+            };
             tokio::select! {
                 ended = connection.as_mut() => break ended,
-                _ = &mut idle, if closing.is_none() => {
+                _ = &mut idle, if !closing => {
                     count_error("header_timeout");
                     connection.as_mut().graceful_shutdown();
-                    closing = Some(Box::pin(tokio::time::sleep(IDLE_CLOSE_GRACE)));
+                    closing = true;
                 }
                 _ = stopped(&mut self.stopping), if !stop_seen => {
                     stop_seen = true;
                     connection.as_mut().graceful_shutdown();
                 }
-                _ = async { closing.as_mut().expect("armed").await }, if closing.is_some() => {
+                // What the socket's own deadline cannot see: an HTTP/2 client that reads,
+                // answers pings, but never opens its flow-control window, or ignores GOAWAY.
+                _ = stall.wait() => {
+                    count_error("write_timeout");
                     return;
                 }
             }
@@ -275,10 +290,44 @@ impl Drop for OpenStream {
     }
 }
 
-/// A response body that keeps its stream counted as open until it is sent or dropped.
+/// What a connection's answers hand to hyper, and what reaches the socket. hyper (HTTP/2
+/// above all) buffers an answer after taking it from its body, so the difference is what
+/// the client still owes reading; framing only adds to what is written.
+#[derive(Default)]
+struct Progress {
+    handed: AtomicU64,
+    written: AtomicU64,
+}
+
+/// A connection that owes data (answers not yet written, or a GOAWAY sent) through a whole
+/// write timeout and writes under [`MIN_WRITE_PROGRESS`] bytes in it.
+struct Stall<'a> {
+    progress: &'a Progress,
+    limit: Duration,
+    closing: bool,
+}
+
+impl Stall<'_> {
+    /// Returns once the connection has stalled.
+    async fn wait(self) {
+        let written = || self.progress.written.load(Ordering::Relaxed);
+        let owes = || self.closing || self.progress.handed.load(Ordering::Relaxed) > written();
+        loop {
+            let (owed, before) = (owes(), written());
+            tokio::time::sleep(self.limit).await;
+            if owed && owes() && written() - before < MIN_WRITE_PROGRESS {
+                return;
+            }
+        }
+    }
+}
+
+/// A response body that keeps its stream counted as open until it is sent or dropped, and
+/// counts the bytes it hands over.
 struct Tracked {
     body: axum::body::Body,
     _stream: OpenStream,
+    progress: Arc<Progress>,
 }
 
 impl http_body::Body for Tracked {
@@ -289,7 +338,14 @@ impl http_body::Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &frame
+            && let Some(data) = frame.data_ref()
+        {
+            let handed = data.len() as u64;
+            self.progress.handed.fetch_add(handed, Ordering::Relaxed);
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -314,14 +370,24 @@ struct WriteDeadline {
     io: TcpStream,
     limit: Duration,
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Bytes written so far, for [`Stall`].
+    progress: Arc<Progress>,
 }
 
 impl WriteDeadline {
-    fn new(io: TcpStream, limit: Duration) -> Self {
+    fn new(io: TcpStream, limit: Duration, progress: Arc<Progress>) -> Self {
         WriteDeadline {
             io,
             limit,
             stalled: None,
+            progress,
+        }
+    }
+
+    fn count(&self, written: &Poll<std::io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = written {
+            let n = *n as u64;
+            self.progress.written.fetch_add(n, Ordering::Relaxed);
         }
     }
 
@@ -367,6 +433,7 @@ impl AsyncWrite for WriteDeadline {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let written = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.count(&written);
         self.deadline(cx, written)
     }
 
@@ -376,6 +443,7 @@ impl AsyncWrite for WriteDeadline {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let written = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.count(&written);
         self.deadline(cx, written)
     }
 
