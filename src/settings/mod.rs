@@ -177,14 +177,15 @@ pub struct Settings {
     #[arg(long, env = "ZERANK_MAX_CONNECTIONS", default_value_t = 1_024)]
     pub max_connections: usize,
     /// Seconds a connection has to send a request's headers, once open or idle after a
-    /// response (the keep-alive limit too).
+    /// response (the keep-alive limit too; HTTP/2: with no open stream, and the ping interval).
     #[arg(long, env = "ZERANK_HEADER_READ_TIMEOUT_SECS", default_value_t = 10.0)]
     pub header_read_timeout_secs: f64,
     /// Seconds a request's body has to arrive once its headers have; later: 408.
     #[arg(long, env = "ZERANK_BODY_READ_TIMEOUT_SECS", default_value_t = 30.0)]
     pub body_read_timeout_secs: f64,
     /// Seconds a response may wait for a client that stops reading: a write that makes no
-    /// progress this long closes the connection and frees its buffers.
+    /// progress this long (or an HTTP/2 client taking under 1 KiB of its answers in this time)
+    /// closes the connection and frees its buffers.
     #[arg(
         long,
         env = "ZERANK_RESPONSE_WRITE_TIMEOUT_SECS",
