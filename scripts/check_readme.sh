@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every `curl ... localhost:8080 ...` line of README.md against the server on the
-# fixtures: each must answer 2xx, with the keys and token counts README shows.
+# fixtures: each must answer 2xx, with the keys and token counts README shows. Then runs
+# README's marked blocks (the Quick start's fixture server and offline run, the offline
+# scoring sequence) as written, with this binary on PATH as `zerank-server`.
 # Usage: scripts/check_readme.sh [path/to/zerank-server]
 set -euo pipefail
 cd "$(dirname "$0")/.."

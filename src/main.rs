@@ -14,7 +14,8 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> anyhow::Result<()> {
     zerank_server::keep_freed_memory();
-    match Invocation::resolve(&zerank_server::settings::parse_args())? {
+    let arguments = zerank_server::settings::parse_args();
+    match Invocation::resolve(&arguments)? {
         Invocation::Openapi => {
             print!("{}", zerank_server::http::openapi::generate());
             Ok(())
@@ -34,6 +35,14 @@ fn run() -> anyhow::Result<()> {
                 });
             let telemetry = telemetry::init(settings.log_format, export)?;
             tracing::info!(settings = ?settings.redacted(), "starting zerank-server {}", env!("CARGO_PKG_VERSION"));
+            let file = settings.config.as_deref();
+            tracing::info!(
+                "settings file: {}",
+                file.map_or("none".into(), |path| path.display().to_string())
+            );
+            for (setting, value, source) in settings.non_defaults(&arguments) {
+                tracing::info!(%value, %source, "setting {setting}");
+            }
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;

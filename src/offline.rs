@@ -8,19 +8,24 @@
 //! - `--resume` keeps the complete chunks already in `--output` and scores the rest. Batches
 //!   are planned within chunks from the start of the input, so a resumed run forms the same
 //!   batches as an uninterrupted one and writes the same bytes.
+//! - The settings that decide the scores are kept beside the output, in
+//!   `<output>.settings.json`, so that the output stays one score per line for its readers; a
+//!   resumed run with other settings, or on an input with fewer pairs than the output has
+//!   scores, is refused before anything is cut or appended.
 //! - On a terminal, stderr shows the pairs done, the rate and the time left.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufRead, BufReader, IsTerminal, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
-use serde_json::Value;
+use serde_json::{Map, Value, json};
 
 use crate::http::types::json_kind;
-use crate::model::{BatchBudget, Engine, ModelError, Score, TokenLimits};
+use crate::model::{BatchBudget, Engine, LoadOptions, ModelError, Score, TokenLimits};
 use crate::settings::{ScoreFiles, Settings};
 
 /// Full batches of pairs per chunk: the last batch of a chunk may be short, and with four
@@ -42,19 +47,22 @@ pub fn score_file(files: &ScoreFiles, settings: &Settings) -> anyhow::Result<()>
     } else {
         Box::new(BufReader::new(open(&files.input)?))
     });
+    let model = settings.models()?.swap_remove(0);
+    let record = scoring_record(files, settings, &model.load);
     let (output, done) = match &files.output {
-        Some(path) if files.resume => resume(path, &mut input, chunk)?,
-        Some(path) => (
-            Box::new(
-                File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
-            ) as Box<dyn Write>,
-            0,
-        ),
+        Some(path) if files.resume => resume(path, &mut input, chunk, &record)?,
+        Some(path) => {
+            // Emptied before the record is replaced: a run killed in between leaves no
+            // scores that the new record would misdescribe.
+            let file =
+                File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+            write_record(path, &record)?;
+            (Box::new(file) as Box<dyn Write>, 0)
+        }
         None => (Box::new(std::io::stdout().lock()) as Box<dyn Write>, 0),
     };
     let output = &mut std::io::BufWriter::new(output);
 
-    let model = settings.models()?.swap_remove(0);
     let engine = Engine::load(&model.load)?;
     let limits = TokenLimits {
         max_document_tokens: settings.max_tokens_per_doc,
@@ -135,6 +143,8 @@ struct PairLines<R> {
     line: Vec<u8>,
     /// Its number, from 1, blank lines counted.
     number: usize,
+    /// Lines read ahead by `look_ahead`, with their numbers, to be returned again.
+    read_ahead: VecDeque<(usize, Vec<u8>)>,
 }
 
 impl<R: BufRead> PairLines<R> {
@@ -143,11 +153,31 @@ impl<R: BufRead> PairLines<R> {
             reader,
             line: Vec::new(),
             number: 0,
+            read_ahead: VecDeque::new(),
         }
     }
 
-    /// Reads the next non-blank line; false at the end of the input.
+    /// Moves to the next non-blank line; false at the end of the input.
     fn advance(&mut self) -> anyhow::Result<bool> {
+        if let Some((number, line)) = self.read_ahead.pop_front() {
+            (self.number, self.line) = (number, line);
+            return Ok(true);
+        }
+        self.read_line()
+    }
+
+    /// Reads up to `count` more non-blank lines, which `advance` then returns in order; how
+    /// many there were. For a stream, such as stdin, that cannot be read twice.
+    fn look_ahead(&mut self, count: usize) -> anyhow::Result<usize> {
+        while self.read_ahead.len() < count && self.read_line()? {
+            self.read_ahead
+                .push_back((self.number, std::mem::take(&mut self.line)));
+        }
+        Ok(self.read_ahead.len().min(count))
+    }
+
+    /// Reads the next non-blank line from the reader.
+    fn read_line(&mut self) -> anyhow::Result<bool> {
         loop {
             self.line.clear();
             let read = self
@@ -225,11 +255,14 @@ fn parse_pair(number: usize, line: &[u8]) -> anyhow::Result<PairLine> {
 
 /// The output of an interrupted run, opened to append to, and the scores it keeps: those of
 /// its complete chunks, whose pairs are skipped in `input`. What follows them (a chunk cut
-/// short, a partial line) is cut away, to be scored again in the same batches.
+/// short, a partial line) is cut away, to be scored again in the same batches. Refused,
+/// untouched, when it holds scores of other settings than `record`, or more scores than the
+/// input has pairs.
 fn resume<R: BufRead>(
     path: &Path,
     input: &mut PairLines<R>,
     chunk: usize,
+    record: &Map<String, Value>,
 ) -> anyhow::Result<(Box<dyn Write>, usize)> {
     let mut file = std::fs::OpenOptions::new()
         .read(true)
@@ -238,6 +271,10 @@ fn resume<R: BufRead>(
         .truncate(false)
         .open(path)
         .with_context(|| format!("cannot open {}", path.display()))?;
+    // An empty output keeps nothing, whatever wrote it.
+    if file.metadata()?.len() > 0 {
+        check_record(path, record)?;
+    }
     let (mut lines, mut offset) = (0, 0u64);
     let (mut kept, mut kept_bytes) = (0, 0u64);
     let mut reader = BufReader::new(&file);
@@ -265,18 +302,115 @@ fn resume<R: BufRead>(
             (kept, kept_bytes) = (lines, offset);
         }
     }
-    for skipped in 0..kept {
-        if !input.advance()? {
-            bail!(
-                "--resume: {} holds {lines} scores, but the input only {skipped} pairs: it is not this input's output",
-                path.display()
-            );
-        }
+    let mut pairs = 0;
+    while pairs < kept && input.advance()? {
+        pairs += 1;
+    }
+    // The scores past the kept chunks are scored again; their pairs are read ahead only to
+    // be sure there are as many.
+    pairs += input.look_ahead(lines - pairs)?;
+    if pairs < lines {
+        bail!(
+            "--resume: {} holds {lines} scores, but the input only {pairs} pairs: it is not this input's output",
+            path.display()
+        );
     }
     file.set_len(kept_bytes)
         .with_context(|| format!("cannot truncate {}", path.display()))?;
     file.seek(SeekFrom::End(0))?;
+    write_record(path, record)?;
     Ok((Box::new(file), kept))
+}
+
+/// What decides the scores of a run, keyed by the flag that sets each: the model and how it
+/// scores, the truncation, `--raw`, and the batches (which a resumed run must form again
+/// to write the same bytes).
+fn scoring_record(
+    files: &ScoreFiles,
+    settings: &Settings,
+    model: &LoadOptions,
+) -> Map<String, Value> {
+    let budget = batch_budget(files, settings);
+    let record = json!({
+        "--model": model.model,
+        "--revision": model.revision,
+        "--recipe": model.recipe.to_string(),
+        "--instruction": model.instruction,
+        "--score-temperature": model.score_temperature,
+        "--dtype": model.dtype.to_string(),
+        "--device": model.device.to_string(),
+        "--max-length": model.max_length,
+        "--max-tokens-per-doc": settings.max_tokens_per_doc,
+        "--prefix-sharing": model.share_prefixes,
+        "--cpu-blas": model.cpu_blas.to_string(),
+        "--cpu-onednn": model.cpu_onednn.to_string(),
+        "--batch-tokens": budget.max_tokens,
+        "--max-batch-pairs": budget.max_sequences,
+        "--raw": files.raw,
+    });
+    let Value::Object(record) = record else {
+        unreachable!("a JSON object literal")
+    };
+    record
+}
+
+/// Where the record of `output`'s settings is kept.
+fn record_path(output: &Path) -> PathBuf {
+    let mut path = output.as_os_str().to_owned();
+    path.push(".settings.json");
+    path.into()
+}
+
+/// Replaces the record of `output`'s settings whole: written aside, then renamed over, so
+/// that an interrupted run leaves the old record or the new one.
+fn write_record(output: &Path, record: &Map<String, Value>) -> anyhow::Result<()> {
+    let path = record_path(output);
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(".partial");
+    let text = serde_json::to_string_pretty(record)? + "\n";
+    std::fs::write(&aside, text).with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::rename(&aside, &path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Refuses to add to `output` when its record says other settings wrote it, naming each.
+fn check_record(output: &Path, record: &Map<String, Value>) -> anyhow::Result<()> {
+    let path = record_path(output);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => bail!(
+            "--resume: {} holds scores, but there is no {} to say which settings wrote them; score it again without --resume",
+            output.display(),
+            path.display()
+        ),
+        Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let written: Map<String, Value> = serde_json::from_str(&text)
+        .with_context(|| format!("--resume: {} is not a settings record", path.display()))?;
+    let shown = |value: Option<&Value>| match value {
+        None | Some(Value::Null) => "not set".to_owned(),
+        Some(value) => value.to_string(),
+    };
+    let differences: Vec<String> = record
+        .keys()
+        .chain(written.keys().filter(|key| !record.contains_key(*key)))
+        .filter(|key| written.get(*key) != record.get(*key))
+        .map(|key| {
+            format!(
+                "{key} was {} there and is {} now",
+                shown(written.get(key)),
+                shown(record.get(key))
+            )
+        })
+        .collect();
+    if !differences.is_empty() {
+        bail!(
+            "--resume: {} was written with other settings ({}): {}. Resume with its settings, or score again without --resume",
+            output.display(),
+            path.display(),
+            differences.join("; ")
+        );
+    }
+    Ok(())
 }
 
 /// Pairs done, their rate and the time left (`remaining` pairs, when known), redrawn while

@@ -146,11 +146,14 @@ fn a_resumed_run_writes_what_an_uninterrupted_one_does() {
         ("everything", Some(whole.len())),
         ("no output file", None),
     ];
+    let record = std::fs::read(work.path().join("whole.txt.settings.json")).unwrap();
     for (case, cut) in cuts {
         let output = work.path().join("resumed.txt");
         let _ = std::fs::remove_file(&output);
         if let Some(cut) = cut {
+            // What the interrupted run left: its scores so far, and its settings' record.
             std::fs::write(&output, &whole[..cut]).unwrap();
+            std::fs::write(work.path().join("resumed.txt.settings.json"), &record).unwrap();
         }
         let args = [
             &batching[..],
@@ -174,18 +177,117 @@ fn resume_needs_an_output_file_of_scores_of_this_input() {
     );
 
     let output = work.path().join("scores.txt");
+    // A run of these settings, for the record beside its output.
+    succeeded(&score(
+        "tiny",
+        &input,
+        &["--output", output.to_str().unwrap()],
+    ));
     std::fs::write(&output, "0.5\n{\"query\": \"q\"}\n").unwrap();
     let args = ["--output", output.to_str().unwrap(), "--resume"];
     let stderr = failed(&score("tiny", &input, &args));
     assert!(stderr.contains("line 2 of"), "{stderr}");
-    // 300 scores, more than the input's 3 pairs: not its output.
-    std::fs::write(&output, "0.5\n".repeat(300)).unwrap();
-    let stderr = failed(&score("tiny", &input, &args));
-    assert!(stderr.contains("only 3 pairs"), "{stderr}");
-    assert_eq!(
-        std::fs::read(&output).unwrap(),
-        "0.5\n".repeat(300).as_bytes()
+    // More scores than the input's 3 pairs, past a chunk (256 pairs) or within the first:
+    // not its output, and left as it is.
+    for lines in [300, 4] {
+        std::fs::write(&output, "0.5\n".repeat(lines)).unwrap();
+        let stderr = failed(&score("tiny", &input, &args));
+        assert!(
+            stderr.contains(&format!("holds {lines} scores, but the input only 3 pairs")),
+            "{stderr}"
+        );
+        assert_eq!(
+            std::fs::read(&output).unwrap(),
+            "0.5\n".repeat(lines).as_bytes()
+        );
+    }
+    // Read from stdin, the pairs read ahead to count them are still scored.
+    std::fs::write(&output, "0.5\n".repeat(2)).unwrap();
+    let mut resumed = Command::new(env!("CARGO_BIN_EXE_zerank-server"))
+        .args(["score", "--model", fixture("tiny").to_str().unwrap()])
+        .args(["--device", "cpu", "--input", "-"])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    let text = std::fs::read(&input).unwrap();
+    resumed.stdin.take().unwrap().write_all(&text).unwrap();
+    succeeded(&resumed.wait_with_output().unwrap());
+    let whole = succeeded(&score("tiny", &input, &[]));
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), whole);
+}
+
+/// A resumed run with other scoring settings than the output's is refused, naming each
+/// difference, and leaves the output as it was; with the same settings it goes on.
+#[test]
+fn resume_refuses_an_output_of_other_settings() {
+    let work = tempfile::tempdir().unwrap();
+    let input = work.path().join("pairs.jsonl");
+    std::fs::write(&input, varied_pairs(12)).unwrap();
+    let output = work.path().join("scores.txt");
+    let out = output.to_str().unwrap();
+    let raw = ["--output", out, "--raw", "--max-batch-pairs", "2"];
+    let whole = succeeded(&score("tiny", &input, &raw));
+    assert!(whole.is_empty());
+    let whole = std::fs::read_to_string(&output).unwrap();
+    let interrupted: String = whole.lines().take(9).map(|l| format!("{l}\n")).collect();
+    let refusals: [(&str, &[&str], &str); 4] = [
+        (
+            "tiny",
+            &["--max-batch-pairs", "2"],
+            "--raw was true there and is false now",
+        ),
+        (
+            "sharded",
+            &["--raw", "--max-batch-pairs", "2"],
+            "--model was",
+        ),
+        (
+            "tiny",
+            &["--raw"],
+            "--max-batch-pairs was 2 there and is 64 now",
+        ),
+        (
+            "tiny",
+            &[
+                "--raw",
+                "--max-batch-pairs",
+                "2",
+                "--max-tokens-per-doc",
+                "5",
+            ],
+            "--max-tokens-per-doc was not set there and is 5 now",
+        ),
+    ];
+    for (model, flags, named) in refusals {
+        std::fs::write(&output, &interrupted).unwrap();
+        let args = [&["--output", out, "--resume"][..], flags].concat();
+        let stderr = failed(&score(model, &input, &args));
+        assert!(
+            stderr.contains(named) && stderr.contains("scores.txt.settings.json"),
+            "{flags:?}: {stderr}"
+        );
+        assert_eq!(std::fs::read_to_string(&output).unwrap(), interrupted);
+    }
+    let resume = [&raw[..], &["--resume"]].concat();
+    succeeded(&score("tiny", &input, &resume));
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), whole);
+
+    // Scores with no record of their settings cannot be vouched for.
+    std::fs::remove_file(work.path().join("scores.txt.settings.json")).unwrap();
+    std::fs::write(&output, &interrupted).unwrap();
+    let stderr = failed(&score("tiny", &input, &resume));
+    assert!(
+        stderr.contains("there is no") && stderr.contains("settings.json"),
+        "{stderr}"
     );
+    // An empty output holds nothing to mix with: it is started whatever its record says.
+    std::fs::write(&output, "").unwrap();
+    succeeded(&score("tiny", &input, &resume));
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), whole);
 }
 
 /// Each bad line is named once, with its number (blank lines counted) and its field.

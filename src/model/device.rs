@@ -128,14 +128,25 @@ impl fmt::Display for DTypeSpec {
 }
 
 impl DTypeSpec {
-    pub(super) fn resolve(self, device: &Device) -> DType {
-        match self {
+    /// The dtype on `device`. f16 is refused on the CPU: there it would run the whole forward
+    /// in f16 (norms and softmax included) through candle's generic kernels, where bf16 gives
+    /// the same memory, f32's range and a native GEMM on CPUs with bf16 instructions.
+    pub(super) fn resolve(self, device: &Device) -> Result<DType> {
+        Ok(match self {
             DTypeSpec::Auto if device.is_cpu() => DType::F32,
             DTypeSpec::Auto => DType::BF16,
             DTypeSpec::F32 => DType::F32,
             DTypeSpec::Bf16 => DType::BF16,
+            DTypeSpec::F16 if device.is_cpu() => {
+                return Err(ModelError::UnsupportedConfig(
+                    "--dtype f16 is for GPUs; on the CPU use bf16 (half of f32's memory, as f16, \
+                     with f32's range; multiplied natively where the CPU has AVX512-BF16 or AMX) \
+                     or f32"
+                        .into(),
+                ));
+            }
             DTypeSpec::F16 => DType::F16,
-        }
+        })
     }
 }
 
@@ -195,6 +206,18 @@ impl CpuFeatures {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn f16_is_refused_on_the_cpu_and_names_bf16() {
+        let cpu = Device::Cpu;
+        assert_eq!(DTypeSpec::Auto.resolve(&cpu).unwrap(), DType::F32);
+        assert_eq!(DTypeSpec::Bf16.resolve(&cpu).unwrap(), DType::BF16);
+        let refused = DTypeSpec::F16.resolve(&cpu).unwrap_err().to_string();
+        assert!(
+            refused.contains("f16") && refused.contains("bf16"),
+            "{refused}"
+        );
+    }
 
     #[test]
     fn device_and_dtype_names() {

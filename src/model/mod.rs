@@ -173,6 +173,10 @@ pub struct Engine {
 
 impl Engine {
     pub fn load(options: &LoadOptions) -> Result<Self> {
+        // The device and dtype first: a combination that cannot run is refused before a
+        // download.
+        let (device, device_spec) = options.device.open()?;
+        let dtype = options.dtype.resolve(&device)?;
         let source = ModelSource::parse(&options.model, options.revision.as_deref())?;
         let files = source.locate()?;
         let config = Qwen3Config::from_file(&files.config)?;
@@ -193,8 +197,6 @@ impl Engine {
             config.max_position_embeddings,
         )?;
         let head_tokens = head_tokens(&recipe, &encoder)?;
-        let (device, device_spec) = options.device.open()?;
-        let dtype = options.dtype.resolve(&device);
         let cpu = device.is_cpu().then(CpuFeatures::detect);
         let (gemm, activations) = LinearGemm::open(
             &device,

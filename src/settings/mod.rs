@@ -87,7 +87,7 @@ pub struct Settings {
     #[arg(long, env = "ZERANK_SCORE_TEMPERATURE", value_delimiter = ',')]
     #[serde(deserialize_with = "one_or_many")]
     pub score_temperature: Vec<f32>,
-    /// Compute dtype: auto (f32 on CPU, bf16 on GPU), f32, bf16, f16.
+    /// Compute dtype: auto (f32 on CPU, bf16 on GPU), f32, bf16, f16 (GPUs only).
     #[arg(long, env = "ZERANK_DTYPE", default_value = "auto")]
     pub dtype: DTypeSpec,
     /// Device: auto, cpu, cuda[:N], metal[:N].
@@ -267,7 +267,8 @@ pub struct ScoreFiles {
     /// "instruction"; blank lines are skipped. `-` reads stdin.
     #[arg(long)]
     pub input: PathBuf,
-    /// Where to write the scores, one per pair [default: stdout].
+    /// Where to write the scores, one per pair, with the settings that decide them in
+    /// `<output>.settings.json` beside it [default: stdout].
     #[arg(long)]
     pub output: Option<PathBuf>,
     /// Write raw scores (see README: the reference's unscaled score) instead of 0-1 scores.
@@ -277,7 +278,8 @@ pub struct ScoreFiles {
     #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MAX_BATCH_TOKENS))]
     pub batch_tokens: Option<usize>,
     /// Continue an interrupted run: keep the scores already in --output and append those
-    /// of the remaining pairs.
+    /// of the remaining pairs. Refused when the settings recorded in `<output>.settings.json`
+    /// differ from this run's, or the output has more scores than the input has pairs.
     #[arg(long)]
     pub resume: bool,
 }
@@ -363,7 +365,9 @@ impl Settings {
         // Before the merge: JSON has no infinities to carry them through.
         parsed.check_durations()?;
         let mut merged = serde_json::to_value(&parsed)?;
-        if let Some((path, file)) = read_file(parsed.config.as_deref())? {
+        let file = read_file(parsed.config.as_deref())?;
+        let file_path = file.as_ref().map(|(path, _)| path.clone());
+        if let Some((path, file)) = file {
             let known = serde_json::to_value(Settings::default())?;
             let known = known.as_object().expect("settings serialize as a map");
             let mut file_only = known.clone();
@@ -388,7 +392,8 @@ impl Settings {
                 .map_err(|err| anyhow::anyhow!("settings file {}: {err}", path.display()))?;
         }
         let mut settings: Settings = serde_json::from_value(merged)?;
-        settings.config = parsed.config;
+        // The file read, named whether it was given or found: the start-up log shows it.
+        settings.config = file_path;
         // A trailing newline from a mounted secret is not part of the key.
         settings.api_key = settings.api_key.map(|key| key.trim().to_owned());
         settings.validate()?;
@@ -529,6 +534,31 @@ impl Settings {
         }
     }
 
+    /// For the start-up log: each setting that is not at its built-in default, its value
+    /// (the API key redacted) and where it came from: the flag, the environment variable,
+    /// or the settings file. `matches` are the arguments these settings were resolved from.
+    pub fn non_defaults(&self, matches: &ArgMatches) -> Vec<(String, String, String)> {
+        let values = serde_json::to_value(self.redacted()).expect("settings serialize");
+        let defaults = serde_json::to_value(Settings::default()).expect("settings serialize");
+        let file = self
+            .config
+            .as_deref()
+            .map_or_else(String::new, |path| path.display().to_string());
+        let mut changed = Vec::new();
+        for (key, value) in values.as_object().expect("settings serialize as a map") {
+            if defaults.get(key) == Some(value) {
+                continue;
+            }
+            let source = match matches.value_source(key) {
+                Some(ValueSource::CommandLine) => format!("--{}", key.replace('_', "-")),
+                Some(ValueSource::EnvVariable) => environment_variable(key),
+                _ => file.clone(),
+            };
+            changed.push((key.clone(), value.to_string(), source));
+        }
+        changed
+    }
+
     /// For the start-up log: the API key never appears.
     pub fn redacted(&self) -> Self {
         Settings {
@@ -536,6 +566,11 @@ impl Settings {
             ..self.clone()
         }
     }
+}
+
+/// The environment variable of the setting `key`.
+fn environment_variable(key: &str) -> String {
+    format!("ZERANK_{}", key.to_ascii_uppercase())
 }
 
 /// The largest batch budget in tokens: far past what any device runs in one pass.

@@ -310,3 +310,62 @@ fn the_shipped_config_file_holds_real_keys_and_their_defaults() {
     }
     assert!(file.len() >= 20, "the shipped file documents the settings");
 }
+
+/// The start-up log's account: the file read (found or given), and each setting off its
+/// default with its source; settings the file sets to their defaults are not listed.
+#[test]
+fn the_settings_file_read_and_each_non_default_source_are_named() {
+    let found = resolve(&["zerank-server"]).unwrap();
+    assert_eq!(
+        found.config.as_deref(),
+        Some(Path::new(DEFAULT_CONFIG_FILE))
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.toml");
+    std::fs::write(&file, "max_batch_pairs = 8\nhost = \"0.0.0.0\"\n").unwrap();
+    let args = [
+        "zerank-server",
+        "--config",
+        file.to_str().unwrap(),
+        "--port",
+        "9100",
+        "--api-key",
+        "secret",
+    ];
+    let matches = Cli::command().try_get_matches_from(args).unwrap();
+    let Invocation::Serve(settings) = Invocation::resolve(&matches).unwrap() else {
+        panic!("serve settings expected")
+    };
+    assert_eq!(settings.config.as_deref(), Some(file.as_path()));
+    let file = file.display().to_string();
+    let expected = [
+        ("api_key", "\"<redacted>\"", "--api-key"),
+        ("max_batch_pairs", "8", file.as_str()),
+        ("port", "9100", "--port"),
+    ];
+    let mut listed = settings.non_defaults(&matches);
+    listed.sort();
+    let listed: Vec<(&str, &str, &str)> = listed
+        .iter()
+        .map(|(key, value, source)| (key.as_str(), value.as_str(), source.as_str()))
+        .collect();
+    assert_eq!(listed, expected);
+}
+
+/// The log names a setting's environment variable by its key: every variable follows it.
+#[test]
+fn every_environment_variable_is_zerank_and_the_key() {
+    let command = Cli::command();
+    let mut count = 0;
+    for arg in command.get_arguments() {
+        if let Some(variable) = arg.get_env() {
+            assert_eq!(
+                variable.to_str(),
+                Some(&*environment_variable(arg.get_id().as_str()))
+            );
+            count += 1;
+        }
+    }
+    assert!(count > 30, "{count} settings with a variable");
+}
