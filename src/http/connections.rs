@@ -503,13 +503,13 @@ fn write_stalled(err: &(dyn std::error::Error + 'static)) -> bool {
 /// logs, the runtime's own.
 const RESERVED_FILES: u64 = 64;
 
-/// Raises the open-file limit to its hard limit if needed, and refuses `max_connections`
-/// that it cannot hold: past the limit, every new connection, `/health` included, would
-/// time out instead of being refused.
-pub fn ensure_open_file_limit(max_connections: usize) -> anyhow::Result<()> {
+/// Raises the open-file limit to its hard limit if needed, and refuses `connections` (every
+/// listener's cap together) that it cannot hold: past the limit, every new connection,
+/// `/health` included, would time out instead of being refused.
+pub fn ensure_open_file_limit(connections: usize) -> anyhow::Result<()> {
     #[cfg(unix)]
     {
-        let needed = max_connections as u64 + RESERVED_FILES;
+        let needed = connections as u64 + RESERVED_FILES;
         let mut limit = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
@@ -529,7 +529,7 @@ pub fn ensure_open_file_limit(max_connections: usize) -> anyhow::Result<()> {
         }
         anyhow::ensure!(
             limit.rlim_cur >= needed,
-            "max_connections = {max_connections} needs {needed} open files, but the limit is {} (hard {}): lower max_connections or raise `ulimit -n`",
+            "{connections} connections (max_connections, and the admin port's 64 if set) need {needed} open files, but the limit is {} (hard {}): lower max_connections or raise `ulimit -n`",
             limit.rlim_cur,
             limit.rlim_max
         );
