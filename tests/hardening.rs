@@ -358,3 +358,50 @@ fn a_client_that_aborts_its_body_is_counted_as_a_disconnect_not_as_bad_json() {
         .post_raw("/rerank", "application/json", "{\"query\": ")
         .assert_error(400, "invalid_json");
 }
+
+#[test]
+fn an_http2_client_that_resets_its_stream_mid_body_is_counted_as_a_disconnect() {
+    let server = TestServer::start(|_| {});
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(server.address)
+            .await
+            .unwrap();
+        let (client, mut connection) = h2::client::handshake(tcp).await.unwrap();
+        let mut ping_pong = connection.ping_pong().expect("a ping handle");
+        tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        let request = hyper::Request::post(format!("http://{}/rerank", server.address))
+            .header("content-type", "application/json")
+            .header("content-length", "1000")
+            .body(())
+            .unwrap();
+        let (_response, mut body) = client.send_request(request, false).unwrap();
+        // Half the declared body, then two pings: a server answers a ping once it has read
+        // the frames before it, and the second goes out after the data (pings may overtake
+        // data waiting in the same write), so its answer means the server holds the stream
+        // and its data. Then the stream is reset.
+        body.send_data(
+            b"{\"query\": \"q\", \"documents\": [".as_slice().into(),
+            false,
+        )
+        .unwrap();
+        ping_pong.ping(h2::Ping::opaque()).await.unwrap();
+        ping_pong.ping(h2::Ping::opaque()).await.unwrap();
+        body.send_reset(h2::Reason::CANCEL);
+        // The connection's task runs only inside this block: a ping flushes the reset.
+        ping_pong.ping(h2::Ping::opaque()).await.unwrap();
+    });
+    let counted = "zerank_errors_total{kind=\"client_disconnect\"} 1\n";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut metrics = server.get("/metrics").text;
+    while !metrics.contains(counted) {
+        assert!(Instant::now() < deadline, "{metrics}");
+        std::thread::sleep(Duration::from_millis(20));
+        metrics = server.get("/metrics").text;
+    }
+    assert!(!metrics.contains("kind=\"invalid_json\""), "{metrics}");
+}

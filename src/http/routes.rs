@@ -32,20 +32,35 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
             }
         }
         let limit = state.settings.payload_limit_bytes;
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|rejection| {
-                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge { limit }
-                } else if caused_by_timeout(&rejection) {
-                    ApiError::BodyTimeout(body_timeout)
-                } else if client_went_away(&rejection) {
-                    state.metrics.client_disconnects.inc();
-                    ApiError::ClientDisconnected
-                } else {
-                    ApiError::InvalidJson(rejection.body_text())
-                }
-            })?;
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        let mut reading = BodyRead {
+            metrics: &state.metrics,
+            ended: false,
+        };
+        let read = axum::body::Bytes::from_request(req, state).await;
+        reading.ended = true;
+        let bytes = read.map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge { limit }
+            } else if caused_by_timeout(&rejection) {
+                ApiError::BodyTimeout(body_timeout)
+            } else if client_went_away(&rejection) {
+                state.metrics.client_disconnects.inc();
+                ApiError::ClientDisconnected
+            } else {
+                ApiError::InvalidJson(rejection.body_text())
+            }
+        })?;
+        // hyper ends an HTTP/2 body that its client cancels (RST_STREAM CANCEL) as if it were
+        // complete: short of its declared length, it was cut off.
+        if declared.is_some_and(|declared| bytes.len() < declared) {
+            state.metrics.client_disconnects.inc();
+            return Err(ApiError::ClientDisconnected);
+        }
         if nesting_depth(&bytes) > MAX_JSON_NESTING {
             return Err(ApiError::InvalidJson(format!(
                 "JSON nested deeper than {MAX_JSON_NESTING} levels"
@@ -57,6 +72,24 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
                 serde_json::error::Category::Data => ApiError::Validation(err.to_string()),
                 _ => ApiError::InvalidJson(err.to_string()),
             })
+    }
+}
+
+/// A request body being read. Dropped before the read ends, the client went away: an
+/// HTTP/2 client that resets its stream mid-body gets its handler dropped, never answered,
+/// so it is counted here.
+struct BodyRead<'a> {
+    metrics: &'a crate::metrics::Metrics,
+    ended: bool,
+}
+
+impl Drop for BodyRead<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.metrics.client_disconnects.inc();
+            let kind = ApiError::ClientDisconnected.kind();
+            self.metrics.errors.with_label_values(&[kind]).inc();
+        }
     }
 }
 
