@@ -1,6 +1,7 @@
 //! The HTTP layer: routes, the state they share, authentication, metrics middleware, and
 //! the server's life cycle (listen at once, load the models, serve, drain on SIGTERM).
 
+mod body;
 mod connections;
 pub mod error;
 pub mod openapi;
