@@ -16,8 +16,8 @@ use clap::Parser;
 use serde::Deserialize;
 use serde_json::json;
 use zerank_server::model::{
-    BatchBudget, Blas, CpuLibrary, DTypeSpec, DeviceSpec, Engine, LoadOptions, PairText,
-    Qwen3Config, TokenLimits,
+    BatchBudget, Blas, CpuLibrary, DTypeSpec, DeviceSpec, Engine, LoadOptions, ModelConfig,
+    PairText, TokenLimits,
 };
 
 #[derive(Parser)]
@@ -168,7 +168,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Bytes of the weights at f32: what the resident set cannot go below on CPU.
-fn f32_weight_mib(config: &Qwen3Config) -> f64 {
+fn f32_weight_mib(config: &ModelConfig) -> f64 {
     let (hidden, inner) = (config.hidden_size, config.intermediate_size);
     let q = config.num_attention_heads * config.head_dim;
     let kv = config.num_key_value_heads * config.head_dim;
@@ -187,7 +187,7 @@ fn f32_weight_mib(config: &Qwen3Config) -> f64 {
 /// The best GFLOP/s of the f32 matmul the engine runs (the BLAS that `cpu_blas = auto`
 /// finds, else candle's gemm) over the model's linear shapes, `rows` tokens at a time
 /// (`x @ w^T`, as the forward runs them). candle's gemm is measured too, for comparison.
-fn sgemm_peak(config: &Qwen3Config, rows: usize) -> anyhow::Result<f64> {
+fn sgemm_peak(config: &ModelConfig, rows: usize) -> anyhow::Result<f64> {
     let (hidden, inner) = (config.hidden_size, config.intermediate_size);
     let q = config.num_attention_heads * config.head_dim;
     let kv = config.num_key_value_heads * config.head_dim;
@@ -233,7 +233,7 @@ fn sgemm_peak(config: &Qwen3Config, rows: usize) -> anyhow::Result<f64> {
 
 /// Matmul FLOPs of scoring every pair alone (no sharing): the linear layers at every token,
 /// causal attention (q·k and p·v over the visible keys), and the one head row at the last.
-fn forward_flops(config: &Qwen3Config, pairs: &[PairText], engine: &Engine) -> anyhow::Result<f64> {
+fn forward_flops(config: &ModelConfig, pairs: &[PairText], engine: &Engine) -> anyhow::Result<f64> {
     let (hidden, inner, layers) = (
         config.hidden_size as f64,
         config.intermediate_size as f64,

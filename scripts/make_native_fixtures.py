@@ -269,14 +269,15 @@ def tokenizer_config(overrides):
     return json.dumps(config, indent=2, ensure_ascii=False) + "\n"
 
 
-def build_native(name, spec):
+def build_native(name, spec, base=TINY):
+    """A native checkpoint over `base`'s weights, config and tokenizer (linked, not copied)."""
     out = FIXTURES / name
     shutil.rmtree(out, ignore_errors=True)
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "src"
         src.mkdir()
         for f in LINKED:
-            shutil.copy(TINY / f, src / f)
+            shutil.copy(base / f, src / f)
         (src / "tokenizer_config.json").write_text(tokenizer_config(spec["tokenizer_overrides"]))
         (src / "chat_template.jinja").write_text(spec["template"])
         transformer = Transformer(str(src), transformer_task="text-generation",
@@ -297,8 +298,8 @@ def build_native(name, spec):
     assert saved_template == spec["template"], "ST/transformers rewrote the chat template"
     for f in LINKED:
         (out / f).unlink()
-        (out / f).symlink_to(os.path.relpath(TINY / f, out))
-    (out / "generation_config.json").unlink(missing_ok=True)  # tiny has none
+        (out / f).symlink_to(os.path.relpath(base / f, out))
+    (out / "generation_config.json").unlink(missing_ok=True)  # the bases have none
     (out / "tokenizer_config.json").write_text(tokenizer_config(spec["tokenizer_overrides"]))
     return out
 

@@ -6,7 +6,8 @@
 //! - [`service`]: the served models, each an engine with its batcher; admission,
 //!   tokenizing and ranking;
 //! - [`batcher`]: the queue, batch formation and the model thread;
-//! - [`model`]: checkpoint loading, recipes and prompts, the Qwen3 scoring forward.
+//! - [`model`]: checkpoint loading, recipes and prompts, the scoring forward (Qwen3, Qwen2,
+//!   Gemma).
 //!
 //! [`offline`] scores a file of pairs with a model directly, without the server.
 

@@ -159,3 +159,44 @@ fn instructions_reach_models_that_take_them_and_are_refused_elsewhere() {
         );
     }
 }
+
+#[test]
+fn one_process_serves_a_qwen3_a_qwen2_and_a_gemma_routed_by_model() {
+    let architectures = [
+        ("tiny", "Qwen3ForCausalLM"),
+        ("native-qwen2", "Qwen2ForCausalLM"),
+        ("gemma", "GemmaForCausalLM"),
+    ];
+    let server = TestServer::start(|settings| {
+        settings.model = architectures.iter().map(|(m, _)| fixture_path(m)).collect();
+    });
+    let info = server.get("/info").json();
+    for (i, (_, class)) in architectures.iter().enumerate() {
+        assert_eq!(info["models"][i]["model"]["architecture"], *class);
+    }
+    let mut seen = Vec::new();
+    for (name, _) in architectures {
+        let expected = engine_scores(&load(&fixture(name)), QUERY, &DOCUMENTS);
+        let body = server
+            .post(
+                "/v1/rerank",
+                &json!({ "model": name, "query": QUERY, "documents": DOCUMENTS }),
+            )
+            .json();
+        assert_eq!(body["model"], name);
+        let mut scores = vec![0.0; DOCUMENTS.len()];
+        for result in body["results"].as_array().unwrap() {
+            let index = result["index"].as_u64().unwrap() as usize;
+            scores[index] = result["relevance_score"].as_f64().unwrap();
+            assert!(
+                close(scores[index], expected[index].0),
+                "{name} doc {index}: {} vs {:?}",
+                scores[index],
+                expected[index]
+            );
+        }
+        seen.push(scores);
+    }
+    // Three models, three sets of scores: each request reached its own.
+    assert!(seen[0] != seen[1] && seen[1] != seen[2] && seen[0] != seen[2]);
+}

@@ -4,97 +4,20 @@
 
 mod common;
 
-use std::collections::HashMap;
-
+use common::native::{ModelGoldens, NativeGoldens, sigmoid};
 use common::{copy_dir, fixture, load, options};
-use serde::Deserialize;
 use zerank_server::model::{
     BatchBudget, Engine, LoadOptions, ModelError, PairText, RecipeChoice, TokenLimits,
     TruncationDirection,
 };
 
-#[derive(Deserialize)]
-struct NativeGoldens {
-    instruction: String,
-    pairs: Vec<Pair>,
-    models: HashMap<String, ModelGoldens>,
-}
-
-#[derive(Deserialize)]
-struct Pair {
-    query: String,
-    document: String,
-    reference_ids_differ: bool,
-}
-
-#[derive(Deserialize)]
-struct ModelGoldens {
-    true_token_id: u32,
-    false_token_id: Option<u32>,
-    max_length: usize,
-    plain: Variant,
-    instructed: Variant,
-}
-
-/// `predict` (with the checkpoint's activation) or `score` (the recipe's P(yes)).
-#[derive(Deserialize)]
-struct Variant {
-    input_ids: Vec<Vec<u32>>,
-    raw: Vec<f32>,
-    #[serde(alias = "predict")]
-    score: Vec<f32>,
-}
-
 fn goldens() -> NativeGoldens {
-    let text = std::fs::read_to_string(fixture("native_goldens.json")).expect("native goldens");
-    serde_json::from_str(&text).expect("native goldens parse")
+    NativeGoldens::read("native_goldens.json")
 }
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
-/// Every pair, with and without the instruction: the prompt ids the reference fed its model,
-/// `raw` within 1e-4 of it, and the 0-1 score by the model's rule.
+/// Every pair of the native goldens, with and without their instruction.
 fn check_against_goldens(engine: &Engine, golden: &ModelGoldens, name: &str, temperature: f32) {
-    let goldens = goldens();
-    let info = engine.info();
-    assert_eq!(info.true_token_id, golden.true_token_id, "{name}");
-    assert_eq!(info.false_token_id, golden.false_token_id, "{name}");
-    assert_eq!(info.max_length, golden.max_length, "{name}");
-    for (variant, instruction) in [
-        (&golden.plain, None),
-        (&golden.instructed, Some(goldens.instruction.as_str())),
-    ] {
-        for (i, pair) in goldens.pairs.iter().enumerate() {
-            let encoded = engine
-                .encode(
-                    &pair.query,
-                    &pair.document,
-                    instruction,
-                    TokenLimits::default(),
-                )
-                .unwrap();
-            assert_eq!(
-                encoded.ids, variant.input_ids[i],
-                "{name} pair {i} (instruction {instruction:?}): prompt ids"
-            );
-            let score = engine.score_batch(&[&encoded.ids]).unwrap().scores[0];
-            let diff = (score.raw - variant.raw[i]).abs();
-            assert!(
-                diff <= 1e-4,
-                "{name} pair {i} (instruction {instruction:?}): raw {} vs {} (|Δ| {diff})",
-                score.raw,
-                variant.raw[i]
-            );
-            let expected = sigmoid(variant.raw[i] / temperature);
-            assert!(
-                (score.score - expected).abs() <= 1e-5,
-                "{name} pair {i}: score {} vs sigmoid(raw / {temperature}) {expected}",
-                score.score
-            );
-        }
-    }
+    common::native::check_against_goldens(engine, &goldens(), golden, name, temperature);
 }
 
 #[test]

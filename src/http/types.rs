@@ -389,8 +389,9 @@ pub struct InfoResponse {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ModelEntry {
     pub served_model_names: Vec<String>,
-    /// Recipe, scoring tokens, calibration, instruction, device, dtype, matmul, and on the
-    /// CPU `cpu`: its model and the instructions its matmuls can use (AVX2, AVX-512, bf16).
+    /// Architecture, recipe, scoring tokens, calibration, instruction, device, dtype, matmul,
+    /// and on the CPU `cpu`: its model and the instructions its matmuls can use (AVX2,
+    /// AVX-512, bf16).
     #[schema(value_type = Object)]
     pub model: serde_json::Value,
     /// Measured prompt tokens per second (warm-up, then real batches).

@@ -1,18 +1,101 @@
-//! `config.json` of a Qwen3 checkpoint, read tolerantly: Hub files carry `rope_theta` and
-//! `torch_dtype` at top level, newer transformers write `rope_parameters` and `dtype`.
+//! `config.json`: which architecture the checkpoint is, and the settled shape the forward
+//! needs. Each architecture reads its own fields (see `qwen3.rs`, `qwen2.rs`, `gemma.rs`);
+//! what they share is read here, tolerantly: Hub files carry `rope_theta` and `torch_dtype`
+//! at top level, newer transformers write `rope_parameters` and `dtype`.
 
+use std::fmt;
 use std::path::Path;
 
 use serde::Deserialize;
 
+use super::decoder::Block;
 use super::error::{ModelError, Result};
+use super::{gemma, qwen2, qwen3};
 
-const SUPPORTED_ARCHITECTURE: &str = "Qwen3ForCausalLM";
-const DEFAULT_ROPE_THETA: f64 = 1_000_000.0;
+/// The decoders the engine runs; each differs from the others in its decoder block only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    Qwen3,
+    Qwen2,
+    Gemma,
+}
 
-/// The settled configuration the forward needs.
+impl Architecture {
+    const ALL: [Architecture; 3] = [
+        Architecture::Qwen3,
+        Architecture::Qwen2,
+        Architecture::Gemma,
+    ];
+
+    /// The transformers class name, as `architectures` lists it.
+    pub fn class_name(self) -> &'static str {
+        match self {
+            Architecture::Qwen3 => "Qwen3ForCausalLM",
+            Architecture::Qwen2 => "Qwen2ForCausalLM",
+            Architecture::Gemma => "GemmaForCausalLM",
+        }
+    }
+
+    fn model_type(self) -> &'static str {
+        match self {
+            Architecture::Qwen3 => "qwen3",
+            Architecture::Qwen2 => "qwen2",
+            Architecture::Gemma => "gemma",
+        }
+    }
+
+    /// What its decoder block is made of.
+    pub(super) fn block(self) -> Block {
+        match self {
+            Architecture::Qwen3 => qwen3::BLOCK,
+            Architecture::Qwen2 => qwen2::BLOCK,
+            Architecture::Gemma => gemma::BLOCK,
+        }
+    }
+
+    /// The supported class names, for error messages.
+    pub fn supported() -> String {
+        Self::ALL.map(Architecture::class_name).join(", ")
+    }
+
+    /// From `architectures` (any entry the engine runs), else from `model_type`. Checked
+    /// before the shape fields so that, say, a BERT config says "wrong architecture" rather
+    /// than "missing field".
+    fn detect(value: &serde_json::Value) -> Result<Architecture> {
+        let found: Vec<String> = value
+            .get("architectures")
+            .and_then(|a| a.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let model_type = value
+            .get("model_type")
+            .and_then(|m| m.as_str())
+            .map(str::to_owned);
+        let known = Self::ALL.into_iter().find(|arch| {
+            if found.is_empty() {
+                model_type.as_deref() == Some(arch.model_type())
+            } else {
+                found.iter().any(|a| a == arch.class_name())
+            }
+        });
+        known.ok_or(ModelError::UnsupportedArchitecture { found, model_type })
+    }
+}
+
+impl fmt::Display for Architecture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.class_name())
+    }
+}
+
+/// The settled configuration the forward needs, whatever the architecture.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Qwen3Config {
+pub struct ModelConfig {
+    pub architecture: Architecture,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -22,59 +105,14 @@ pub struct Qwen3Config {
     pub head_dim: usize,
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
+    /// The longest sequence the forward scores exactly (a sliding window may shorten it).
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
+    /// Biases on the q, k and v projections.
     pub attention_bias: bool,
 }
 
-#[derive(Deserialize)]
-struct RawConfig {
-    vocab_size: usize,
-    hidden_size: usize,
-    intermediate_size: usize,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
-    #[serde(default)]
-    num_key_value_heads: Option<usize>,
-    #[serde(default)]
-    head_dim: Option<usize>,
-    #[serde(default = "default_rms_norm_eps")]
-    rms_norm_eps: f64,
-    #[serde(default)]
-    rope_theta: Option<f64>,
-    #[serde(default)]
-    rope_parameters: Option<RopeParameters>,
-    #[serde(default)]
-    rope_scaling: Option<RopeParameters>,
-    #[serde(default = "default_max_position_embeddings")]
-    max_position_embeddings: usize,
-    #[serde(default)]
-    tie_word_embeddings: bool,
-    #[serde(default)]
-    attention_bias: bool,
-    #[serde(default)]
-    hidden_act: Option<String>,
-    #[serde(default)]
-    use_sliding_window: bool,
-}
-
-#[derive(Deserialize)]
-struct RopeParameters {
-    #[serde(default)]
-    rope_theta: Option<f64>,
-    #[serde(default, alias = "type")]
-    rope_type: Option<String>,
-}
-
-fn default_rms_norm_eps() -> f64 {
-    1e-6
-}
-
-fn default_max_position_embeddings() -> usize {
-    32_768
-}
-
-impl Qwen3Config {
+impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|err| ModelError::InvalidFile {
             path: path.to_owned(),
@@ -92,10 +130,20 @@ impl Qwen3Config {
     pub fn from_json(text: &str) -> Result<Self> {
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|err| invalid(format!("not valid JSON: {err}")))?;
-        check_architecture(&value)?;
-        let raw: RawConfig = serde_json::from_value(value)
-            .map_err(|err| invalid(format!("not a Qwen3 config: {err}")))?;
-        raw.settle()
+        let architecture = Architecture::detect(&value)?;
+        let fields =
+            |err: serde_json::Error| invalid(format!("not a {architecture} config: {err}"));
+        match architecture {
+            Architecture::Qwen3 => serde_json::from_value::<qwen3::Qwen3Config>(value)
+                .map_err(fields)?
+                .settle(),
+            Architecture::Qwen2 => serde_json::from_value::<qwen2::Qwen2Config>(value)
+                .map_err(fields)?
+                .settle(),
+            Architecture::Gemma => serde_json::from_value::<gemma::GemmaConfig>(value)
+                .map_err(fields)?
+                .settle(),
+        }
     }
 }
 
@@ -106,48 +154,59 @@ fn invalid(message: String) -> ModelError {
     }
 }
 
-/// Checked before the shape fields so that, say, a BERT config says "wrong architecture"
-/// rather than "missing field".
-fn check_architecture(value: &serde_json::Value) -> Result<()> {
-    let found: Vec<String> = value
-        .get("architectures")
-        .and_then(|a| a.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
-    let model_type = value
-        .get("model_type")
-        .and_then(|m| m.as_str())
-        .map(str::to_owned);
-    let supported = if found.is_empty() {
-        model_type.as_deref() == Some("qwen3")
-    } else {
-        found.iter().any(|a| a == SUPPORTED_ARCHITECTURE)
-    };
-    if supported {
-        Ok(())
-    } else {
-        Err(ModelError::UnsupportedArchitecture { found, model_type })
-    }
+/// The fields every decoder's `config.json` has, flattened into each architecture's config.
+#[derive(Deserialize)]
+pub(super) struct DecoderFields {
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    num_attention_heads: usize,
+    #[serde(default)]
+    num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    head_dim: Option<usize>,
+    #[serde(default = "default_rms_norm_eps")]
+    rms_norm_eps: f64,
+    #[serde(default)]
+    rope_theta: Option<f64>,
+    #[serde(default)]
+    rope_parameters: Option<RopeParameters>,
+    #[serde(default)]
+    rope_scaling: Option<RopeParameters>,
+    #[serde(default)]
+    pub max_position_embeddings: Option<usize>,
+    #[serde(default)]
+    pub tie_word_embeddings: Option<bool>,
 }
 
-impl RawConfig {
-    fn settle(self) -> Result<Qwen3Config> {
-        if let Some(act) = self.hidden_act.as_deref()
-            && act != "silu"
-        {
-            return Err(ModelError::UnsupportedConfig(format!(
-                "hidden_act `{act}` (only silu)"
-            )));
-        }
-        if self.use_sliding_window {
-            return Err(ModelError::UnsupportedConfig(
-                "use_sliding_window: true".into(),
-            ));
-        }
+#[derive(Deserialize)]
+struct RopeParameters {
+    #[serde(default)]
+    rope_theta: Option<f64>,
+    #[serde(default, alias = "type")]
+    rope_type: Option<String>,
+}
+
+fn default_rms_norm_eps() -> f64 {
+    1e-6
+}
+
+/// An architecture's defaults for the fields its `config.json` may leave out.
+pub(super) struct Defaults {
+    pub rope_theta: f64,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+}
+
+impl DecoderFields {
+    /// The settled shape; `attention_bias` is the architecture's to say.
+    pub(super) fn settle(
+        self,
+        architecture: Architecture,
+        defaults: Defaults,
+        attention_bias: bool,
+    ) -> Result<ModelConfig> {
         for params in [&self.rope_parameters, &self.rope_scaling]
             .into_iter()
             .flatten()
@@ -165,7 +224,7 @@ impl RawConfig {
             .as_ref()
             .and_then(|p| p.rope_theta)
             .or(self.rope_theta)
-            .unwrap_or(DEFAULT_ROPE_THETA);
+            .unwrap_or(defaults.rope_theta);
         let heads = self.num_attention_heads;
         let kv_heads = self.num_key_value_heads.unwrap_or(heads);
         if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
@@ -179,7 +238,8 @@ impl RawConfig {
                 "head_dim {head_dim} must be even and non-zero"
             )));
         }
-        Ok(Qwen3Config {
+        Ok(ModelConfig {
+            architecture,
             vocab_size: self.vocab_size,
             hidden_size: self.hidden_size,
             intermediate_size: self.intermediate_size,
@@ -189,10 +249,25 @@ impl RawConfig {
             head_dim,
             rms_norm_eps: self.rms_norm_eps,
             rope_theta,
-            max_position_embeddings: self.max_position_embeddings,
-            tie_word_embeddings: self.tie_word_embeddings,
-            attention_bias: self.attention_bias,
+            max_position_embeddings: self
+                .max_position_embeddings
+                .unwrap_or(defaults.max_position_embeddings),
+            tie_word_embeddings: self
+                .tie_word_embeddings
+                .unwrap_or(defaults.tie_word_embeddings),
+            attention_bias,
         })
+    }
+}
+
+/// Refuses an MLP activation other than the architecture's.
+pub(super) fn check_activation(found: Option<&str>, expected: &[&str]) -> Result<()> {
+    match found {
+        Some(act) if !expected.contains(&act) => Err(ModelError::UnsupportedConfig(format!(
+            "hidden_act `{act}` (only {})",
+            expected.join(" or ")
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -213,21 +288,39 @@ mod tests {
 
     #[test]
     fn both_layouts_settle_to_the_same_config() {
-        let hub = Qwen3Config::from_json(HUB_LAYOUT).unwrap();
-        let new = Qwen3Config::from_json(NEW_LAYOUT).unwrap();
+        let hub = ModelConfig::from_json(HUB_LAYOUT).unwrap();
+        let new = ModelConfig::from_json(NEW_LAYOUT).unwrap();
         assert_eq!(hub, new);
         assert_eq!(hub.rope_theta, 1_000_000.0);
+        assert_eq!(hub.architecture, Architecture::Qwen3);
     }
 
     #[test]
-    fn wrong_architecture_is_named() {
-        let err = Qwen3Config::from_json(
+    fn wrong_architecture_names_it_and_the_supported_ones() {
+        for config in [
             r#"{"architectures":["BertForSequenceClassification"],"model_type":"bert"}"#,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("BertForSequenceClassification"), "{err}");
-        assert!(err.contains("Qwen3ForCausalLM"), "{err}");
+            // A Gemma 2 is not a Gemma: softcapping and sliding layers.
+            r#"{"architectures":["Gemma2ForCausalLM"],"model_type":"gemma2"}"#,
+        ] {
+            let err = ModelConfig::from_json(config).unwrap_err().to_string();
+            let found: serde_json::Value = serde_json::from_str(config).unwrap();
+            assert!(
+                err.contains(found["architectures"][0].as_str().unwrap()),
+                "{err}"
+            );
+            for supported in ["Qwen3ForCausalLM", "Qwen2ForCausalLM", "GemmaForCausalLM"] {
+                assert!(err.contains(supported), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn model_type_alone_names_the_architecture() {
+        let text = HUB_LAYOUT
+            .replace(r#""architectures":["Qwen3ForCausalLM"],"#, "")
+            .replace(r#""model_type":"qwen3""#, r#""model_type":"qwen2""#);
+        let config = ModelConfig::from_json(&text).unwrap();
+        assert_eq!(config.architecture, Architecture::Qwen2);
     }
 
     #[test]
@@ -236,14 +329,14 @@ mod tests {
             r#""rope_scaling":null"#,
             r#""rope_scaling":{"rope_type":"yarn","factor":4.0}"#,
         );
-        let err = Qwen3Config::from_json(&text).unwrap_err().to_string();
+        let err = ModelConfig::from_json(&text).unwrap_err().to_string();
         assert!(err.contains("yarn"), "{err}");
     }
 
     #[test]
     fn missing_shape_field_is_named() {
         let text = HUB_LAYOUT.replace(r#""hidden_size":2048,"#, "");
-        let err = Qwen3Config::from_json(&text).unwrap_err().to_string();
+        let err = ModelConfig::from_json(&text).unwrap_err().to_string();
         assert!(err.contains("hidden_size"), "{err}");
     }
 }

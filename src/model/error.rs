@@ -21,7 +21,8 @@ pub enum ModelError {
     #[error("{}: {message}", path.display())]
     InvalidFile { path: PathBuf, message: String },
     #[error(
-        "unsupported architecture: found architectures {found:?} (model_type {model_type:?}); zerank-server runs Qwen3ForCausalLM checkpoints"
+        "unsupported architecture: found architectures {found:?} (model_type {model_type:?}); zerank-server runs {}",
+        super::config::Architecture::supported()
     )]
     UnsupportedArchitecture {
         found: Vec<String>,

@@ -200,6 +200,21 @@ impl Kernels {
         }
     }
 
+    /// `gelu(gate) · up` with the tanh approximation of GELU (Gemma's GeGLU).
+    pub fn geglu(&self, gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
+        match self.cpu_f32 {
+            true => gate.contiguous()?.apply_op2_no_bwd(
+                &up.contiguous()?,
+                &ZipMap {
+                    name: "geglu",
+                    map: |gate: f32, up: f32| gelu_tanh(gate) * up,
+                },
+            ),
+            // candle's `gelu` is the tanh approximation (`gelu_erf` is the exact one).
+            false => gate.gelu()? * up,
+        }
+    }
+
     /// `x` (tokens, heads, head_dim) rotated, head-major (heads, tokens, head_dim).
     pub fn rope_head_major(
         &self,
@@ -248,6 +263,12 @@ impl Kernels {
     }
 }
 
+/// `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`, PyTorch's `gelu(approximate="tanh")`.
+fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
+}
+
 /// The mask of queries `start..start + count` against keys `0..start + count`: earlier keys
 /// are all visible, the chunk's own keys only up to each query's position.
 fn chunk_mask(causal_block: &Tensor, start: usize, count: usize) -> candle_core::Result<Tensor> {
@@ -284,6 +305,12 @@ mod tests {
             max_diff(
                 &ON_CPU.swiglu(&a, &b).unwrap(),
                 &CANDLE.swiglu(&a, &b).unwrap()
+            ) < 1e-6
+        );
+        assert!(
+            max_diff(
+                &ON_CPU.geglu(&a, &b).unwrap(),
+                &CANDLE.geglu(&a, &b).unwrap()
             ) < 1e-6
         );
 

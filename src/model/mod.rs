@@ -4,15 +4,19 @@
 mod batch;
 mod bf16;
 mod config;
+mod decoder;
 mod device;
 mod error;
 mod files;
+mod gemma;
 mod kernels;
 mod linear;
 mod packing;
 mod prompt;
+mod qwen2;
 mod qwen3;
 mod recipe;
+mod scorer;
 mod template;
 mod weights;
 
@@ -22,7 +26,7 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
 pub use batch::{BatchBudget, plan_batches};
-pub use config::Qwen3Config;
+pub use config::{Architecture, ModelConfig};
 pub use device::{CpuFeatures, DTypeSpec, DeviceSpec};
 pub use error::{ModelError, Result};
 pub use files::{CheckpointFiles, ModelSource};
@@ -35,8 +39,8 @@ pub use recipe::{Calibration, RecipeChoice};
 
 use packing::Packing;
 use prompt::{PromptEncoder, PromptFiles};
-use qwen3::Qwen3Scorer;
 use recipe::Recipe;
+use scorer::Scorer;
 use weights::SafetensorsFiles;
 
 /// One pair to score offline, with its own instruction (`None`: the model's default).
@@ -143,9 +147,11 @@ pub struct ModelInfo {
     pub device: String,
     pub dtype: String,
     pub max_length: usize,
+    /// The checkpoint's decoder, as transformers names it (`Qwen3ForCausalLM`, ...).
+    pub architecture: &'static str,
     pub num_layers: usize,
     pub hidden_size: usize,
-    /// `zerank`, `sentence-transformers` or `qwen3-reranker`.
+    /// `zerank`, `sentence-transformers`, `qwen3-reranker`, `bge-gemma` or `mxbai-rerank`.
     pub recipe: &'static str,
     /// The head token whose logit scores relevance ("Yes", "yes").
     pub true_token_id: u32,
@@ -163,11 +169,11 @@ pub struct ModelInfo {
     pub cpu: Option<CpuFeatures>,
 }
 
-/// A loaded zerank checkpoint.
+/// A loaded reranker checkpoint.
 pub struct Engine {
     encoder: PromptEncoder,
-    scorer: Qwen3Scorer,
-    config: Qwen3Config,
+    scorer: Scorer,
+    config: ModelConfig,
     info: ModelInfo,
 }
 
@@ -179,8 +185,8 @@ impl Engine {
         let dtype = options.dtype.resolve(&device)?;
         let source = ModelSource::parse(&options.model, options.revision.as_deref())?;
         let files = source.locate()?;
-        let config = Qwen3Config::from_file(&files.config)?;
-        let recipe = Recipe::resolve(options.recipe, &files)?;
+        let config = ModelConfig::from_file(&files.config)?;
+        let recipe = Recipe::resolve(options.recipe, &files, config.architecture)?;
         let default_instruction = options
             .instruction
             .clone()
@@ -211,6 +217,7 @@ impl Engine {
             device: device_spec.to_string(),
             dtype: format!("{dtype:?}").to_lowercase(),
             max_length: encoder.max_length(),
+            architecture: config.architecture.class_name(),
             num_layers: config.num_hidden_layers,
             hidden_size: config.hidden_size,
             recipe: recipe.name(),
@@ -236,7 +243,7 @@ impl Engine {
     }
 
     /// The checkpoint's architecture settings.
-    pub fn config(&self) -> &Qwen3Config {
+    pub fn config(&self) -> &ModelConfig {
         &self.config
     }
 
@@ -388,8 +395,9 @@ fn head_tokens(recipe: &Recipe, encoder: &PromptEncoder) -> Result<Vec<u32>> {
         texts.iter().map(|text| encoder.token_id(text)).collect()
     };
     match recipe {
-        Recipe::Zerank => by_text(&["Yes"]),
+        Recipe::Zerank | Recipe::BgeGemma => by_text(&["Yes"]),
         Recipe::Qwen3Reranker => by_text(&["yes", "no"]),
+        Recipe::MxbaiRerank => by_text(&["1", "0"]),
         Recipe::SentenceTransformers(native) => Ok(std::iter::once(native.true_token_id)
             .chain(native.false_token_id)
             .collect()),
@@ -398,18 +406,18 @@ fn head_tokens(recipe: &Recipe, encoder: &PromptEncoder) -> Result<Vec<u32>> {
 
 fn load_weights(
     files: &CheckpointFiles,
-    config: &Qwen3Config,
+    config: &ModelConfig,
     (device, dtype): (&Device, DType),
     head_tokens: &[u32],
     gemm: &LinearGemm,
-) -> Result<Qwen3Scorer> {
+) -> Result<Scorer> {
     // Two readers of the same headers: one behind the VarBuilder, one for the head rows.
     let open = || {
         SafetensorsFiles::open(&files.weights).map_err(|err| ModelError::Weights(err.to_string()))
     };
     let tensors = open()?;
     let vb = VarBuilder::from_backend(Box::new(open()?), dtype, device.clone());
-    Qwen3Scorer::load(config, &tensors, vb, head_tokens, gemm)
+    Scorer::load(config, &tensors, vb, head_tokens, gemm)
 }
 
 #[cfg(test)]

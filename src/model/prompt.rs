@@ -20,6 +20,8 @@ pub const QUERY_CHAR_LIMIT: usize = 2_000;
 pub const DOCUMENT_CHAR_LIMIT: usize = 10_000;
 /// The published Qwen3-Reranker recipe's prompt length.
 const QWEN3_RERANKER_MAX_LENGTH: usize = 8_192;
+/// mxbai-rerank's `max_length` (of query and document; the server counts the whole prompt).
+const MXBAI_RERANK_MAX_LENGTH: usize = 8_192;
 
 /// Which end of an over-long document is kept.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -86,6 +88,8 @@ enum Piece {
     Special(u32),
     Text(String),
     Slot(Slot),
+    /// Ends a run of text: what follows is tokenized apart.
+    Break,
 }
 
 pub struct PromptEncoder {
@@ -124,7 +128,8 @@ impl PromptEncoder {
         let recipe_limit = match recipe {
             Recipe::SentenceTransformers(native) => native.max_seq_length,
             Recipe::Qwen3Reranker => Some(QWEN3_RERANKER_MAX_LENGTH),
-            Recipe::Zerank => None,
+            Recipe::MxbaiRerank => Some(MXBAI_RERANK_MAX_LENGTH),
+            Recipe::Zerank | Recipe::BgeGemma => None,
         };
         let max_length = max_length
             .or(recipe_limit)
@@ -133,12 +138,9 @@ impl PromptEncoder {
                 .filter(|&n| n >= 1.0 && n < max_position as f64)
                 .map(|n| n as usize))
             .map_or(max_position, |n| n.min(max_position));
-        let (plain, instructed, text_rule) = match recipe {
-            Recipe::Qwen3Reranker => {
-                let layout = Layout::qwen3_reranker();
-                (layout.clone(), Some(layout), TextRule::Verbatim)
-            }
-            Recipe::Zerank | Recipe::SentenceTransformers(_) => {
+        let (plain, instructed, text_rule) = match recipe.fixed_layouts(config.prompt_bos()) {
+            Some((plain, instructed)) => (plain, Some(instructed), TextRule::Verbatim),
+            None => {
                 let source = match files.chat_template {
                     Some(path) => std::fs::read_to_string(path).map_err(|err| {
                         ModelError::Template(format!("{}: {err}", path.display()))
@@ -369,6 +371,9 @@ impl PromptEncoder {
                     self.flush(&mut run, &mut document_bytes, &mut ids, &mut document_span)?;
                     ids.push(*id);
                 }
+                Piece::Break => {
+                    self.flush(&mut run, &mut document_bytes, &mut ids, &mut document_span)?
+                }
                 Piece::Text(text) => run.push_str(text),
                 Piece::Slot(slot) => {
                     let text = match slot {
@@ -503,6 +508,10 @@ fn split_at_specials(layout: &Layout, specials: &[(String, u32)]) -> Vec<Piece> 
         let text = match part {
             Part::Slot(slot) => {
                 pieces.push(Piece::Slot(*slot));
+                continue;
+            }
+            Part::Break => {
+                pieces.push(Piece::Break);
                 continue;
             }
             Part::Text(text) => text.as_str(),

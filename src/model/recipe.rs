@@ -7,6 +7,10 @@
 //!   messages, `logit[true] - logit[false]` (or `logit[true]`).
 //! - The original Qwen3-Reranker: a plain causal LM run with its published prompt and
 //!   yes/no log-odds. Its files cannot be told from zerank-1's, so it is chosen explicitly.
+//! - bge-reranker-v2-gemma: FlagEmbedding's decoder-only reranker prompt and the raw "Yes"
+//!   logit; the recipe of a Gemma checkpoint without Sentence Transformers files.
+//! - mxbai-rerank-v2's own library prompt and logit("1") - logit("0"), chosen explicitly (its
+//!   Hub checkpoints carry Sentence Transformers' files, which `auto` prefers).
 
 use std::fmt;
 use std::path::Path;
@@ -14,9 +18,10 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
+use super::config::Architecture;
 use super::error::{ModelError, Result};
 use super::files::CheckpointFiles;
-use super::template::QWEN3_RERANKER_DEFAULT_INSTRUCTION;
+use super::template::{BGE_GEMMA_DEFAULT_INSTRUCTION, Layout, QWEN3_RERANKER_DEFAULT_INSTRUCTION};
 
 /// The `recipe` setting.
 #[derive(
@@ -30,12 +35,15 @@ use super::template::QWEN3_RERANKER_DEFAULT_INSTRUCTION;
     serde_with::SerializeDisplay,
 )]
 pub enum RecipeChoice {
-    /// Sentence Transformers' native layout when the checkpoint has it, zerank-1 otherwise.
+    /// Sentence Transformers' native layout when the checkpoint has it, else bge-gemma for
+    /// a Gemma, zerank-1 otherwise.
     #[default]
     Auto,
     Zerank,
     SentenceTransformers,
     Qwen3Reranker,
+    BgeGemma,
+    MxbaiRerank,
 }
 
 impl FromStr for RecipeChoice {
@@ -47,8 +55,10 @@ impl FromStr for RecipeChoice {
             "zerank" | "zerank-1" => Ok(RecipeChoice::Zerank),
             "sentence-transformers" | "st" => Ok(RecipeChoice::SentenceTransformers),
             "qwen3-reranker" => Ok(RecipeChoice::Qwen3Reranker),
+            "bge-gemma" => Ok(RecipeChoice::BgeGemma),
+            "mxbai-rerank" => Ok(RecipeChoice::MxbaiRerank),
             other => Err(format!(
-                "unknown recipe `{other}` (expected auto, zerank, sentence-transformers or qwen3-reranker)"
+                "unknown recipe `{other}` (expected auto, zerank, sentence-transformers, qwen3-reranker, bge-gemma or mxbai-rerank)"
             )),
         }
     }
@@ -61,6 +71,8 @@ impl fmt::Display for RecipeChoice {
             RecipeChoice::Zerank => "zerank",
             RecipeChoice::SentenceTransformers => "sentence-transformers",
             RecipeChoice::Qwen3Reranker => "qwen3-reranker",
+            RecipeChoice::BgeGemma => "bge-gemma",
+            RecipeChoice::MxbaiRerank => "mxbai-rerank",
         })
     }
 }
@@ -71,6 +83,8 @@ pub enum Recipe {
     Zerank,
     SentenceTransformers(NativeConfig),
     Qwen3Reranker,
+    BgeGemma,
+    MxbaiRerank,
 }
 
 /// What Sentence Transformers' files say about a causal-LM reranker.
@@ -102,12 +116,18 @@ pub struct Calibration {
 }
 
 impl Recipe {
-    pub fn resolve(choice: RecipeChoice, files: &CheckpointFiles) -> Result<Recipe> {
+    pub fn resolve(
+        choice: RecipeChoice,
+        files: &CheckpointFiles,
+        architecture: Architecture,
+    ) -> Result<Recipe> {
         let native = || NativeConfig::read(files);
         match choice {
             RecipeChoice::Auto if files.logit_score_config.is_some() => {
                 Ok(Recipe::SentenceTransformers(native()?))
             }
+            // The Gemma reranker people use is bge-reranker-v2-gemma, in FlagEmbedding's layout.
+            RecipeChoice::Auto if architecture == Architecture::Gemma => Ok(Recipe::BgeGemma),
             RecipeChoice::Auto | RecipeChoice::Zerank => Ok(Recipe::Zerank),
             RecipeChoice::SentenceTransformers if files.logit_score_config.is_some() => {
                 Ok(Recipe::SentenceTransformers(native()?))
@@ -116,6 +136,8 @@ impl Recipe {
                 "recipe `sentence-transformers` needs modules.json with a LogitScore module".into(),
             )),
             RecipeChoice::Qwen3Reranker => Ok(Recipe::Qwen3Reranker),
+            RecipeChoice::BgeGemma => Ok(Recipe::BgeGemma),
+            RecipeChoice::MxbaiRerank => Ok(Recipe::MxbaiRerank),
         }
     }
 
@@ -124,6 +146,8 @@ impl Recipe {
             Recipe::Zerank => "zerank",
             Recipe::SentenceTransformers(_) => "sentence-transformers",
             Recipe::Qwen3Reranker => "qwen3-reranker",
+            Recipe::BgeGemma => "bge-gemma",
+            Recipe::MxbaiRerank => "mxbai-rerank",
         }
     }
 
@@ -133,18 +157,36 @@ impl Recipe {
             Recipe::Zerank => None,
             Recipe::SentenceTransformers(native) => native.default_prompt.as_deref(),
             Recipe::Qwen3Reranker => Some(QWEN3_RERANKER_DEFAULT_INSTRUCTION),
+            Recipe::BgeGemma => Some(BGE_GEMMA_DEFAULT_INSTRUCTION),
+            Recipe::MxbaiRerank => None,
+        }
+    }
+
+    /// The prompts of a recipe with a fixed one (no chat template), without and with an
+    /// instruction; `bos`: the tokenizer's BOS, for a recipe that puts one first.
+    pub fn fixed_layouts(&self, bos: Option<&str>) -> Option<(Layout, Layout)> {
+        match self {
+            Recipe::Zerank | Recipe::SentenceTransformers(_) => None,
+            // The instruction has a default: one layout for both.
+            Recipe::Qwen3Reranker => Some((Layout::qwen3_reranker(), Layout::qwen3_reranker())),
+            Recipe::BgeGemma => Some((Layout::bge_gemma(bos), Layout::bge_gemma(bos))),
+            Recipe::MxbaiRerank => Some((Layout::mxbai_rerank(false), Layout::mxbai_rerank(true))),
         }
     }
 
     /// `score_temperature` when the settings give none: 5 for a lone "Yes" logit, 1 for
-    /// yes/no log-odds (Qwen3-Reranker's P(yes)).
+    /// yes/no log-odds (Qwen3-Reranker's P(yes), mxbai-rerank's "1" against "0") and for
+    /// bge-gemma (FlagEmbedding's `normalize=True`: sigmoid of the raw logit).
     pub fn calibration(&self, temperature: Option<f32>) -> Calibration {
         let (raw_divisor, default) = match self {
             Recipe::Zerank => (ZERANK_TEMPERATURE, ZERANK_TEMPERATURE),
             Recipe::SentenceTransformers(n) if n.false_token_id.is_none() => {
                 (1.0, ZERANK_TEMPERATURE)
             }
-            Recipe::SentenceTransformers(_) | Recipe::Qwen3Reranker => (1.0, 1.0),
+            Recipe::SentenceTransformers(_)
+            | Recipe::Qwen3Reranker
+            | Recipe::BgeGemma
+            | Recipe::MxbaiRerank => (1.0, 1.0),
         };
         Calibration {
             raw_divisor,
@@ -287,6 +329,7 @@ mod tests {
         assert_eq!("auto".parse(), Ok(RecipeChoice::Auto));
         assert_eq!("Qwen3_Reranker".parse(), Ok(RecipeChoice::Qwen3Reranker));
         assert_eq!("zerank".parse(), Ok(RecipeChoice::Zerank));
+        assert_eq!("bge_gemma".parse(), Ok(RecipeChoice::BgeGemma));
         assert!("bge".parse::<RecipeChoice>().is_err());
     }
 

@@ -40,6 +40,8 @@ impl Slot {
 pub enum Part {
     Text(String),
     Slot(Slot),
+    /// The text on either side is tokenized apart, as a recipe that joins token lists does.
+    Break,
 }
 
 /// A prompt with holes, in order.
@@ -80,6 +82,75 @@ impl Layout {
                 Part::Text(QWEN3_RERANKER_SUFFIX.into()),
             ],
         }
+    }
+}
+
+/// FlagEmbedding's decoder-only reranker (bge-reranker-v2-gemma): BOS, `A: {query}`, `\n`,
+/// `B: {passage}`, `\n`, then the prompt, each tokenized alone and the token lists joined
+/// (FlagEmbedding/inference/reranker/decoder_only/base.py). Its `prompt` argument replaces
+/// the fixed question: that is the instruction's place, the question its default.
+pub const BGE_GEMMA_DEFAULT_INSTRUCTION: &str = "Given a query A and a passage B, determine whether the passage contains an answer to the query by providing a prediction of either 'Yes' or 'No'.";
+
+impl Layout {
+    /// `bos`: the BOS token FlagEmbedding puts first (none when the tokenizer has none, or
+    /// when it is the padding token).
+    pub fn bge_gemma(bos: Option<&str>) -> Layout {
+        let sep = || Part::Text("\n".into());
+        let mut parts: Vec<Part> = bos
+            .map(|bos| Part::Text(bos.to_owned()))
+            .into_iter()
+            .collect();
+        parts.extend([
+            Part::Text("A: ".into()),
+            Part::Slot(Slot::Query),
+            Part::Break,
+            sep(),
+            Part::Break,
+            Part::Text("B: ".into()),
+            Part::Slot(Slot::Document),
+            Part::Break,
+            sep(),
+            Part::Break,
+            Part::Slot(Slot::Instruction),
+        ]);
+        Layout { parts }
+    }
+}
+
+/// mxbai-rerank-v2's own prompt (mxbai_rerank/mxbai_rerank_v2.py): its chat prefix,
+/// `query: {query}` (after `instruction: {instruction}\n` when there is one), `\n`,
+/// `document: {document}`, `\n`, its task prompt and its chat suffix, each tokenized alone.
+const MXBAI_PREFIX: &str = "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n<|im_start|>user\n";
+const MXBAI_TASK: &str = "You are a search relevance expert who evaluates how well documents match search queries. For each query-document pair, carefully analyze the semantic relationship between them, then provide your binary relevance judgment (0 for not relevant, 1 for relevant).\nRelevance:";
+const MXBAI_SUFFIX: &str = "<|im_end|>\n<|im_start|>assistant\n";
+
+impl Layout {
+    pub fn mxbai_rerank(with_instruction: bool) -> Layout {
+        let text = |t: &str| Part::Text(t.to_owned());
+        let mut parts = vec![text(MXBAI_PREFIX), Part::Break];
+        if with_instruction {
+            parts.extend([
+                text("instruction: "),
+                Part::Slot(Slot::Instruction),
+                text("\n"),
+            ]);
+        }
+        parts.extend([
+            text("query: "),
+            Part::Slot(Slot::Query),
+            Part::Break,
+            text("\n"),
+            Part::Break,
+            text("document: "),
+            Part::Slot(Slot::Document),
+            Part::Break,
+            text("\n"),
+            Part::Break,
+            text(MXBAI_TASK),
+            Part::Break,
+            text(MXBAI_SUFFIX),
+        ]);
+        Layout { parts }
     }
 }
 
@@ -325,6 +396,14 @@ impl TokenizerConfig {
         }
     }
 
+    /// The BOS token a recipe that prepends one uses: none without one, or when it is also
+    /// the padding token (FlagEmbedding's rule).
+    pub(super) fn prompt_bos(&self) -> Option<&str> {
+        let bos = self.bos_token.as_ref()?.content();
+        let pad = self.pad_token.as_ref().map(SpecialToken::content);
+        (pad != Some(bos)).then_some(bos)
+    }
+
     /// What transformers hands a template besides the messages: the special tokens, then
     /// the checkpoint's own chat-template kwargs.
     pub(super) fn template_variables(
@@ -418,10 +497,15 @@ mod tests {
     }
 
     #[test]
-    fn the_qwen3_reranker_recipe_has_every_slot() {
-        let layout = Layout::qwen3_reranker();
-        for slot in [Slot::Instruction, Slot::Query, Slot::Document] {
-            assert!(layout.parts.contains(&Part::Slot(slot)));
+    fn the_fixed_recipes_have_every_slot() {
+        for layout in [
+            Layout::qwen3_reranker(),
+            Layout::bge_gemma(Some("<bos>")),
+            Layout::mxbai_rerank(true),
+        ] {
+            for slot in [Slot::Instruction, Slot::Query, Slot::Document] {
+                assert!(layout.parts.contains(&Part::Slot(slot)));
+            }
         }
     }
 }

@@ -72,8 +72,9 @@ pub struct Settings {
     #[serde(deserialize_with = "one_or_many")]
     pub revision: Vec<String>,
     /// Scoring recipe: auto (Sentence Transformers' native layout when the checkpoint has it,
-    /// else zerank), zerank, sentence-transformers, qwen3-reranker (the original
-    /// Qwen3-Reranker prompt); one for every model, or one per model [default: auto].
+    /// else bge-gemma for a Gemma, else zerank), zerank, sentence-transformers, qwen3-reranker
+    /// (the original Qwen3-Reranker prompt), bge-gemma (FlagEmbedding's prompt), mxbai-rerank
+    /// (mxbai-rerank-v2's library prompt); one for every model, or one per model [default: auto].
     #[arg(long, env = "ZERANK_RECIPE", value_delimiter = ',')]
     #[serde(deserialize_with = "one_or_many")]
     pub recipe: Vec<crate::model::RecipeChoice>,

@@ -1,6 +1,7 @@
 //! Shared by the integration tests: the committed fixtures and their goldens.
 #![allow(dead_code)]
 
+pub mod native;
 pub mod server;
 
 use std::path::{Path, PathBuf};
