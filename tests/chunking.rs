@@ -251,3 +251,116 @@ fn windows_of_text_without_spaces_keep_whole_characters() {
     let chunk = &reply.json()["results"][0]["chunk"];
     assert_eq!(chunk["count"], spans.len());
 }
+
+/// Windows of the fixture at its full length (40,960 positions), where zerank's
+/// 10,000-character cut, not the prompt's room, ends each window.
+fn windows_under_the_character_cut(document: &str, overlap_tokens: usize) -> usize {
+    let engine = common::load(&fixture("tiny"));
+    engine
+        .encode_windows(
+            QUERY,
+            document,
+            None,
+            TokenLimits::default(),
+            Chunking {
+                overlap_tokens,
+                max_chunks: 4_096,
+            },
+        )
+        .unwrap()
+        .len()
+}
+
+#[test]
+fn windows_advance_by_half_the_window_the_character_cut_leaves() {
+    // 13,600 characters: two windows of at most 10,000 characters, about 2,500 tokens each,
+    // against a room of some 40,000 tokens. An overlap of 4,096 tokens is under half the
+    // room but more than the window: it steps back half the window instead.
+    let document: String = long_document().chars().cycle().take(13_600).collect();
+    let count = windows_under_the_character_cut(&document, 4_096);
+    assert!((2..=3).contains(&count), "{count} windows");
+    assert_eq!(windows_under_the_character_cut(&document, 0), 2);
+}
+
+#[test]
+fn the_window_count_refusal_names_the_character_cut_that_binds() {
+    let server = TestServer::start(|s| {
+        s.long_documents = zerank_server::settings::LongDocuments::Chunk;
+    });
+    let document: String = long_document().chars().cycle().take(226_000).collect();
+    let reply = server.post("/rerank", &json!({"query": QUERY, "documents": [document]}));
+    let error = reply.assert_error(413, "input_too_long");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("226000 characters")
+            && message.contains("more than 16 windows (max_chunks_per_document)")
+            && message.contains("at most 10000 characters each"),
+        "{message}"
+    );
+    assert!(!message.contains("tokens each"), "{message}");
+    // Under a short prompt, the room in tokens binds, and the message says so in tokens.
+    let short = server_with_short_prompts(2);
+    let reply = short.post(
+        "/rerank",
+        &json!({"query": QUERY, "documents": [long_document()], "long_documents": "chunk"}),
+    );
+    let message = reply.assert_error(413, "input_too_long")["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("tokens each") && !message.contains("characters each"),
+        "{message}"
+    );
+}
+
+fn server_with_short_prompts(max_chunks: usize) -> TestServer {
+    server(|s| s.max_chunks_per_document = max_chunks)
+}
+
+#[test]
+fn a_document_of_whitespace_scores_the_same_in_both_modes() {
+    let server = server(|s| s.max_chunks_per_document = 2);
+    for blank in ["\t", "\u{a0}", "\u{3000}", " \t\u{a0}\u{3000}\n"] {
+        let document = blank.repeat(40_000 / blank.chars().count());
+        let scores: Vec<f64> = ["truncate", "chunk"]
+            .iter()
+            .map(|mode| {
+                let reply = server.post(
+                    "/rerank",
+                    &json!({"query": QUERY, "documents": [document], "long_documents": mode}),
+                );
+                assert_eq!(reply.status, 200, "{blank:?} {mode}: {}", reply.text);
+                reply.json()["results"][0]["relevance_score"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(scores[0], scores[1], "{blank:?}");
+    }
+}
+
+#[test]
+fn chunk_overlaps_past_half_a_window_are_refused_at_start() {
+    let metrics = zerank_server::metrics::Metrics::new();
+    let settings = |overlap: usize| zerank_server::settings::Settings {
+        model: vec![fixture("tiny").to_string_lossy().into_owned()],
+        chunk_overlap_tokens: overlap,
+        max_length: Some(MAX_LENGTH),
+        ..Default::default()
+    };
+    let err = zerank_server::service::Service::load_models(&settings(MAX_LENGTH / 2), &metrics)
+        .err()
+        .expect("an overlap of half the window is refused");
+    let message = err.to_string();
+    assert!(
+        message.contains("chunk_overlap_tokens = 48")
+            && message.contains("half")
+            && message.contains("96 tokens"),
+        "{message}"
+    );
+    assert!(
+        zerank_server::service::Service::load_models(&settings(MAX_LENGTH / 2 - 1), &metrics)
+            .is_ok()
+    );
+}

@@ -537,3 +537,51 @@ fn write_sharded(single: &Path, target: &Path) {
 fn truncate(s: &str) -> String {
     s.chars().take(40).collect()
 }
+
+#[test]
+fn a_long_document_keeps_the_tokens_it_would_keep_whole() {
+    // Over 9,000 characters (under zerank's 10,000-character cut) against a prompt of 128
+    // tokens: the document is cut to a piece of a few hundred tokens before it is tokenized
+    // in its prompt. The tokens kept must be the whole document's own, from either end.
+    let sentence =
+        "Le traité fut signé en 1919, 条约于1919年签署 🙂 — the mill's old bridge (№ 7) stood. ";
+    // Stripped, as the zerank recipe strips it.
+    let document = sentence
+        .repeat(9_500 / sentence.chars().count())
+        .trim()
+        .to_owned();
+    assert!(document.chars().count() > 9_000);
+    let tokenizer =
+        tokenizers::Tokenizer::from_file(fixture("tiny").join("tokenizer.json")).unwrap();
+    let alone = tokenizer.encode(document.as_str(), false).unwrap();
+    let alone = alone.get_ids();
+
+    let mut opts = options(&fixture("tiny"));
+    opts.max_length = Some(128);
+    let engine = Engine::load(&opts).unwrap();
+    let fixed = engine
+        .encode("q", "", None, TokenLimits::default())
+        .unwrap()
+        .ids;
+    let keep = 128 - fixed.len();
+    for direction in [TruncationDirection::Right, TruncationDirection::Left] {
+        let limits = TokenLimits {
+            max_document_tokens: None,
+            direction,
+        };
+        let cut = engine.encode("q", &document, None, limits).unwrap();
+        assert_eq!(cut.ids.len(), 128);
+        assert!(cut.over_max_length);
+        let kept = match direction {
+            TruncationDirection::Right => &alone[..keep],
+            TruncationDirection::Left => &alone[alone.len() - keep..],
+        };
+        // The template around the document is intact, and the document's tokens are those
+        // of the whole document at the end it keeps.
+        let head = (0..=fixed.len())
+            .find(|&h| cut.ids[h..h + keep] == *kept)
+            .unwrap_or_else(|| panic!("{direction:?}: the kept tokens are not the whole's"));
+        assert_eq!(cut.ids[..head], fixed[..head], "{direction:?}");
+        assert_eq!(cut.ids[head + keep..], fixed[head..], "{direction:?}");
+    }
+}

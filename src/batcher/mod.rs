@@ -1,7 +1,7 @@
 //! The dynamic batcher of one model: pairs of every request enter one queue; a batching task
-//! takes the oldest pairs, in order, within the token budget whenever the model thread is
-//! free, so an idle server runs a lone request at once and a busy one packs pairs of many
-//! requests.
+//! takes a batch within the token budget whenever the model thread is free, every waiting
+//! request getting its turn (see [`queue`]), so an idle server runs a lone request at once, a
+//! busy one packs pairs of many requests, and a small request never waits out a big one.
 
 mod queue;
 #[cfg(test)]
@@ -28,7 +28,7 @@ impl BatchScorer for Engine {
         Engine::score_batch(self, sequences)
     }
 }
-use queue::{Pending, Queue};
+use queue::{Load, Pending, Queue};
 
 /// Why a submission got no scores.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -38,7 +38,7 @@ pub enum BatchError {
     )]
     TooLarge { requested: usize, limit: usize },
     #[error(
-        "the request's {requested} prompt tokens would take about {seconds:.0} s at the measured {tokens_per_sec:.0} tokens/s, over the {time_left:.0} s it has (request_timeout_secs); send fewer or shorter documents"
+        "the request's {requested} prompt tokens would take about {seconds:.0} s at the measured {tokens_per_sec:.0} tokens/s with admission's 1.25x margin, over the {time_left:.0} s it has (request_timeout_secs); send fewer or shorter documents"
     )]
     TooSlow {
         requested: usize,
@@ -56,7 +56,7 @@ pub enum BatchError {
         expected_wait: Duration,
     },
     #[error(
-        "the {queued} tokens queued ahead would keep this request past its timeout (about {:.0} s of work at the measured throughput)", expected_wait.as_secs_f64()
+        "with the {queued} tokens queued, this request or one admitted before it would miss its timeout by about {:.0} s at the measured throughput; retry later or send fewer documents", expected_wait.as_secs_f64()
     )]
     Busy {
         queued: usize,
@@ -73,30 +73,32 @@ pub enum BatchError {
     Stopped,
 }
 
-/// Prompt tokens the model scores per second: measured at warm-up, then over real batches.
-/// Optimistic on purpose: a faster batch raises it at once, slower ones lower it slowly, so
-/// that only requests that could not finish even at the best recent speed are refused.
-/// Unknown (no refusals on time grounds) until measured.
+/// Prompt tokens the model scores per second: measured at warm-up, then over real batches,
+/// each moving the estimate in proportion to how much of the token budget it filled (a
+/// lone short pair says little about the rate of full batches). Unknown (no refusals on time
+/// grounds) until measured.
 #[derive(Default)]
 pub struct Throughput(AtomicU64);
 
 impl Throughput {
-    /// Weight of a slower batch in the estimate.
-    const SLOWER: f64 = 0.05;
+    /// Weight of a full batch in the estimate.
+    const FULL_BATCH_WEIGHT: f64 = 0.3;
 
     pub fn tokens_per_sec(&self) -> Option<f64> {
         let rate = f64::from_bits(self.0.load(Ordering::Relaxed));
         (rate > 0.0 && rate.is_finite()).then_some(rate)
     }
 
-    pub fn observe(&self, tokens: usize, seconds: f64) {
+    /// `fill`: the batch's share of the token budget (1 for a full one); the first
+    /// measurement sets the rate whatever its size.
+    pub fn observe(&self, tokens: usize, seconds: f64, fill: f64) {
         if tokens == 0 || seconds <= 0.0 {
             return;
         }
         let now = tokens as f64 / seconds;
         let rate = match self.tokens_per_sec() {
-            Some(rate) if now < rate => rate + Self::SLOWER * (now - rate),
-            _ => now,
+            Some(rate) => rate + Self::FULL_BATCH_WEIGHT * fill.clamp(0.0, 1.0) * (now - rate),
+            None => now,
         };
         self.0.store(rate.to_bits(), Ordering::Relaxed);
     }
@@ -106,6 +108,18 @@ impl Throughput {
         self.tokens_per_sec()
             .map(|rate| Duration::from_secs_f64(tokens as f64 / rate))
     }
+}
+
+/// How much longer than the estimate admission plans for: the rate is measured on the
+/// batches that ran, and long prompts cost more per token (attention grows with length).
+/// The attack that set it saw a request estimated at 46.5 s take 54.7 s (1.18x).
+pub const ADMISSION_MARGIN: f64 = 1.25;
+
+/// What admission expects `tokens` to take, with its margin; `None` until measured.
+fn planned(throughput: &Throughput, tokens: usize) -> Option<Duration> {
+    throughput
+        .time_for(tokens)
+        .map(|time| time.mul_f64(ADMISSION_MARGIN))
 }
 
 /// A request's scores, in its own order, and where its time went.
@@ -126,6 +140,8 @@ struct Request {
     /// Set once the request no longer wants answers (client gone, timed out, or failed).
     closed: AtomicBool,
     submitted: Instant,
+    /// When its caller stops waiting.
+    deadline: Instant,
 }
 
 struct RequestState {
@@ -226,6 +242,7 @@ impl Batcher {
             incoming,
             worker_alive.clone(),
             throughput.clone(),
+            budget,
             metrics.clone(),
         );
         let model_free = Arc::new(Semaphore::new(1));
@@ -235,6 +252,7 @@ impl Batcher {
                 let Ok(permit) = model_free.clone().acquire_owned().await else {
                     return;
                 };
+                batching_queue.model_idle();
                 let batch = batching_queue.next_batch().await;
                 if batches.send((batch, permit)).await.is_err() {
                     return;
@@ -264,7 +282,8 @@ impl Batcher {
     ///
     /// Refused at once, so that it never holds the queue for nothing: a request over the
     /// queue's budget, or one that could not finish in `time_left` at the measured
-    /// throughput, alone (413) or behind the tokens queued ahead of it (429, with the
+    /// throughput (with [`ADMISSION_MARGIN`]) alone (413), or in its turns beside the
+    /// requests waiting, or that would make one of them miss its own time (429, with the
     /// expected wait).
     pub async fn score(
         &self,
@@ -286,7 +305,7 @@ impl Batcher {
         if requested > limit {
             return Err(BatchError::TooLarge { requested, limit });
         }
-        if let Some(own) = self.throughput.time_for(requested)
+        if let Some(own) = planned(&self.throughput, requested)
             && own > time_left
         {
             return Err(BatchError::TooSlow {
@@ -300,6 +319,7 @@ impl Batcher {
             self.metrics.input_tokens.observe(seq.len() as f64);
         }
         let (reply, answer) = oneshot::channel();
+        let submitted = Instant::now();
         let request = Arc::new(Request {
             state: std::sync::Mutex::new(RequestState {
                 scores: vec![None; sequences.len()],
@@ -315,7 +335,8 @@ impl Batcher {
             }),
             span: tracing::Span::current(),
             closed: AtomicBool::new(false),
-            submitted: Instant::now(),
+            submitted,
+            deadline: submitted + time_left,
         });
         let pending = sequences
             .into_iter()
@@ -327,24 +348,24 @@ impl Batcher {
             })
             .collect();
         let throughput = &self.throughput;
-        self.queue.push(pending, |queued| {
-            let expected_wait = throughput
-                .time_for(queued)
-                .unwrap_or(Duration::from_secs(1));
+        self.queue.push(request.clone(), pending, |load| {
+            let queued = load.queued();
             if queued + requested > limit {
                 return Err(BatchError::QueueFull {
                     queued,
                     requested,
                     limit,
-                    expected_wait,
+                    expected_wait: throughput
+                        .time_for(queued)
+                        .unwrap_or(Duration::from_secs(1)),
                 });
             }
-            match throughput.time_for(queued + requested) {
-                Some(total) if queued > 0 && total > time_left => Err(BatchError::Busy {
+            match late_by(throughput, load, requested, time_left, submitted) {
+                Some(expected_wait) => Err(BatchError::Busy {
                     queued,
-                    expected_wait: total - time_left,
+                    expected_wait,
                 }),
-                _ => Ok(()),
+                None => Ok(()),
             }
         })?;
         let _withdraw_on_drop = Withdraw {
@@ -359,6 +380,35 @@ impl Batcher {
         }
         result
     }
+}
+
+/// How late a request of `requested` tokens joining `load` would make itself or a waiting
+/// request that is on time now, the longest; `None` when every one still makes it. Served
+/// in turns, the newcomer waits for at most its own size of every other request, and
+/// delays each by at most its own size.
+fn late_by(
+    throughput: &Throughput,
+    load: &Load,
+    requested: usize,
+    time_left: Duration,
+    now: Instant,
+) -> Option<Duration> {
+    let overrun = |tokens: usize, time_left: Duration| {
+        planned(throughput, tokens)
+            .and_then(|time| time.checked_sub(time_left))
+            .filter(|late| !late.is_zero())
+    };
+    let own = overrun(load.work_until_done(requested), time_left);
+    let others = load.waiting.iter().filter_map(|&(tokens, deadline)| {
+        let time_left = deadline.saturating_duration_since(now);
+        // It is among the waiting, so `work_until_done` counts it twice.
+        let before = load.work_until_done(tokens) - tokens;
+        overrun(before, time_left)
+            .is_none()
+            .then(|| overrun(before + requested.min(tokens), time_left))
+            .flatten()
+    });
+    own.into_iter().chain(others).max()
 }
 
 /// Takes a request's pairs off the queue when its caller stops waiting.

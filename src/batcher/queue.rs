@@ -1,8 +1,15 @@
 //! The queue of pairs waiting for the model, and how a batch is taken from it.
+//!
+//! Pairs wait in one line per request. A batch gives every waiting request its share of the
+//! budget in turn (round-robin), then fills what is left in the same order: a request of two
+//! documents behind one of five hundred is in the next batch, not five hundred pairs later,
+//! and a lone request still gets whole batches. A request's pairs stay next to each other in
+//! the batch, so that the forward shares their query prefix.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::sync::Notify;
 
@@ -17,9 +24,45 @@ pub(super) struct Pending {
     pub ids: Vec<u32>,
 }
 
-struct Waiting {
+/// One request's pairs still waiting, in order.
+struct Line {
+    request: Arc<Request>,
     pairs: VecDeque<Pending>,
     tokens: usize,
+}
+
+/// What a request joins: what admission weighs.
+pub(super) struct Load {
+    /// Tokens of the batch in the model now (0 when it is idle).
+    pub running: usize,
+    /// Each waiting request's tokens, and when it must be answered.
+    pub waiting: Vec<(usize, Instant)>,
+}
+
+impl Load {
+    pub fn queued(&self) -> usize {
+        self.waiting.iter().map(|&(tokens, _)| tokens).sum()
+    }
+
+    /// Tokens scored before the last of `tokens` more of one request is, served in turns:
+    /// the batch in the model, then at most as many of every other request's tokens.
+    pub fn work_until_done(&self, tokens: usize) -> usize {
+        self.running
+            + tokens
+            + self
+                .waiting
+                .iter()
+                .map(|&(other, _)| other.min(tokens))
+                .sum::<usize>()
+    }
+}
+
+struct Waiting {
+    /// In turn order: the next batch starts with the first.
+    lines: VecDeque<Line>,
+    pairs: usize,
+    tokens: usize,
+    running: usize,
 }
 
 pub(super) struct Queue {
@@ -33,8 +76,10 @@ impl Queue {
     pub fn new(budget: BatchBudget, metrics: ModelMetrics) -> Self {
         Queue {
             waiting: Mutex::new(Waiting {
-                pairs: VecDeque::new(),
+                lines: VecDeque::new(),
+                pairs: 0,
                 tokens: 0,
+                running: 0,
             }),
             arrived: Notify::new(),
             budget,
@@ -46,19 +91,33 @@ impl Queue {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Enqueues a request's pairs, all or none: `admit` sees the tokens already queued and
-    /// may refuse.
+    /// Enqueues a request's pairs, all or none: `admit` sees the load it would join and may
+    /// refuse.
     pub fn push(
         &self,
+        request: Arc<Request>,
         pairs: Vec<Pending>,
-        admit: impl FnOnce(usize) -> Result<(), BatchError>,
+        admit: impl FnOnce(&Load) -> Result<(), BatchError>,
     ) -> Result<(), BatchError> {
         let tokens: usize = pairs.iter().map(|p| p.ids.len()).sum();
         {
             let mut waiting = self.lock();
-            admit(waiting.tokens)?;
+            let load = Load {
+                running: waiting.running,
+                waiting: waiting
+                    .lines
+                    .iter()
+                    .map(|line| (line.tokens, line.request.deadline))
+                    .collect(),
+            };
+            admit(&load)?;
             waiting.tokens += tokens;
-            waiting.pairs.extend(pairs);
+            waiting.pairs += pairs.len();
+            waiting.lines.push_back(Line {
+                request,
+                pairs: pairs.into(),
+                tokens,
+            });
             self.publish(&waiting);
         }
         self.arrived.notify_one();
@@ -68,19 +127,21 @@ impl Queue {
     /// Removes every pair of `request` still waiting.
     pub fn withdraw(&self, request: &Arc<Request>) {
         let mut waiting = self.lock();
-        let before = waiting.pairs.len();
-        let mut freed = 0;
-        waiting.pairs.retain(|p| {
-            let keep = !Arc::ptr_eq(&p.request, request);
-            if !keep {
-                freed += p.ids.len();
-            }
-            keep
-        });
-        if waiting.pairs.len() != before {
-            waiting.tokens -= freed;
+        if let Some(at) = waiting
+            .lines
+            .iter()
+            .position(|line| Arc::ptr_eq(&line.request, request))
+            && let Some(line) = waiting.lines.remove(at)
+        {
+            waiting.tokens -= line.tokens;
+            waiting.pairs -= line.pairs.len();
             self.publish(&waiting);
         }
+    }
+
+    /// The model finished its batch and nothing runs until the next is taken.
+    pub fn model_idle(&self) {
+        self.lock().running = 0;
     }
 
     /// Waits for pairs, then takes the next batch.
@@ -94,37 +155,66 @@ impl Queue {
         }
     }
 
-    /// The oldest waiting pairs, as many as the budget holds: first come, first served, and
-    /// a request's pairs stay together so that the forward shares their query prefix. Under
-    /// load, a batch that a request's last pairs leave room in fills with the next request's.
+    /// As many waiting pairs as the budget holds: first each request's share in turn, then
+    /// the room left in the same order. Requests served go to the back of the turn order,
+    /// so that when more requests wait than a batch holds, the others come first next time.
     fn take_batch(&self) -> Vec<Pending> {
-        let mut waiting = self.lock();
-        // Pairs of requests that gave up may linger only if a withdraw raced a batch.
-        let mut dropped = 0;
-        waiting.pairs.retain(|p| {
-            let open = !p.request.closed.load(Ordering::SeqCst);
+        let mut guard = self.lock();
+        let waiting = &mut *guard;
+        // Lines of requests that gave up may linger only if a withdraw raced a batch.
+        waiting.lines.retain(|line| {
+            let open = !line.request.closed.load(Ordering::SeqCst);
             if !open {
-                dropped += p.ids.len();
+                waiting.tokens -= line.tokens;
+                waiting.pairs -= line.pairs.len();
             }
             open
         });
-        waiting.tokens -= dropped;
+        let lines = waiting.lines.len().max(1);
+        let share = BatchBudget {
+            max_tokens: self.budget.max_tokens / lines,
+            max_sequences: self.budget.max_sequences.max(1) / lines,
+        };
+        let mut taken = vec![(0usize, 0usize); waiting.lines.len()];
         let (mut count, mut tokens) = (0, 0);
-        for pair in &waiting.pairs {
-            if count > 0 && !self.budget.fits(tokens + pair.ids.len(), count + 1) {
-                break;
+        for limit in [Some(share), None] {
+            for (line, (own_count, own_tokens)) in waiting.lines.iter().zip(taken.iter_mut()) {
+                for pair in line.pairs.iter().skip(*own_count) {
+                    let len = pair.ids.len();
+                    let batch_full = count > 0 && !self.budget.fits(tokens + len, count + 1);
+                    let share_used = limit.is_some_and(|share| {
+                        *own_count > 0 && !share.fits(*own_tokens + len, *own_count + 1)
+                    });
+                    if batch_full || share_used {
+                        break;
+                    }
+                    (*own_count, *own_tokens) = (*own_count + 1, *own_tokens + len);
+                    (count, tokens) = (count + 1, tokens + len);
+                }
             }
-            count += 1;
-            tokens += pair.ids.len();
         }
-        let batch: Vec<Pending> = waiting.pairs.drain(..count).collect();
+        let mut batch = Vec::with_capacity(count);
+        let (mut served, mut unserved) = (VecDeque::new(), VecDeque::new());
+        for (mut line, (own_count, own_tokens)) in waiting.lines.drain(..).zip(taken) {
+            batch.extend(line.pairs.drain(..own_count));
+            line.tokens -= own_tokens;
+            match own_count {
+                0 => unserved.push_back(line),
+                _ if !line.pairs.is_empty() => served.push_back(line),
+                _ => {}
+            }
+        }
+        unserved.append(&mut served);
+        waiting.lines = unserved;
         waiting.tokens -= tokens;
-        self.publish(&waiting);
+        waiting.pairs -= count;
+        waiting.running = tokens;
+        self.publish(waiting);
         batch
     }
 
     fn publish(&self, waiting: &Waiting) {
-        self.metrics.queue_pairs.set(waiting.pairs.len() as i64);
+        self.metrics.queue_pairs.set(waiting.pairs as i64);
         self.metrics.queue_tokens.set(waiting.tokens as i64);
     }
 }

@@ -25,6 +25,8 @@ struct Gate {
     /// Batches that reached the gate, and their pairs.
     arrived: AtomicUsize,
     arrived_pairs: AtomicUsize,
+    /// Each batch's sequences, in the order the model ran them.
+    batches: Mutex<Vec<Vec<Vec<u32>>>>,
 }
 
 impl Gate {
@@ -37,8 +39,13 @@ impl Gate {
         self.changed.notify_all();
     }
 
-    fn pass(&self, pairs: usize) {
-        self.arrived_pairs.fetch_add(pairs, Ordering::SeqCst);
+    fn pass(&self, sequences: &[&[u32]]) {
+        self.batches
+            .lock()
+            .unwrap()
+            .push(sequences.iter().map(|s| s.to_vec()).collect());
+        self.arrived_pairs
+            .fetch_add(sequences.len(), Ordering::SeqCst);
         self.arrived.fetch_add(1, Ordering::SeqCst);
         let mut closed = self.closed.lock().unwrap();
         while *closed {
@@ -60,7 +67,7 @@ struct FakeScorer {
 
 impl BatchScorer for FakeScorer {
     fn score_batch(&self, sequences: &[&[u32]]) -> crate::model::Result<ScoredBatch> {
-        self.gate.pass(sequences.len());
+        self.gate.pass(sequences);
         let tokens = sequences.iter().map(|s| s.len()).sum();
         assert!(
             sequences.len() == 1 || self.budget.fits(tokens, sequences.len()),
@@ -333,7 +340,7 @@ fn requests_that_cannot_finish_in_time_are_refused_at_once() {
     runtime().block_on(async {
         // 100 tokens a second, as if measured at warm-up.
         let throughput = Throughput::default();
-        throughput.observe(100, 1.0);
+        throughput.observe(100, 1.0, 1.0);
         let Harness {
             batcher,
             metrics,
@@ -350,8 +357,10 @@ fn requests_that_cannot_finish_in_time_are_refused_at_once() {
             "{err}"
         );
         assert_eq!(gate.arrived(), 0);
-        // Behind 1.5 s of queued work, another 1 s request would miss a 2 s budget by 0.5 s:
-        // 429 with that wait. A request with time to spare waits its turn.
+        // 50 tokens in the model and 150 waiting: in turns, another 100-token request waits
+        // for 50 + 100 of them, 2.5 s of work at 100 tokens/s, 3.125 s with the margin: it
+        // would miss a 2 s budget by 1.125 s, so 429 with that wait. A request with time to
+        // spare waits its turn.
         let first = tokio::spawn({
             let batcher = batcher.clone();
             async move { batcher.score(vec![sequence(2, 50)], LONG).await }
@@ -359,7 +368,11 @@ fn requests_that_cannot_finish_in_time_are_refused_at_once() {
         until("the first request in the model", || gate.arrived() == 1).await;
         let queued = tokio::spawn({
             let batcher = batcher.clone();
-            async move { batcher.score(vec![sequence(3, 150)], LONG).await }
+            async move {
+                batcher
+                    .score(vec![sequence(3, 150)], Duration::from_millis(3_500))
+                    .await
+            }
         });
         until("150 tokens queued", || metrics.queue_tokens.get() == 150).await;
         let err = batcher
@@ -370,11 +383,104 @@ fn requests_that_cannot_finish_in_time_are_refused_at_once() {
             BatchError::Busy {
                 queued: 150,
                 expected_wait,
-            } => assert_eq!(expected_wait, Duration::from_millis(500)),
+            } => assert_eq!(expected_wait, Duration::from_millis(1_125)),
             other => panic!("{other}"),
         }
+        // The waiting request needs 200 tokens' work, 2.5 s with the margin, of its 3.5 s. A
+        // newcomer of 100 tokens, with all the time it wants, would delay it by 100 tokens
+        // (1.25 s): refused, so that the admitted request still makes it. One of 10 tokens
+        // fits beside it.
+        let err = batcher
+            .score(vec![sequence(5, 100)], LONG)
+            .await
+            .unwrap_err();
+        match err {
+            BatchError::Busy {
+                queued: 150,
+                expected_wait,
+            } => assert!(
+                expected_wait >= Duration::from_millis(250),
+                "{expected_wait:?}"
+            ),
+            other => panic!("{other}"),
+        }
+        let small = tokio::spawn({
+            let batcher = batcher.clone();
+            async move { batcher.score(vec![sequence(6, 10)], LONG).await }
+        });
+        until("the small request queued", || {
+            metrics.queue_tokens.get() == 160
+        })
+        .await;
         gate.open();
         first.await.unwrap().unwrap();
         queued.await.unwrap().unwrap();
+        small.await.unwrap().unwrap();
+    });
+}
+
+#[test]
+fn a_small_request_is_served_in_the_next_batch_behind_a_big_one() {
+    runtime().block_on(async {
+        let budget = BatchBudget {
+            max_tokens: 100,
+            max_sequences: 10,
+        };
+        let Harness {
+            batcher,
+            metrics,
+            gate,
+        } = batcher(budget, usize::MAX);
+        gate.close();
+        // 200 pairs of 10 tokens: 20 full batches.
+        let big = tokio::spawn({
+            let batcher = batcher.clone();
+            async move {
+                let sequences: Vec<Vec<u32>> = (0..200).map(|i| sequence(i, 10)).collect();
+                let scored = batcher.score(sequences.clone(), LONG).await.unwrap();
+                (sequences, scored)
+            }
+        });
+        until("the big request's first batch in the model", || {
+            gate.arrived() == 1
+        })
+        .await;
+        // Token 4242 marks the small request's pairs (the big one's ids stay under 500).
+        let small_pairs: Vec<Vec<u32>> = (0..2)
+            .map(|i| {
+                let mut ids = sequence(1_000 + i, 9);
+                ids.push(4242);
+                ids
+            })
+            .collect();
+        let small = tokio::spawn({
+            let batcher = batcher.clone();
+            let sequences = small_pairs.clone();
+            async move { batcher.score(sequences, LONG).await.unwrap() }
+        });
+        until("the small request queued", || {
+            metrics.queue_pairs.get() == 190 + 2
+        })
+        .await;
+        gate.open();
+        let scored = small.await.unwrap();
+        for (ids, score) in small_pairs.iter().zip(&scored.scores) {
+            assert_eq!(score.margin, expected(ids));
+        }
+        let (sequences, scored) = big.await.unwrap();
+        for (ids, score) in sequences.iter().zip(&scored.scores) {
+            assert_eq!(score.margin, expected(ids));
+        }
+        let batches = gate.batches.lock().unwrap();
+        let holding_small: Vec<usize> = (0..batches.len())
+            .filter(|&b| batches[b].iter().any(|ids| ids.contains(&4242)))
+            .collect();
+        // The batch after the one running when it came, not the 21st.
+        assert_eq!(holding_small, vec![1], "{} batches in all", batches.len());
+        // Its pairs sit together, and every batch but the last is full.
+        let second = &batches[1];
+        let at = second.iter().position(|ids| ids.contains(&4242)).unwrap();
+        assert!(second[at + 1].contains(&4242));
+        assert_eq!(batches.len(), 21);
     });
 }

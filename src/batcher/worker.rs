@@ -11,7 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use super::queue::Pending;
 use super::{BatchError, BatchScorer, Request, Throughput};
 use crate::metrics::ModelMetrics;
-use crate::model::ModelError;
+use crate::model::{BatchBudget, ModelError};
 
 pub(super) type BatchMessage = (Vec<Pending>, OwnedSemaphorePermit);
 
@@ -20,13 +20,14 @@ pub(super) fn spawn(
     mut incoming: mpsc::Receiver<BatchMessage>,
     alive: Arc<AtomicBool>,
     throughput: Arc<Throughput>,
+    budget: BatchBudget,
     metrics: ModelMetrics,
 ) {
     std::thread::Builder::new()
         .name("zerank-model".into())
         .spawn(move || {
             while let Some((batch, permit)) = incoming.blocking_recv() {
-                run_and_answer(engine.as_ref(), batch, &throughput, &metrics);
+                run_and_answer(engine.as_ref(), batch, &throughput, budget, &metrics);
                 drop(permit);
             }
             alive.store(false, Ordering::SeqCst);
@@ -38,6 +39,7 @@ fn run_and_answer(
     engine: &dyn BatchScorer,
     batch: Vec<Pending>,
     throughput: &Throughput,
+    budget: BatchBudget,
     metrics: &ModelMetrics,
 ) {
     let mut requests: Vec<&Arc<Request>> = Vec::new();
@@ -79,7 +81,8 @@ fn run_and_answer(
 
     match outcome {
         Ok(Ok(scored)) => {
-            throughput.observe(tokens, inference.as_secs_f64());
+            let fill = tokens as f64 / budget.max_tokens.max(1) as f64;
+            throughput.observe(tokens, inference.as_secs_f64(), fill);
             for request in &requests {
                 request.add_inference_time(inference);
             }

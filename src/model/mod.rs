@@ -3,6 +3,7 @@
 
 mod batch;
 mod bf16;
+mod chunks;
 mod config;
 mod decoder;
 mod device;
@@ -26,14 +27,15 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
 pub use batch::{BatchBudget, plan_batches};
+pub use chunks::{Chunking, Window};
 pub use config::{Architecture, ModelConfig};
 pub use device::{CpuFeatures, DTypeSpec, DeviceSpec};
 pub use error::{ModelError, Result};
 pub use files::{CheckpointFiles, ModelSource};
 pub use linear::{Blas, CpuLibrary, LinearGemm};
 pub use prompt::{
-    Chunking, DOCUMENT_CHAR_LIMIT, EncodedPair, QUERY_CHAR_LIMIT, TokenLimits, TruncationDirection,
-    Window, cut_and_strip,
+    DOCUMENT_CHAR_LIMIT, EncodedPair, QUERY_CHAR_LIMIT, TokenLimits, TruncationDirection,
+    cut_and_strip,
 };
 pub use recipe::{Calibration, RecipeChoice};
 
@@ -256,6 +258,12 @@ impl Engine {
         limits: TokenLimits,
     ) -> Result<EncodedPair> {
         self.encoder.encode(query, document, instruction, limits)
+    }
+
+    /// About the most memory the tokenizer takes for `text` (a query or document), however
+    /// long: it tokenizes only as much as the prompt can hold.
+    pub fn tokenizing_bytes(&self, text: &str) -> usize {
+        self.encoder.tokenizing_bytes(text)
     }
 
     /// The prompts of a document's windows, for scoring a long document whole (see

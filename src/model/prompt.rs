@@ -9,7 +9,7 @@
 use std::ops::Range;
 use std::path::Path;
 
-use tokenizers::Tokenizer;
+use tokenizers::{Encoding, Tokenizer};
 
 use super::error::{ModelError, Result};
 use super::recipe::Recipe;
@@ -42,26 +42,21 @@ pub struct TokenLimits {
     pub direction: TruncationDirection,
 }
 
-/// How a document longer than the prompt's room is split into windows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Chunking {
-    /// Tokens a window repeats from the end of the one before.
-    pub overlap_tokens: usize,
-    /// Most windows per document; more is an error.
-    pub max_chunks: usize,
-}
+/// Characters a token of ordinary text stands for, about (English runs near 4).
+pub(super) const TYPICAL_CHARS_PER_TOKEN: usize = 4;
 
-/// One window of a document, ready for the model.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Window {
-    pub encoded: EncodedPair,
-    /// Where the window lies in the document, in characters (Unicode scalar values).
-    pub chars: Range<usize>,
-}
+/// Characters tokenized first, per token looked for. More are tokenized, doubling, only
+/// when the text holds fewer tokens than that.
+const CHARS_PER_TOKEN_GUESS: usize = 2 * TYPICAL_CHARS_PER_TOKEN;
 
-/// Tokens kept free in each window: inside the prompt, the window's first and last tokens
-/// may merge with the template's text and tokenize a little longer than alone.
-const WINDOW_SLACK_TOKENS: usize = 4;
+/// Tokens tokenized past the last one kept, so that where a long text is cut never changes
+/// a kept token: the tokenizer looks past a character only within its pre-token (a word, a
+/// run of spaces or punctuation), which 64 tokens span many times over.
+pub(super) const CUT_MARGIN_TOKENS: usize = 64;
+
+/// Memory the tokenizer takes per byte of text it tokenizes at once (offsets and alignments
+/// per byte, a string per token): 856 MiB for a 7.5 MB document, measured.
+const TOKENIZER_BYTES_PER_BYTE: usize = 120;
 
 /// A pair ready for the model.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,7 +70,7 @@ pub struct EncodedPair {
 
 /// What user text goes through before it is placed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TextRule {
+pub(super) enum TextRule {
     /// zerank-1: `text[:limit].strip()`.
     ReferenceCuts,
     /// Sentence Transformers and Qwen3-Reranker: the text as given.
@@ -99,8 +94,11 @@ pub struct PromptEncoder {
     /// `None`: the prompt has no place for an instruction.
     instructed: Option<Vec<Piece>>,
     default_instruction: Option<String>,
-    text_rule: TextRule,
-    max_length: usize,
+    pub(super) text_rule: TextRule,
+    pub(super) max_length: usize,
+    /// The most characters one token can stand for: twice the longest vocabulary entry, as
+    /// Unicode normalization may compose several characters into one.
+    pub(super) max_token_chars: usize,
 }
 
 /// Where the prompt's pieces come from.
@@ -207,6 +205,12 @@ impl PromptEncoder {
         specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
         // Special markers in user text are split as text.
         tokenizer.set_encode_special_tokens(true);
+        let max_token_chars = 2 * tokenizer
+            .get_vocab(true)
+            .keys()
+            .map(|token| token.chars().count())
+            .max()
+            .unwrap_or(1);
         let encoder = PromptEncoder {
             text_tokenizer: tokenizer,
             plain: split_at_specials(plain, &specials),
@@ -214,6 +218,7 @@ impl PromptEncoder {
             default_instruction,
             text_rule,
             max_length,
+            max_token_chars,
         };
         let template_len = encoder
             .assemble(
@@ -233,6 +238,17 @@ impl PromptEncoder {
     /// The longest prompt the model accepts, template included.
     pub fn max_length(&self) -> usize {
         self.max_length
+    }
+
+    /// About the most memory the tokenizer takes for `text`: [`TOKENIZER_BYTES_PER_BYTE`]
+    /// times the most of it tokenized at once, a recipe cut or a doubling past what the
+    /// prompt holds, 4 bytes a character.
+    pub fn tokenizing_bytes(&self, text: &str) -> usize {
+        let at_once_chars = match self.text_rule {
+            TextRule::ReferenceCuts => DOCUMENT_CHAR_LIMIT + 1,
+            TextRule::Verbatim => (self.max_length + CUT_MARGIN_TOKENS) * CHARS_PER_TOKEN_GUESS * 2,
+        };
+        TOKENIZER_BYTES_PER_BYTE.saturating_mul(text.len().min(at_once_chars * 4))
     }
 
     /// The vocabulary id of one token.
@@ -262,6 +278,11 @@ impl PromptEncoder {
 
     /// The token ids of the prompt for one pair: the recipe's text rule, the layout, joined
     /// tokenization; then the token limits, which only ever shorten the document.
+    ///
+    /// Memory follows what the prompt can hold, not the text's size: a document is first
+    /// cut, at the end the token limits drop, to a piece that still tokenizes to more than
+    /// the model keeps (and a margin), so the tokens kept are the same as from the whole; a
+    /// query or instruction longer than the model's length is refused from such a piece.
     pub fn encode(
         &self,
         query: &str,
@@ -277,6 +298,32 @@ impl PromptEncoder {
             TextRule::Verbatim => (query, document),
         };
         let instruction = instruction.or(self.default_instruction.as_deref());
+        for (what, text) in [("query", Some(query)), ("instruction", instruction)] {
+            let text = text.unwrap_or("");
+            let (piece, _) = self.head(
+                text,
+                self.max_length,
+                usize::MAX,
+                TruncationDirection::Right,
+            )?;
+            if piece.len() < text.len() {
+                return Err(ModelError::InputTooLong(format!(
+                    "the {what} alone takes more than the model's {} tokens",
+                    self.max_length
+                )));
+            }
+        }
+        let kept_at_most = self
+            .max_length
+            .min(limits.max_document_tokens.unwrap_or(usize::MAX));
+        let document = self
+            .head(
+                document,
+                kept_at_most + CUT_MARGIN_TOKENS,
+                usize::MAX,
+                limits.direction,
+            )?
+            .0;
         let pieces = self.pieces(instruction.is_some())?;
         let (mut ids, document_span) =
             self.assemble(pieces, [query, document, instruction.unwrap_or("")])?;
@@ -310,51 +357,51 @@ impl PromptEncoder {
         })
     }
 
-    /// The prompts of a document's windows: the whole document when it fits the prompt's
-    /// room (and the recipe's character cut), else token windows of that room that end on
-    /// whitespace where they can, each `overlap_tokens` into the one before.
-    /// `limits.max_document_tokens` caps a window's size.
-    pub fn encode_windows(
+    /// A prefix (`Right`) or suffix (`Left`) of `text` long enough to hold more than
+    /// `tokens` tokens or `chars` characters, whichever is shorter, and its tokens; all of
+    /// `text` when it holds neither, untokenized (`None`) when its length alone shows it.
+    /// Tokenizes doubling lengths, from `tokens` times a guess of characters per token, so
+    /// that work and memory follow what is asked for, not the text's size.
+    pub(super) fn head<'t>(
         &self,
-        query: &str,
-        document: &str,
-        instruction: Option<&str>,
-        limits: TokenLimits,
-        chunking: Chunking,
-    ) -> Result<Vec<Window>> {
-        let whole_limits = TokenLimits {
-            max_document_tokens: None,
-            ..limits
-        };
-        let fixed = self.encode(query, "", instruction, whole_limits)?.ids.len();
-        let room = (self.max_length - fixed)
-            .min(limits.max_document_tokens.unwrap_or(usize::MAX))
-            .saturating_sub(WINDOW_SLACK_TOKENS)
+        text: &'t str,
+        tokens: usize,
+        chars: usize,
+        from: TruncationDirection,
+    ) -> Result<(&'t str, Option<Encoding>)> {
+        let mut take = tokens
+            .saturating_mul(CHARS_PER_TOKEN_GUESS)
+            .min(chars)
             .max(1);
-        let max_chars = match self.text_rule {
-            TextRule::ReferenceCuts => DOCUMENT_CHAR_LIMIT,
-            TextRule::Verbatim => usize::MAX,
-        };
-        let tokens = self
-            .text_tokenizer
-            .encode(document, false)
-            .map_err(|err| ModelError::Tokenizer(err.to_string()))?;
-        let offsets = tokens.get_offsets();
-        let spans = if offsets.len() <= room && document.chars().count() <= max_chars {
-            std::iter::once(0..document.len()).collect()
-        } else {
-            window_spans(document, offsets, room, max_chars, chunking)?
-        };
-        spans
-            .into_iter()
-            .map(|bytes| {
-                let encoded =
-                    self.encode(query, &document[bytes.clone()], instruction, whole_limits)?;
-                let start = document[..bytes.start].chars().count();
-                let chars = start..start + document[bytes].chars().count();
-                Ok(Window { encoded, chars })
-            })
-            .collect()
+        // A text of fewer bytes has fewer characters, too.
+        if text.len() <= take {
+            return Ok((text, None));
+        }
+        loop {
+            let piece = match from {
+                TruncationDirection::Right => {
+                    &text[..text.char_indices().nth(take).map_or(text.len(), |(i, _)| i)]
+                }
+                TruncationDirection::Left => {
+                    &text[text
+                        .char_indices()
+                        .rev()
+                        .nth(take - 1)
+                        .map_or(0, |(i, _)| i)..]
+                }
+            };
+            let encoding = self.tokenize(piece)?;
+            if piece.len() == text.len() || encoding.len() > tokens || take >= chars {
+                return Ok((piece, Some(encoding)));
+            }
+            take = take.saturating_mul(2).min(chars);
+        }
+    }
+
+    pub(super) fn tokenize(&self, text: &str) -> Result<Encoding> {
+        self.text_tokenizer
+            .encode(text, false)
+            .map_err(|err| ModelError::Tokenizer(err.to_string()))
     }
 
     /// The ids of `pieces` with the slots filled by `[query, document, instruction]`, and
@@ -439,68 +486,6 @@ impl PromptEncoder {
     }
 }
 
-/// Byte ranges of the windows over a document's tokens (`offsets`, in bytes): at most
-/// `room` tokens and `max_chars` characters each, cut before a token that starts with
-/// whitespace when one lies in the window's second half.
-fn window_spans(
-    document: &str,
-    offsets: &[(usize, usize)],
-    room: usize,
-    max_chars: usize,
-    chunking: Chunking,
-) -> Result<Vec<Range<usize>>> {
-    let starts_word = |k: usize| {
-        document[offsets[k].0..]
-            .chars()
-            .next()
-            .is_some_and(char::is_whitespace)
-    };
-    let mut spans = Vec::new();
-    let mut start = 0;
-    while start < offsets.len() {
-        let mut end = (start + room).min(offsets.len());
-        while end > start + 1
-            && document[offsets[start].0..offsets[end - 1].1]
-                .chars()
-                .count()
-                > max_chars
-        {
-            end = start + (end - start) * 3 / 4;
-        }
-        if end < offsets.len()
-            && let Some(cut) = (start + (end - start) / 2 + 1..end)
-                .rev()
-                .find(|&k| starts_word(k))
-        {
-            end = cut;
-        }
-        // Byte-level tokens may split a character; a window keeps it whole.
-        let (mut first, mut last) = (offsets[start].0, offsets[end - 1].1);
-        while !document.is_char_boundary(first) {
-            first -= 1;
-        }
-        while !document.is_char_boundary(last) {
-            last += 1;
-        }
-        spans.push(first..last);
-        if spans.len() > chunking.max_chunks {
-            return Err(ModelError::InputTooLong(format!(
-                "a document of {} tokens needs more than {} windows of at most {room} tokens (max_chunks_per_document); send a shorter document or ask for `long_documents: \"truncate\"`",
-                offsets.len(),
-                chunking.max_chunks
-            )));
-        }
-        if end == offsets.len() {
-            break;
-        }
-        // Step back by the overlap (at most half a window), but always forward.
-        start = end
-            .saturating_sub(chunking.overlap_tokens.min(room / 2))
-            .max(start + 1);
-    }
-    Ok(spans)
-}
-
 /// A layout's fixed text cut at the tokenizer's special markers.
 fn split_at_specials(layout: &Layout, specials: &[(String, u32)]) -> Vec<Piece> {
     let mut pieces = Vec::new();
@@ -552,7 +537,7 @@ pub fn cut_and_strip(text: &str, limit: usize) -> &str {
 }
 
 /// `str.isspace()`: Unicode White_Space plus the separators U+001C..U+001F.
-fn is_python_whitespace(c: char) -> bool {
+pub(super) fn is_python_whitespace(c: char) -> bool {
     c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::batcher::{BatchError, Batcher, Scored, Throughput};
+use crate::batcher::{ADMISSION_MARGIN, BatchError, Batcher, Scored, Throughput};
 use crate::metrics::{Metrics, ModelMetrics};
 use crate::model::{Chunking, Engine, ModelError, Score, TokenLimits, Window};
 use crate::settings::{LongDocuments, ModelNamePolicy, ModelSettings, Settings};
@@ -121,6 +121,9 @@ pub struct Service {
     limits: RequestLimits,
     admission: Arc<Semaphore>,
     max_concurrent: usize,
+    /// KiB of tokenizer memory; a request holds its estimate while it tokenizes.
+    tokenizing_memory: Arc<Semaphore>,
+    tokenizing_budget_kib: usize,
     model_name_policy: ModelNamePolicy,
     long_documents: LongDocuments,
     chunking: Chunking,
@@ -320,13 +323,20 @@ impl Service {
                 let started = Instant::now();
                 let engine = Engine::load(&model.load)
                     .map_err(|err| anyhow::anyhow!("model `{}`: {err}", model.load.model))?;
+                let window = engine.info().max_length;
+                anyhow::ensure!(
+                    settings.chunk_overlap_tokens.saturating_mul(2) < window,
+                    "chunk_overlap_tokens = {} is not under half of model `{}`'s longest chunk window, {window} tokens (its max_length): windows must advance by at least half a window",
+                    settings.chunk_overlap_tokens,
+                    model.load.model
+                );
                 let warmup = engine.warm_up(budget)?;
                 metrics
                     .for_model(&model.served_names[0])
                     .model_load_seconds
                     .set(started.elapsed().as_secs_f64());
                 let throughput = Arc::new(Throughput::default());
-                throughput.observe(warmup.tokens(), warmup.seconds);
+                throughput.observe(warmup.tokens(), warmup.seconds, 1.0);
                 let tokens_per_sec = throughput.tokens_per_sec().unwrap_or(f64::INFINITY);
                 let typical_secs = typical_request_secs(tokens_per_sec);
                 tracing::info!(
@@ -341,10 +351,10 @@ impl Service {
                     info = ?engine.info(),
                     "model ready"
                 );
-                if typical_secs > settings.request_timeout_secs {
+                if typical_secs * ADMISSION_MARGIN > settings.request_timeout_secs {
                     tracing::warn!(
                         model = %model.load.model,
-                        "a request of 100 documents of 400 tokens would take about {typical_secs:.0} s at the measured {:.0} tokens/s, over request_timeout_secs = {}; such requests will be refused with 413 (raise the timeout, or use a GPU or a smaller model)",
+                        "a request of 100 documents of 400 tokens would take about {typical_secs:.0} s at the measured {:.0} tokens/s, with admission's {ADMISSION_MARGIN}x margin over request_timeout_secs = {}; such requests will be refused with 413 (raise the timeout, or use a GPU or a smaller model)",
                         tokens_per_sec,
                         settings.request_timeout_secs
                     );
@@ -360,6 +370,9 @@ impl Service {
 
     /// Starts a batcher per model; call inside a Tokio runtime.
     pub fn start(models: Vec<LoadedModel>, settings: &Settings, metrics: Arc<Metrics>) -> Self {
+        // KiB: the semaphore counts in u32, and a request's estimate is never that fine.
+        let tokenizing_budget_kib =
+            (settings.tokenizing_memory_bytes / 1024).clamp(1, u32::MAX as usize);
         let models = models
             .into_iter()
             .map(|loaded| {
@@ -390,6 +403,8 @@ impl Service {
             },
             admission: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
             max_concurrent: settings.max_concurrent_requests,
+            tokenizing_memory: Arc::new(Semaphore::new(tokenizing_budget_kib)),
+            tokenizing_budget_kib,
             model_name_policy: settings.model_name_policy,
             long_documents: settings.long_documents,
             chunking: settings.chunking(),
@@ -498,7 +513,22 @@ impl Service {
         let pairs = job.pairs;
         let long_documents = job.long_documents.unwrap_or(self.long_documents);
         let chunking = self.chunking;
+        let tokenizing_memory = self.tokenizing_memory.clone();
+        let tokenizing_budget_kib = self.tokenizing_budget_kib;
         let work = async move {
+            // A request larger than the whole budget takes all of it and runs alone.
+            let longest = (0..pairs.len())
+                .map(|i| {
+                    let (query, document) = pairs.get(i);
+                    engine.tokenizing_bytes(query) + engine.tokenizing_bytes(document)
+                })
+                .max()
+                .unwrap_or(0);
+            let kib = (longest / 1024).clamp(1, tokenizing_budget_kib) as u32;
+            let memory = tokenizing_memory
+                .acquire_many_owned(kib)
+                .await
+                .map_err(|_| ServiceError::Internal("the tokenizing budget is closed".into()))?;
             let span = tracing::info_span!(
                 "tokenize",
                 pairs = pairs.len() as i64,
@@ -531,6 +561,7 @@ impl Service {
                 metrics
                     .tokenization_duration
                     .observe(tokenizing.elapsed().as_secs_f64());
+                drop(memory);
                 windows.map(|windows| {
                     let tokens: usize = windows.iter().flatten().map(|w| w.encoded.ids.len()).sum();
                     span.record("tokens", tokens as i64);

@@ -168,6 +168,14 @@ pub struct Settings {
     /// Memory for each model's score cache, in bytes (about 92 per score); 0 turns it off.
     #[arg(long, env = "ZERANK_SCORE_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub score_cache_bytes: usize,
+    /// Memory the tokenizers of all requests together may take, in bytes (estimated per
+    /// request from its longest text); requests over it wait their turn.
+    #[arg(
+        long,
+        env = "ZERANK_TOKENIZING_MEMORY_BYTES",
+        default_value_t = 1024 * 1024 * 1024
+    )]
+    pub tokenizing_memory_bytes: usize,
     /// Largest request body in bytes; larger gets 413.
     #[arg(long, env = "ZERANK_PAYLOAD_LIMIT_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub payload_limit_bytes: usize,
@@ -434,6 +442,13 @@ impl Settings {
                 1 << 10,
                 1 << 30,
             ),
+            // Smaller than any request's estimate: each tokenizes alone, which still works.
+            (
+                "tokenizing_memory_bytes",
+                self.tokenizing_memory_bytes,
+                1 << 10,
+                1 << 40,
+            ),
             ("max_connections", self.max_connections, 1, 1 << 20),
             // A probe's or a browser's head is hundreds of bytes.
             ("max_header_bytes", self.max_header_bytes, 1 << 10, 1 << 20),
@@ -451,6 +466,12 @@ impl Settings {
                 "{name} must be between {least} and {most}; got {value}"
             );
         }
+        // Checked against each model's window once it is loaded, too.
+        anyhow::ensure!(
+            self.chunk_overlap_tokens <= MAX_CHUNK_OVERLAP_TOKENS,
+            "chunk_overlap_tokens must be at most {MAX_CHUNK_OVERLAP_TOKENS}, and under half of a chunk window; got {}",
+            self.chunk_overlap_tokens
+        );
         for (name, value) in [
             ("max_tokens_per_doc", self.max_tokens_per_doc),
             ("max_length", self.max_length),
@@ -576,6 +597,9 @@ fn environment_variable(key: &str) -> String {
 
 /// The largest batch budget in tokens: far past what any device runs in one pass.
 const MAX_BATCH_TOKENS: u64 = 1 << 24;
+
+/// Past any model's window: a larger chunk overlap is a typo.
+const MAX_CHUNK_OVERLAP_TOKENS: usize = 1 << 20;
 
 /// A day: a longer duration setting is a typo.
 const MAX_DURATION_SECS: f64 = 86_400.0;

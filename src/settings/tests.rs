@@ -246,6 +246,20 @@ fn settings_out_of_their_working_range_are_refused_by_name_and_range() {
 }
 
 #[test]
+fn absurd_chunk_overlaps_are_refused_with_the_limit() {
+    for bad in ["100000000", &u64::MAX.to_string()] {
+        let err = resolve(&["zerank-server", "--chunk-overlap-tokens", bad])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("chunk_overlap_tokens must be at most 1048576") && err.contains(bad),
+            "{bad}: {err}"
+        );
+    }
+    assert!(resolve(&["zerank-server", "--chunk-overlap-tokens", "0"]).is_ok());
+}
+
+#[test]
 fn an_empty_or_blank_api_key_refuses_to_start() {
     for key in ["", "   ", "\n"] {
         let err = resolve(&["zerank-server", "--api-key", key])
