@@ -61,13 +61,15 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
     && mkdir -p /data && chown zerank /data
 COPY --from=build-cpu /src/target/release/zerank-server /usr/local/bin/zerank-server
 COPY config /etc/zerank
-ENV HF_HOME=/data ZERANK_CONFIG=/etc/zerank/default.toml ZERANK_HOST=0.0.0.0 ZERANK_PORT=8080
+ENV HF_HOME=/data ZERANK_CONFIG=/etc/zerank/default.toml ZERANK_HOST=0.0.0.0 ZERANK_PORT=8080 \
+    ZERANK_ADMIN_PORT=9090
 USER zerank
 VOLUME /data
-EXPOSE 8080
+# 9090: /health and /metrics only, outside max_connections (--admin-port).
+EXPOSE 8080 9090
 # Generous start period: the first start downloads the model.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=600s --retries=3 \
-    CMD curl -fsS http://127.0.0.1:8080/health || exit 1
+    CMD curl -fsS http://127.0.0.1:9090/health || exit 1
 ENTRYPOINT ["zerank-server"]
 
 # The CUDA 13 runtime libraries the binary needs: libcudart.so.13, libcublas(Lt).so.13,
@@ -78,12 +80,14 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
     && mkdir -p /data && chown zerank /data
 COPY --from=build-cuda /src/target/release/zerank-server /usr/local/bin/zerank-server
 COPY config /etc/zerank
-ENV HF_HOME=/data ZERANK_CONFIG=/etc/zerank/default.toml ZERANK_HOST=0.0.0.0 ZERANK_PORT=8080
+ENV HF_HOME=/data ZERANK_CONFIG=/etc/zerank/default.toml ZERANK_HOST=0.0.0.0 ZERANK_PORT=8080 \
+    ZERANK_ADMIN_PORT=9090
 USER zerank
 VOLUME /data
-EXPOSE 8080
+# 9090: /health and /metrics only, outside max_connections (--admin-port).
+EXPOSE 8080 9090
 HEALTHCHECK --interval=10s --timeout=3s --start-period=600s --retries=3 \
-    CMD curl -fsS http://127.0.0.1:8080/health || exit 1
+    CMD curl -fsS http://127.0.0.1:9090/health || exit 1
 ENTRYPOINT ["zerank-server"]
 
 # The default target is the CPU image.

@@ -4,31 +4,14 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::server::{DOCUMENTS, QUERY, TestServer, fixture_path, spawn_binary};
+use common::server::{
+    DOCUMENTS, QUERY, TestServer, fixture_path, get_on, read_until_closed, spawn_binary,
+};
 use serde_json::json;
-
-/// Reads until the server closes the connection (or `limit` passes); returns what it sent
-/// and how long the connection lasted.
-fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, Duration) {
-    let started = Instant::now();
-    stream.set_read_timeout(Some(limit)).unwrap();
-    let mut received = Vec::new();
-    let mut buffer = [0u8; 4096];
-    loop {
-        match stream.read(&mut buffer) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => received.extend_from_slice(&buffer[..n]),
-        }
-    }
-    (
-        String::from_utf8_lossy(&received).into_owned(),
-        started.elapsed(),
-    )
-}
 
 fn quick_timeouts() -> TestServer {
     TestServer::start(|settings| {
@@ -130,32 +113,6 @@ fn past_the_connection_cap_new_connections_are_refused_and_open_ones_still_answe
             "no connection after the others closed"
         );
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// GETs `path` over an open keep-alive connection; the whole response, read by its length.
-fn get_on(stream: &mut TcpStream, path: &str) -> String {
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut received = Vec::new();
-    let mut buffer = [0u8; 65536];
-    loop {
-        let n = stream.read(&mut buffer).unwrap();
-        assert!(n > 0, "closed");
-        received.extend_from_slice(&buffer[..n]);
-        let text = String::from_utf8_lossy(&received);
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length: "))
-                .and_then(|v| v.trim().parse().ok())
-                .expect("a content-length");
-            if body.len() >= length {
-                return text.into_owned();
-            }
-        }
     }
 }
 
@@ -342,6 +299,22 @@ fn settings_that_would_break_every_request_refuse_to_start() {
         ),
         (vec![], Some(("ZERANK_API_KEY", "")), "api_key is empty"),
         (vec!["--api-key", "   "], None, "api_key is empty"),
+        // Accepted once, and then no probe could get a head through or no request finish.
+        (
+            vec!["--max-header-bytes", "10"],
+            None,
+            "max_header_bytes must be between 1024",
+        ),
+        (
+            vec!["--request-timeout-secs", "1e-9"],
+            None,
+            "request_timeout_secs must be between 0.1",
+        ),
+        (
+            vec!["--response-write-timeout-secs", "0"],
+            None,
+            "response_write_timeout_secs must be between 1",
+        ),
     ] {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_zerank-server"));
         command
@@ -355,4 +328,80 @@ fn settings_that_would_break_every_request_refuse_to_start() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn a_client_that_aborts_its_body_is_counted_as_a_disconnect_not_as_bad_json() {
+    let server = TestServer::start(|_| {});
+    let wait_for = |name: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let metrics = server.get("/metrics").text;
+            if metrics.contains(name) {
+                return metrics;
+            }
+            assert!(Instant::now() < deadline, "{name} never counted: {metrics}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // Half the declared body, then the connection closes.
+    let mut aborted = TcpStream::connect(server.address).unwrap();
+    aborted
+        .write_all(b"POST /rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"query\": \"q\", \"documents\": [")
+        .unwrap();
+    drop(aborted);
+    let metrics = wait_for("zerank_errors_total{kind=\"client_disconnect\"} 1\n");
+    assert!(!metrics.contains("kind=\"invalid_json\""), "{metrics}");
+    assert_eq!(server.metric("zerank_client_disconnects_total"), 1.0);
+    // A body that is all there but not JSON is still the client's error.
+    server
+        .post_raw("/rerank", "application/json", "{\"query\": ")
+        .assert_error(400, "invalid_json");
+}
+
+#[test]
+fn an_http2_client_that_resets_its_stream_mid_body_is_counted_as_a_disconnect() {
+    let server = TestServer::start(|_| {});
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(server.address)
+            .await
+            .unwrap();
+        let (client, mut connection) = h2::client::handshake(tcp).await.unwrap();
+        let mut ping_pong = connection.ping_pong().expect("a ping handle");
+        tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        let request = hyper::Request::post(format!("http://{}/rerank", server.address))
+            .header("content-type", "application/json")
+            .header("content-length", "1000")
+            .body(())
+            .unwrap();
+        let (_response, mut body) = client.send_request(request, false).unwrap();
+        // Half the declared body, then two pings: a server answers a ping once it has read
+        // the frames before it, and the second goes out after the data (pings may overtake
+        // data waiting in the same write), so its answer means the server holds the stream
+        // and its data. Then the stream is reset.
+        body.send_data(
+            b"{\"query\": \"q\", \"documents\": [".as_slice().into(),
+            false,
+        )
+        .unwrap();
+        ping_pong.ping(h2::Ping::opaque()).await.unwrap();
+        ping_pong.ping(h2::Ping::opaque()).await.unwrap();
+        body.send_reset(h2::Reason::CANCEL);
+        // The connection's task runs only inside this block: a ping flushes the reset.
+        ping_pong.ping(h2::Ping::opaque()).await.unwrap();
+    });
+    let counted = "zerank_errors_total{kind=\"client_disconnect\"} 1\n";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut metrics = server.get("/metrics").text;
+    while !metrics.contains(counted) {
+        assert!(Instant::now() < deadline, "{metrics}");
+        std::thread::sleep(Duration::from_millis(20));
+        metrics = server.get("/metrics").text;
+    }
+    assert!(!metrics.contains("kind=\"invalid_json\""), "{metrics}");
 }

@@ -425,8 +425,14 @@ fn the_openapi_spec_matches_the_served_routes() {
 
 #[test]
 fn a_request_past_its_timeout_gets_504_and_leaves_nothing_queued() {
-    let server = TestServer::start(|s| s.request_timeout_secs = 1e-6);
-    let documents: Vec<String> = (0..50).map(|i| format!("document {i}")).collect();
+    // The shortest timeout there is, and documents that take longer than it to tokenize.
+    let server = TestServer::start(|s| {
+        s.request_timeout_secs = 0.1;
+        s.payload_limit_bytes = 16 << 20;
+    });
+    let documents: Vec<String> = (0..400)
+        .map(|i| format!("document {i} {}", "lorem ipsum dolor sit amet ".repeat(400)))
+        .collect();
     server
         .post("/rerank", &json!({ "query": "q", "documents": documents }))
         .assert_error(504, "timeout");

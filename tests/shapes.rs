@@ -248,6 +248,32 @@ fn unknown_model_names_follow_the_policy() {
         assert_eq!(body["results"].as_array().unwrap().len(), DOCUMENTS.len());
     }
     assert_eq!(server.metric("zerank_unknown_model_names_total"), 2.0);
+    // Every shape names the model that served in `x-model`; those that can, in the body.
+    let asked = "rerank-english-v3.0";
+    let rerank = json!({ "model": asked, "query": QUERY, "documents": DOCUMENTS });
+    let tei = json!({ "model": asked, "query": QUERY, "texts": DOCUMENTS });
+    let score = json!({ "model": asked, "text_1": QUERY, "text_2": DOCUMENTS });
+    for (path, body, model_in_body) in [
+        ("/rerank", &rerank, true),
+        ("/rerank", &tei, false),
+        ("/v1/rerank", &rerank, true),
+        ("/v2/rerank", &rerank, false),
+        ("/v1/models/rerank", &rerank, true),
+        ("/score", &score, true),
+    ] {
+        let reply = server.post(path, body);
+        assert_eq!(reply.status, 200, "{path}: {}", reply.text);
+        assert_eq!(reply.header("x-model"), Some("tiny"), "{path}");
+        let answer = reply.json();
+        if model_in_body {
+            assert_eq!(answer["model"], "tiny", "{path}: {answer}");
+        } else if let Some(object) = answer.as_object() {
+            // Cohere v2's shape has no `model`; the TEI shape is a bare array.
+            assert!(!object.contains_key("model"), "{path}: {answer}");
+        } else {
+            assert!(answer.is_array(), "{path}: {answer}");
+        }
+    }
     // `strict`, the default: 404 naming the served models and the setting.
     let strict = TestServer::start(|_| {});
     let body = strict

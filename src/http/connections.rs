@@ -1,15 +1,20 @@
 //! Connections: accepted within a cap, served by hyper (HTTP/1.1, and HTTP/2 over cleartext
-//! with prior knowledge) with a header-read timeout, and drained on shutdown up to a deadline.
+//! with prior knowledge) under a first-request and idle limit and a write deadline, and
+//! drained on shutdown up to a deadline.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt;
 
 use crate::metrics::Metrics;
@@ -17,21 +22,34 @@ use crate::metrics::Metrics;
 /// Limits on connections, each a setting.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
-    pub max_connections: usize,
     /// A request's headers must arrive within this time of the connection being ready for
-    /// them: opened, or done with its previous response. This bounds idle keep-alive too.
+    /// them: opened, or done with its previous response. This bounds idle keep-alive too;
+    /// an HTTP/2 connection with no open stream for this long is closed.
     pub header_read_timeout: Duration,
     /// hyper's own buffer for a request head; the router answers 431 well below it.
     pub max_head_bytes: usize,
+    /// A write to the client that makes no progress for this long closes the connection; so
+    /// does owing the client data through a whole such time while writing almost nothing.
+    pub response_write_timeout: Duration,
     /// After the shutdown signal, connections still open this long are closed.
     pub drain_deadline: Duration,
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, then stops accepting, lets open
+/// A listening socket, what it serves and how many connections it holds at once.
+pub struct Listener {
+    pub socket: TcpListener,
+    pub app: Router,
+    pub max_connections: usize,
+}
+
+/// Bytes a connection that owes an answer must write within each response write timeout:
+/// more than HTTP/2 keep-alive pings and window updates ever take, less than any answer.
+const MIN_WRITE_PROGRESS: u64 = 1024;
+
+/// Serves every listener until `shutdown` completes, then stops accepting, lets open
 /// connections finish for up to the drain deadline, and returns.
 pub async fn serve(
-    listener: TcpListener,
-    app: Router,
+    listeners: Vec<Listener>,
     limits: ConnectionLimits,
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()>,
@@ -42,69 +60,42 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_head_bytes);
-    builder.http2().timer(TokioTimer::new());
-    let open = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Out of file descriptors, most likely: back off instead of spinning.
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
+    // Pings find peers that are gone while a stream is open; the idle watch below closes
+    // connections that are alive but send nothing.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.header_read_timeout)
+        .keep_alive_timeout(limits.header_read_timeout);
+    let (stop, stopping) = watch::channel(false);
+    let mut caps = Vec::new();
+    let mut accepting = tokio::task::JoinSet::new();
+    for listener in listeners {
+        let open = Arc::new(Semaphore::new(listener.max_connections));
+        caps.push((open.clone(), listener.max_connections));
+        let serving = Serving {
+            builder: builder.clone(),
+            limits,
+            metrics: metrics.clone(),
+            stopping: stopping.clone(),
         };
-        let Ok(permit) = open.clone().try_acquire_owned() else {
-            // Closed at once: the client sees a refusal, not a hang.
-            metrics.connections_refused.inc();
-            drop(stream);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
-            app.clone().oneshot(request.map(axum::body::Body::new))
-        });
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let metrics = metrics.clone();
-        let header_read_timeout = limits.header_read_timeout;
-        tokio::spawn(async move {
-            metrics.connections_open.inc();
-            // hyper's header timeout starts once it knows the protocol; until then, ours.
-            if !tokio::time::timeout(header_read_timeout, protocol_known(&stream))
-                .await
-                .unwrap_or(false)
-            {
-                metrics
-                    .connection_errors
-                    .with_label_values(&["header_timeout"])
-                    .inc();
-                metrics.connections_open.dec();
-                return;
-            }
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(err) = watcher.watch(connection).await {
-                let kind = classify(err.as_ref());
-                tracing::debug!(error = %err, kind, "connection ended with an error");
-                metrics.connection_errors.with_label_values(&[kind]).inc();
-            }
-            metrics.connections_open.dec();
-            drop(permit);
-        });
+        accepting.spawn(serving.accept(listener.socket, listener.app, open));
     }
-    drop(listener);
+    shutdown.await;
+    let _ = stop.send(true);
+    accepting.join_all().await;
     tracing::info!(
         deadline_secs = limits.drain_deadline.as_secs_f64(),
         "shutdown: no new connections; draining open ones"
     );
+    // Each connection holds a permit of its listener's cap until it ends.
+    let drained = async {
+        for (open, cap) in caps {
+            let _ = open.acquire_many(cap as u32).await;
+        }
+    };
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("drained"),
+        _ = drained => tracing::info!("drained"),
         _ = tokio::time::sleep(limits.drain_deadline) => {
             tracing::warn!("drain deadline passed; closing the connections still open");
         }
@@ -112,24 +103,370 @@ pub async fn serve(
     Ok(())
 }
 
-/// Waits until the client has sent enough to tell HTTP/1.1 from HTTP/2's preface; false
+/// What every connection of the server shares.
+#[derive(Clone)]
+struct Serving {
+    builder: auto::Builder<TokioExecutor>,
+    limits: ConnectionLimits,
+    metrics: Arc<Metrics>,
+    stopping: watch::Receiver<bool>,
+}
+
+impl Serving {
+    /// Accepts connections until the shutdown signal, each in its own task.
+    async fn accept(self, listener: TcpListener, app: Router, open: Arc<Semaphore>) {
+        let mut stopping = self.stopping.clone();
+        loop {
+            let (stream, _peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        // Out of file descriptors, most likely: back off instead of spinning.
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = stopped(&mut stopping) => return,
+            };
+            let Ok(permit) = open.clone().try_acquire_owned() else {
+                // Closed at once: the client sees a refusal, not a hang.
+                self.metrics.connections_refused.inc();
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let connection = self.clone();
+            let app = app.clone();
+            tokio::spawn(async move {
+                let metrics = connection.metrics.clone();
+                metrics.connections_open.inc();
+                connection.serve(stream, app).await;
+                metrics.connections_open.dec();
+                drop(permit);
+            });
+        }
+    }
+
+    /// Serves one connection until it ends, is idle past the limit, or the server stops.
+    async fn serve(mut self, stream: TcpStream, app: Router) {
+        let metrics = self.metrics.clone();
+        let count_error = |kind: &str| metrics.connection_errors.with_label_values(&[kind]).inc();
+        // hyper's header timeout starts once it knows the protocol; until then, ours.
+        let protocol = tokio::time::timeout(self.limits.header_read_timeout, protocol_of(&stream));
+        let Some(protocol) = protocol.await.ok().flatten() else {
+            count_error("header_timeout");
+            return;
+        };
+        let (streams, open_streams) = watch::channel(0usize);
+        let streams = Arc::new(streams);
+        let progress = Arc::new(Progress::default());
+        let service = {
+            let progress = progress.clone();
+            hyper::service::service_fn(move |request: hyper::Request<_>| {
+                let stream = OpenStream::new(streams.clone());
+                let progress = progress.clone();
+                let response = app.clone().oneshot(request.map(axum::body::Body::new));
+                async move {
+                    let response = response.await?;
+                    Ok::<_, std::convert::Infallible>(response.map(|body| {
+                        axum::body::Body::new(Tracked {
+                            body,
+                            _stream: stream,
+                            progress,
+                        })
+                    }))
+                }
+            })
+        };
+        let io = WriteDeadline::new(stream, self.limits.response_write_timeout, progress.clone());
+        let connection = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        // HTTP/1's idle limit is hyper's header timeout; HTTP/2 has none of its own.
+        let idle = async {
+            match protocol {
+                Protocol::Http2 => idle(open_streams, self.limits.header_read_timeout).await,
+                Protocol::Http1 => std::future::pending().await,
+            }
+        };
+        tokio::pin!(idle);
+        let (mut closing, mut stop_seen) = (false, false);
+        let ended = loop {
+            let stall = Stall {
+                progress: &progress,
+                limit: self.limits.response_write_timeout,
+                closing,
+            };
+            tokio::select! {
+                ended = connection.as_mut() => break ended,
+                _ = &mut idle, if !closing => {
+                    count_error("header_timeout");
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                _ = stopped(&mut self.stopping), if !stop_seen => {
+                    stop_seen = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                // What the socket's own deadline cannot see: an HTTP/2 client that reads,
+                // answers pings, but never opens its flow-control window, or ignores GOAWAY.
+                _ = stall.wait() => {
+                    count_error("write_timeout");
+                    return;
+                }
+            }
+        };
+        if let Err(err) = ended {
+            let kind = classify(err.as_ref());
+            tracing::debug!(error = %err, kind, "connection ended with an error");
+            count_error(kind);
+        }
+    }
+}
+
+/// Returns once the server is told to stop (or can no longer be).
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stop| *stop).await;
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// Waits until the client has sent enough to tell HTTP/1.1 from HTTP/2's preface; `None`
 /// when it closes first.
-async fn protocol_known(stream: &tokio::net::TcpStream) -> bool {
+async fn protocol_of(stream: &TcpStream) -> Option<Protocol> {
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let mut start = [0u8; PREFACE.len()];
     loop {
         match stream.peek(&mut start).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) if n == PREFACE.len() || start[..n] != PREFACE[..n] => return true,
+            Ok(0) | Err(_) => return None,
+            Ok(n) if start[..n] != PREFACE[..n] => return Some(Protocol::Http1),
+            Ok(n) if n == PREFACE.len() => return Some(Protocol::Http2),
             // Part of the preface: peeking again would return at once with the same bytes.
             Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     }
 }
 
+/// Returns once no stream has been open for `limit`.
+async fn idle(mut open_streams: watch::Receiver<usize>, limit: Duration) {
+    loop {
+        let open = *open_streams.borrow_and_update();
+        let changed = async {
+            if open_streams.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        if open > 0 {
+            changed.await;
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(limit) => return,
+            _ = changed => {}
+        }
+    }
+}
+
+/// A request of a connection, from its head to the end of its response body (or until
+/// either is dropped).
+struct OpenStream(Arc<watch::Sender<usize>>);
+
+impl OpenStream {
+    fn new(streams: Arc<watch::Sender<usize>>) -> Self {
+        streams.send_modify(|open| *open += 1);
+        OpenStream(streams)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.send_modify(|open| *open -= 1);
+    }
+}
+
+/// What a connection's answers hand to hyper, and what reaches the socket. hyper (HTTP/2
+/// above all) buffers an answer after taking it from its body, so the difference is what
+/// the client still owes reading; framing only adds to what is written.
+#[derive(Default)]
+struct Progress {
+    handed: AtomicU64,
+    written: AtomicU64,
+}
+
+/// A connection that owes data (answers not yet written, or a GOAWAY sent) through a whole
+/// write timeout and writes under [`MIN_WRITE_PROGRESS`] bytes in it.
+struct Stall<'a> {
+    progress: &'a Progress,
+    limit: Duration,
+    closing: bool,
+}
+
+impl Stall<'_> {
+    /// Returns once the connection has stalled.
+    async fn wait(self) {
+        let written = || self.progress.written.load(Ordering::Relaxed);
+        let owes = || self.closing || self.progress.handed.load(Ordering::Relaxed) > written();
+        loop {
+            let (owed, before) = (owes(), written());
+            tokio::time::sleep(self.limit).await;
+            if owed && owes() && written() - before < MIN_WRITE_PROGRESS {
+                return;
+            }
+        }
+    }
+}
+
+/// A response body that keeps its stream counted as open until it is sent or dropped, and
+/// counts the bytes it hands over.
+struct Tracked {
+    body: axum::body::Body,
+    _stream: OpenStream,
+    progress: Arc<Progress>,
+}
+
+impl http_body::Body for Tracked {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &frame
+            && let Some(data) = frame.data_ref()
+        {
+            let handed = data.len() as u64;
+            self.progress.handed.fetch_add(handed, Ordering::Relaxed);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The error of a write that made no progress within the deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("the client read nothing for the response write timeout")]
+struct WriteStalled;
+
+/// A socket whose writes fail once one has waited for the client past the deadline: a
+/// client that stops reading loses its connection, and the response buffered for it is
+/// freed. The deadline runs from the first write that has to wait, and restarts with each
+/// write that goes through.
+struct WriteDeadline {
+    io: TcpStream,
+    limit: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Bytes written so far, for [`Stall`].
+    progress: Arc<Progress>,
+}
+
+impl WriteDeadline {
+    fn new(io: TcpStream, limit: Duration, progress: Arc<Progress>) -> Self {
+        WriteDeadline {
+            io,
+            limit,
+            stalled: None,
+            progress,
+        }
+    }
+
+    fn count(&self, written: &Poll<std::io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = written {
+            let n = *n as u64;
+            self.progress.written.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// The outcome of a write: progress clears the deadline; waiting arms it, and past
+    /// it, fails.
+    fn deadline<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if written.is_ready() {
+            self.stalled = None;
+            return written;
+        }
+        let limit = self.limit;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                WriteStalled,
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncRead for WriteDeadline {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for WriteDeadline {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.count(&written);
+        self.deadline(cx, written)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.count(&written);
+        self.deadline(cx, written)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let flushed = Pin::new(&mut self.io).poll_flush(cx);
+        self.deadline(cx, flushed)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// The `kind` label of `zerank_connection_errors_total`: what hyper answered on its own
 /// (431, 400) or why the connection ended early.
 fn classify(err: &(dyn std::error::Error + 'static)) -> &'static str {
+    if write_stalled(err) {
+        return "write_timeout";
+    }
     match err.downcast_ref::<hyper::Error>() {
         Some(e) if e.is_parse_too_large() => "head_too_large",
         Some(e) if e.is_parse() || e.is_parse_status() => "malformed_request",
@@ -141,17 +478,38 @@ fn classify(err: &(dyn std::error::Error + 'static)) -> &'static str {
     }
 }
 
+/// Whether `err` comes from a write past its deadline. (`io::Error` hides its payload from
+/// `source()`, so each link's is looked into.)
+fn write_stalled(err: &(dyn std::error::Error + 'static)) -> bool {
+    let stalled =
+        |io: &std::io::Error| io.get_ref().is_some_and(|inner| inner.is::<WriteStalled>());
+    let mut link = Some(err);
+    while let Some(err) = link {
+        // h2's errors have no `source()` either: their io error is asked for.
+        if err.downcast_ref::<std::io::Error>().is_some_and(stalled)
+            || err
+                .downcast_ref::<h2::Error>()
+                .and_then(h2::Error::get_io)
+                .is_some_and(stalled)
+        {
+            return true;
+        }
+        link = err.source();
+    }
+    false
+}
+
 /// File descriptors the server needs besides its connections: the listener, model files,
 /// logs, the runtime's own.
 const RESERVED_FILES: u64 = 64;
 
-/// Raises the open-file limit to its hard limit if needed, and refuses `max_connections`
-/// that it cannot hold: past the limit, every new connection, `/health` included, would
-/// time out instead of being refused.
-pub fn ensure_open_file_limit(max_connections: usize) -> anyhow::Result<()> {
+/// Raises the open-file limit to its hard limit if needed, and refuses `connections` (every
+/// listener's cap together) that it cannot hold: past the limit, every new connection,
+/// `/health` included, would time out instead of being refused.
+pub fn ensure_open_file_limit(connections: usize) -> anyhow::Result<()> {
     #[cfg(unix)]
     {
-        let needed = max_connections as u64 + RESERVED_FILES;
+        let needed = connections as u64 + RESERVED_FILES;
         let mut limit = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
@@ -171,7 +529,7 @@ pub fn ensure_open_file_limit(max_connections: usize) -> anyhow::Result<()> {
         }
         anyhow::ensure!(
             limit.rlim_cur >= needed,
-            "max_connections = {max_connections} needs {needed} open files, but the limit is {} (hard {}): lower max_connections or raise `ulimit -n`",
+            "{connections} connections (max_connections, and the admin port's 64 if set) need {needed} open files, but the limit is {} (hard {}): lower max_connections or raise `ulimit -n`",
             limit.rlim_cur,
             limit.rlim_max
         );

@@ -29,6 +29,8 @@ pub enum ApiError {
     HeadersTooLarge { limit: usize },
     #[error("the request body did not arrive within {0:.1} s")]
     BodyTimeout(f64),
+    #[error("the client closed the connection before sending the whole body")]
+    ClientDisconnected,
     #[error(
         "model `{requested}` is not served here; served models: {served:?} (--model-name-policy any serves unknown names with the first model)"
     )]
@@ -69,7 +71,7 @@ pub struct ErrorBody<'a> {
     error: &'a str,
     /// The kind, for programs: `invalid_json`, `validation`, `payload_too_large`,
     /// `too_many_documents`, `input_too_long`, `request_too_large`, `unsupported_media_type`,
-    /// `unsupported_encoding`, `headers_too_large`, `body_timeout`, `unknown_model`,
+    /// `unsupported_encoding`, `headers_too_large`, `body_timeout`, `client_disconnect`, `unknown_model`,
     /// `instruction_not_accepted`, `not_found`, `method_not_allowed`, `unauthorized`,
     /// `overloaded`, `timeout`, `not_ready`, `unavailable`, `internal_error`.
     error_type: &'a str,
@@ -95,6 +97,10 @@ impl ApiError {
             }
             ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            // nginx's "client closed request": nobody reads it, the metrics count it.
+            ApiError::ClientDisconnected => {
+                StatusCode::from_u16(499).expect("499 is a valid status")
+            }
             ApiError::UnknownModel { .. } | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -118,6 +124,7 @@ impl ApiError {
             ApiError::UnsupportedEncoding(_) => "unsupported_encoding",
             ApiError::HeadersTooLarge { .. } => "headers_too_large",
             ApiError::BodyTimeout(_) => "body_timeout",
+            ApiError::ClientDisconnected => "client_disconnect",
             ApiError::UnknownModel { .. } => "unknown_model",
             ApiError::NotFound { .. } => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",

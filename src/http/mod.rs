@@ -1,6 +1,7 @@
 //! The HTTP layer: routes, the state they share, authentication, metrics middleware, and
 //! the server's life cycle (listen at once, load the models, serve, drain on SIGTERM).
 
+mod body;
 mod connections;
 pub mod error;
 pub mod openapi;
@@ -136,35 +137,39 @@ pub fn served_routes() -> Vec<(Method, &'static str, Access)> {
         .collect()
 }
 
+/// Every route, for the main port.
 pub fn router(state: Arc<AppState>) -> Router {
-    let (mut scoring, mut probes, mut open) = (Router::new(), Router::new(), Router::new());
+    router_of(state, |_| true)
+}
+
+/// `/health` and `/metrics` alone, for the admin port.
+pub fn admin_router(state: Arc<AppState>) -> Router {
+    router_of(state, |route| route.access == Access::Probe)
+}
+
+fn router_of(state: Arc<AppState>, serves: impl Fn(&Route) -> bool) -> Router {
+    let mut routes = Router::new();
     for route in route_table() {
-        if route.path == DOCS_PATH && !state.settings.docs_page {
+        if !serves(&route) || (route.path == DOCS_PATH && !state.settings.docs_page) {
             continue;
         }
-        match route.access {
-            Access::Guarded => scoring = scoring.route(route.path, route.handler),
-            Access::Probe => probes = probes.route(route.path, route.handler),
-            Access::Open => open = open.route(route.path, route.handler),
-        }
+        let guarded = match route.access {
+            Access::Guarded => true,
+            Access::Probe => state.settings.protect_health_and_metrics,
+            Access::Open => false,
+        };
+        let handler = if guarded {
+            route.handler.route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                require_api_key,
+            ))
+        } else {
+            route.handler
+        };
+        routes = routes.route(route.path, handler);
     }
-    let guarded = |r: Router<Arc<AppState>>| {
-        r.route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            require_api_key,
-        ))
-    };
-    let scoring = guarded(scoring);
-    let probes = if state.settings.protect_health_and_metrics {
-        guarded(probes)
-    } else {
-        probes
-    };
     let request_id = HeaderName::from_static("x-request-id");
-    Router::new()
-        .merge(scoring)
-        .merge(probes)
-        .merge(open)
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.settings.payload_limit_bytes))
@@ -345,6 +350,10 @@ async fn record_metrics(
     response
 }
 
+/// Connections the admin port holds at once, apart from `max_connections`: enough for every
+/// probe and scraper, and no way for a flood of the main port to reach it.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
 /// Runs the service until SIGTERM or SIGINT, then answers what is in flight and returns.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let address = format!("{}:{}", settings.host, settings.port);
@@ -361,7 +370,20 @@ pub async fn serve_on(
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    connections::ensure_open_file_limit(settings.max_connections)?;
+    let admin = match settings.admin_port {
+        Some(port) => {
+            let address = format!("{}:{port}", settings.host);
+            let listener = tokio::net::TcpListener::bind(&address)
+                .await
+                .map_err(|err| anyhow::anyhow!("cannot listen on {address} (admin_port): {err}"))?;
+            tracing::info!(address = %listener.local_addr()?, "admin listener: /health and /metrics");
+            Some(listener)
+        }
+        None => None,
+    };
+    connections::ensure_open_file_limit(
+        settings.max_connections + admin.as_ref().map_or(0, |_| ADMIN_MAX_CONNECTIONS),
+    )?;
     let metrics = Arc::new(Metrics::new());
     let state = Arc::new(AppState::new(settings.clone(), metrics.clone()));
     tracing::info!(address = %listener.local_addr()?, "listening; /health answers 503 until the model is ready");
@@ -385,13 +407,17 @@ pub async fn serve_on(
             Err(err) => anyhow::anyhow!("model loading task failed: {err}"),
         }
     };
-    let server = connections::serve(
-        listener,
-        router(state.clone()),
-        settings.connection_limits(),
-        metrics,
-        shutdown,
-    );
+    let mut listeners = vec![connections::Listener {
+        socket: listener,
+        app: router(state.clone()),
+        max_connections: settings.max_connections,
+    }];
+    listeners.extend(admin.map(|socket| connections::Listener {
+        socket,
+        app: admin_router(state.clone()),
+        max_connections: ADMIN_MAX_CONNECTIONS,
+    }));
+    let server = connections::serve(listeners, settings.connection_limits(), metrics, shutdown);
     tokio::select! {
         served = server => {
             served?;

@@ -74,8 +74,8 @@ pub fn json() -> &'static str {
     &JSON
 }
 
-/// What every route shares: the error answers, `Retry-After` on 429, the timing headers of
-/// scoring answers, and the optional key.
+/// What every route shares: the error answers, `Retry-After` on 429, the model and timing
+/// headers of scoring answers, and the optional key.
 struct ErrorsAndAuth;
 
 /// Statuses a POST scoring route may answer besides 200; GET routes answer 401, 431, 503.
@@ -87,10 +87,14 @@ const READ_ERRORS: &[&str] = &["401", "431", "503"];
 const OPEN_ERRORS: &[&str] = &["404", "431"];
 
 /// The headers of every scoring answer.
-const TIMING_HEADERS: &[(&str, &str)] = &[
+const SCORING_HEADERS: &[(&str, &str)] = &[
     (
         "x-request-id",
         "The request's id (the client's, when short and printable).",
+    ),
+    (
+        "x-model",
+        "The served model that scored (the one standing in for an unknown name under `--model-name-policy any`).",
     ),
     (
         "x-queue-time",
@@ -166,7 +170,7 @@ impl Modify for ErrorsAndAuth {
                 .as_mut()
                 .and_then(|scoring| scoring.responses.responses.get_mut("200"))
             {
-                for (name, description) in TIMING_HEADERS {
+                for (name, description) in SCORING_HEADERS {
                     let header = HeaderBuilder::new()
                         .schema(ObjectBuilder::new().schema_type(Type::String))
                         .description(Some(*description))

@@ -5,99 +5,22 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use serde::de::DeserializeOwned;
 
 use super::AppState;
+use super::body::JsonBody;
 use super::error::ApiError;
 use super::types::*;
 use crate::model::TokenLimits;
 use crate::service::{Pairs, ScoreJob, Scoring, Service};
 
-/// A JSON body, with every way it can be wrong answered as an [`ApiError`].
-pub struct JsonBody<T>(pub T);
-
-impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
-        let body_timeout = state.settings.body_read_timeout_secs;
-        if let Some(content_type) = req.headers().get(header::CONTENT_TYPE) {
-            let value = content_type.to_str().unwrap_or("").to_ascii_lowercase();
-            let mime = value.split(';').next().unwrap_or("").trim();
-            if mime != "application/json" && !mime.ends_with("+json") {
-                return Err(ApiError::UnsupportedMediaType(value));
-            }
-        }
-        let limit = state.settings.payload_limit_bytes;
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|rejection| {
-                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge { limit }
-                } else if caused_by_timeout(&rejection) {
-                    ApiError::BodyTimeout(body_timeout)
-                } else {
-                    ApiError::InvalidJson(rejection.body_text())
-                }
-            })?;
-        if nesting_depth(&bytes) > MAX_JSON_NESTING {
-            return Err(ApiError::InvalidJson(format!(
-                "JSON nested deeper than {MAX_JSON_NESTING} levels"
-            )));
-        }
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|err| match err.classify() {
-                serde_json::error::Category::Data => ApiError::Validation(err.to_string()),
-                _ => ApiError::InvalidJson(err.to_string()),
-            })
-    }
-}
-
-/// serde_json's own limit inside values; fields it skips (unknown ones) have none.
-const MAX_JSON_NESTING: usize = 128;
-
-/// The deepest nesting of arrays and objects in a JSON text (brackets inside strings do not
-/// count). Malformed text is left to the parser.
-fn nesting_depth(json: &[u8]) -> usize {
-    let (mut depth, mut deepest) = (0usize, 0usize);
-    let (mut in_string, mut escaped) = (false, false);
-    for &byte in json {
-        match (in_string, byte) {
-            (true, _) if escaped => escaped = false,
-            (true, b'\\') => escaped = true,
-            (true, b'"') => in_string = false,
-            (true, _) => {}
-            (false, b'"') => in_string = true,
-            (false, b'[' | b'{') => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            (false, b']' | b'}') => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    deepest
-}
-
-/// Whether reading the body failed because its deadline passed.
-fn caused_by_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(error);
-    while let Some(err) = source {
-        if err.is::<tower_http::timeout::TimeoutError>() {
-            return true;
-        }
-        source = err.source();
-    }
-    false
-}
-
-/// `x-queue-time`, `x-inference-time`, `x-total-time`, in milliseconds.
-fn timing_headers(scoring: &Scoring) -> HeaderMap {
+/// `x-model`, the served model that scored (what every shape can carry, the TEI array and
+/// Cohere v2 included); `x-queue-time`, `x-inference-time`, `x-total-time`, in milliseconds.
+fn scoring_headers(scoring: &Scoring) -> HeaderMap {
     let mut headers = HeaderMap::new();
+    headers.insert("x-model", header_text(&scoring.model));
     for (name, time) in [
         ("x-queue-time", scoring.queue_time),
         ("x-inference-time", scoring.inference_time),
@@ -110,6 +33,21 @@ fn timing_headers(scoring: &Scoring) -> HeaderMap {
         );
     }
     headers
+}
+
+/// `text` as a header value: bytes a header cannot hold (a model directory's non-ASCII
+/// name) percent-encoded.
+fn header_text(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| {
+        let encoded: String = text
+            .bytes()
+            .map(|b| match b {
+                b' '..=b'~' if b != b'%' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        HeaderValue::from_str(&encoded).expect("printable ASCII is a valid header")
+    })
 }
 
 /// Which rerank API a route speaks.
@@ -145,7 +83,7 @@ pub async fn rerank_v1(
 }
 
 #[utoipa::path(post, path = "/v2/rerank",
-    summary = "Cohere v2 rerank (no `model` or `usage` in the answer).",
+    summary = "Cohere v2 rerank (no `model` or `usage` in the answer; `x-model` names the model).",
     request_body = RerankRequest,
     responses((status = 200, description = "Ranked results, best first.", body = RerankResponse)))]
 pub async fn rerank_v2(
@@ -195,7 +133,7 @@ async fn rerank_as(
         })
         .await?;
     let _respond = tracing::info_span!("respond").entered();
-    let headers = timing_headers(&scoring);
+    let headers = scoring_headers(&scoring);
     let ranked = scoring.ranked(req.top_n.filter(|&n| n > 0));
     let text = |index: usize| scoring.pairs.get(index).1.to_owned();
 
@@ -239,6 +177,7 @@ async fn rerank_as(
             inference_latency: scoring.inference_time.as_secs_f64(),
             total_bytes: scoring.pairs.bytes(),
             total_tokens: scoring.total_tokens,
+            model: scoring.model,
         };
         return Ok((headers, Json(body)).into_response());
     }
@@ -285,7 +224,7 @@ pub async fn score(
         })
         .await?;
     let _respond = tracing::info_span!("respond").entered();
-    let headers = timing_headers(&scoring);
+    let headers = scoring_headers(&scoring);
     let body = ScoreResponse {
         id: format!("score-{}", uuid::Uuid::new_v4().simple()),
         object: "list",
@@ -453,19 +392,4 @@ pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nesting_counts_brackets_outside_strings() {
-        assert_eq!(nesting_depth(br#"{"a": [1, {"b": "[[[["}]}"#), 3);
-        assert_eq!(nesting_depth(br#"{"a": "\"[{"}"#), 1);
-        assert_eq!(nesting_depth(b"[]"), 1);
-        assert_eq!(nesting_depth(b"\"x\""), 0);
-        let deep = format!("{{\"unknown\": {}{}}}", "[".repeat(1000), "]".repeat(1000));
-        assert_eq!(nesting_depth(deep.as_bytes()), 1001);
-    }
 }

@@ -258,6 +258,8 @@ pub struct ZeroEntropyResponse {
     pub inference_latency: f64,
     pub total_bytes: usize,
     pub total_tokens: usize,
+    /// The served model that scored (beyond ZeroEntropy's API, like `chunk`).
+    pub model: String,
 }
 
 /// `/score`: vLLM's score API.

@@ -101,6 +101,11 @@ pub struct Settings {
     /// Port to listen on.
     #[arg(long, env = "ZERANK_PORT", default_value_t = 8080)]
     pub port: u16,
+    /// Also serve /health and /metrics on this port, with its own 64 connections apart from
+    /// `max_connections`: probes and scrapers still get through when the main port is full
+    /// [default: off].
+    #[arg(long, env = "ZERANK_ADMIN_PORT")]
+    pub admin_port: Option<u16>,
     /// Model names clients may send, comma-separated; repeat the flag (or separate lists with
     /// `;`) for the second model and on. They replace a model's default names: a Hub id and
     /// its last component, or a local directory's name.
@@ -188,12 +193,21 @@ pub struct Settings {
     #[arg(long, env = "ZERANK_MAX_CONNECTIONS", default_value_t = 1_024)]
     pub max_connections: usize,
     /// Seconds a connection has to send a request's headers, once open or idle after a
-    /// response (the keep-alive limit too).
+    /// response (the keep-alive limit too; HTTP/2: with no open stream, and the ping interval).
     #[arg(long, env = "ZERANK_HEADER_READ_TIMEOUT_SECS", default_value_t = 10.0)]
     pub header_read_timeout_secs: f64,
     /// Seconds a request's body has to arrive once its headers have; later: 408.
     #[arg(long, env = "ZERANK_BODY_READ_TIMEOUT_SECS", default_value_t = 30.0)]
     pub body_read_timeout_secs: f64,
+    /// Seconds a response may wait for a client that stops reading: a write that makes no
+    /// progress this long (or an HTTP/2 client taking under 1 KiB of its answers in this time)
+    /// closes the connection and frees its buffers.
+    #[arg(
+        long,
+        env = "ZERANK_RESPONSE_WRITE_TIMEOUT_SECS",
+        default_value_t = 30.0
+    )]
+    pub response_write_timeout_secs: f64,
     /// Largest request line plus headers in bytes; larger gets 431.
     #[arg(long, env = "ZERANK_MAX_HEADER_BYTES", default_value_t = 32 * 1024)]
     pub max_header_bytes: usize,
@@ -403,42 +417,60 @@ impl Settings {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        // Each range holds only values a server can work with: below a bound, every request
+        // (or every probe) would fail; above one, the value is a typo.
         let counts = [
             (
                 "max_batch_tokens",
                 self.max_batch_tokens,
+                1,
                 MAX_BATCH_TOKENS as usize,
             ),
-            ("max_batch_pairs", self.max_batch_pairs, 1 << 16),
+            ("max_batch_pairs", self.max_batch_pairs, 1, 1 << 16),
             (
                 "max_concurrent_requests",
                 self.max_concurrent_requests,
+                1,
                 1 << 20,
             ),
-            ("max_queued_tokens", self.max_queued_tokens, 1 << 40),
+            // Under a few hundred tokens no request of one short pair fits.
+            ("max_queued_tokens", self.max_queued_tokens, 256, 1 << 40),
             (
                 "max_documents_per_request",
                 self.max_documents_per_request,
+                1,
                 1 << 20,
             ),
-            ("payload_limit_bytes", self.payload_limit_bytes, 1 << 32),
+            // The smallest rerank body is tens of bytes; past a GiB, JSON parsing is the
+            // wrong tool.
+            (
+                "payload_limit_bytes",
+                self.payload_limit_bytes,
+                1 << 10,
+                1 << 30,
+            ),
+            // Smaller than any request's estimate: each tokenizes alone, which still works.
             (
                 "tokenizing_memory_bytes",
                 self.tokenizing_memory_bytes,
+                1 << 10,
                 1 << 40,
             ),
-            ("max_connections", self.max_connections, 1 << 20),
-            ("max_header_bytes", self.max_header_bytes, 1 << 20),
+            ("max_connections", self.max_connections, 1, 1 << 20),
+            // A probe's or a browser's head is hundreds of bytes.
+            ("max_header_bytes", self.max_header_bytes, 1 << 10, 1 << 20),
             (
                 "max_chunks_per_document",
                 self.max_chunks_per_document,
+                1,
                 1 << 12,
             ),
+            ("score_cache_bytes", self.score_cache_bytes, 0, 1 << 40),
         ];
-        for (name, value, most) in counts {
+        for (name, value, least, most) in counts {
             anyhow::ensure!(
-                (1..=most).contains(&value),
-                "{name} must be between 1 and {most}; got {value}"
+                (least..=most).contains(&value),
+                "{name} must be between {least} and {most}; got {value}"
             );
         }
         // Checked against each model's window once it is loaded, too.
@@ -451,7 +483,19 @@ impl Settings {
             ("max_tokens_per_doc", self.max_tokens_per_doc),
             ("max_length", self.max_length),
         ] {
-            anyhow::ensure!(value != Some(0), "{name} must be positive");
+            let most = MAX_BATCH_TOKENS as usize;
+            anyhow::ensure!(
+                value.is_none_or(|v| (1..=most).contains(&v)),
+                "{name} must be between 1 and {most}; got {}",
+                value.unwrap_or_default()
+            );
+        }
+        if let Some(admin_port) = self.admin_port {
+            anyhow::ensure!(
+                admin_port != 0 && admin_port != self.port,
+                "admin_port must be a port of its own, not 0 or port ({}); got {admin_port}",
+                self.port
+            );
         }
         self.check_durations()?;
         if let Some(endpoint) = &self.otlp_endpoint {
@@ -468,16 +512,27 @@ impl Settings {
     }
 
     fn check_durations(&self) -> anyhow::Result<()> {
+        // Below a second, clients on slow links lose connections mid-request; below 0.1 s no
+        // request finishes on any model.
         let durations = [
-            ("request_timeout_secs", self.request_timeout_secs),
-            ("header_read_timeout_secs", self.header_read_timeout_secs),
-            ("body_read_timeout_secs", self.body_read_timeout_secs),
-            ("drain_deadline_secs", self.drain_deadline_secs),
+            ("request_timeout_secs", self.request_timeout_secs, 0.1),
+            (
+                "header_read_timeout_secs",
+                self.header_read_timeout_secs,
+                1.0,
+            ),
+            ("body_read_timeout_secs", self.body_read_timeout_secs, 1.0),
+            (
+                "response_write_timeout_secs",
+                self.response_write_timeout_secs,
+                1.0,
+            ),
+            ("drain_deadline_secs", self.drain_deadline_secs, 0.1),
         ];
-        for (name, value) in durations {
+        for (name, value, least) in durations {
             anyhow::ensure!(
-                value.is_finite() && value > 0.0 && value <= MAX_DURATION_SECS,
-                "{name} must be above 0 and at most {MAX_DURATION_SECS} (a day); got {value}"
+                value.is_finite() && (least..=MAX_DURATION_SECS).contains(&value),
+                "{name} must be between {least} and {MAX_DURATION_SECS} seconds (a day); got {value}"
             );
         }
         Ok(())
@@ -486,10 +541,10 @@ impl Settings {
     pub fn connection_limits(&self) -> crate::http::ConnectionLimits {
         use std::time::Duration;
         crate::http::ConnectionLimits {
-            max_connections: self.max_connections,
             header_read_timeout: Duration::from_secs_f64(self.header_read_timeout_secs),
             // hyper's buffer is the hard stop; the router answers 431 in JSON below it.
             max_head_bytes: (self.max_header_bytes * 4).max(64 * 1024),
+            response_write_timeout: Duration::from_secs_f64(self.response_write_timeout_secs),
             drain_deadline: Duration::from_secs_f64(self.drain_deadline_secs),
         }
     }

@@ -140,8 +140,9 @@ fn absurd_settings_are_refused() {
         "--header-read-timeout-secs",
         "--body-read-timeout-secs",
         "--drain-deadline-secs",
+        "--response-write-timeout-secs",
     ] {
-        for bad in ["1e20", "0", "-1", "inf", "NaN"] {
+        for bad in ["1e20", "0", "-1", "inf", "NaN", "1e-9", "0.05"] {
             let arg = format!("{flag}={bad}");
             let err = resolve(&["zerank-server", arg.as_str()])
                 .unwrap_err()
@@ -164,6 +165,84 @@ fn absurd_settings_are_refused() {
             "{flag} {bad}"
         );
     }
+}
+
+/// Values a server could not work with, each refused with an error that names the setting
+/// and its range; the bounds themselves are accepted.
+#[test]
+fn settings_out_of_their_working_range_are_refused_by_name_and_range() {
+    for (flag, bad, range, edge) in [
+        (
+            "--max-header-bytes",
+            "10",
+            "between 1024 and 1048576",
+            "1024",
+        ),
+        (
+            "--payload-limit-bytes",
+            "100",
+            "between 1024 and 1073741824",
+            "1073741824",
+        ),
+        ("--max-queued-tokens", "1", "between 256 and", "256"),
+        (
+            "--request-timeout-secs",
+            "1e-9",
+            "between 0.1 and 86400",
+            "0.1",
+        ),
+        (
+            "--header-read-timeout-secs",
+            "0.5",
+            "between 1 and 86400",
+            "1",
+        ),
+        (
+            "--body-read-timeout-secs",
+            "0.5",
+            "between 1 and 86400",
+            "86400",
+        ),
+        (
+            "--response-write-timeout-secs",
+            "0.5",
+            "between 1 and 86400",
+            "1",
+        ),
+        (
+            "--max-tokens-per-doc",
+            "99999999999",
+            "between 1 and 16777216",
+            "1",
+        ),
+        (
+            "--score-cache-bytes",
+            "99999999999999",
+            "between 0 and",
+            "0",
+        ),
+    ] {
+        let err = resolve(&["zerank-server", flag, bad])
+            .unwrap_err()
+            .to_string();
+        let name = flag[2..].replace('-', "_");
+        assert!(
+            err.contains(&name) && err.contains(range),
+            "{flag} {bad}: {err}"
+        );
+        assert!(
+            resolve(&["zerank-server", flag, edge]).is_ok(),
+            "{flag} {edge}"
+        );
+    }
+    for bad in ["8080", "0"] {
+        let err = resolve(&["zerank-server", "--admin-port", bad])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("admin_port"), "{bad}: {err}");
+    }
+    let settings = resolve(&["zerank-server", "--admin-port", "9090"]).unwrap();
+    assert_eq!(settings.admin_port, Some(9090));
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! A server on a real TCP port for the HTTP tests, and what they compare it with.
 
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -226,4 +227,49 @@ pub fn spawn_binary(args: &[&str]) -> (std::process::Child, u16) {
         std::thread::sleep(Duration::from_millis(50));
     }
     (child, port)
+}
+
+/// Reads until the server closes the connection (or `limit` passes); returns what it sent
+/// and how long the connection lasted.
+pub fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, Duration) {
+    let started = Instant::now();
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received.extend_from_slice(&buffer[..n]),
+        }
+    }
+    (
+        String::from_utf8_lossy(&received).into_owned(),
+        started.elapsed(),
+    )
+}
+
+/// GETs `path` over an open keep-alive connection; the whole response, read by its length.
+pub fn get_on(stream: &mut TcpStream, path: &str) -> String {
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 65536];
+    loop {
+        let n = stream.read(&mut buffer).unwrap();
+        assert!(n > 0, "closed");
+        received.extend_from_slice(&buffer[..n]);
+        let text = String::from_utf8_lossy(&received);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("a content-length");
+            if body.len() >= length {
+                return text.into_owned();
+            }
+        }
+    }
 }

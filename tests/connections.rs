@@ -1,0 +1,256 @@
+//! Connections that hold the server without using it: HTTP/2 connections that send nothing,
+//! a main port full of connections while probes keep coming, clients that never read.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::server::{TestServer, get_on, read_until_closed, spawn_binary};
+use serde_json::json;
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Polls `condition` every 20 ms until it holds; panics with `what` after `limit`.
+fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn idle_http2_connections_are_closed_within_the_idle_limit() {
+    let server = TestServer::start(|settings| settings.header_read_timeout_secs = 1.0);
+    // The preface and nothing more: no handshake, no stream.
+    let mut preface_only = TcpStream::connect(server.address).unwrap();
+    preface_only.write_all(PREFACE).unwrap();
+    let (_, lasted) = read_until_closed(&mut preface_only, Duration::from_secs(20));
+    // The 1 s limit, the 1 s grace for a GOAWAY, and a loaded machine's slack.
+    assert!(lasted < Duration::from_secs(5), "preface only: {lasted:?}");
+
+    // A real HTTP/2 client: served, then closed once it has had no stream open for the limit.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, idle_for) = runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(server.address)
+            .await
+            .unwrap();
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        let connection = tokio::spawn(connection);
+        let request = hyper::Request::get(format!("http://{}/health", server.address))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let status = response.status();
+        axum::body::to_bytes(axum::body::Body::new(response.into_body()), 1 << 20)
+            .await
+            .unwrap();
+        let answered = Instant::now();
+        tokio::time::timeout(Duration::from_secs(20), connection)
+            .await
+            .expect("the idle HTTP/2 connection stayed open")
+            .unwrap()
+            .unwrap();
+        (status, answered.elapsed())
+    });
+    assert_eq!(status, 200);
+    assert!(idle_for < Duration::from_secs(5), "idle h2: {idle_for:?}");
+    assert!(server.metric("zerank_connection_errors_total") >= 2.0);
+}
+
+#[test]
+fn an_http2_client_that_never_opens_its_flow_control_window_is_closed() {
+    let server = TestServer::start(|settings| settings.response_write_timeout_secs = 1.0);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let lasted = runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(server.address)
+            .await
+            .unwrap();
+        // HTTP/2's smallest windows, and a body that is never read: the client answers pings
+        // and reads the socket, but never takes more than the first 64 KiB.
+        let (mut sender, connection) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .initial_stream_window_size(65_535)
+                .initial_connection_window_size(65_535)
+                .handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        let connection = tokio::spawn(connection);
+        let document = "lorem ipsum dolor sit amet ".repeat(40_000);
+        let body = json!({ "query": "q", "documents": [document], "return_documents": true });
+        let request = hyper::Request::post(format!("http://{}/rerank", server.address))
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body.to_string()))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let answered = Instant::now();
+        let ended = tokio::time::timeout(Duration::from_secs(30), connection).await;
+        assert!(ended.is_ok(), "the stalled HTTP/2 connection stayed open");
+        drop(response);
+        answered.elapsed()
+    });
+    // Within two write timeouts of 1 s, and a loaded machine's slack.
+    assert!(lasted < Duration::from_secs(6), "stalled h2: {lasted:?}");
+    let counted = "zerank_connection_errors_total{kind=\"write_timeout\"} 1\n";
+    assert!(server.get("/metrics").text.contains(counted));
+}
+
+/// A free loopback port: bound, read and released.
+fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().port()
+}
+
+#[test]
+fn the_admin_port_answers_health_and_metrics_while_the_main_port_is_full() {
+    let admin_port = free_port();
+    let server = TestServer::start(|settings| {
+        settings.max_connections = 3;
+        settings.header_read_timeout_secs = 30.0;
+        settings.admin_port = Some(admin_port);
+    });
+    let admin = |path: &str| {
+        common::server::Reply::from(
+            ureq::get(&format!("http://127.0.0.1:{admin_port}{path}")).call(),
+        )
+    };
+    // Fill the main port: connections that answer are held until one is refused.
+    let mut held = Vec::new();
+    loop {
+        assert!(held.len() <= 3, "more than max_connections were served");
+        let mut stream = TcpStream::connect(server.address).unwrap();
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        // A /health answer comes in one write, so in one read.
+        let mut first = [0u8; 4096];
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        match std::io::Read::read(&mut stream, &mut first) {
+            Ok(n) if n > 0 => {
+                assert!(first.starts_with(b"HTTP/1.1 200"));
+                held.push(stream);
+            }
+            _ => break,
+        }
+    }
+    // Probes and scrapes on the admin port, each on a new connection, all answered.
+    for _ in 0..20 {
+        let health = admin("/health");
+        assert_eq!(health.status, 200, "{}", health.text);
+    }
+    let metrics = admin("/metrics").text;
+    assert!(
+        !metrics.contains("zerank_connections_refused_total 0\n"),
+        "{metrics}"
+    );
+    // Only probes there: scoring and the rest stay on the main port.
+    admin("/v1/models").assert_error(404, "not_found");
+    // The main port is still full, and its held connections still answer.
+    let mut refused = TcpStream::connect(server.address).unwrap();
+    let (reply, _) = read_until_closed(&mut refused, Duration::from_secs(5));
+    assert!(reply.is_empty(), "{reply}");
+    assert!(get_on(&mut held[0], "/health").starts_with("HTTP/1.1 200"));
+}
+
+/// The resident memory of process `pid`, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib / 1024.0
+}
+
+fn metric(port: u16, line: &str) -> bool {
+    ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
+        .call()
+        .ok()
+        .and_then(|r| r.into_string().ok())
+        .is_some_and(|text| text.contains(line))
+}
+
+#[test]
+fn clients_that_never_read_their_answers_are_closed_and_their_memory_freed() {
+    let (mut child, port) = spawn_binary(&[
+        "--response-write-timeout-secs",
+        "2",
+        "--payload-limit-bytes",
+        "33554432",
+    ]);
+    let pid = child.id();
+    // Answers of ~24 MB each (the documents echoed back), far past what socket buffers hold.
+    let document = "lorem ipsum dolor sit amet ".repeat(300_000);
+    let body = json!({
+        "query": "q",
+        "documents": [document.clone(), document.clone(), document],
+        "return_documents": true,
+    })
+    .to_string();
+    let clients = 6;
+    let before = rss_mib(pid);
+    let mut silent = Vec::new();
+    for _ in 0..clients {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            stream,
+            "POST /rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        // Never read.
+        silent.push(stream);
+    }
+    // The answers are made, then stall: the server holds them until the deadline.
+    let mut peak = before;
+    let closed = format!("zerank_connection_errors_total{{kind=\"write_timeout\"}} {clients}\n");
+    wait_until(
+        "the non-reading clients were not closed",
+        Duration::from_secs(60),
+        || {
+            peak = peak.max(rss_mib(pid));
+            metric(port, &closed)
+        },
+    );
+    assert!(
+        peak > before + 100.0,
+        "the stalled answers never held memory: {before:.0} -> {peak:.0} MiB"
+    );
+    // Every stalled connection is gone, and what it held goes back (mimalloc returns memory
+    // unused for 2 s, when it next allocates: the probes below keep it doing so, as a
+    // kubelet's would).
+    wait_until("connections stayed open", Duration::from_secs(10), || {
+        metric(port, "zerank_connections_open 1\n")
+    });
+    let mut after = peak;
+    wait_until(
+        "memory of the closed connections stayed resident",
+        Duration::from_secs(30),
+        || {
+            let _ = ureq::get(&format!("http://127.0.0.1:{port}/health")).call();
+            after = rss_mib(pid);
+            after < before + (peak - before) / 3.0
+        },
+    );
+    eprintln!("RSS: {before:.0} MiB before, {peak:.0} MiB peak, {after:.0} MiB after");
+    drop(silent);
+    let _ = child.kill();
+    let _ = child.wait();
+}
