@@ -12,7 +12,8 @@ use candle_nn::{Module, RmsNorm};
 use half::bf16;
 use rayon::prelude::*;
 
-use super::linear::{LinearGemm, uninit_vec};
+use super::blas::uninit_vec;
+use super::linear::LinearGemm;
 
 /// Elements a parallel task takes at least, so that small tensors are not split thin.
 const MIN_CHUNK: usize = 1 << 14;
