@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo, RepoType};
+use serde::Deserialize;
 
 use super::error::{ModelError, Result};
 
@@ -226,7 +227,7 @@ fn locate_with(source: &dyn FileSource) -> Result<CheckpointFiles> {
         },
     };
     let logit_score_config = match source.fetch(MODULES) {
-        Ok(modules) => match super::recipe::logit_score_folder(&modules)? {
+        Ok(modules) => match logit_score_folder(&modules)? {
             Some(folder) => {
                 let folder = folder.trim_matches('/');
                 if folder.contains("..") {
@@ -289,6 +290,35 @@ fn shard_names(index: &Path) -> Result<Vec<String>> {
         return Err(invalid("`weight_map` is empty".into()));
     }
     Ok(shards.into_iter().collect())
+}
+
+#[derive(Deserialize)]
+struct ModuleEntry {
+    #[serde(default)]
+    path: String,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+const LOGIT_SCORE_TYPE: &str = "LogitScore";
+
+/// The folder of the LogitScore module that `modules.json` lists, if it lists one.
+fn logit_score_folder(modules: &Path) -> Result<Option<String>> {
+    let entries: Vec<ModuleEntry> = read_json(modules)?;
+    Ok(entries
+        .into_iter()
+        .find(|m| m.kind.rsplit('.').next() == Some(LOGIT_SCORE_TYPE))
+        .map(|m| m.path))
+}
+
+/// Reads a JSON file of the checkpoint, naming the file in the error.
+pub(super) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let invalid = |message: String| ModelError::InvalidFile {
+        path: path.to_owned(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|err| invalid(err.to_string()))?;
+    serde_json::from_str(&text).map_err(|err| invalid(err.to_string()))
 }
 
 #[cfg(test)]

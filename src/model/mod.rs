@@ -3,6 +3,7 @@
 
 mod batch;
 mod bf16;
+mod blas;
 mod chunks;
 mod config;
 mod decoder;
@@ -27,12 +28,13 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
 pub use batch::{BatchBudget, plan_batches};
+pub use blas::{Blas, CpuLibrary, matmul_time};
 pub use chunks::{Chunking, Window};
 pub use config::{Architecture, ModelConfig};
 pub use device::{CpuFeatures, DTypeSpec, DeviceSpec};
 pub use error::{ModelError, Result};
 pub use files::{CheckpointFiles, ModelSource};
-pub use linear::{Blas, CpuLibrary, LinearGemm, matmul_time};
+pub use linear::LinearGemm;
 pub use prompt::{
     DOCUMENT_CHAR_LIMIT, EncodedPair, QUERY_CHAR_LIMIT, TokenLimits, TruncationDirection,
     cut_and_strip,

@@ -13,14 +13,13 @@
 //!   Hub checkpoints carry Sentence Transformers' files, which `auto` prefers).
 
 use std::fmt;
-use std::path::Path;
 use std::str::FromStr;
 
 use serde::Deserialize;
 
 use super::config::Architecture;
 use super::error::{ModelError, Result};
-use super::files::CheckpointFiles;
+use super::files::{CheckpointFiles, read_json};
 use super::template::{BGE_GEMMA_DEFAULT_INSTRUCTION, Layout, QWEN3_RERANKER_DEFAULT_INSTRUCTION};
 
 /// The `recipe` setting.
@@ -196,25 +195,6 @@ impl Recipe {
 }
 
 #[derive(Deserialize)]
-struct ModuleEntry {
-    #[serde(default)]
-    path: String,
-    #[serde(rename = "type")]
-    kind: String,
-}
-
-const LOGIT_SCORE_TYPE: &str = "LogitScore";
-
-/// The folder of the LogitScore module that `modules.json` lists, if it lists one.
-pub fn logit_score_folder(modules: &Path) -> Result<Option<String>> {
-    let entries: Vec<ModuleEntry> = read_json(modules)?;
-    Ok(entries
-        .into_iter()
-        .find(|m| m.kind.rsplit('.').next() == Some(LOGIT_SCORE_TYPE))
-        .map(|m| m.path))
-}
-
-#[derive(Deserialize)]
 struct LogitScoreConfig {
     true_token_id: u32,
     #[serde(default)]
@@ -309,15 +289,6 @@ impl NativeConfig {
             max_seq_length: sbert.max_seq_length,
         })
     }
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let invalid = |message: String| ModelError::InvalidFile {
-        path: path.to_owned(),
-        message,
-    };
-    let text = std::fs::read_to_string(path).map_err(|err| invalid(err.to_string()))?;
-    serde_json::from_str(&text).map_err(|err| invalid(err.to_string()))
 }
 
 #[cfg(test)]
