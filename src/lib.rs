@@ -13,6 +13,7 @@
 
 pub mod batcher;
 pub mod http;
+mod json;
 pub mod metrics;
 pub mod model;
 pub mod offline;

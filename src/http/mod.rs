@@ -417,7 +417,12 @@ pub async fn serve_on(
         app: admin_router(state.clone()),
         max_connections: ADMIN_MAX_CONNECTIONS,
     }));
-    let server = connections::serve(listeners, settings.connection_limits(), metrics, shutdown);
+    let server = connections::serve(
+        listeners,
+        ConnectionLimits::from_settings(&settings),
+        metrics,
+        shutdown,
+    );
     tokio::select! {
         served = server => {
             served?;

@@ -13,19 +13,12 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand,
 use serde::{Deserialize, Serialize};
 
 use crate::model::{BatchBudget, Chunking, CpuLibrary, DTypeSpec, DeviceSpec};
+use crate::telemetry::LogFormat;
 pub use models::{ModelSettings, NameList};
 use models::{name_groups, one_or_many};
 
 pub const DEFAULT_MODEL: &str = "zeroentropy/zerank-1-small";
 const DEFAULT_CONFIG_FILE: &str = "config/default.toml";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
 
 /// What a request naming a model that is not served gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum, Default)]
@@ -529,17 +522,6 @@ impl Settings {
             );
         }
         Ok(())
-    }
-
-    pub fn connection_limits(&self) -> crate::http::ConnectionLimits {
-        use std::time::Duration;
-        crate::http::ConnectionLimits {
-            header_read_timeout: Duration::from_secs_f64(self.header_read_timeout_secs),
-            // hyper's buffer is the hard stop; the router answers 431 in JSON below it.
-            max_head_bytes: (self.max_header_bytes * 4).max(64 * 1024),
-            response_write_timeout: Duration::from_secs_f64(self.response_write_timeout_secs),
-            drain_deadline: Duration::from_secs_f64(self.drain_deadline_secs),
-        }
     }
 
     pub fn chunking(&self) -> Chunking {
