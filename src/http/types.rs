@@ -5,8 +5,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
 use crate::json::json_kind;
-use crate::model::TruncationDirection;
-use crate::service::BestWindow;
+use crate::service::{BestWindow, TruncationDirection};
 use crate::settings::LongDocuments;
 
 use super::error::ApiError;

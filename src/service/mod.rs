@@ -13,7 +13,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::batcher::{ADMISSION_MARGIN, BatchError, Batcher, Scored, Throughput};
 use crate::metrics::{Metrics, ModelMetrics};
-use crate::model::{Chunking, Engine, ModelError, Score, TokenLimits, Window};
+/// Which end of an over-long document a request keeps.
+pub use crate::model::TruncationDirection;
+use crate::model::{
+    Chunking, DOCUMENT_CHAR_LIMIT, Engine, ModelError, ModelInfo, QUERY_CHAR_LIMIT, Score,
+    TokenLimits, Window,
+};
 use crate::settings::{LongDocuments, ModelNamePolicy, ModelSettings, Settings};
 use cache::{Found, PromptKey, ScoreCache};
 pub use error::ServiceError;
@@ -22,13 +27,32 @@ pub use error::ServiceError;
 pub struct ServedModel {
     /// Names requests may use; the first labels its metrics.
     pub names: Vec<String>,
-    pub engine: Arc<Engine>,
+    engine: Arc<Engine>,
     batcher: Batcher,
     cache: Option<ScoreCache>,
     metrics: ModelMetrics,
 }
 
+/// The longest texts a request may send, in characters.
+#[derive(Debug, Clone, Copy)]
+pub struct CharLimits {
+    pub query: usize,
+    pub document: usize,
+}
+
 impl ServedModel {
+    /// What the model is: recipe, scoring tokens, length limit, device (serializable).
+    pub fn info(&self) -> &ModelInfo {
+        self.engine.info()
+    }
+
+    /// The model's measured prompt tokens per second, and what a typical request (100
+    /// documents of 400 tokens) takes at that rate.
+    pub fn speed(&self) -> Option<(f64, f64)> {
+        let rate = self.batcher.throughput().tokens_per_sec()?;
+        Some((rate, typical_request_secs(rate)))
+    }
+
     /// Scores prompts (token ids), in their order. With a cache, the prompts it holds skip
     /// the batcher, and one that another request is computing is waited for.
     async fn score_prompts(
@@ -113,7 +137,7 @@ impl ServedModel {
 pub struct RequestLimits {
     pub max_documents: usize,
     pub timeout: Duration,
-    pub max_tokens_per_doc: Option<usize>,
+    pub max_document_tokens: Option<usize>,
 }
 
 pub struct Service {
@@ -177,8 +201,10 @@ pub struct ScoreJob {
     pub pairs: Pairs,
     /// Replaces the model's default instruction.
     pub instruction: Option<String>,
-    /// `max_document_tokens` falls back to the server's `max_tokens_per_doc`.
-    pub limits: TokenLimits,
+    /// Cut each document to this many tokens; the server's `max_tokens_per_doc` when `None`.
+    pub max_document_tokens: Option<usize>,
+    /// Which end of a document over its limit is kept.
+    pub truncation_direction: TruncationDirection,
     /// Refuse (413) a document the model's length limit would cut.
     pub refuse_truncation: bool,
     /// Cut long documents or score them in windows; the server's setting when `None`.
@@ -399,7 +425,7 @@ impl Service {
             limits: RequestLimits {
                 max_documents: settings.max_documents_per_request,
                 timeout: Duration::from_secs_f64(settings.request_timeout_secs),
-                max_tokens_per_doc: settings.max_tokens_per_doc,
+                max_document_tokens: settings.max_tokens_per_doc,
             },
             admission: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
             max_concurrent: settings.max_concurrent_requests,
@@ -426,11 +452,12 @@ impl Service {
         self.models.iter().all(|m| m.batcher.is_healthy())
     }
 
-    /// The model's measured prompt tokens per second, and what a typical request (100
-    /// documents of 400 tokens) takes at that rate.
-    pub fn speed(model: &ServedModel) -> Option<(f64, f64)> {
-        let rate = model.batcher.throughput().tokens_per_sec()?;
-        Some((rate, typical_request_secs(rate)))
+    /// The longest query and document, in characters, a request may send.
+    pub fn char_limits(&self) -> CharLimits {
+        CharLimits {
+            query: QUERY_CHAR_LIMIT,
+            document: DOCUMENT_CHAR_LIMIT,
+        }
     }
 
     /// The model a request names, and the name to answer with: the first model when it
@@ -502,11 +529,8 @@ impl Service {
         }
         let _admitted = self.admit()?;
         let limits = TokenLimits {
-            max_document_tokens: job
-                .limits
-                .max_document_tokens
-                .or(self.limits.max_tokens_per_doc),
-            ..job.limits
+            max_document_tokens: job.max_document_tokens.or(self.limits.max_document_tokens),
+            direction: job.truncation_direction,
         };
         let engine = served.engine.clone();
         let metrics = served.metrics.clone();
