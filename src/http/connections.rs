@@ -18,7 +18,6 @@ use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt;
 
 use crate::metrics::Metrics;
-use crate::settings::Settings;
 
 /// Limits on connections, each a setting.
 #[derive(Debug, Clone, Copy)]
@@ -37,7 +36,7 @@ pub struct ConnectionLimits {
 }
 
 impl ConnectionLimits {
-    pub fn from_settings(settings: &Settings) -> Self {
+    pub fn from_settings(settings: &crate::settings::Settings) -> Self {
         ConnectionLimits {
             header_read_timeout: Duration::from_secs_f64(settings.header_read_timeout_secs),
             // hyper's buffer is the hard stop; the router answers 431 in JSON below it.
