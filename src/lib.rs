@@ -1,18 +1,22 @@
 //! zerank-server: causal-LM cross-encoders (zerank-1, zerank-2, Qwen3-Reranker) behind an
 //! HTTP rerank API.
 //!
-//! Layers, each talking to the next through a small typed API:
-//! - [`http`]: routes, request and response shapes, errors mapped to status codes;
+//! Layers, each importing only from those below it:
+//! - [`http`]: routes, request and response shapes, errors mapped to status codes; it reaches
+//!   the models only through [`service`];
 //! - [`service`]: the served models, each an engine with its batcher; admission,
-//!   tokenizing and ranking;
+//!   tokenizing (with the model's encoder) and ranking;
 //! - [`batcher`]: the queue, batch formation and the model thread;
 //! - [`model`]: checkpoint loading, recipes and prompts, the scoring forward (Qwen3, Qwen2,
 //!   Gemma).
 //!
-//! [`offline`] scores a file of pairs with a model directly, without the server.
+//! [`settings`], [`telemetry`] and [`metrics`] serve every layer and import no layer above
+//! the model (settings names its device and dtype types). [`offline`] scores a file of pairs
+//! with a model directly, beside the service and without the server.
 
 pub mod batcher;
 pub mod http;
+mod json;
 pub mod metrics;
 pub mod model;
 pub mod offline;

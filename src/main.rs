@@ -1,5 +1,5 @@
-use zerank_server::settings::{Invocation, LogFormat};
-use zerank_server::telemetry::{self, TraceExport};
+use zerank_server::settings::Invocation;
+use zerank_server::telemetry::{self, LogFormat, TraceExport};
 
 fn main() -> std::process::ExitCode {
     match run() {

@@ -24,7 +24,7 @@ use anyhow::{Context, anyhow, bail};
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use serde_json::{Map, Value, json};
 
-use crate::http::types::json_kind;
+use crate::json::json_kind;
 use crate::model::{BatchBudget, Engine, LoadOptions, ModelError, Score, TokenLimits};
 use crate::settings::{ScoreFiles, Settings};
 

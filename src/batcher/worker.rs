@@ -93,9 +93,8 @@ fn run_and_answer(
         Ok(Err(err)) => {
             tracing::error!(error = %err, pairs = batch.len(), "batch failed");
             let error = match err {
-                ModelError::InputTooLong(_) | ModelError::InstructionNotAccepted => {
-                    BatchError::Input(err.to_string())
-                }
+                // The instruction is checked before a request is queued.
+                ModelError::InputTooLong(_) => BatchError::Input(err.to_string()),
                 other => BatchError::Model(other.to_string()),
             };
             for request in requests {

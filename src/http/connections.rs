@@ -35,6 +35,18 @@ pub struct ConnectionLimits {
     pub drain_deadline: Duration,
 }
 
+impl ConnectionLimits {
+    pub fn from_settings(settings: &crate::settings::Settings) -> Self {
+        ConnectionLimits {
+            header_read_timeout: Duration::from_secs_f64(settings.header_read_timeout_secs),
+            // hyper's buffer is the hard stop; the router answers 431 in JSON below it.
+            max_head_bytes: (settings.max_header_bytes * 4).max(64 * 1024),
+            response_write_timeout: Duration::from_secs_f64(settings.response_write_timeout_secs),
+            drain_deadline: Duration::from_secs_f64(settings.drain_deadline_secs),
+        }
+    }
+}
+
 /// A listening socket, what it serves and how many connections it holds at once.
 pub struct Listener {
     pub socket: TcpListener,

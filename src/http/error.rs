@@ -15,12 +15,6 @@ pub enum ApiError {
     Validation(String),
     #[error("request body is over the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
-    #[error("{count} documents is over the limit of {limit} per request")]
-    TooManyDocuments { count: usize, limit: usize },
-    #[error("{0}")]
-    InputTooLong(String),
-    #[error("{0}")]
-    RequestTooLarge(String),
     #[error("content type must be application/json, got `{0}`")]
     UnsupportedMediaType(String),
     #[error("content encoding `{0}` is not accepted; send the body uncompressed")]
@@ -31,36 +25,20 @@ pub enum ApiError {
     BodyTimeout(f64),
     #[error("the client closed the connection before sending the whole body")]
     ClientDisconnected,
-    #[error(
-        "model `{requested}` is not served here; served models: {served:?} (--model-name-policy any serves unknown names with the first model)"
-    )]
-    UnknownModel {
-        requested: String,
-        served: Vec<String>,
-    },
     #[error("no route {method} {path}")]
     NotFound { method: String, path: String },
     #[error("method {method} is not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
     #[error("missing or invalid API key")]
     Unauthorized,
-    #[error("server is at capacity: {message}; retry in {retry_after_secs} s")]
-    Overloaded {
-        message: String,
-        retry_after_secs: u64,
-    },
-    #[error("request took longer than the {0:.1} s limit")]
-    Timeout(f64),
-    #[error(
-        "model `{model}` takes no instruction: its prompt has no place for one; send the request without `instruction`"
-    )]
-    InstructionNotAccepted { model: String },
     #[error("model is still loading")]
     NotReady,
-    #[error("the model worker has stopped; the server needs a restart")]
-    Unavailable,
+    /// The handler itself failed.
     #[error("internal error: {0}")]
     Internal(String),
+    /// What the service refused or failed at; its kinds map to statuses below.
+    #[error(transparent)]
+    Service(#[from] ServiceError),
 }
 
 /// The one error body, readable by every client family: TEI and Haystack read `error` and
@@ -84,14 +62,9 @@ pub struct ErrorBody<'a> {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::InvalidJson(_) | ApiError::InstructionNotAccepted { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::InvalidJson(_) => StatusCode::BAD_REQUEST,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::PayloadTooLarge { .. }
-            | ApiError::TooManyDocuments { .. }
-            | ApiError::InputTooLong(_)
-            | ApiError::RequestTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) | ApiError::UnsupportedEncoding(_) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
@@ -101,13 +74,22 @@ impl ApiError {
             ApiError::ClientDisconnected => {
                 StatusCode::from_u16(499).expect("499 is a valid status")
             }
-            ApiError::UnknownModel { .. } | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::NotReady | ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Service(err) => match err {
+                ServiceError::InstructionNotAccepted { .. } => StatusCode::BAD_REQUEST,
+                ServiceError::TooManyDocuments { .. }
+                | ServiceError::InputTooLong(_)
+                | ServiceError::RequestTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                ServiceError::UnknownModel { .. } => StatusCode::NOT_FOUND,
+                ServiceError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+                ServiceError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                ServiceError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
         }
     }
 
@@ -117,24 +99,27 @@ impl ApiError {
             ApiError::InvalidJson(_) => "invalid_json",
             ApiError::Validation(_) => "validation",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
-            ApiError::TooManyDocuments { .. } => "too_many_documents",
-            ApiError::InputTooLong(_) => "input_too_long",
-            ApiError::RequestTooLarge(_) => "request_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::UnsupportedEncoding(_) => "unsupported_encoding",
             ApiError::HeadersTooLarge { .. } => "headers_too_large",
             ApiError::BodyTimeout(_) => "body_timeout",
             ApiError::ClientDisconnected => "client_disconnect",
-            ApiError::UnknownModel { .. } => "unknown_model",
             ApiError::NotFound { .. } => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Unauthorized => "unauthorized",
-            ApiError::Overloaded { .. } => "overloaded",
-            ApiError::Timeout(_) => "timeout",
-            ApiError::InstructionNotAccepted { .. } => "instruction_not_accepted",
             ApiError::NotReady => "not_ready",
-            ApiError::Unavailable => "unavailable",
             ApiError::Internal(_) => "internal_error",
+            ApiError::Service(err) => match err {
+                ServiceError::UnknownModel { .. } => "unknown_model",
+                ServiceError::TooManyDocuments { .. } => "too_many_documents",
+                ServiceError::InstructionNotAccepted { .. } => "instruction_not_accepted",
+                ServiceError::InputTooLong(_) => "input_too_long",
+                ServiceError::RequestTooLarge(_) => "request_too_large",
+                ServiceError::Overloaded { .. } => "overloaded",
+                ServiceError::Timeout(_) => "timeout",
+                ServiceError::Unavailable => "unavailable",
+                ServiceError::Internal(_) => "internal_error",
+            },
         }
     }
 }
@@ -145,10 +130,13 @@ impl IntoResponse for ApiError {
         let kind = self.kind();
         // Loading is expected; failures of the server itself are not.
         match &self {
-            ApiError::Internal(_) | ApiError::Unavailable => {
+            ApiError::Internal(_)
+            | ApiError::Service(ServiceError::Internal(_) | ServiceError::Unavailable) => {
                 tracing::error!(kind, %message, "request failed")
             }
-            ApiError::Timeout(_) => tracing::warn!(kind, %message, "request timed out"),
+            ApiError::Service(ServiceError::Timeout(_)) => {
+                tracing::warn!(kind, %message, "request timed out")
+            }
             _ => tracing::debug!(kind, %message, "request refused"),
         }
         let body = ErrorBody {
@@ -159,9 +147,9 @@ impl IntoResponse for ApiError {
         };
         let mut response = (self.status(), Json(body)).into_response();
         match self {
-            ApiError::Overloaded {
+            ApiError::Service(ServiceError::Overloaded {
                 retry_after_secs, ..
-            } => {
+            }) => {
                 response.headers_mut().insert(
                     header::RETRY_AFTER,
                     HeaderValue::from(retry_after_secs.max(1)),
@@ -183,34 +171,6 @@ impl IntoResponse for ApiError {
 /// Marks a response as an error of this kind.
 #[derive(Clone, Copy)]
 pub struct ErrorKind(pub &'static str);
-
-impl From<ServiceError> for ApiError {
-    fn from(err: ServiceError) -> Self {
-        match err {
-            ServiceError::UnknownModel { requested, served } => {
-                ApiError::UnknownModel { requested, served }
-            }
-            ServiceError::TooManyDocuments { count, limit } => {
-                ApiError::TooManyDocuments { count, limit }
-            }
-            ServiceError::InstructionNotAccepted { model } => {
-                ApiError::InstructionNotAccepted { model }
-            }
-            ServiceError::InputTooLong(message) => ApiError::InputTooLong(message),
-            ServiceError::RequestTooLarge(message) => ApiError::RequestTooLarge(message),
-            ServiceError::Overloaded {
-                message,
-                retry_after_secs,
-            } => ApiError::Overloaded {
-                message,
-                retry_after_secs,
-            },
-            ServiceError::Timeout(seconds) => ApiError::Timeout(seconds),
-            ServiceError::Unavailable => ApiError::Unavailable,
-            ServiceError::Internal(message) => ApiError::Internal(message),
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {

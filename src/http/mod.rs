@@ -28,7 +28,7 @@ use tower_http::timeout::RequestBodyDeadlineLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::metrics::Metrics;
-use crate::service::Service;
+use crate::service::{Service, ServiceError};
 use crate::settings::Settings;
 use error::{ApiError, ErrorKind};
 
@@ -62,7 +62,7 @@ impl AppState {
     fn service(&self) -> Result<&Service, ApiError> {
         match self.service.get() {
             Some(service) if service.is_healthy() => Ok(service),
-            Some(_) => Err(ApiError::Unavailable),
+            Some(_) => Err(ServiceError::Unavailable.into()),
             None => Err(ApiError::NotReady),
         }
     }
@@ -417,7 +417,12 @@ pub async fn serve_on(
         app: admin_router(state.clone()),
         max_connections: ADMIN_MAX_CONNECTIONS,
     }));
-    let server = connections::serve(listeners, settings.connection_limits(), metrics, shutdown);
+    let server = connections::serve(
+        listeners,
+        ConnectionLimits::from_settings(&settings),
+        metrics,
+        shutdown,
+    );
     tokio::select! {
         served = server => {
             served?;

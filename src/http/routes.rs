@@ -13,8 +13,7 @@ use super::AppState;
 use super::body::JsonBody;
 use super::error::ApiError;
 use super::types::*;
-use crate::model::TokenLimits;
-use crate::service::{Pairs, ScoreJob, Scoring, Service};
+use crate::service::{Pairs, ScoreJob, Scoring, TruncationDirection};
 
 /// `x-model`, the served model that scored (what every shape can carry, the TEI array and
 /// Cohere v2 included); `x-queue-time`, `x-inference-time`, `x-total-time`, in milliseconds.
@@ -124,10 +123,8 @@ async fn rerank_as(
                 documents,
             },
             instruction: req.instruction,
-            limits: TokenLimits {
-                max_document_tokens: req.max_tokens_per_doc,
-                direction: req.truncation_direction.unwrap_or_default(),
-            },
+            max_document_tokens: req.max_tokens_per_doc,
+            truncation_direction: req.truncation_direction.unwrap_or_default(),
             refuse_truncation: req.truncate == Some(false),
             long_documents: req.long_documents,
         })
@@ -215,10 +212,8 @@ pub async fn score(
             model: req.model,
             pairs: Pairs::Listed(pairs),
             instruction: req.instruction,
-            limits: TokenLimits {
-                max_document_tokens: req.truncate_prompt_tokens,
-                ..TokenLimits::default()
-            },
+            max_document_tokens: req.truncate_prompt_tokens,
+            truncation_direction: TruncationDirection::default(),
             refuse_truncation: false,
             long_documents: req.long_documents,
         })
@@ -277,7 +272,8 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Result<Json<Health>, 
 pub async fn info(State(state): State<Arc<AppState>>) -> Result<Json<InfoResponse>, ApiError> {
     let service = state.service()?;
     let s = &state.settings;
-    let first = service.models()[0].engine.info();
+    let first = service.models()[0].info();
+    let char_limits = service.char_limits();
     let as_json = |info| serde_json::to_value(info).expect("model info serializes");
     Ok(Json(InfoResponse {
         version: env!("CARGO_PKG_VERSION"),
@@ -287,10 +283,10 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Result<Json<InfoRespons
             .models()
             .iter()
             .map(|served| {
-                let speed = Service::speed(served);
+                let speed = served.speed();
                 ModelEntry {
                     served_model_names: served.names.clone(),
-                    model: as_json(served.engine.info()),
+                    model: as_json(served.info()),
                     tokens_per_sec: speed.map(|(rate, _)| rate),
                     typical_request_secs: speed.map(|(_, secs)| secs),
                 }
@@ -306,8 +302,8 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Result<Json<InfoRespons
             "max_length": first.max_length,
             "payload_limit_bytes": s.payload_limit_bytes,
             "request_timeout_secs": s.request_timeout_secs,
-            "query_char_limit": crate::model::QUERY_CHAR_LIMIT,
-            "document_char_limit": crate::model::DOCUMENT_CHAR_LIMIT,
+            "query_char_limit": char_limits.query,
+            "document_char_limit": char_limits.document,
         }),
     }))
 }

@@ -4,8 +4,8 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
-use crate::model::TruncationDirection;
-use crate::service::BestWindow;
+use crate::json::json_kind;
+use crate::service::{BestWindow, TruncationDirection};
 use crate::settings::LongDocuments;
 
 use super::error::ApiError;
@@ -143,18 +143,6 @@ impl RerankRequest {
 pub enum DocumentInput {
     Text(String),
     Object(DocumentText),
-}
-
-/// How a JSON value is named in messages: "a string", "null".
-pub(crate) fn json_kind(value: &serde_json::Value) -> &'static str {
-    match value {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
-    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -23,7 +23,7 @@ pub enum ServiceError {
     /// request timeout at the measured throughput).
     #[error("{0}")]
     RequestTooLarge(String),
-    #[error("server is at capacity: {message}")]
+    #[error("server is at capacity: {message}; retry in {retry_after_secs} s")]
     Overloaded {
         message: String,
         /// When the queue should have room: the expected wait at the measured throughput.
@@ -31,7 +31,7 @@ pub enum ServiceError {
     },
     #[error("request took longer than the {0:.1} s limit")]
     Timeout(f64),
-    #[error("the model worker has stopped")]
+    #[error("the model worker has stopped; the server needs a restart")]
     Unavailable,
     #[error("internal error: {0}")]
     Internal(String),

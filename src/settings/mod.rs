@@ -5,6 +5,7 @@
 mod models;
 #[cfg(test)]
 mod tests;
+mod validation;
 
 use std::path::{Path, PathBuf};
 
@@ -13,19 +14,12 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand,
 use serde::{Deserialize, Serialize};
 
 use crate::model::{BatchBudget, Chunking, CpuLibrary, DTypeSpec, DeviceSpec};
+use crate::telemetry::LogFormat;
 pub use models::{ModelSettings, NameList};
 use models::{name_groups, one_or_many};
 
 pub const DEFAULT_MODEL: &str = "zeroentropy/zerank-1-small";
 const DEFAULT_CONFIG_FILE: &str = "config/default.toml";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
 
 /// What a request naming a model that is not served gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum, Default)]
@@ -416,139 +410,6 @@ impl Settings {
         Ok(settings)
     }
 
-    fn validate(&self) -> anyhow::Result<()> {
-        // Each range holds only values a server can work with: below a bound, every request
-        // (or every probe) would fail; above one, the value is a typo.
-        let counts = [
-            (
-                "max_batch_tokens",
-                self.max_batch_tokens,
-                1,
-                MAX_BATCH_TOKENS as usize,
-            ),
-            ("max_batch_pairs", self.max_batch_pairs, 1, 1 << 16),
-            (
-                "max_concurrent_requests",
-                self.max_concurrent_requests,
-                1,
-                1 << 20,
-            ),
-            // Under a few hundred tokens no request of one short pair fits.
-            ("max_queued_tokens", self.max_queued_tokens, 256, 1 << 40),
-            (
-                "max_documents_per_request",
-                self.max_documents_per_request,
-                1,
-                1 << 20,
-            ),
-            // The smallest rerank body is tens of bytes; past a GiB, JSON parsing is the
-            // wrong tool.
-            (
-                "payload_limit_bytes",
-                self.payload_limit_bytes,
-                1 << 10,
-                1 << 30,
-            ),
-            // Smaller than any request's estimate: each tokenizes alone, which still works.
-            (
-                "tokenizing_memory_bytes",
-                self.tokenizing_memory_bytes,
-                1 << 10,
-                1 << 40,
-            ),
-            ("max_connections", self.max_connections, 1, 1 << 20),
-            // A probe's or a browser's head is hundreds of bytes.
-            ("max_header_bytes", self.max_header_bytes, 1 << 10, 1 << 20),
-            (
-                "max_chunks_per_document",
-                self.max_chunks_per_document,
-                1,
-                1 << 12,
-            ),
-            ("score_cache_bytes", self.score_cache_bytes, 0, 1 << 40),
-        ];
-        for (name, value, least, most) in counts {
-            anyhow::ensure!(
-                (least..=most).contains(&value),
-                "{name} must be between {least} and {most}; got {value}"
-            );
-        }
-        // Checked against each model's window once it is loaded, too.
-        anyhow::ensure!(
-            self.chunk_overlap_tokens <= MAX_CHUNK_OVERLAP_TOKENS,
-            "chunk_overlap_tokens must be at most {MAX_CHUNK_OVERLAP_TOKENS}, and under half of a chunk window; got {}",
-            self.chunk_overlap_tokens
-        );
-        for (name, value) in [
-            ("max_tokens_per_doc", self.max_tokens_per_doc),
-            ("max_length", self.max_length),
-        ] {
-            let most = MAX_BATCH_TOKENS as usize;
-            anyhow::ensure!(
-                value.is_none_or(|v| (1..=most).contains(&v)),
-                "{name} must be between 1 and {most}; got {}",
-                value.unwrap_or_default()
-            );
-        }
-        if let Some(admin_port) = self.admin_port {
-            anyhow::ensure!(
-                admin_port != 0 && admin_port != self.port,
-                "admin_port must be a port of its own, not 0 or port ({}); got {admin_port}",
-                self.port
-            );
-        }
-        self.check_durations()?;
-        if let Some(endpoint) = &self.otlp_endpoint {
-            crate::telemetry::traces_url(endpoint)?;
-        }
-        if let Some(key) = &self.api_key {
-            anyhow::ensure!(
-                !key.trim().is_empty(),
-                "api_key is empty: set a key, or leave ZERANK_API_KEY / --api-key unset to serve without one"
-            );
-        }
-        self.models()?;
-        Ok(())
-    }
-
-    fn check_durations(&self) -> anyhow::Result<()> {
-        // Below a second, clients on slow links lose connections mid-request; below 0.1 s no
-        // request finishes on any model.
-        let durations = [
-            ("request_timeout_secs", self.request_timeout_secs, 0.1),
-            (
-                "header_read_timeout_secs",
-                self.header_read_timeout_secs,
-                1.0,
-            ),
-            ("body_read_timeout_secs", self.body_read_timeout_secs, 1.0),
-            (
-                "response_write_timeout_secs",
-                self.response_write_timeout_secs,
-                1.0,
-            ),
-            ("drain_deadline_secs", self.drain_deadline_secs, 0.1),
-        ];
-        for (name, value, least) in durations {
-            anyhow::ensure!(
-                value.is_finite() && (least..=MAX_DURATION_SECS).contains(&value),
-                "{name} must be between {least} and {MAX_DURATION_SECS} seconds (a day); got {value}"
-            );
-        }
-        Ok(())
-    }
-
-    pub fn connection_limits(&self) -> crate::http::ConnectionLimits {
-        use std::time::Duration;
-        crate::http::ConnectionLimits {
-            header_read_timeout: Duration::from_secs_f64(self.header_read_timeout_secs),
-            // hyper's buffer is the hard stop; the router answers 431 in JSON below it.
-            max_head_bytes: (self.max_header_bytes * 4).max(64 * 1024),
-            response_write_timeout: Duration::from_secs_f64(self.response_write_timeout_secs),
-            drain_deadline: Duration::from_secs_f64(self.drain_deadline_secs),
-        }
-    }
-
     pub fn chunking(&self) -> Chunking {
         Chunking {
             overlap_tokens: self.chunk_overlap_tokens,
@@ -604,12 +465,6 @@ fn environment_variable(key: &str) -> String {
 
 /// The largest batch budget in tokens: far past what any device runs in one pass.
 const MAX_BATCH_TOKENS: u64 = 1 << 24;
-
-/// Past any model's window: a larger chunk overlap is a typo.
-const MAX_CHUNK_OVERLAP_TOKENS: usize = 1 << 20;
-
-/// A day: a longer duration setting is a typo.
-const MAX_DURATION_SECS: f64 = 86_400.0;
 
 /// The settings file's keys and values: the one named, or `config/default.toml` if present.
 fn read_file(explicit: Option<&Path>) -> anyhow::Result<Option<(PathBuf, toml::Table)>> {
