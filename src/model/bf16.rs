@@ -23,10 +23,10 @@ use half::bf16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
-use super::blas::{Blas, CpuLibrary, Product, Split, batched_matmul, matmul, uninit_vec};
+use super::blas::{Blas, CpuLibrary, Product, Split, batched_matmul, matmul};
+use super::buffers::{contiguous_data, uninit_vec};
 use super::device::CpuFeatures;
 use super::error::{ModelError, Result};
-use super::kernels::contiguous_data;
 
 /// Libraries tried, in order, when the choice is automatic: MKL (PyPI's `mkl`; the faster of
 /// the two on the model's shapes, measured in BENCHMARKS.md), then oneDNN (v3, then Debian's

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::buffers::uninit_vec;
 use super::error::{ModelError, Result};
 
 /// Libraries tried, in order, when the choice is automatic: optimised BLAS builds only (a
@@ -282,18 +283,6 @@ struct OutPtr(*mut f32);
 // SAFETY: each task writes only its own block of the output (see `batched_matmul`).
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
-
-/// A vector of `len` values that the caller overwrites whole before reading any: no pass
-/// zeroing memory that is about to be written (candle's CPU backend allocates its outputs
-/// the same way).
-#[allow(clippy::uninit_vec)]
-pub(super) fn uninit_vec<T: Copy>(len: usize) -> Vec<T> {
-    let mut values = Vec::with_capacity(len);
-    // SAFETY: `T: Copy` has no drop, the capacity is `len`, and every caller writes each
-    // element before the vector is read.
-    unsafe { values.set_len(len) };
-    values
-}
 
 /// `a @ b` for CPU tensors of rank 2 or 3 (a batch of matrices; `b` may be one matrix for
 /// all), each matrix row- or column-major at any batch stride, f32 out. `gemm` makes one

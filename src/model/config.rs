@@ -1,16 +1,13 @@
 //! `config.json`: which architecture the checkpoint is, and the settled shape the forward
-//! needs. Each architecture reads its own fields (see `qwen3.rs`, `qwen2.rs`, `gemma.rs`);
-//! what they share is read here, tolerantly: Hub files carry `rope_theta` and `torch_dtype`
+//! needs. Each architecture reads its own fields (see `qwen3.rs`, `qwen2.rs`, `gemma.rs`,
+//! chosen in `architecture.rs`); what they share is read here, tolerantly: Hub files carry `rope_theta` and `torch_dtype`
 //! at top level, newer transformers write `rope_parameters` and `dtype`.
 
 use std::fmt;
-use std::path::Path;
 
 use serde::Deserialize;
 
-use super::decoder::Block;
 use super::error::{ModelError, Result};
-use super::{gemma, qwen2, qwen3};
 
 /// The decoders the engine runs; each differs from the others in its decoder block only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,15 +41,6 @@ impl Architecture {
         }
     }
 
-    /// What its decoder block is made of.
-    pub(super) fn block(self) -> Block {
-        match self {
-            Architecture::Qwen3 => qwen3::BLOCK,
-            Architecture::Qwen2 => qwen2::BLOCK,
-            Architecture::Gemma => gemma::BLOCK,
-        }
-    }
-
     /// The supported class names, for error messages.
     pub fn supported() -> String {
         Self::ALL.map(Architecture::class_name).join(", ")
@@ -61,7 +49,7 @@ impl Architecture {
     /// From `architectures` (any entry the engine runs), else from `model_type`. Checked
     /// before the shape fields so that, say, a BERT config says "wrong architecture" rather
     /// than "missing field".
-    fn detect(value: &serde_json::Value) -> Result<Architecture> {
+    pub(super) fn detect(value: &serde_json::Value) -> Result<Architecture> {
         let found: Vec<String> = value
             .get("architectures")
             .and_then(|a| a.as_array())
@@ -82,7 +70,11 @@ impl Architecture {
                 found.iter().any(|a| a == arch.class_name())
             }
         });
-        known.ok_or(ModelError::UnsupportedArchitecture { found, model_type })
+        known.ok_or_else(|| ModelError::UnsupportedArchitecture {
+            found,
+            model_type,
+            supported: Self::supported(),
+        })
     }
 }
 
@@ -112,42 +104,7 @@ pub struct ModelConfig {
     pub attention_bias: bool,
 }
 
-impl ModelConfig {
-    pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|err| ModelError::InvalidFile {
-            path: path.to_owned(),
-            message: err.to_string(),
-        })?;
-        Self::from_json(&text).map_err(|err| match err {
-            ModelError::InvalidFile { message, .. } => ModelError::InvalidFile {
-                path: path.to_owned(),
-                message,
-            },
-            other => other,
-        })
-    }
-
-    pub fn from_json(text: &str) -> Result<Self> {
-        let value: serde_json::Value =
-            serde_json::from_str(text).map_err(|err| invalid(format!("not valid JSON: {err}")))?;
-        let architecture = Architecture::detect(&value)?;
-        let fields =
-            |err: serde_json::Error| invalid(format!("not a {architecture} config: {err}"));
-        match architecture {
-            Architecture::Qwen3 => serde_json::from_value::<qwen3::Qwen3Config>(value)
-                .map_err(fields)?
-                .settle(),
-            Architecture::Qwen2 => serde_json::from_value::<qwen2::Qwen2Config>(value)
-                .map_err(fields)?
-                .settle(),
-            Architecture::Gemma => serde_json::from_value::<gemma::GemmaConfig>(value)
-                .map_err(fields)?
-                .settle(),
-        }
-    }
-}
-
-fn invalid(message: String) -> ModelError {
+pub(super) fn invalid(message: String) -> ModelError {
     ModelError::InvalidFile {
         path: "config.json".into(),
         message,

@@ -21,12 +21,13 @@ pub enum ModelError {
     #[error("{}: {message}", path.display())]
     InvalidFile { path: PathBuf, message: String },
     #[error(
-        "unsupported architecture: found architectures {found:?} (model_type {model_type:?}); zerank-server runs {}",
-        super::config::Architecture::supported()
+        "unsupported architecture: found architectures {found:?} (model_type {model_type:?}); zerank-server runs {supported}"
     )]
     UnsupportedArchitecture {
         found: Vec<String>,
         model_type: Option<String>,
+        /// The class names the engine runs.
+        supported: String,
     },
     #[error("unsupported model configuration: {0}")]
     UnsupportedConfig(String),

@@ -12,8 +12,7 @@ use candle_nn::{Module, RmsNorm};
 use half::bf16;
 use rayon::prelude::*;
 
-use super::blas::uninit_vec;
-use super::linear::LinearGemm;
+use super::buffers::{contiguous_data, uninit_vec};
 
 /// Elements a parallel task takes at least, so that small tensors are not split thin.
 const MIN_CHUNK: usize = 1 << 14;
@@ -28,18 +27,6 @@ fn f32_data<'a>(
         candle_core::bail!("{what}: f32 data only");
     };
     contiguous_data(data, layout, what)
-}
-
-/// The part of a CPU tensor's storage that `layout` spans, which must be contiguous.
-pub(super) fn contiguous_data<'a, T>(
-    data: &'a [T],
-    layout: &Layout,
-    what: &str,
-) -> candle_core::Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{what}: the input must be contiguous"),
-    }
 }
 
 /// `e^x` to within a few ulp (a polynomial on a range-reduced argument) in plain
@@ -365,12 +352,13 @@ pub struct Kernels {
 }
 
 impl Kernels {
-    /// The kernels for activations of `dtype` on `device`, feeding `gemm`.
-    pub fn new(device: &Device, dtype: DType, gemm: &LinearGemm) -> Kernels {
+    /// The kernels for activations of `dtype` on `device`, feeding matmuls that multiply
+    /// bf16 (`matmul_multiplies_bf16`) or not.
+    pub fn new(device: &Device, dtype: DType, matmul_multiplies_bf16: bool) -> Kernels {
         let cpu_f32 = device.is_cpu() && dtype == DType::F32;
         Kernels {
             cpu_f32,
-            bf16_matmul_inputs: cpu_f32 && gemm.multiplies_bf16(),
+            bf16_matmul_inputs: cpu_f32 && matmul_multiplies_bf16,
         }
     }
 

@@ -1,9 +1,11 @@
 //! The model layer: a reranker checkpoint loaded once, turning pairs into token ids
 //! ([`Engine::encode`]) and batches of ids into scores ([`Engine::score_batch`]).
 
+mod architecture;
 mod batch;
 mod bf16;
 mod blas;
+mod buffers;
 mod chunks;
 mod config;
 mod decoder;

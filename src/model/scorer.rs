@@ -109,7 +109,7 @@ impl Scorer {
                 .map_err(|err| ModelError::Device(err.to_string()))?,
             causal_block: causal_mask(QUERY_CHUNK, dtype, &device)
                 .map_err(|err| ModelError::Device(err.to_string()))?,
-            kernels: Kernels::new(&device, dtype, gemm),
+            kernels: Kernels::new(&device, dtype, gemm.multiplies_bf16()),
             device,
             dtype,
             max_length: config.max_position_embeddings,
