@@ -7,9 +7,9 @@ use candle_core::{DType, Device, Module, Tensor};
 
 use candle_nn::{RmsNorm, VarBuilder};
 
+use super::backend::Kernels;
+use super::backend::{Linear, LinearGemm};
 use super::config::ModelConfig;
-use super::kernels::Kernels;
-use super::linear::{Linear, LinearGemm};
 use super::packing::Span;
 
 /// Queries attended at once: bounds the score matrix to heads × 512 × length.

@@ -4,7 +4,8 @@
 
 use serde::Deserialize;
 
-use super::config::{Architecture, DecoderFields, Defaults, ModelConfig, check_activation};
+use super::checkpoint::Architecture;
+use super::config::{DecoderFields, Defaults, ModelConfig, check_activation};
 use super::decoder::{Activation, Block, NormKind};
 use super::error::{ModelError, Result};
 

@@ -1,27 +1,18 @@
 //! The model layer: a reranker checkpoint loaded once, turning pairs into token ids
 //! ([`Engine::encode`]) and batches of ids into scores ([`Engine::score_batch`]).
 
-mod architecture;
+mod backend;
 mod batch;
-mod bf16;
-mod blas;
-mod buffers;
-mod chunks;
+mod checkpoint;
 mod config;
 mod decoder;
-mod device;
+mod dispatch;
 mod error;
-mod files;
 mod gemma;
-mod kernels;
-mod linear;
 mod packing;
-mod prompt;
 mod qwen2;
 mod qwen3;
-mod recipe;
 mod scorer;
-mod template;
 mod weights;
 
 use std::time::Instant;
@@ -29,23 +20,18 @@ use std::time::Instant;
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
+pub use backend::{Blas, CpuFeatures, CpuLibrary, DTypeSpec, DeviceSpec, LinearGemm, matmul_time};
 pub use batch::{BatchBudget, plan_batches};
-pub use blas::{Blas, CpuLibrary, matmul_time};
-pub use chunks::{Chunking, Window};
-pub use config::{Architecture, ModelConfig};
-pub use device::{CpuFeatures, DTypeSpec, DeviceSpec};
-pub use error::{ModelError, Result};
-pub use files::{CheckpointFiles, ModelSource};
-pub use linear::LinearGemm;
-pub use prompt::{
-    DOCUMENT_CHAR_LIMIT, EncodedPair, QUERY_CHAR_LIMIT, TokenLimits, TruncationDirection,
+pub use checkpoint::{
+    Architecture, Calibration, CheckpointFiles, Chunking, DOCUMENT_CHAR_LIMIT, EncodedPair,
+    ModelSource, QUERY_CHAR_LIMIT, RecipeChoice, TokenLimits, TruncationDirection, Window,
     cut_and_strip,
 };
-pub use recipe::{Calibration, RecipeChoice};
+pub use config::ModelConfig;
+pub use error::{ModelError, Result};
 
+use checkpoint::{PromptEncoder, PromptFiles, Recipe};
 use packing::Packing;
-use prompt::{PromptEncoder, PromptFiles};
-use recipe::Recipe;
 use scorer::Scorer;
 use weights::SafetensorsFiles;
 
@@ -473,26 +459,5 @@ mod tests {
         let s = Score::new(2.0, unit);
         assert_eq!(s.raw, 2.0);
         assert!((s.score - 0.880_797).abs() < 1e-6);
-    }
-}
-
-#[cfg(test)]
-pub(crate) mod testing {
-    use candle_core::{DType, Tensor};
-
-    /// The largest element-wise |a - b| of two tensors of one shape, in f32.
-    pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.dims(), b.dims());
-        let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
-        (f32(a) - f32(b))
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
     }
 }

@@ -7,11 +7,11 @@ use candle_core::{DType, Device, Module, Tensor};
 
 use candle_nn::VarBuilder;
 
+use super::backend::Kernels;
+use super::backend::LinearGemm;
 use super::config::ModelConfig;
 use super::decoder::{DecoderLayer, Norm, PassContext, QUERY_CHUNK, Rotary};
 use super::error::{ModelError, Result};
-use super::kernels::Kernels;
-use super::linear::LinearGemm;
 use super::packing::Packing;
 use super::weights::SafetensorsFiles;
 

@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use super::config::{Architecture, ModelConfig, invalid};
+use super::checkpoint::Architecture;
+use super::config::{ModelConfig, invalid};
 use super::decoder::Block;
 use super::error::{ModelError, Result};
 use super::{gemma, qwen2, qwen3};

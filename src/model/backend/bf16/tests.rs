@@ -1,7 +1,7 @@
 use candle_core::{DType, Device};
 
+use super::super::testing::max_abs_diff;
 use super::*;
-use crate::model::testing::max_abs_diff;
 
 /// `a @ b` in f32 arithmetic on the bf16 values of both: what every path must give.
 fn reference(a: &Tensor, b: &Tensor) -> Tensor {

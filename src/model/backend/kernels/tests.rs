@@ -1,5 +1,5 @@
+use super::super::testing::max_abs_diff as max_diff;
 use super::*;
-use crate::model::testing::max_abs_diff as max_diff;
 use candle_core::{DType, Device};
 
 const ON_CPU: Kernels = Kernels {

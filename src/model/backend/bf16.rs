@@ -26,7 +26,7 @@ use rayon::prelude::*;
 use super::blas::{Blas, CpuLibrary, Product, Split, batched_matmul, matmul};
 use super::buffers::{contiguous_data, uninit_vec};
 use super::device::CpuFeatures;
-use super::error::{ModelError, Result};
+use crate::model::error::{ModelError, Result};
 
 /// Libraries tried, in order, when the choice is automatic: MKL (PyPI's `mkl`; the faster of
 /// the two on the model's shapes, measured in BENCHMARKS.md), then oneDNN (v3, then Debian's

@@ -9,7 +9,7 @@ use candle_nn::VarBuilder;
 use super::bf16::Bf16Matmul;
 use super::blas::{Blas, CpuLibrary, matmul};
 use super::device::CpuFeatures;
-use super::error::Result;
+use crate::model::error::Result;
 
 /// What multiplies a linear layer's input by its weight, chosen once per model.
 #[derive(Clone)]

@@ -8,7 +8,7 @@ use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo, RepoType};
 use serde::Deserialize;
 
-use super::error::{ModelError, Result};
+use crate::model::error::{ModelError, Result};
 
 const CONFIG: &str = "config.json";
 const TOKENIZER: &str = "tokenizer.json";

@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use candle_core::{DType, Device};
 
-use super::error::{ModelError, Result};
+use crate::model::error::{ModelError, Result};
 
 /// Where the model runs.
 #[derive(
@@ -65,7 +65,7 @@ impl fmt::Display for DeviceSpec {
 }
 
 impl DeviceSpec {
-    pub(super) fn open(self) -> Result<(Device, DeviceSpec)> {
+    pub(in crate::model) fn open(self) -> Result<(Device, DeviceSpec)> {
         let device_error = |err: candle_core::Error| ModelError::Device(err.to_string());
         match self {
             // A GPU build on a machine without one still runs, on the CPU.
@@ -134,7 +134,11 @@ impl DTypeSpec {
     /// one. f16 is refused on the CPU: there it would run the whole forward in f16 (norms and
     /// softmax included) through candle's generic kernels, where bf16 gives the same memory,
     /// f32's range and a native GEMM on CPUs with bf16 instructions.
-    pub(super) fn resolve(self, device: &Device, cpu: &CpuFeatures) -> Result<(DType, String)> {
+    pub(in crate::model) fn resolve(
+        self,
+        device: &Device,
+        cpu: &CpuFeatures,
+    ) -> Result<(DType, String)> {
         let instructions = cpu.bf16_instructions();
         Ok(match self {
             DTypeSpec::Auto if !device.is_cpu() => (DType::BF16, "auto: bf16 on a GPU".into()),

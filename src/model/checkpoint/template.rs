@@ -11,7 +11,7 @@ use minijinja::syntax::SyntaxConfig;
 use minijinja::{Environment, Error as JinjaError, ErrorKind, Value};
 use serde::Deserialize;
 
-use super::error::{ModelError, Result};
+use crate::model::error::{ModelError, Result};
 
 /// What a hole in the prompt holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,9 +11,9 @@ use std::path::Path;
 
 use tokenizers::{Encoding, Tokenizer};
 
-use super::error::{ModelError, Result};
 use super::recipe::Recipe;
 use super::template::{ChatTemplate, Layout, Messages, Part, Slot, TokenizerConfig};
+use crate::model::error::{ModelError, Result};
 
 /// The zerank-1 reference cuts query and document to these many characters before stripping.
 pub const QUERY_CHAR_LIMIT: usize = 2_000;

@@ -3,11 +3,11 @@
 
 use std::ops::Range;
 
-use super::error::{ModelError, Result};
 use super::prompt::{
     CUT_MARGIN_TOKENS, DOCUMENT_CHAR_LIMIT, EncodedPair, PromptEncoder, TYPICAL_CHARS_PER_TOKEN,
     TextRule, TokenLimits, TruncationDirection, is_python_whitespace,
 };
+use crate::model::error::{ModelError, Result};
 
 /// How a document longer than the prompt's room is split into windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,10 +17,10 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
-use super::config::Architecture;
-use super::error::{ModelError, Result};
+use super::architecture::Architecture;
 use super::files::{CheckpointFiles, read_json};
 use super::template::{BGE_GEMMA_DEFAULT_INSTRUCTION, Layout, QWEN3_RERANKER_DEFAULT_INSTRUCTION};
+use crate::model::error::{ModelError, Result};
 
 /// The `recipe` setting.
 #[derive(

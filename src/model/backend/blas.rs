@@ -16,7 +16,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::buffers::uninit_vec;
-use super::error::{ModelError, Result};
+use crate::model::error::{ModelError, Result};
 
 /// Libraries tried, in order, when the choice is automatic: optimised BLAS builds only (a
 /// plain `libblas.so.3` may be the slow reference implementation).
@@ -447,7 +447,7 @@ mod tests {
     }
 
     fn assert_close(a: &Tensor, b: &Tensor) {
-        let diff = crate::model::testing::max_abs_diff(a, b);
+        let diff = super::super::testing::max_abs_diff(a, b);
         assert!(diff < 1e-4, "max |Δ| {diff}");
     }
 
