@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::json;
 use zerank_server::model::{
     BatchBudget, CpuFeatures, CpuLibrary, DTypeSpec, DeviceSpec, Engine, LinearGemm, LoadOptions,
-    ModelConfig, PairText, TokenLimits, matmul_time,
+    ModelConfig, ModelError, ModelSource, Score, TokenLimits, matmul_time,
 };
 
 #[derive(Parser)]
@@ -71,21 +71,14 @@ fn main() -> anyhow::Result<()> {
         .filter(|l| !l.trim().is_empty())
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()?;
-    let pairs: Vec<PairText> = pairs
-        .iter()
-        .map(|p| PairText {
-            query: &p.query,
-            document: &p.document,
-            instruction: None,
-        })
-        .collect();
     let budget = BatchBudget {
         max_tokens: args.max_batch_tokens,
         max_sequences: args.max_batch_pairs,
     };
 
+    let config = ModelConfig::from_file(&ModelSource::parse(&args.model, None)?.locate()?.config)?;
+    let weights_mib = f32_weight_mib(&config);
     let mut peak = None;
-    let mut weights_mib = None;
     let mut unshared: Option<Vec<f32>> = None;
     for (run, setting) in args.sharing.iter().enumerate() {
         let share_prefixes = match setting.as_str() {
@@ -100,7 +93,6 @@ fn main() -> anyhow::Result<()> {
             share_prefixes,
             ..LoadOptions::default()
         })?;
-        weights_mib = Some(f32_weight_mib(engine.config()));
         let rss_after_load = rss_mib("VmRSS:");
         // The first load's peak, before anything else ran: the target is at most 1.1x the
         // resident memory after it.
@@ -110,20 +102,20 @@ fn main() -> anyhow::Result<()> {
                 "bf16" => DType::BF16,
                 _ => DType::F32,
             };
-            peak = Some(gemm_peak(engine.config(), args.gemm_rows, dtype)?);
+            peak = Some(gemm_peak(&config, args.gemm_rows, dtype)?);
         }
         let tokens: usize = pairs
             .iter()
             .map(|p| {
                 engine
-                    .encode(p.query, p.document, None, TokenLimits::default())
+                    .encode(&p.query, &p.document, None, TokenLimits::default())
                     .map(|e| e.ids.len())
             })
             .sum::<Result<_, _>>()?;
         // Warm-up: first touches of the weights and allocator growth stay out of the timing.
-        engine.score_pairs_offline(&pairs[..1], TokenLimits::default(), budget)?;
+        score_pairs(&engine, &pairs[..1], budget)?;
         let (started, matmul_before) = (Instant::now(), matmul_time());
-        let scores = engine.score_pairs_offline(&pairs, TokenLimits::default(), budget)?;
+        let scores = score_pairs(&engine, &pairs, budget)?;
         let seconds = started.elapsed().as_secs_f64();
         let matmul_seconds = (matmul_time() - matmul_before).as_secs_f64();
         let us_per_token = |seconds: f64| round(seconds * 1e6 / tokens as f64, 1);
@@ -141,7 +133,7 @@ fn main() -> anyhow::Result<()> {
         if !share_prefixes {
             unshared = Some(raw);
         }
-        let flops = forward_flops(engine.config(), &pairs, &engine)?;
+        let flops = forward_flops(&config, &pairs, &engine)?;
         println!(
             "{}",
             json!({
@@ -246,9 +238,28 @@ fn gemm_peak(config: &ModelConfig, rows: usize, dtype: DType) -> anyhow::Result<
     Ok(best)
 }
 
+/// Scores of the pairs in their order, tokenizing included, batched within `budget` as
+/// offline scoring does.
+fn score_pairs(engine: &Engine, pairs: &[Pair], budget: BatchBudget) -> anyhow::Result<Vec<Score>> {
+    let encoded = pairs
+        .iter()
+        .map(|p| {
+            engine
+                .encode(&p.query, &p.document, None, TokenLimits::default())
+                .map(|e| e.ids)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut scores = Vec::with_capacity(pairs.len());
+    engine.score_sequences(&encoded, budget, |batch| {
+        scores.extend_from_slice(batch);
+        Ok::<_, ModelError>(())
+    })?;
+    Ok(scores)
+}
+
 /// Matmul FLOPs of scoring every pair alone (no sharing): the linear layers at every token,
 /// causal attention (q·k and p·v over the visible keys), and the one head row at the last.
-fn forward_flops(config: &ModelConfig, pairs: &[PairText], engine: &Engine) -> anyhow::Result<f64> {
+fn forward_flops(config: &ModelConfig, pairs: &[Pair], engine: &Engine) -> anyhow::Result<f64> {
     let (hidden, inner, layers) = (
         config.hidden_size as f64,
         config.intermediate_size as f64,
@@ -261,7 +272,7 @@ fn forward_flops(config: &ModelConfig, pairs: &[PairText], engine: &Engine) -> a
     let mut total = 0.0;
     for pair in pairs {
         let n = engine
-            .encode(pair.query, pair.document, None, TokenLimits::default())?
+            .encode(&pair.query, &pair.document, None, TokenLimits::default())?
             .ids
             .len() as f64;
         let attention = 2.0 * 2.0 * layers * q * n * (n + 1.0) / 2.0;

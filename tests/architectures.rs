@@ -8,7 +8,7 @@
 mod common;
 
 use common::native::{NativeGoldens, check_against_goldens};
-use common::{fixture, goldens, load, options};
+use common::{fixture, goldens, load, model_config, options};
 use zerank_server::model::{DTypeSpec, Engine, LoadOptions, ModelError, RecipeChoice, TokenLimits};
 
 /// The architectures' fixtures, with the class names `/info` reports.
@@ -46,7 +46,7 @@ fn a_legacy_qwen2_checkpoint_matches_transformers() {
     let expected = &legacy.legacy["qwen2"];
     let engine = load(&fixture("qwen2"));
     assert_eq!(engine.info().recipe, "zerank");
-    let config = engine.config();
+    let config = model_config(&fixture("qwen2"));
     // Two heads of a hidden size of 8: head_dim is hidden / heads.
     assert_eq!((config.head_dim, config.attention_bias), (4, true));
     for (i, pair) in goldens.pairs.iter().enumerate() {

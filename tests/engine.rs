@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use common::{Goldens, fixture, goldens, load, options};
+use common::{Goldens, PairText, fixture, goldens, load, options, score_offline};
 use zerank_server::model::{
-    BatchBudget, CpuLibrary, DTypeSpec, Engine, LoadOptions, ModelError, PairText, TokenLimits,
+    BatchBudget, CpuLibrary, DTypeSpec, Engine, LoadOptions, ModelError, TokenLimits,
     TruncationDirection,
 };
 
@@ -301,9 +301,7 @@ fn offline_scoring_agrees_with_the_goldens() {
         max_tokens: 200,
         max_sequences: 4,
     };
-    let scores = engine
-        .score_pairs_offline(&pairs, TokenLimits::default(), budget)
-        .unwrap();
+    let scores = score_offline(&engine, &pairs, budget).unwrap();
     for (k, &i) in indices.iter().enumerate() {
         assert!((scores[k].margin - expected[i]).abs() <= 1e-4, "pair {i}");
     }

@@ -5,10 +5,9 @@
 mod common;
 
 use common::native::{ModelGoldens, NativeGoldens, sigmoid};
-use common::{copy_dir, fixture, load, options};
+use common::{PairText, copy_dir, fixture, load, options, score_offline};
 use zerank_server::model::{
-    BatchBudget, Engine, LoadOptions, ModelError, PairText, RecipeChoice, TokenLimits,
-    TruncationDirection,
+    BatchBudget, Engine, LoadOptions, ModelError, RecipeChoice, TokenLimits, TruncationDirection,
 };
 
 fn goldens() -> NativeGoldens {
@@ -75,9 +74,7 @@ fn offline_pairs_carry_their_own_instructions() {
         max_tokens: 4096,
         max_sequences: 4,
     };
-    let scores = engine
-        .score_pairs_offline(&pairs, TokenLimits::default(), budget)
-        .unwrap();
+    let scores = score_offline(&engine, &pairs, budget).unwrap();
     assert_eq!(scores.len(), pairs.len());
     for (i, score) in scores.iter().enumerate() {
         let variant = if i % 2 == 1 {

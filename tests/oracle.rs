@@ -7,11 +7,12 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{gemma, qwen2, qwen3};
-use common::{fixture, goldens, load};
+use common::{fixture, goldens, load, model_config};
 use zerank_server::model::{Engine, TokenLimits};
 
-fn oracle(engine: &Engine, weights: &[std::path::PathBuf]) -> qwen3::ModelForCausalLM {
-    let c = engine.config();
+/// candle-transformers' Qwen3 on a fixture's weights.
+fn oracle(name: &str) -> qwen3::ModelForCausalLM {
+    let c = model_config(&fixture(name));
     let config = qwen3::Config {
         vocab_size: c.vocab_size,
         hidden_size: c.hidden_size,
@@ -30,10 +31,7 @@ fn oracle(engine: &Engine, weights: &[std::path::PathBuf]) -> qwen3::ModelForCau
         use_sliding_window: false,
         hidden_act: candle_nn::Activation::Silu,
     };
-    // SAFETY: the fixture files are not modified while the test runs.
-    let vb =
-        unsafe { VarBuilder::from_mmaped_safetensors(weights, DType::F32, &Device::Cpu) }.unwrap();
-    qwen3::ModelForCausalLM::new(&config, vb).unwrap()
+    qwen3::ModelForCausalLM::new(&config, mmaped(name)).unwrap()
 }
 
 /// The last position's logits over the whole vocabulary.
@@ -120,7 +118,7 @@ fn the_packed_forward_agrees_with_candle_transformers_qwen3() {
     // zerank on a tied and on an untied, sharded checkpoint; yes minus no on a native one.
     for name in ["tiny", "sharded", "native-yes-no"] {
         let engine = load(&fixture(name));
-        let mut model = oracle(&engine, &weights(name));
+        let mut model = oracle(name);
         assert_agrees(name, &engine, &pairs, |ids| full_logits(&mut model, ids));
     }
 }
@@ -130,7 +128,7 @@ fn qwen2_and_gemma_agree_with_candle_transformers() {
     let goldens = goldens();
     let pairs = short_pairs(&goldens);
     let engine = load(&fixture("qwen2"));
-    let c = engine.config();
+    let c = model_config(&fixture("qwen2"));
     let config = qwen2::Config {
         vocab_size: c.vocab_size,
         hidden_size: c.hidden_size,
@@ -155,7 +153,7 @@ fn qwen2_and_gemma_agree_with_candle_transformers() {
     });
 
     let engine = load(&fixture("gemma"));
-    let c = engine.config();
+    let c = model_config(&fixture("gemma"));
     let config = gemma::Config {
         attention_bias: c.attention_bias,
         head_dim: c.head_dim,

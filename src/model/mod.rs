@@ -35,14 +35,6 @@ use packing::Packing;
 use scorer::Scorer;
 use weights::SafetensorsFiles;
 
-/// One pair to score offline, with its own instruction (`None`: the model's default).
-#[derive(Debug, Clone, Copy)]
-pub struct PairText<'a> {
-    pub query: &'a str,
-    pub document: &'a str,
-    pub instruction: Option<&'a str>,
-}
-
 /// One pair's relevance.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Score {
@@ -167,7 +159,6 @@ pub struct ModelInfo {
 pub struct Engine {
     encoder: PromptEncoder,
     scorer: Scorer,
-    config: ModelConfig,
     info: ModelInfo,
 }
 
@@ -198,7 +189,7 @@ impl Engine {
             options.max_length,
             config.max_position_embeddings,
         )?;
-        let head_tokens = head_tokens(&recipe, &encoder)?;
+        let head_tokens = recipe.head_token_ids(|text| encoder.token_id(text))?;
         let libraries = (&options.cpu_blas, &options.cpu_bf16_gemm);
         let (mut gemm, mut activations) = LinearGemm::open(&device, dtype, libraries, &features)?;
         if options.dtype == DTypeSpec::Auto
@@ -240,18 +231,12 @@ impl Engine {
         Ok(Engine {
             encoder,
             scorer,
-            config,
             info,
         })
     }
 
     pub fn info(&self) -> &ModelInfo {
         &self.info
-    }
-
-    /// The checkpoint's architecture settings.
-    pub fn config(&self) -> &ModelConfig {
-        &self.config
     }
 
     /// Token ids of the prompt for one pair; `instruction` replaces the default one.
@@ -361,29 +346,6 @@ impl Engine {
         })
     }
 
-    /// Scores of arbitrary pairs, in their order, batched within `budget`: offline scoring
-    /// without the batcher.
-    pub fn score_pairs_offline(
-        &self,
-        pairs: &[PairText<'_>],
-        limits: TokenLimits,
-        budget: BatchBudget,
-    ) -> Result<Vec<Score>> {
-        let encoded = pairs
-            .iter()
-            .map(|p| {
-                self.encode(p.query, p.document, p.instruction, limits)
-                    .map(|e| e.ids)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mut scores = Vec::with_capacity(pairs.len());
-        self.score_sequences(&encoded, budget, |batch| {
-            scores.extend_from_slice(batch);
-            Ok::<_, ModelError>(())
-        })?;
-        Ok(scores)
-    }
-
     /// Scores of encoded sequences, batched within `budget` in their order; `scored` gets
     /// each batch's scores as soon as it has run, so that callers can write them out and
     /// report progress, and may stop the run with an error of their own.
@@ -399,21 +361,6 @@ impl Engine {
             scored(&self.score_batch(&batch)?.scores)?;
         }
         Ok(())
-    }
-}
-
-/// The head tokens the recipe scores with: true, then false when it has one.
-fn head_tokens(recipe: &Recipe, encoder: &PromptEncoder) -> Result<Vec<u32>> {
-    let by_text = |texts: &[&str]| -> Result<Vec<u32>> {
-        texts.iter().map(|text| encoder.token_id(text)).collect()
-    };
-    match recipe {
-        Recipe::Zerank | Recipe::BgeGemma => by_text(&["Yes"]),
-        Recipe::Qwen3Reranker => by_text(&["yes", "no"]),
-        Recipe::MxbaiRerank => by_text(&["1", "0"]),
-        Recipe::SentenceTransformers(native) => Ok(std::iter::once(native.true_token_id)
-            .chain(native.false_token_id)
-            .collect()),
     }
 }
 

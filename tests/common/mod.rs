@@ -7,7 +7,10 @@ pub mod server;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use zerank_server::model::{DTypeSpec, DeviceSpec, Engine, LoadOptions};
+use zerank_server::model::{
+    BatchBudget, DTypeSpec, DeviceSpec, Engine, LoadOptions, ModelConfig, ModelError, Score,
+    TokenLimits,
+};
 
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -53,6 +56,40 @@ pub fn options(dir: &Path) -> LoadOptions {
         dtype: DTypeSpec::F32,
         ..LoadOptions::default()
     }
+}
+
+/// The architecture settings of a fixture's `config.json`.
+pub fn model_config(dir: &Path) -> ModelConfig {
+    ModelConfig::from_file(&dir.join("config.json")).unwrap()
+}
+
+/// One pair to score offline, with its own instruction (`None`: the model's default).
+pub struct PairText<'a> {
+    pub query: &'a str,
+    pub document: &'a str,
+    pub instruction: Option<&'a str>,
+}
+
+/// Scores of the pairs in their order, batched within `budget`, as offline scoring runs.
+pub fn score_offline(
+    engine: &Engine,
+    pairs: &[PairText<'_>],
+    budget: BatchBudget,
+) -> Result<Vec<Score>, ModelError> {
+    let encoded = pairs
+        .iter()
+        .map(|p| {
+            engine
+                .encode(p.query, p.document, p.instruction, TokenLimits::default())
+                .map(|e| e.ids)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut scores = Vec::with_capacity(pairs.len());
+    engine.score_sequences(&encoded, budget, |batch| {
+        scores.extend_from_slice(batch);
+        Ok::<_, ModelError>(())
+    })?;
+    Ok(scores)
 }
 
 /// A copy of a directory's files, folders included and symlinks followed.

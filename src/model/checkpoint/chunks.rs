@@ -5,8 +5,9 @@ use std::ops::Range;
 
 use super::prompt::{
     CUT_MARGIN_TOKENS, DOCUMENT_CHAR_LIMIT, EncodedPair, PromptEncoder, TYPICAL_CHARS_PER_TOKEN,
-    TextRule, TokenLimits, TruncationDirection, is_python_whitespace,
+    TokenLimits, TruncationDirection, is_python_whitespace,
 };
+use super::recipe::TextRule;
 use crate::model::error::{ModelError, Result};
 
 /// How a document longer than the prompt's room is split into windows.

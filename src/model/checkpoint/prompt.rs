@@ -11,17 +11,13 @@ use std::path::Path;
 
 use tokenizers::{Encoding, Tokenizer};
 
-use super::recipe::Recipe;
+use super::recipe::{Recipe, TextRule};
 use super::template::{ChatTemplate, Layout, Messages, Part, Slot, TokenizerConfig};
 use crate::model::error::{ModelError, Result};
 
 /// The zerank-1 reference cuts query and document to these many characters before stripping.
 pub const QUERY_CHAR_LIMIT: usize = 2_000;
 pub const DOCUMENT_CHAR_LIMIT: usize = 10_000;
-/// The published Qwen3-Reranker recipe's prompt length.
-const QWEN3_RERANKER_MAX_LENGTH: usize = 8_192;
-/// mxbai-rerank's `max_length` (of query and document; the server counts the whole prompt).
-const MXBAI_RERANK_MAX_LENGTH: usize = 8_192;
 
 /// Which end of an over-long document is kept.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -66,15 +62,6 @@ pub struct EncodedPair {
     pub truncated_tokens: usize,
     /// Whether the model's length limit, not just `max_document_tokens`, cut the document.
     pub over_max_length: bool,
-}
-
-/// What user text goes through before it is placed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum TextRule {
-    /// zerank-1: `text[:limit].strip()`.
-    ReferenceCuts,
-    /// Sentence Transformers and Qwen3-Reranker: the text as given.
-    Verbatim,
 }
 
 /// A layout's fixed text split at its special markers.
@@ -123,21 +110,15 @@ impl PromptEncoder {
             ModelError::Tokenizer(format!("{}: {err}", files.tokenizer.display()))
         })?;
         let config = TokenizerConfig::read(files.tokenizer_config)?;
-        let recipe_limit = match recipe {
-            Recipe::SentenceTransformers(native) => native.max_seq_length,
-            Recipe::Qwen3Reranker => Some(QWEN3_RERANKER_MAX_LENGTH),
-            Recipe::MxbaiRerank => Some(MXBAI_RERANK_MAX_LENGTH),
-            Recipe::Zerank | Recipe::BgeGemma => None,
-        };
         let max_length = max_length
-            .or(recipe_limit)
+            .or(recipe.max_length())
             .or(config
                 .model_max_length
                 .filter(|&n| n >= 1.0 && n < max_position as f64)
                 .map(|n| n as usize))
             .map_or(max_position, |n| n.min(max_position));
-        let (plain, instructed, text_rule) = match recipe.fixed_layouts(config.prompt_bos()) {
-            Some((plain, instructed)) => (plain, Some(instructed), TextRule::Verbatim),
+        let (plain, instructed) = match recipe.fixed_layouts(config.prompt_bos()) {
+            Some((plain, instructed)) => (plain, Some(instructed)),
             None => {
                 let source = match files.chat_template {
                     Some(path) => std::fs::read_to_string(path).map_err(|err| {
@@ -145,15 +126,7 @@ impl PromptEncoder {
                     })?,
                     None => config.template()?,
                 };
-                let (messages, kwargs) = match recipe {
-                    Recipe::SentenceTransformers(native) => (
-                        Messages::QueryDocument {
-                            structured: native.structured_messages,
-                        },
-                        native.template_kwargs.clone(),
-                    ),
-                    _ => (Messages::SystemQueryUserDocument, Default::default()),
-                };
+                let (messages, kwargs) = recipe.chat_messages();
                 let template = ChatTemplate::new(&source, config.template_variables(kwargs))?;
                 let plain = template
                     .layout(messages, false)?
@@ -162,11 +135,7 @@ impl PromptEncoder {
                     Messages::QueryDocument { .. } => template.layout(messages, true)?,
                     Messages::SystemQueryUserDocument => None,
                 };
-                let rule = match recipe {
-                    Recipe::Zerank => TextRule::ReferenceCuts,
-                    _ => TextRule::Verbatim,
-                };
-                (plain, instructed, rule)
+                (plain, instructed)
             }
         };
         if default_instruction.is_some() && instructed.is_none() {
@@ -179,7 +148,7 @@ impl PromptEncoder {
             tokenizer,
             (&plain, instructed.as_ref()),
             default_instruction,
-            text_rule,
+            recipe.text_rule(),
             max_length,
         )
     }

@@ -19,7 +19,9 @@ use serde::Deserialize;
 
 use super::architecture::Architecture;
 use super::files::{CheckpointFiles, read_json};
-use super::template::{BGE_GEMMA_DEFAULT_INSTRUCTION, Layout, QWEN3_RERANKER_DEFAULT_INSTRUCTION};
+use super::template::{
+    BGE_GEMMA_DEFAULT_INSTRUCTION, Layout, Messages, QWEN3_RERANKER_DEFAULT_INSTRUCTION,
+};
 use crate::model::error::{ModelError, Result};
 
 /// The `recipe` setting.
@@ -102,6 +104,20 @@ pub struct NativeConfig {
     pub max_seq_length: Option<usize>,
 }
 
+/// The published Qwen3-Reranker recipe's prompt length.
+const QWEN3_RERANKER_MAX_LENGTH: usize = 8_192;
+/// mxbai-rerank's `max_length` (of query and document; the server counts the whole prompt).
+const MXBAI_RERANK_MAX_LENGTH: usize = 8_192;
+
+/// What user text goes through before it is placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextRule {
+    /// zerank-1: `text[:limit].strip()`.
+    ReferenceCuts,
+    /// Every other recipe: the text as given.
+    Verbatim,
+}
+
 /// The zerank convention for a lone "Yes" logit (zerank-1's recipe, zerank-2's card).
 pub const ZERANK_TEMPERATURE: f32 = 5.0;
 
@@ -158,6 +174,51 @@ impl Recipe {
             Recipe::Qwen3Reranker => Some(QWEN3_RERANKER_DEFAULT_INSTRUCTION),
             Recipe::BgeGemma => Some(BGE_GEMMA_DEFAULT_INSTRUCTION),
             Recipe::MxbaiRerank => None,
+        }
+    }
+
+    /// The recipe's own cap on the prompt's length, if it has one.
+    pub fn max_length(&self) -> Option<usize> {
+        match self {
+            Recipe::SentenceTransformers(native) => native.max_seq_length,
+            Recipe::Qwen3Reranker => Some(QWEN3_RERANKER_MAX_LENGTH),
+            Recipe::MxbaiRerank => Some(MXBAI_RERANK_MAX_LENGTH),
+            Recipe::Zerank | Recipe::BgeGemma => None,
+        }
+    }
+
+    pub fn text_rule(&self) -> TextRule {
+        match self {
+            Recipe::Zerank => TextRule::ReferenceCuts,
+            _ => TextRule::Verbatim,
+        }
+    }
+
+    /// For a recipe that renders the checkpoint's chat template: how a pair becomes its
+    /// messages, and the extra variables the template is rendered with.
+    pub fn chat_messages(&self) -> (Messages, serde_json::Map<String, serde_json::Value>) {
+        match self {
+            Recipe::SentenceTransformers(native) => (
+                Messages::QueryDocument {
+                    structured: native.structured_messages,
+                },
+                native.template_kwargs.clone(),
+            ),
+            _ => (Messages::SystemQueryUserDocument, Default::default()),
+        }
+    }
+
+    /// The head tokens the recipe scores with, true then false when it has one; `vocab`
+    /// looks up a token's id by its text.
+    pub fn head_token_ids(&self, vocab: impl Fn(&str) -> Result<u32>) -> Result<Vec<u32>> {
+        let by_text = |texts: &[&str]| texts.iter().map(|text| vocab(text)).collect();
+        match self {
+            Recipe::Zerank | Recipe::BgeGemma => by_text(&["Yes"]),
+            Recipe::Qwen3Reranker => by_text(&["yes", "no"]),
+            Recipe::MxbaiRerank => by_text(&["1", "0"]),
+            Recipe::SentenceTransformers(native) => Ok(std::iter::once(native.true_token_id)
+                .chain(native.false_token_id)
+                .collect()),
         }
     }
 
