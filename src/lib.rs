@@ -15,6 +15,7 @@
 //! with a model directly, beside the service and without the server.
 
 pub mod batcher;
+mod choice;
 pub mod http;
 mod json;
 pub mod metrics;

@@ -69,7 +69,7 @@ pub struct Settings {
     /// else bge-gemma for a Gemma, else zerank), zerank, sentence-transformers, qwen3-reranker
     /// (the original Qwen3-Reranker prompt), bge-gemma (FlagEmbedding's prompt), mxbai-rerank
     /// (mxbai-rerank-v2's library prompt); one for every model, or one per model [default: auto].
-    #[arg(long, env = "ZERANK_RECIPE", value_delimiter = ',')]
+    #[arg(long, env = "ZERANK_RECIPE", value_delimiter = ',', ignore_case = true)]
     #[serde(deserialize_with = "one_or_many")]
     pub recipe: Vec<crate::model::RecipeChoice>,
     /// Instruction used when a request brings none: one for every model, or repeat the flag
@@ -84,7 +84,7 @@ pub struct Settings {
     pub score_temperature: Vec<f32>,
     /// Compute dtype: auto (bf16 on GPUs and on CPUs with AVX512-BF16 or AMX where a bf16 GEMM
     /// library loads, else f32), f32, bf16, f16 (GPUs only).
-    #[arg(long, env = "ZERANK_DTYPE", default_value = "auto")]
+    #[arg(long, env = "ZERANK_DTYPE", default_value = "auto", ignore_case = true)]
     pub dtype: DTypeSpec,
     /// Device: auto, cpu, cuda[:N], metal[:N].
     #[arg(long, env = "ZERANK_DEVICE", default_value = "auto")]

@@ -88,6 +88,7 @@ impl DeviceSpec {
     PartialEq,
     Eq,
     Default,
+    clap::ValueEnum,
     serde_with::DeserializeFromStr,
     serde_with::SerializeDisplay,
 )]
@@ -96,8 +97,11 @@ pub enum DTypeSpec {
     /// GEMM library loads; f32 on other CPUs, where bf16 would be no faster.
     #[default]
     Auto,
+    #[value(alias = "float32")]
     F32,
+    #[value(alias = "bfloat16")]
     Bf16,
+    #[value(aliases = ["float16", "half"])]
     F16,
 }
 
@@ -105,26 +109,13 @@ impl FromStr for DTypeSpec {
     type Err = String;
 
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "auto" => Ok(DTypeSpec::Auto),
-            "f32" | "float32" => Ok(DTypeSpec::F32),
-            "bf16" | "bfloat16" => Ok(DTypeSpec::Bf16),
-            "f16" | "float16" | "half" => Ok(DTypeSpec::F16),
-            other => Err(format!(
-                "unknown dtype `{other}` (expected auto, f32, bf16 or f16)"
-            )),
-        }
+        crate::choice::parse("dtype", s)
     }
 }
 
 impl fmt::Display for DTypeSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            DTypeSpec::Auto => "auto",
-            DTypeSpec::F32 => "f32",
-            DTypeSpec::Bf16 => "bf16",
-            DTypeSpec::F16 => "f16",
-        })
+        crate::choice::write(self, f)
     }
 }
 

@@ -32,6 +32,7 @@ use crate::model::error::{ModelError, Result};
     PartialEq,
     Eq,
     Default,
+    clap::ValueEnum,
     serde_with::DeserializeFromStr,
     serde_with::SerializeDisplay,
 )]
@@ -40,10 +41,15 @@ pub enum RecipeChoice {
     /// a Gemma, zerank-1 otherwise.
     #[default]
     Auto,
+    #[value(aliases = ["zerank-1", "zerank_1"])]
     Zerank,
+    #[value(aliases = ["sentence_transformers", "st"])]
     SentenceTransformers,
+    #[value(alias = "qwen3_reranker")]
     Qwen3Reranker,
+    #[value(alias = "bge_gemma")]
     BgeGemma,
+    #[value(alias = "mxbai_rerank")]
     MxbaiRerank,
 }
 
@@ -51,30 +57,13 @@ impl FromStr for RecipeChoice {
     type Err = String;
 
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {
-            "auto" => Ok(RecipeChoice::Auto),
-            "zerank" | "zerank-1" => Ok(RecipeChoice::Zerank),
-            "sentence-transformers" | "st" => Ok(RecipeChoice::SentenceTransformers),
-            "qwen3-reranker" => Ok(RecipeChoice::Qwen3Reranker),
-            "bge-gemma" => Ok(RecipeChoice::BgeGemma),
-            "mxbai-rerank" => Ok(RecipeChoice::MxbaiRerank),
-            other => Err(format!(
-                "unknown recipe `{other}` (expected auto, zerank, sentence-transformers, qwen3-reranker, bge-gemma or mxbai-rerank)"
-            )),
-        }
+        crate::choice::parse("recipe", s)
     }
 }
 
 impl fmt::Display for RecipeChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            RecipeChoice::Auto => "auto",
-            RecipeChoice::Zerank => "zerank",
-            RecipeChoice::SentenceTransformers => "sentence-transformers",
-            RecipeChoice::Qwen3Reranker => "qwen3-reranker",
-            RecipeChoice::BgeGemma => "bge-gemma",
-            RecipeChoice::MxbaiRerank => "mxbai-rerank",
-        })
+        crate::choice::write(self, f)
     }
 }
 
