@@ -81,7 +81,7 @@ fn main() -> anyhow::Result<()> {
     let mut peak = None;
     let mut unshared: Option<Vec<f32>> = None;
     for (run, setting) in args.sharing.iter().enumerate() {
-        let share_prefixes = match setting.as_str() {
+        let prefix_sharing = match setting.as_str() {
             "on" => true,
             "off" => false,
             other => anyhow::bail!("--sharing takes on and off, not `{other}`"),
@@ -90,7 +90,7 @@ fn main() -> anyhow::Result<()> {
             model: args.model.clone(),
             device: DeviceSpec::Cpu,
             dtype: args.dtype,
-            share_prefixes,
+            prefix_sharing,
             ..LoadOptions::default()
         })?;
         let rss_after_load = rss_mib("VmRSS:");
@@ -130,7 +130,7 @@ fn main() -> anyhow::Result<()> {
                 .map(|(a, b)| (a - b).abs())
                 .fold(0.0f32, f32::max)
         });
-        if !share_prefixes {
+        if !prefix_sharing {
             unshared = Some(raw);
         }
         let flops = forward_flops(&config, &pairs, &engine)?;
@@ -140,7 +140,7 @@ fn main() -> anyhow::Result<()> {
                 "runner": "engine",
                 "workload": args.workload,
                 "dtype": engine.info().dtype,
-                "prefix_sharing": share_prefixes,
+                "prefix_sharing": prefix_sharing,
                 "pairs": pairs.len(),
                 "tokens": tokens,
                 "seconds": round(seconds, 2),
@@ -155,7 +155,7 @@ fn main() -> anyhow::Result<()> {
                 // Only without sharing: with it, `flops` counts the shared prefixes once per pair,
                 // work the engine skips, and the rate is an effective one.
                 "fraction_of_gemm_peak": peak
-                    .filter(|_| !share_prefixes)
+                    .filter(|_| !prefix_sharing)
                     .map(|p| round(flops / seconds / 1e9 / p, 3)),
                 "max_abs_diff_raw_vs_unshared": max_diff,
                 "matmul": engine.info().matmul,

@@ -65,7 +65,7 @@ pub fn score_file(files: &ScoreFiles, settings: &Settings) -> anyhow::Result<()>
 
     let engine = Engine::load(&model.load)?;
     let limits = TokenLimits {
-        max_document_tokens: settings.max_tokens_per_doc,
+        max_tokens_per_doc: settings.max_tokens_per_doc,
         ..TokenLimits::default()
     };
     // Counting the pairs costs a read of the file: only for a file, and a terminal to show it.
@@ -341,7 +341,7 @@ fn scoring_record(
         "--device": model.device.to_string(),
         "--max-length": model.max_length,
         "--max-tokens-per-doc": settings.max_tokens_per_doc,
-        "--prefix-sharing": model.share_prefixes,
+        "--prefix-sharing": model.prefix_sharing,
         "--cpu-blas": model.cpu_blas.to_string(),
         "--cpu-bf16-gemm": model.cpu_bf16_gemm.to_string(),
         "--batch-tokens": budget.max_tokens,

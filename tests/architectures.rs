@@ -147,7 +147,7 @@ fn batches_and_shared_prefixes_score_as_each_pair_alone() {
     for (name, _) in FIXTURES {
         let shared = load(&fixture(name));
         let unshared = Engine::load(&LoadOptions {
-            share_prefixes: false,
+            prefix_sharing: false,
             ..options(&fixture(name))
         })
         .unwrap();

@@ -154,7 +154,7 @@ fn prefix_sharing_scores_as_scoring_each_pair_alone() {
     let queries = [long_query.as_str(), "short query"];
     for name in MODELS {
         let alone = Engine::load(&LoadOptions {
-            share_prefixes: false,
+            prefix_sharing: false,
             ..options(&fixture(name))
         })
         .unwrap();
@@ -348,7 +348,7 @@ fn token_limits_shorten_only_the_document() {
         .unwrap();
     for direction in [TruncationDirection::Right, TruncationDirection::Left] {
         let limits = TokenLimits {
-            max_document_tokens: Some(3),
+            max_tokens_per_doc: Some(3),
             direction,
         };
         let cut = engine.encode("q", document, None, limits).unwrap();
@@ -365,7 +365,7 @@ fn token_limits_shorten_only_the_document() {
             document,
             None,
             TokenLimits {
-                max_document_tokens: Some(3),
+                max_tokens_per_doc: Some(3),
                 direction: TruncationDirection::Right,
             },
         )
@@ -578,7 +578,7 @@ fn a_long_document_keeps_the_tokens_it_would_keep_whole() {
     let keep = 128 - fixed.len();
     for direction in [TruncationDirection::Right, TruncationDirection::Left] {
         let limits = TokenLimits {
-            max_document_tokens: None,
+            max_tokens_per_doc: None,
             direction,
         };
         let cut = engine.encode("q", &document, None, limits).unwrap();

@@ -241,7 +241,7 @@ fn token_limits_cut_the_document_of_native_prompts() {
                 document,
                 None,
                 TokenLimits {
-                    max_document_tokens: Some(3),
+                    max_tokens_per_doc: Some(3),
                     direction,
                 },
             )
@@ -264,7 +264,7 @@ fn token_limits_cut_the_document_of_native_prompts() {
 fn native_prompts_share_their_prefix_in_packed_batches() {
     let goldens = goldens();
     let engine = load(&fixture("native-yes-no"));
-    assert!(engine.info().share_prefixes);
+    assert!(engine.info().prefix_sharing);
     let query = &goldens.pairs[0].query;
     let sequences: Vec<Vec<u32>> = goldens.pairs[..6]
         .iter()

@@ -80,11 +80,11 @@ proptest! {
     fn prompts_keep_the_template_shape(
         query in "\\PC{0,40}|[<|>a-z_ \n\t]{0,40}",
         document in "\\PC{0,80}|(<\\|im_(start|end)\\|>|\\s|[a-z])*",
-        max_document_tokens in prop::option::of(0usize..20),
+        max_tokens_per_doc in prop::option::of(0usize..20),
         left in any::<bool>(),
     ) {
         let direction = if left { TruncationDirection::Left } else { TruncationDirection::Right };
-        let limits = TokenLimits { max_document_tokens, direction };
+        let limits = TokenLimits { max_tokens_per_doc, direction };
         // Markers in user text stay text on every layout.
         {
             let native = native_engine();
@@ -104,7 +104,7 @@ proptest! {
         // Exactly the template's three turn openings and two closings, whatever the text.
         prop_assert_eq!(encoded.ids.iter().filter(|&&t| t == 151_644).count(), 3);
         prop_assert_eq!(encoded.ids.iter().filter(|&&t| t == 151_645).count(), 2);
-        if let Some(n) = max_document_tokens {
+        if let Some(n) = max_tokens_per_doc {
             let full = engine.encode(&query, &document, None, TokenLimits::default()).unwrap();
             prop_assert!(full.ids.len() - encoded.ids.len() == encoded.truncated_tokens);
             let document_tokens = engine.encode("", &document, None, TokenLimits::default()).unwrap().ids.len() - empty.len();

@@ -92,7 +92,7 @@ pub struct LoadOptions {
     /// Cap on prompt length in tokens; the model's own limit when `None`.
     pub max_length: Option<usize>,
     /// Compute a prefix that sequences of one batch share (a request's query) once.
-    pub share_prefixes: bool,
+    pub prefix_sharing: bool,
     /// The CPU's f32 matmul.
     pub cpu_blas: CpuLibrary,
     /// The CPU's bf16 matmul under bf16 (MKL or oneDNN).
@@ -113,7 +113,7 @@ impl Default for LoadOptions {
             device: DeviceSpec::default(),
             dtype: DTypeSpec::default(),
             max_length: None,
-            share_prefixes: true,
+            prefix_sharing: true,
             cpu_blas: CpuLibrary::default(),
             cpu_bf16_gemm: CpuLibrary::default(),
             recipe: RecipeChoice::default(),
@@ -147,7 +147,9 @@ pub struct ModelInfo {
     /// Whether requests may bring an `instruction`.
     pub accepts_instruction: bool,
     pub default_instruction: Option<String>,
-    pub share_prefixes: bool,
+    /// `/info` has always called it `share_prefixes`; clients read that key.
+    #[serde(rename = "share_prefixes")]
+    pub prefix_sharing: bool,
     /// What runs the linear layers' matmuls: a BLAS library, oneDNN's bf16 GEMM, widened
     /// bf16 weights, or candle's gemm.
     pub matmul: String,
@@ -224,7 +226,7 @@ impl Engine {
             calibration: recipe.calibration(options.score_temperature),
             accepts_instruction: encoder.accepts_instruction(),
             default_instruction: encoder.default_instruction().map(str::to_owned),
-            share_prefixes: options.share_prefixes,
+            prefix_sharing: options.prefix_sharing,
             matmul: gemm.description(),
             cpu,
         };
@@ -284,7 +286,7 @@ impl Engine {
                 "an empty sequence has no score".into(),
             ));
         }
-        let packing = Packing::new(sequences, self.info.share_prefixes);
+        let packing = Packing::new(sequences, self.info.prefix_sharing);
         let margins = self.scorer.logit_margins(&packing)?;
         if let Some(bad) = margins.iter().position(|l| !l.is_finite()) {
             return Err(ModelError::Inference(format!(

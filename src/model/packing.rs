@@ -31,10 +31,10 @@ pub struct Packing {
 }
 
 impl Packing {
-    /// Packs `sequences` (each non-empty); with `share_prefixes`, sequences that start alike
+    /// Packs `sequences` (each non-empty); with `prefix_sharing`, sequences that start alike
     /// share their common prefix.
-    pub fn new(sequences: &[&[u32]], share_prefixes: bool) -> Self {
-        let groups = if share_prefixes {
+    pub fn new(sequences: &[&[u32]], prefix_sharing: bool) -> Self {
+        let groups = if prefix_sharing {
             prefix_groups(sequences)
         } else {
             (0..sequences.len())

@@ -37,7 +37,7 @@ pub struct CharLimits {
 pub struct RequestLimits {
     pub max_documents: usize,
     pub timeout: Duration,
-    pub max_document_tokens: Option<usize>,
+    pub max_tokens_per_doc: Option<usize>,
 }
 
 /// The served models and the limits every request is held to.

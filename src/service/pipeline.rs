@@ -89,7 +89,7 @@ impl Service {
             pairs: job.pairs,
             instruction,
             limits: TokenLimits {
-                max_document_tokens: job.max_document_tokens.or(self.limits.max_document_tokens),
+                max_tokens_per_doc: job.max_tokens_per_doc.or(self.limits.max_tokens_per_doc),
                 direction: job.truncation_direction,
             },
             long_documents: job.long_documents.unwrap_or(self.long_documents),

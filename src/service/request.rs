@@ -55,7 +55,7 @@ pub struct ScoreJob {
     /// Replaces the model's default instruction.
     pub instruction: Option<String>,
     /// Cut each document to this many tokens; the server's `max_tokens_per_doc` when `None`.
-    pub max_document_tokens: Option<usize>,
+    pub max_tokens_per_doc: Option<usize>,
     /// Which end of a document over its limit is kept.
     pub truncation_direction: TruncationDirection,
     /// Refuse (413) a document the model's length limit would cut.

@@ -109,7 +109,7 @@ impl Service {
             limits: RequestLimits {
                 max_documents: settings.max_documents_per_request,
                 timeout: Duration::from_secs_f64(settings.request_timeout_secs),
-                max_document_tokens: settings.max_tokens_per_doc,
+                max_tokens_per_doc: settings.max_tokens_per_doc,
             },
             admission: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
             max_concurrent: settings.max_concurrent_requests,

@@ -66,7 +66,7 @@ impl Settings {
                     device: self.device,
                     dtype: self.dtype,
                     max_length: self.max_length,
-                    share_prefixes: self.prefix_sharing,
+                    prefix_sharing: self.prefix_sharing,
                     cpu_blas: self.cpu_blas.clone(),
                     cpu_bf16_gemm: self.cpu_bf16_gemm.clone(),
                     recipe: recipes[i].unwrap_or_default(),

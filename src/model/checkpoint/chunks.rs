@@ -35,7 +35,7 @@ impl PromptEncoder {
     /// The prompts of a document's windows: the whole document when it fits the prompt's
     /// room (and the recipe's character cut), else token windows of that room that end on
     /// whitespace where they can, each `overlap_tokens` into the one before (at most half
-    /// of it). `limits.max_document_tokens` caps a window's size. A document of whitespace
+    /// of it). `limits.max_tokens_per_doc` caps a window's size. A document of whitespace
     /// only is one window, cut as `truncate` cuts it.
     ///
     /// A document longer than `max_chunks` windows can hold, at the most characters a token
@@ -55,12 +55,12 @@ impl PromptEncoder {
             return Ok(vec![Window { encoded, chars }]);
         }
         let whole_limits = TokenLimits {
-            max_document_tokens: None,
+            max_tokens_per_doc: None,
             ..limits
         };
         let fixed = self.encode(query, "", instruction, whole_limits)?.ids.len();
         let room = (self.max_length - fixed)
-            .min(limits.max_document_tokens.unwrap_or(usize::MAX))
+            .min(limits.max_tokens_per_doc.unwrap_or(usize::MAX))
             .saturating_sub(WINDOW_SLACK_TOKENS)
             .max(1);
         let window = WindowSize {

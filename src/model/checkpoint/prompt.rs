@@ -34,7 +34,7 @@ pub enum TruncationDirection {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TokenLimits {
     /// At most this many document tokens.
-    pub max_document_tokens: Option<usize>,
+    pub max_tokens_per_doc: Option<usize>,
     pub direction: TruncationDirection,
 }
 
@@ -60,7 +60,7 @@ pub struct EncodedPair {
     pub ids: Vec<u32>,
     /// Document tokens dropped by the token limits.
     pub truncated_tokens: usize,
-    /// Whether the model's length limit, not just `max_document_tokens`, cut the document.
+    /// Whether the model's length limit, not just `max_tokens_per_doc`, cut the document.
     pub over_max_length: bool,
 }
 
@@ -284,7 +284,7 @@ impl PromptEncoder {
         }
         let kept_at_most = self
             .max_length
-            .min(limits.max_document_tokens.unwrap_or(usize::MAX));
+            .min(limits.max_tokens_per_doc.unwrap_or(usize::MAX));
         let document = self
             .head(
                 document,
@@ -305,7 +305,7 @@ impl PromptEncoder {
         }
         let requested = document_span
             .len()
-            .min(limits.max_document_tokens.unwrap_or(usize::MAX));
+            .min(limits.max_tokens_per_doc.unwrap_or(usize::MAX));
         let room = self.max_length - fixed;
         let over_max_length = requested > room;
         let keep = requested.min(room);
