@@ -108,6 +108,7 @@ fn main() -> anyhow::Result<()> {
             .iter()
             .map(|p| {
                 engine
+                    .encoder()
                     .encode(&p.query, &p.document, None, TokenLimits::default())
                     .map(|e| e.ids.len())
             })
@@ -245,6 +246,7 @@ fn score_pairs(engine: &Engine, pairs: &[Pair], budget: BatchBudget) -> anyhow::
         .iter()
         .map(|p| {
             engine
+                .encoder()
                 .encode(&p.query, &p.document, None, TokenLimits::default())
                 .map(|e| e.ids)
         })
@@ -272,6 +274,7 @@ fn forward_flops(config: &ModelConfig, pairs: &[Pair], engine: &Engine) -> anyho
     let mut total = 0.0;
     for pair in pairs {
         let n = engine
+            .encoder()
             .encode(&pair.query, &pair.document, None, TokenLimits::default())?
             .ids
             .len() as f64;

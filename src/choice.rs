@@ -32,3 +32,25 @@ pub(crate) fn write<T: ValueEnum>(value: &T, f: &mut fmt::Formatter<'_>) -> fmt:
         None => Err(fmt::Error),
     }
 }
+
+/// `FromStr` and `Display` of a `ValueEnum` settings type through [`parse`] and [`write`];
+/// `$what` names the setting in errors.
+macro_rules! spelled_as_value_enum {
+    ($type:ty, $what:literal) => {
+        impl std::str::FromStr for $type {
+            type Err = String;
+
+            fn from_str(text: &str) -> std::result::Result<Self, String> {
+                $crate::choice::parse($what, text)
+            }
+        }
+
+        impl std::fmt::Display for $type {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                $crate::choice::write(self, f)
+            }
+        }
+    };
+}
+
+pub(crate) use spelled_as_value_enum;

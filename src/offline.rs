@@ -99,6 +99,7 @@ pub fn score_file(files: &ScoreFiles, settings: &Settings) -> anyhow::Result<()>
     while input.advance()? {
         let pair = parse_pair(input.number, &input.line)?;
         let ids = engine
+            .encoder()
             .encode(
                 &pair.query,
                 &pair.document,

@@ -51,6 +51,7 @@ fn a_legacy_qwen2_checkpoint_matches_transformers() {
     assert_eq!((config.head_dim, config.attention_bias), (4, true));
     for (i, pair) in goldens.pairs.iter().enumerate() {
         let encoded = engine
+            .encoder()
             .encode(&pair.query, &pair.document, None, TokenLimits::default())
             .unwrap();
         // The Qwen tokenizer and chat template serve Qwen2 as they serve Qwen3.
@@ -135,6 +136,7 @@ fn one_query(engine: &Engine) -> Vec<Vec<u32>> {
         .take(8)
         .map(|document| {
             engine
+                .encoder()
                 .encode(&query, document, None, TokenLimits::default())
                 .unwrap()
                 .ids

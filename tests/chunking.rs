@@ -40,6 +40,7 @@ fn windows(document: &str) -> Vec<std::ops::Range<usize>> {
     })
     .unwrap();
     engine
+        .encoder()
         .encode_windows(
             QUERY,
             document,
@@ -257,6 +258,7 @@ fn windows_of_text_without_spaces_keep_whole_characters() {
 fn windows_under_the_character_cut(document: &str, overlap_tokens: usize) -> usize {
     let engine = common::load(&fixture("tiny"));
     engine
+        .encoder()
         .encode_windows(
             QUERY,
             document,

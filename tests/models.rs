@@ -104,6 +104,7 @@ fn instructions_reach_models_that_take_them_and_are_refused_elsewhere() {
     let instruction = "Given a question about geography, find passages that answer it";
     let engine = load(&fixture("native-yes-no"));
     let ids = engine
+        .encoder()
         .encode(
             QUERY,
             DOCUMENTS[0],

@@ -116,6 +116,7 @@ fn special_markers_in_user_text_stay_text_on_native_checkpoints() {
     for name in ["native-yes", "native-yes-no"] {
         let engine = load(&fixture(name));
         let ids = engine
+            .encoder()
             .encode(&pair.query, &pair.document, None, TokenLimits::default())
             .unwrap()
             .ids;
@@ -131,6 +132,7 @@ fn an_instruction_needs_a_place_in_the_prompt() {
     let engine = load(&fixture("tiny"));
     assert!(!engine.info().accepts_instruction);
     let err = engine
+        .encoder()
         .encode("q", "d", Some("be brief"), TokenLimits::default())
         .unwrap_err();
     assert!(matches!(err, ModelError::InstructionNotAccepted), "{err}");
@@ -189,9 +191,11 @@ fn the_checkpoints_default_prompt_is_the_default_instruction() {
         Some(code_prompt.as_str())
     );
     let by_default = engine
+        .encoder()
         .encode("q", "d", None, TokenLimits::default())
         .unwrap();
     let explicit = engine
+        .encoder()
         .encode("q", "d", Some(&code_prompt), TokenLimits::default())
         .unwrap();
     assert_eq!(by_default, explicit);
@@ -214,6 +218,7 @@ fn score_temperature_scales_only_the_0_1_score() {
     .unwrap();
     let plain = load(&fixture("native-yes"));
     let ids = plain
+        .encoder()
         .encode("q", "a document", None, TokenLimits::default())
         .unwrap()
         .ids;
@@ -231,11 +236,13 @@ fn token_limits_cut_the_document_of_native_prompts() {
     let engine = load(&fixture("native-yes-no"));
     let document = "one two three four five six seven eight nine ten";
     let full = engine
+        .encoder()
         .encode("q", document, None, TokenLimits::default())
         .unwrap();
     let tail = full.ids[full.ids.len() - 9..].to_vec();
     for direction in [TruncationDirection::Right, TruncationDirection::Left] {
         let cut = engine
+            .encoder()
             .encode(
                 "q",
                 document,
@@ -255,6 +262,7 @@ fn token_limits_cut_the_document_of_native_prompts() {
     // A query that leaves no room for the template is refused, not cut.
     let long_query = "word ".repeat(600);
     let err = engine
+        .encoder()
         .encode(&long_query, document, None, TokenLimits::default())
         .unwrap_err();
     assert!(matches!(err, ModelError::InputTooLong(_)), "{err}");
@@ -270,6 +278,7 @@ fn native_prompts_share_their_prefix_in_packed_batches() {
         .iter()
         .map(|p| {
             engine
+                .encoder()
                 .encode(
                     query,
                     &p.document,

@@ -74,6 +74,7 @@ fn assert_agrees(
         .iter()
         .map(|p| {
             engine
+                .encoder()
                 .encode(&p.query, &p.document, None, TokenLimits::default())
                 .unwrap()
                 .ids

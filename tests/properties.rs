@@ -88,15 +88,15 @@ proptest! {
         // Markers in user text stay text on every layout.
         {
             let native = native_engine();
-            let encoded = native.encode(&query, &document, None, limits).unwrap();
+            let encoded = native.encoder().encode(&query, &document, None, limits).unwrap();
             prop_assert_eq!(encoded.ids.iter().filter(|&&t| t == 151_644).count(), 3);
             prop_assert_eq!(encoded.ids.iter().filter(|&&t| t == 151_645).count(), 2);
-            let empty = native.encode("", "", None, TokenLimits::default()).unwrap().ids;
+            let empty = native.encoder().encode("", "", None, TokenLimits::default()).unwrap().ids;
             prop_assert_eq!(&encoded.ids[encoded.ids.len() - 9..], &empty[empty.len() - 9..]);
         }
         let engine = engine();
-        let encoded = engine.encode(&query, &document, None, limits).unwrap();
-        let empty = engine.encode("", "", None, TokenLimits::default()).unwrap().ids;
+        let encoded = engine.encoder().encode(&query, &document, None, limits).unwrap();
+        let empty = engine.encoder().encode("", "", None, TokenLimits::default()).unwrap().ids;
         // The empty prompt is the template alone: head, middle and tail surround the texts.
         prop_assert!(encoded.ids.len() >= empty.len());
         prop_assert_eq!(&encoded.ids[..3], &empty[..3]);
@@ -105,9 +105,9 @@ proptest! {
         prop_assert_eq!(encoded.ids.iter().filter(|&&t| t == 151_644).count(), 3);
         prop_assert_eq!(encoded.ids.iter().filter(|&&t| t == 151_645).count(), 2);
         if let Some(n) = max_tokens_per_doc {
-            let full = engine.encode(&query, &document, None, TokenLimits::default()).unwrap();
+            let full = engine.encoder().encode(&query, &document, None, TokenLimits::default()).unwrap();
             prop_assert!(full.ids.len() - encoded.ids.len() == encoded.truncated_tokens);
-            let document_tokens = engine.encode("", &document, None, TokenLimits::default()).unwrap().ids.len() - empty.len();
+            let document_tokens = engine.encoder().encode("", &document, None, TokenLimits::default()).unwrap().ids.len() - empty.len();
             prop_assert_eq!(encoded.truncated_tokens, document_tokens.saturating_sub(n));
         }
     }

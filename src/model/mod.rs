@@ -24,13 +24,13 @@ pub use backend::{Blas, CpuFeatures, CpuLibrary, DTypeSpec, DeviceSpec, LinearGe
 pub use batch::{BatchBudget, plan_batches};
 pub use checkpoint::{
     Architecture, Calibration, CheckpointFiles, Chunking, DOCUMENT_CHAR_LIMIT, EncodedPair,
-    ModelSource, QUERY_CHAR_LIMIT, RecipeChoice, TokenLimits, TruncationDirection, Window,
-    cut_and_strip,
+    ModelSource, PromptEncoder, QUERY_CHAR_LIMIT, RecipeChoice, TokenLimits, TruncationDirection,
+    Window, cut_and_strip,
 };
 pub use config::ModelConfig;
 pub use error::{ModelError, Result};
 
-use checkpoint::{PromptEncoder, PromptFiles, Recipe};
+use checkpoint::{PromptFiles, Recipe};
 use packing::Packing;
 use scorer::Scorer;
 use weights::SafetensorsFiles;
@@ -241,35 +241,9 @@ impl Engine {
         &self.info
     }
 
-    /// Token ids of the prompt for one pair; `instruction` replaces the default one.
-    pub fn encode(
-        &self,
-        query: &str,
-        document: &str,
-        instruction: Option<&str>,
-        limits: TokenLimits,
-    ) -> Result<EncodedPair> {
-        self.encoder.encode(query, document, instruction, limits)
-    }
-
-    /// About the most memory the tokenizer takes for `text` (a query or document), however
-    /// long: it tokenizes only as much as the prompt can hold.
-    pub fn tokenizing_bytes(&self, text: &str) -> usize {
-        self.encoder.tokenizing_bytes(text)
-    }
-
-    /// The prompts of a document's windows, for scoring a long document whole (see
-    /// [`Chunking`]): one window when it fits.
-    pub fn encode_windows(
-        &self,
-        query: &str,
-        document: &str,
-        instruction: Option<&str>,
-        limits: TokenLimits,
-        chunking: Chunking,
-    ) -> Result<Vec<Window>> {
-        self.encoder
-            .encode_windows(query, document, instruction, limits, chunking)
+    /// Turns pairs into the token ids this model scores.
+    pub fn encoder(&self) -> &PromptEncoder {
+        &self.encoder
     }
 
     /// Scores of the sequences (each non-empty), run as one forward pass, with what the
@@ -310,7 +284,7 @@ impl Engine {
     /// on a CPU one sequence of up to 128 tokens.
     pub fn warm_up(&self, budget: BatchBudget) -> Result<WarmUp> {
         const CPU_WARMUP_TOKENS: usize = 128;
-        let sample = self.encode(
+        let sample = self.encoder.encode(
             "What does a reranker do?",
             "A reranker scores each retrieved document against the query.",
             None,

@@ -205,7 +205,8 @@ impl Service {
         let longest = (0..pairs.len())
             .map(|i| {
                 let (query, document) = pairs.get(i);
-                engine.tokenizing_bytes(query) + engine.tokenizing_bytes(document)
+                engine.encoder().tokenizing_bytes(query)
+                    + engine.encoder().tokenizing_bytes(document)
             })
             .max()
             .unwrap_or(0);
@@ -237,13 +238,16 @@ impl Tokenizing {
                 let (query, document) = self.pairs.get(i);
                 match self.long_documents {
                     LongDocuments::Truncate => {
-                        let encoded =
-                            self.engine
-                                .encode(query, document, instruction, self.limits)?;
+                        let encoded = self.engine.encoder().encode(
+                            query,
+                            document,
+                            instruction,
+                            self.limits,
+                        )?;
                         let chars = 0..document.chars().count();
                         Ok(vec![Window { encoded, chars }])
                     }
-                    LongDocuments::Chunk => self.engine.encode_windows(
+                    LongDocuments::Chunk => self.engine.encoder().encode_windows(
                         query,
                         document,
                         instruction,

@@ -80,6 +80,7 @@ pub fn score_offline(
         .iter()
         .map(|p| {
             engine
+                .encoder()
                 .encode(p.query, p.document, p.instruction, TokenLimits::default())
                 .map(|e| e.ids)
         })

@@ -71,6 +71,7 @@ pub fn check_against_goldens(
     ] {
         for (i, pair) in goldens.pairs.iter().enumerate() {
             let encoded = engine
+                .encoder()
                 .encode(
                     &pair.query,
                     &pair.document,

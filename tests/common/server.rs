@@ -188,6 +188,7 @@ pub fn engine_scores(engine: &Engine, query: &str, documents: &[&str]) -> Vec<(f
         .iter()
         .map(|d| {
             let ids = engine
+                .encoder()
                 .encode(query, d, None, TokenLimits::default())
                 .unwrap()
                 .ids;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
+use serde_with::{DeserializeFromStr, SerializeDisplay};
 
 use super::buffers::uninit_vec;
 use crate::model::error::{ModelError, Result};
@@ -30,15 +31,7 @@ const AUTO_LIBRARIES: &[&str] = &[
 
 /// Which native library runs a CPU matmul: the f32 BLAS (`cpu_blas`), or MKL or oneDNN for
 /// bf16 (`cpu_bf16_gemm`).
-#[derive(
-    Debug,
-    Clone,
-    PartialEq,
-    Eq,
-    Default,
-    serde_with::DeserializeFromStr,
-    serde_with::SerializeDisplay,
-)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, DeserializeFromStr, SerializeDisplay)]
 pub enum CpuLibrary {
     /// The first suitable library found on the library path, else the built-in path.
     #[default]

@@ -4,20 +4,13 @@ use std::fmt;
 use std::str::FromStr;
 
 use candle_core::{DType, Device};
+use serde_with::{DeserializeFromStr, SerializeDisplay};
 
+use crate::choice::spelled_as_value_enum;
 use crate::model::error::{ModelError, Result};
 
 /// Where the model runs.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    serde_with::DeserializeFromStr,
-    serde_with::SerializeDisplay,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, DeserializeFromStr, SerializeDisplay)]
 pub enum DeviceSpec {
     /// CUDA 0 when built with CUDA and a GPU is present, else Metal when built with it, else CPU.
     #[default]
@@ -89,8 +82,8 @@ impl DeviceSpec {
     Eq,
     Default,
     clap::ValueEnum,
-    serde_with::DeserializeFromStr,
-    serde_with::SerializeDisplay,
+    DeserializeFromStr,
+    SerializeDisplay,
 )]
 pub enum DTypeSpec {
     /// bf16 on GPUs and on CPUs that multiply bf16 natively (AVX512-BF16 or AMX) where a bf16
@@ -105,19 +98,7 @@ pub enum DTypeSpec {
     F16,
 }
 
-impl FromStr for DTypeSpec {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        crate::choice::parse("dtype", s)
-    }
-}
-
-impl fmt::Display for DTypeSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        crate::choice::write(self, f)
-    }
-}
+spelled_as_value_enum!(DTypeSpec, "dtype");
 
 impl DTypeSpec {
     /// The dtype to run in on `device`, and why, for `/info` and the start-up log. On the CPU,

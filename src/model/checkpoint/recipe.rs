@@ -12,10 +12,10 @@
 //! - mxbai-rerank-v2's own library prompt and logit("1") - logit("0"), chosen explicitly (its
 //!   Hub checkpoints carry Sentence Transformers' files, which `auto` prefers).
 
-use std::fmt;
-use std::str::FromStr;
-
 use serde::Deserialize;
+use serde_with::{DeserializeFromStr, SerializeDisplay};
+
+use crate::choice::spelled_as_value_enum;
 
 use super::architecture::Architecture;
 use super::files::{CheckpointFiles, read_json};
@@ -33,8 +33,8 @@ use crate::model::error::{ModelError, Result};
     Eq,
     Default,
     clap::ValueEnum,
-    serde_with::DeserializeFromStr,
-    serde_with::SerializeDisplay,
+    DeserializeFromStr,
+    SerializeDisplay,
 )]
 pub enum RecipeChoice {
     /// Sentence Transformers' native layout when the checkpoint has it, else bge-gemma for
@@ -53,19 +53,7 @@ pub enum RecipeChoice {
     MxbaiRerank,
 }
 
-impl FromStr for RecipeChoice {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        crate::choice::parse("recipe", s)
-    }
-}
-
-impl fmt::Display for RecipeChoice {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        crate::choice::write(self, f)
-    }
-}
+spelled_as_value_enum!(RecipeChoice, "recipe");
 
 /// The recipe a loaded checkpoint is scored with.
 #[derive(Debug, Clone, PartialEq)]
