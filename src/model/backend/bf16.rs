@@ -18,12 +18,14 @@
 use std::ffi::{c_char, c_int};
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use half::bf16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
-use super::blas::{Blas, CpuLibrary, Product, Split, batched_matmul, matmul};
+use super::blas::{
+    Blas, CblasGemm, CpuLibrary, LibraryMatmul, Product, Split, cblas_product, matmul,
+};
 use super::buffers::{contiguous_data, uninit_vec};
 use super::device::CpuFeatures;
 use crate::model::error::{ModelError, Result};
@@ -62,26 +64,8 @@ type DnnlGemm = unsafe extern "C" fn(
 ) -> i32;
 
 /// MKL's `cblas_gemm_bf16bf16f32` (LP64: 32-bit sizes; `MKL_BF16` is the bf16 bits).
-type MklGemm = unsafe extern "C" fn(
-    layout: c_int,
-    trans_a: c_int,
-    trans_b: c_int,
-    m: c_int,
-    n: c_int,
-    k: c_int,
-    alpha: f32,
-    a: *const bf16,
-    lda: c_int,
-    b: *const bf16,
-    ldb: c_int,
-    beta: f32,
-    c: *mut f32,
-    ldc: c_int,
-);
+type MklGemm = CblasGemm<bf16>;
 
-const CBLAS_ROW_MAJOR: c_int = 101;
-const CBLAS_NO_TRANS: c_int = 111;
-const CBLAS_TRANS: c_int = 112;
 /// `MKL_THREADING_SEQUENTIAL` and `MKL_INTERFACE_LP64` of `mkl_service.h`.
 const MKL_THREADING_SEQUENTIAL: c_int = 1;
 const MKL_INTERFACE_LP64: c_int = 0;
@@ -212,38 +196,9 @@ impl Bf16Library {
         );
         assert!(p.a.len() >= a_needed && p.b.len() >= b_needed);
         match self.gemm {
-            Gemm::Mkl(gemm) => {
-                let int = |v: usize| c_int::try_from(v).map_err(|_| "a dimension over i32");
-                let trans = |(transposed, _)| {
-                    if transposed {
-                        CBLAS_TRANS
-                    } else {
-                        CBLAS_NO_TRANS
-                    }
-                };
-                // SAFETY: `a` holds m × k and `b` k × n values as their transpositions and
-                // leading dimensions say (checked above); `out` has m rows of n values at
-                // leading `ldc` that this call alone writes.
-                unsafe {
-                    gemm(
-                        CBLAS_ROW_MAJOR,
-                        trans(p.a_layout),
-                        trans(p.b_layout),
-                        int(p.m)?,
-                        int(p.n)?,
-                        int(p.k)?,
-                        1.0,
-                        p.a.as_ptr(),
-                        int(p.a_layout.1)?,
-                        p.b.as_ptr(),
-                        int(p.b_layout.1)?,
-                        0.0,
-                        p.out,
-                        int(p.ldc)?,
-                    )
-                };
-                Ok(())
-            }
+            // SAFETY: the operands hold what their layouts say (asserted above); `out` has m
+            // rows of n values at leading `ldc` that this call alone writes.
+            Gemm::Mkl(gemm) => Ok(unsafe { cblas_product(gemm, &p) }?),
             Gemm::OneDnn { gemm, set_threads } => {
                 if let Some(set_threads) = set_threads {
                     // SAFETY: sets the OpenMP thread count of this thread's next regions.
@@ -413,7 +368,11 @@ impl Bf16Matmul {
     /// library (f32 operands rounded first), else in f32.
     pub fn matmul(&self, a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
         match &self.library {
-            Some(library) => to_bf16(a)?.apply_op2_no_bwd(&to_bf16(b)?, &Bf16Product(library)),
+            Some(library) => {
+                let gemm = |product: Product<bf16>| library.gemm(product);
+                let product = LibraryMatmul::new("bf16-matmul", Some(Split::Columns), &gemm);
+                to_bf16(a)?.apply_op2_no_bwd(&to_bf16(b)?, &product)
+            }
             None => matmul(self.blas.as_deref(), a, b),
         }
     }
@@ -437,33 +396,6 @@ fn convert_in_parallel<S: Sync, D: Copy + Send>(
         .zip(data.par_chunks(CONVERT_CHUNK))
         .for_each(|(out, data)| convert(data, out));
     out
-}
-
-/// `a @ b` for bf16 tensors through the library, products summed in f32.
-struct Bf16Product<'a>(&'a Bf16Library);
-
-impl CustomOp2 for Bf16Product<'_> {
-    fn name(&self) -> &'static str {
-        "bf16-matmul"
-    }
-
-    fn cpu_fwd(
-        &self,
-        a: &CpuStorage,
-        a_layout: &Layout,
-        b: &CpuStorage,
-        b_layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::BF16(a), CpuStorage::BF16(b)) = (a, b) else {
-            candle_core::bail!("{}: takes bf16 tensors", self.name());
-        };
-        batched_matmul(
-            (a, a_layout),
-            (b, b_layout),
-            Some(Split::Columns),
-            |product| self.0.gemm(product).map_err(candle_core::Error::msg),
-        )
-    }
 }
 
 /// An f32 tensor rounded to bf16 (nearest, ties to even). Contiguous input, parallel over

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 use serde_with::{DeserializeFromStr, SerializeDisplay};
 
@@ -86,8 +86,9 @@ pub(super) fn timed_matmul<R>(multiply: impl FnOnce() -> R) -> R {
     result
 }
 
-/// `cblas_sgemm` of the standard CBLAS interface (32-bit integers).
-type Sgemm = unsafe extern "C" fn(
+/// A GEMM of the CBLAS interface with 32-bit sizes, `C = alpha·op(A)·op(B) + beta·C` of `T`
+/// into f32: `cblas_sgemm`, and MKL's `cblas_gemm_bf16bf16f32`.
+pub(super) type CblasGemm<T> = unsafe extern "C" fn(
     order: c_int,
     trans_a: c_int,
     trans_b: c_int,
@@ -95,9 +96,9 @@ type Sgemm = unsafe extern "C" fn(
     n: c_int,
     k: c_int,
     alpha: f32,
-    a: *const f32,
+    a: *const T,
     lda: c_int,
-    b: *const f32,
+    b: *const T,
     ldb: c_int,
     beta: f32,
     c: *mut f32,
@@ -108,9 +109,49 @@ const CBLAS_ROW_MAJOR: c_int = 101;
 const CBLAS_NO_TRANS: c_int = 111;
 const CBLAS_TRANS: c_int = 112;
 
+/// `out = a @ b` of one product through a CBLAS GEMM; refused when a size is past i32.
+///
+/// # Safety
+/// `p.a` and `p.b` hold the m × k and k × n values their transpositions and leading
+/// dimensions say, and `p.out` has m rows of n values at leading `ldc` that this call alone
+/// writes.
+pub(super) unsafe fn cblas_product<T>(
+    gemm: CblasGemm<T>,
+    p: &Product<T>,
+) -> std::result::Result<(), &'static str> {
+    let int = |v: usize| c_int::try_from(v).map_err(|_| "a dimension over i32");
+    let trans = |transposed| {
+        if transposed {
+            CBLAS_TRANS
+        } else {
+            CBLAS_NO_TRANS
+        }
+    };
+    // SAFETY: as the caller promises.
+    unsafe {
+        gemm(
+            CBLAS_ROW_MAJOR,
+            trans(p.a_layout.0),
+            trans(p.b_layout.0),
+            int(p.m)?,
+            int(p.n)?,
+            int(p.k)?,
+            1.0,
+            p.a.as_ptr(),
+            int(p.a_layout.1)?,
+            p.b.as_ptr(),
+            int(p.b_layout.1)?,
+            0.0,
+            p.out,
+            int(p.ldc)?,
+        )
+    };
+    Ok(())
+}
+
 /// A loaded BLAS library.
 pub struct Blas {
-    sgemm: Sgemm,
+    sgemm: CblasGemm<f32>,
     /// Whether the library was set to one thread per call.
     single_threaded: bool,
     description: String,
@@ -139,7 +180,7 @@ impl Blas {
         let library = unsafe { libloading::Library::new(name) }.map_err(failed)?;
         // SAFETY: `cblas_sgemm` has this signature in every CBLAS of 32-bit integers; the
         // ILP64 builds export other names (`cblas_sgemm64_`).
-        let sgemm = *unsafe { library.get::<Sgemm>(b"cblas_sgemm\0") }.map_err(failed)?;
+        let sgemm = *unsafe { library.get::<CblasGemm<f32>>(b"cblas_sgemm\0") }.map_err(failed)?;
         // One thread per call: the calls run on the rayon pool, a row block each, so that no
         // BLAS thread spins on a core while candle's own ops want it.
         let single_threaded = [&b"openblas_set_num_threads\0"[..], b"MKL_Set_Num_Threads\0"]
@@ -179,11 +220,34 @@ impl Blas {
     /// `a @ b` for f32 CPU tensors of rank 2 or 3 (a batch of matrices), each matrix stored
     /// row- or column-major (a transposed view is fine), batches at any stride.
     pub fn matmul(&self, a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
-        a.apply_op2_no_bwd(b, &BlasMatmul(self))
+        // A library left multi-threaded gets one call per matrix.
+        let split = self.single_threaded.then_some(Split::Rows);
+        let sgemm = |p: Product<f32>| {
+            // SAFETY: `batched_matmul` hands each call operands that hold what their layouts
+            // say and output rows of its own.
+            unsafe { cblas_product(self.sgemm, &p) }.map_err(str::to_owned)
+        };
+        a.apply_op2_no_bwd(b, &LibraryMatmul::new("blas-matmul", split, &sgemm))
     }
 }
 
-struct BlasMatmul<'a>(&'a Blas);
+/// `a @ b` of CPU tensors of `T` through a library's GEMM, products summed in f32:
+/// [`batched_matmul`] splits it into calls of `gemm`.
+pub(super) struct LibraryMatmul<'a, T> {
+    name: &'static str,
+    split: Option<Split>,
+    gemm: &'a (dyn Fn(Product<T>) -> std::result::Result<(), String> + Sync),
+}
+
+impl<'a, T> LibraryMatmul<'a, T> {
+    pub(super) fn new(
+        name: &'static str,
+        split: Option<Split>,
+        gemm: &'a (dyn Fn(Product<T>) -> std::result::Result<(), String> + Sync),
+    ) -> Self {
+        LibraryMatmul { name, split, gemm }
+    }
+}
 
 /// Where the matrices of one operand lie: a batch of them, each (rows, cols).
 pub(super) struct Operand<'a, T> {
@@ -362,9 +426,9 @@ pub(super) fn batched_matmul<T: Sync>(
     Ok((CpuStorage::F32(out), shape))
 }
 
-impl CustomOp2 for BlasMatmul<'_> {
+impl<T: WithDType> CustomOp2 for LibraryMatmul<'_, T> {
     fn name(&self) -> &'static str {
-        "blas-matmul"
+        self.name
     }
 
     fn cpu_fwd(
@@ -374,45 +438,12 @@ impl CustomOp2 for BlasMatmul<'_> {
         b: &CpuStorage,
         b_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(a), CpuStorage::F32(b)) = (a, b) else {
-            candle_core::bail!("blas-matmul takes f32 tensors");
+        let (Ok(a), Ok(b)) = (a.as_slice::<T>(), b.as_slice::<T>()) else {
+            candle_core::bail!("{}: takes {:?} tensors", self.name, T::DTYPE);
         };
-        let int = |v: usize| {
-            c_int::try_from(v)
-                .map_err(|_| candle_core::Error::msg("blas-matmul: a dimension over i32"))
-        };
-        let trans = |transposed| {
-            if transposed {
-                CBLAS_TRANS
-            } else {
-                CBLAS_NO_TRANS
-            }
-        };
-        // A library left multi-threaded gets one call per matrix.
-        let split = self.0.single_threaded.then_some(Split::Rows);
-        batched_matmul((a, a_layout), (b, b_layout), split, |p: Product<f32>| {
-            // SAFETY: `p.a` holds m × k, `p.b` k × n values laid out as their transpositions
-            // and leading dimensions say; `p.out` has m rows of n values at leading `ldc`,
-            // written by this call alone.
-            unsafe {
-                (self.0.sgemm)(
-                    CBLAS_ROW_MAJOR,
-                    trans(p.a_layout.0),
-                    trans(p.b_layout.0),
-                    int(p.m)?,
-                    int(p.n)?,
-                    int(p.k)?,
-                    1.0,
-                    p.a.as_ptr(),
-                    int(p.a_layout.1)?,
-                    p.b.as_ptr(),
-                    int(p.b_layout.1)?,
-                    0.0,
-                    p.out,
-                    int(p.ldc)?,
-                )
-            };
-            Ok(())
+        batched_matmul((a, a_layout), (b, b_layout), self.split, |product| {
+            (self.gemm)(product)
+                .map_err(|err| candle_core::Error::msg(format!("{}: {err}", self.name)))
         })
     }
 }

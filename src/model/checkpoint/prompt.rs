@@ -74,6 +74,8 @@ enum Piece {
     Break,
 }
 
+/// A checkpoint's prompt: its layouts split at special markers, its tokenizer, and the
+/// recipe's text rule and length limit.
 pub struct PromptEncoder {
     /// Never parses special markers: user text only passes through this one.
     text_tokenizer: Tokenizer,
