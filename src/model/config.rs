@@ -59,6 +59,10 @@ pub(super) struct DecoderFields {
     pub max_position_embeddings: Option<usize>,
     #[serde(default)]
     pub tie_word_embeddings: Option<bool>,
+    /// The MLP's activation (Gemma's releases say `gelu` and mean the tanh approximation, as
+    /// transformers maps it).
+    #[serde(default)]
+    pub hidden_act: Option<String>,
 }
 
 #[derive(Deserialize)]

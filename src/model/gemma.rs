@@ -23,9 +23,6 @@ pub(super) struct GemmaConfig {
     decoder: DecoderFields,
     #[serde(default)]
     attention_bias: bool,
-    /// Gemma's releases say `gelu` and mean the tanh approximation (transformers maps it).
-    #[serde(default)]
-    hidden_act: Option<String>,
     /// Older transformers' override of `hidden_act`.
     #[serde(default)]
     hidden_activation: Option<String>,
@@ -33,24 +30,29 @@ pub(super) struct GemmaConfig {
     use_bidirectional_attention: Option<bool>,
 }
 
+/// What a Gemma `config.json` may leave out.
+const DEFAULTS: Defaults = Defaults {
+    rope_theta: 10_000.0,
+    max_position_embeddings: 8_192,
+    tie_word_embeddings: true,
+};
+
 impl GemmaConfig {
     pub fn settle(self) -> Result<ModelConfig> {
         match self.hidden_activation.as_deref() {
             Some(act) => check_activation(Some(act), &["gelu_pytorch_tanh"])?,
-            None => check_activation(self.hidden_act.as_deref(), &["gelu", "gelu_pytorch_tanh"])?,
+            None => check_activation(
+                self.decoder.hidden_act.as_deref(),
+                &["gelu", "gelu_pytorch_tanh"],
+            )?,
         }
         if self.use_bidirectional_attention == Some(true) {
             return Err(ModelError::UnsupportedConfig(
                 "use_bidirectional_attention: true (a reranker scores causally)".into(),
             ));
         }
-        let defaults = Defaults {
-            rope_theta: 10_000.0,
-            max_position_embeddings: 8_192,
-            tie_word_embeddings: true,
-        };
         self.decoder
-            .settle(Architecture::Gemma, defaults, self.attention_bias)
+            .settle(Architecture::Gemma, DEFAULTS, self.attention_bias)
     }
 }
 

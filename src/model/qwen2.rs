@@ -22,8 +22,6 @@ pub(super) struct Qwen2Config {
     #[serde(flatten)]
     decoder: DecoderFields,
     #[serde(default)]
-    hidden_act: Option<String>,
-    #[serde(default)]
     use_sliding_window: bool,
     #[serde(default)]
     sliding_window: Option<usize>,
@@ -34,16 +32,18 @@ pub(super) struct Qwen2Config {
     layer_types: Option<Vec<String>>,
 }
 
+/// What a Qwen2 `config.json` may leave out.
+const DEFAULTS: Defaults = Defaults {
+    rope_theta: 10_000.0,
+    max_position_embeddings: 32_768,
+    tie_word_embeddings: false,
+};
+
 impl Qwen2Config {
     pub fn settle(self) -> Result<ModelConfig> {
-        check_activation(self.hidden_act.as_deref(), &["silu"])?;
+        check_activation(self.decoder.hidden_act.as_deref(), &["silu"])?;
         let window = self.effective_window()?;
-        let defaults = Defaults {
-            rope_theta: 10_000.0,
-            max_position_embeddings: 32_768,
-            tie_word_embeddings: false,
-        };
-        let mut config = self.decoder.settle(Architecture::Qwen2, defaults, true)?;
+        let mut config = self.decoder.settle(Architecture::Qwen2, DEFAULTS, true)?;
         // A sequence no longer than the window attends exactly as with full attention, so
         // the window is honoured by scoring no longer sequences.
         if let Some(window) = window

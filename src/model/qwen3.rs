@@ -23,25 +23,25 @@ pub(super) struct Qwen3Config {
     #[serde(default)]
     attention_bias: bool,
     #[serde(default)]
-    hidden_act: Option<String>,
-    #[serde(default)]
     use_sliding_window: bool,
 }
 
+/// What a Qwen3 `config.json` may leave out.
+const DEFAULTS: Defaults = Defaults {
+    rope_theta: 1_000_000.0,
+    max_position_embeddings: 32_768,
+    tie_word_embeddings: false,
+};
+
 impl Qwen3Config {
     pub fn settle(self) -> Result<ModelConfig> {
-        check_activation(self.hidden_act.as_deref(), &["silu"])?;
+        check_activation(self.decoder.hidden_act.as_deref(), &["silu"])?;
         if self.use_sliding_window {
             return Err(ModelError::UnsupportedConfig(
                 "use_sliding_window: true".into(),
             ));
         }
-        let defaults = Defaults {
-            rope_theta: 1_000_000.0,
-            max_position_embeddings: 32_768,
-            tie_word_embeddings: false,
-        };
         self.decoder
-            .settle(Architecture::Qwen3, defaults, self.attention_bias)
+            .settle(Architecture::Qwen3, DEFAULTS, self.attention_bias)
     }
 }

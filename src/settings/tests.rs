@@ -4,6 +4,9 @@ use super::models::default_names;
 use super::*;
 use crate::model::RecipeChoice;
 
+/// Flags that override the settings file in the tests below.
+const PORT_AND_KEY: [&str; 4] = ["--port", "9100", "--api-key", "s3cret"];
+
 /// The settings the command line `args` gives (file and environment included).
 fn resolve(args: &[&str]) -> anyhow::Result<Settings> {
     let matches = Cli::command().try_get_matches_from(args)?;
@@ -22,16 +25,12 @@ fn flags_override_the_file_which_overrides_defaults() {
         "port = 9000\nmax_batch_pairs = 8\nhost = \"127.0.0.1\"\ndevice = \"cpu\"\n",
     )
     .unwrap();
-    let settings = resolve(&[
-        "zerank-server",
-        "--config",
-        file.to_str().unwrap(),
-        "--port",
-        "9100",
-        "--api-key",
-        "s3cret",
-    ])
-    .unwrap();
+    let args = [
+        &["zerank-server", "--config", file.to_str().unwrap()][..],
+        &PORT_AND_KEY,
+    ]
+    .concat();
+    let settings = resolve(&args).unwrap();
     assert_eq!(settings.port, 9100);
     assert_eq!(settings.max_batch_pairs, 8);
     assert_eq!(settings.host, "127.0.0.1");
@@ -339,14 +338,10 @@ fn the_settings_file_read_and_each_non_default_source_are_named() {
     let file = dir.path().join("s.toml");
     std::fs::write(&file, "max_batch_pairs = 8\nhost = \"0.0.0.0\"\n").unwrap();
     let args = [
-        "zerank-server",
-        "--config",
-        file.to_str().unwrap(),
-        "--port",
-        "9100",
-        "--api-key",
-        "secret",
-    ];
+        &["zerank-server", "--config", file.to_str().unwrap()][..],
+        &PORT_AND_KEY,
+    ]
+    .concat();
     let matches = Cli::command().try_get_matches_from(args).unwrap();
     let Invocation::Serve(settings) = Invocation::resolve(&matches).unwrap() else {
         panic!("serve settings expected")

@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use candle_core::{DType, Device};
+use clap::ValueEnum;
 use serde_with::{DeserializeFromStr, SerializeDisplay};
 
 use crate::choice::spelled_as_value_enum;
@@ -75,15 +76,7 @@ impl DeviceSpec {
 
 /// Compute dtype of weights and activations.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    clap::ValueEnum,
-    DeserializeFromStr,
-    SerializeDisplay,
+    Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, DeserializeFromStr, SerializeDisplay,
 )]
 pub enum DTypeSpec {
     /// bf16 on GPUs and on CPUs that multiply bf16 natively (AVX512-BF16 or AMX) where a bf16

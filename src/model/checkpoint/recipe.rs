@@ -12,6 +12,7 @@
 //! - mxbai-rerank-v2's own library prompt and logit("1") - logit("0"), chosen explicitly (its
 //!   Hub checkpoints carry Sentence Transformers' files, which `auto` prefers).
 
+use clap::ValueEnum;
 use serde::Deserialize;
 use serde_with::{DeserializeFromStr, SerializeDisplay};
 
@@ -26,15 +27,7 @@ use crate::model::error::{ModelError, Result};
 
 /// The `recipe` setting.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    clap::ValueEnum,
-    DeserializeFromStr,
-    SerializeDisplay,
+    Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, DeserializeFromStr, SerializeDisplay,
 )]
 pub enum RecipeChoice {
     /// Sentence Transformers' native layout when the checkpoint has it, else bge-gemma for
