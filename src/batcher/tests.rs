@@ -97,11 +97,8 @@ fn expected(ids: &[u32]) -> f32 {
     ids.iter().map(|&i| i as f32).sum::<f32>() / 1000.0 + ids.len() as f32
 }
 
-struct Harness {
-    batcher: Batcher,
-    metrics: ModelMetrics,
-    gate: Arc<Gate>,
-}
+/// A batcher on the fake scorer, its metrics, and the gate the scorer waits at.
+type Harness = (Batcher, ModelMetrics, Arc<Gate>);
 
 fn batcher(budget: BatchBudget, max_queued_tokens: usize) -> Harness {
     batcher_at(budget, max_queued_tokens, Throughput::default())
@@ -114,16 +111,35 @@ fn batcher_at(budget: BatchBudget, max_queued_tokens: usize, throughput: Through
         gate: gate.clone(),
         budget,
     });
-    Harness {
-        batcher: Batcher::spawn(
-            scorer,
-            budget,
-            max_queued_tokens,
-            Arc::new(throughput),
-            metrics.clone(),
-        ),
-        metrics,
-        gate,
+    let throughput = Arc::new(throughput);
+    let batcher = Batcher::spawn(
+        scorer,
+        budget,
+        max_queued_tokens,
+        throughput,
+        metrics.clone(),
+    );
+    (batcher, metrics, gate)
+}
+
+/// A request scored on a task of its own, as a concurrent client sends it.
+fn spawn_score(
+    batcher: &Batcher,
+    sequences: Vec<Vec<u32>>,
+    timeout: Duration,
+) -> tokio::task::JoinHandle<Result<Scored, BatchError>> {
+    let batcher = batcher.clone();
+    tokio::spawn(async move { batcher.score(sequences, timeout).await })
+}
+
+/// The expected wait of a 429 for a queue of `queued` tokens.
+fn busy_wait(refused: Result<Scored, BatchError>, queued: usize) -> Duration {
+    match refused {
+        Err(BatchError::Busy {
+            queued: found,
+            expected_wait,
+        }) if found == queued => expected_wait,
+        other => panic!("a 429 for {queued} queued tokens expected, got {other:?}"),
     }
 }
 
@@ -166,7 +182,7 @@ proptest! {
     ) {
         runtime().block_on(async {
             let budget = BatchBudget { max_tokens, max_sequences };
-            let Harness { batcher, metrics, .. } = batcher(budget, usize::MAX);
+            let (batcher, metrics, _) = batcher(budget, usize::MAX);
             let tasks: Vec<_> = requests.iter().enumerate().map(|(r, lengths)| {
                 let batcher = batcher.clone();
                 let sequences: Vec<Vec<u32>> = lengths.iter().enumerate()
@@ -192,21 +208,10 @@ proptest! {
 #[test]
 fn concurrent_requests_share_batches() {
     runtime().block_on(async {
-        let Harness {
-            batcher,
-            metrics,
-            gate,
-        } = batcher(BatchBudget::default(), usize::MAX);
+        let (batcher, metrics, gate) = batcher(BatchBudget::default(), usize::MAX);
         gate.close();
         let tasks: Vec<_> = (0..8)
-            .map(|r| {
-                let batcher = batcher.clone();
-                tokio::spawn(async move {
-                    batcher
-                        .score(vec![sequence(r, 10), sequence(r + 50, 12)], LONG)
-                        .await
-                })
-            })
+            .map(|r| spawn_score(&batcher, vec![sequence(r, 10), sequence(r + 50, 12)], LONG))
             .collect();
         // The first batch in the model, every other pair waiting behind it.
         until("all 16 pairs in the model or queued behind it", || {
@@ -228,26 +233,12 @@ fn concurrent_requests_share_batches() {
 #[test]
 fn a_request_that_stops_waiting_leaves_the_queue() {
     runtime().block_on(async {
-        let Harness {
-            batcher,
-            metrics,
-            gate,
-        } = batcher(ONE_AT_A_TIME, usize::MAX);
+        let (batcher, metrics, gate) = batcher(ONE_AT_A_TIME, usize::MAX);
         gate.close();
         // The first request occupies the model; the second waits in the queue, then gives up.
-        let busy = tokio::spawn({
-            let batcher = batcher.clone();
-            async move { batcher.score(vec![sequence(1, 5)], LONG).await }
-        });
+        let busy = spawn_score(&batcher, vec![sequence(1, 5)], LONG);
         until("the first request in the model", || gate.arrived() == 1).await;
-        let waiting = tokio::spawn({
-            let batcher = batcher.clone();
-            async move {
-                batcher
-                    .score((0..5).map(|i| sequence(i, 8)).collect(), LONG)
-                    .await
-            }
-        });
+        let waiting = spawn_score(&batcher, (0..5).map(|i| sequence(i, 8)).collect(), LONG);
         until("the second request queued", || {
             metrics.queue_pairs.get() == 5
         })
@@ -267,7 +258,7 @@ fn a_request_that_stops_waiting_leaves_the_queue() {
 #[test]
 fn model_failures_fail_their_requests_and_the_batcher_goes_on() {
     runtime().block_on(async {
-        let Harness { batcher, .. } = batcher(ONE_AT_A_TIME, usize::MAX);
+        let (batcher, ..) = batcher(ONE_AT_A_TIME, usize::MAX);
         for poison in [999, 666, 777] {
             let err = batcher
                 .score(vec![vec![1, 2], vec![poison]], LONG)
@@ -289,22 +280,12 @@ fn model_failures_fail_their_requests_and_the_batcher_goes_on() {
 #[test]
 fn the_queue_refuses_tokens_past_its_limit() {
     runtime().block_on(async {
-        let Harness {
-            batcher,
-            metrics,
-            gate,
-        } = batcher(ONE_AT_A_TIME, 30);
+        let (batcher, metrics, gate) = batcher(ONE_AT_A_TIME, 30);
         gate.close();
-        let first = tokio::spawn({
-            let batcher = batcher.clone();
-            async move { batcher.score(vec![sequence(1, 5)], LONG).await }
-        });
+        let first = spawn_score(&batcher, vec![sequence(1, 5)], LONG);
         until("the first request in the model", || gate.arrived() == 1).await;
         // 20 tokens wait; 20 more would pass 30.
-        let waiting = tokio::spawn({
-            let batcher = batcher.clone();
-            async move { batcher.score(vec![sequence(2, 20)], LONG).await }
-        });
+        let waiting = spawn_score(&batcher, vec![sequence(2, 20)], LONG);
         until("20 tokens queued", || metrics.queue_tokens.get() == 20).await;
         let err = batcher
             .score(vec![sequence(3, 20)], LONG)
@@ -341,11 +322,7 @@ fn requests_that_cannot_finish_in_time_are_refused_at_once() {
         // 100 tokens a second, as if measured at warm-up.
         let throughput = Throughput::default();
         throughput.observe(100, 1.0, 1.0);
-        let Harness {
-            batcher,
-            metrics,
-            gate,
-        } = batcher_at(ONE_AT_A_TIME, usize::MAX, throughput);
+        let (batcher, metrics, gate) = batcher_at(ONE_AT_A_TIME, usize::MAX, throughput);
         gate.close();
         // Alone, 500 tokens take 5 s: over a 2 s budget, refused before it queues.
         let err = batcher
@@ -361,53 +338,23 @@ fn requests_that_cannot_finish_in_time_are_refused_at_once() {
         // for 50 + 100 of them, 2.5 s of work at 100 tokens/s, 3.125 s with the margin: it
         // would miss a 2 s budget by 1.125 s, so 429 with that wait. A request with time to
         // spare waits its turn.
-        let first = tokio::spawn({
-            let batcher = batcher.clone();
-            async move { batcher.score(vec![sequence(2, 50)], LONG).await }
-        });
+        let first = spawn_score(&batcher, vec![sequence(2, 50)], LONG);
         until("the first request in the model", || gate.arrived() == 1).await;
-        let queued = tokio::spawn({
-            let batcher = batcher.clone();
-            async move {
-                batcher
-                    .score(vec![sequence(3, 150)], Duration::from_millis(3_500))
-                    .await
-            }
-        });
+        let queued = spawn_score(
+            &batcher,
+            vec![sequence(3, 150)],
+            Duration::from_millis(3_500),
+        );
         until("150 tokens queued", || metrics.queue_tokens.get() == 150).await;
-        let err = batcher
-            .score(vec![sequence(4, 100)], Duration::from_secs(2))
-            .await
-            .unwrap_err();
-        match err {
-            BatchError::Busy {
-                queued: 150,
-                expected_wait,
-            } => assert_eq!(expected_wait, Duration::from_millis(1_125)),
-            other => panic!("{other}"),
-        }
+        let refused = batcher.score(vec![sequence(4, 100)], Duration::from_secs(2));
+        assert_eq!(busy_wait(refused.await, 150), Duration::from_millis(1_125));
         // The waiting request needs 200 tokens' work, 2.5 s with the margin, of its 3.5 s. A
         // newcomer of 100 tokens, with all the time it wants, would delay it by 100 tokens
         // (1.25 s): refused, so that the admitted request still makes it. One of 10 tokens
         // fits beside it.
-        let err = batcher
-            .score(vec![sequence(5, 100)], LONG)
-            .await
-            .unwrap_err();
-        match err {
-            BatchError::Busy {
-                queued: 150,
-                expected_wait,
-            } => assert!(
-                expected_wait >= Duration::from_millis(250),
-                "{expected_wait:?}"
-            ),
-            other => panic!("{other}"),
-        }
-        let small = tokio::spawn({
-            let batcher = batcher.clone();
-            async move { batcher.score(vec![sequence(6, 10)], LONG).await }
-        });
+        let wait = busy_wait(batcher.score(vec![sequence(5, 100)], LONG).await, 150);
+        assert!(wait >= Duration::from_millis(250), "{wait:?}");
+        let small = spawn_score(&batcher, vec![sequence(6, 10)], LONG);
         until("the small request queued", || {
             metrics.queue_tokens.get() == 160
         })
@@ -426,11 +373,7 @@ fn a_small_request_is_served_in_the_next_batch_behind_a_big_one() {
             max_tokens: 100,
             max_sequences: 10,
         };
-        let Harness {
-            batcher,
-            metrics,
-            gate,
-        } = batcher(budget, usize::MAX);
+        let (batcher, metrics, gate) = batcher(budget, usize::MAX);
         gate.close();
         // 200 pairs of 10 tokens: 20 full batches.
         let big = tokio::spawn({
