@@ -7,11 +7,13 @@
 //! - [`service`]: the served models, each an engine with its batcher; admission,
 //!   tokenizing (with the model's encoder) and ranking;
 //! - [`batcher`]: the queue, batch formation and the model thread;
-//! - [`model`]: checkpoint loading, recipes and prompts, the scoring forward (Qwen3, Qwen2,
-//!   Gemma).
+//! - [`model`]: the scoring forward (Qwen3, Qwen2, Gemma), above two rooms of its own: the
+//!   checkpoint (files, recipes, templates, prompts) and the backend (device, matmuls,
+//!   kernels).
 //!
 //! [`settings`], [`telemetry`] and [`metrics`] serve every layer and import no layer above
-//! the model (settings names its device and dtype types). [`offline`] scores a file of pairs
+//! the model (settings names its device and dtype types). `scripts/check_layers.py` holds
+//! the floors and checks that every import runs down them. [`offline`] scores a file of pairs
 //! with a model directly, beside the service and without the server.
 
 pub mod batcher;

@@ -1,5 +1,9 @@
-//! The model layer: a reranker checkpoint loaded once, turning pairs into token ids
-//! ([`Engine::encode`]) and batches of ids into scores ([`Engine::score_batch`]).
+//! The model layer: a reranker checkpoint loaded once, turning pairs into token ids (its
+//! [`Engine::encoder`]) and batches of ids into scores ([`Engine::score_batch`]).
+//!
+//! Three rooms: `checkpoint/` (what the checkpoint says and how pairs become ids, nothing
+//! of the network), the network here (config, the architectures, the forward, packing), and
+//! `backend/` (device, dtype, matmuls and kernels).
 
 mod backend;
 mod batch;
