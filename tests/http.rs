@@ -453,8 +453,14 @@ fn a_request_past_its_timeout_gets_504_and_leaves_nothing_queued() {
     // Some of its pairs ran before the timeout, and the queued rest never did: had they stayed
     // in the queue, it would have emptied only once all had run.
     let ran = server.metric("zerank_batch_pairs_sum") - ran_before;
-    assert!(ran >= 1.0, "the request timed out before a pair reached the model");
-    assert!(ran < documents.len() as f64, "all {ran} pairs ran after the timeout");
+    assert!(
+        ran >= 1.0,
+        "the request timed out before a pair reached the model"
+    );
+    assert!(
+        ran < documents.len() as f64,
+        "all {ran} pairs ran after the timeout"
+    );
 }
 
 #[test]
