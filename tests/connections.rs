@@ -7,7 +7,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::server::{TestServer, get_on, read_until_closed, spawn_binary};
+use common::server::{TestServer, get_on, http2_connect, read_until_closed, spawn_binary};
 use serde_json::json;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -37,16 +37,7 @@ fn idle_http2_connections_are_closed_within_the_idle_limit() {
         .build()
         .unwrap();
     let (status, idle_for) = runtime.block_on(async {
-        let stream = tokio::net::TcpStream::connect(server.address)
-            .await
-            .unwrap();
-        let (mut sender, connection) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(stream),
-        )
-        .await
-        .unwrap();
-        let connection = tokio::spawn(connection);
+        let (mut sender, connection) = http2_connect(server.address).await;
         let request = hyper::Request::get(format!("http://{}/health", server.address))
             .body(axum::body::Body::empty())
             .unwrap();

@@ -9,7 +9,8 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::server::{
-    DOCUMENTS, QUERY, TestServer, fixture_path, get_on, read_until_closed, spawn_binary,
+    DOCUMENTS, QUERY, TestServer, fixture_path, get_on, http2_connect, read_until_closed,
+    spawn_binary,
 };
 use serde_json::json;
 
@@ -218,16 +219,7 @@ fn http2_with_prior_knowledge_is_served() {
         .build()
         .unwrap();
     let (status, body) = runtime.block_on(async {
-        let stream = tokio::net::TcpStream::connect(server.address)
-            .await
-            .unwrap();
-        let (mut sender, connection) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(stream),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(connection);
+        let (mut sender, _connection) = http2_connect(server.address).await;
         let request = hyper::Request::post(format!("http://{}/v1/rerank", server.address))
             .header("content-type", "application/json")
             .body(axum::body::Body::from(

@@ -274,3 +274,21 @@ pub fn get_on(stream: &mut TcpStream, path: &str) -> String {
         }
     }
 }
+
+/// An HTTP/2 connection with prior knowledge to `address`: its request sender, and the
+/// connection driven on a task of its own (it ends when the server closes it).
+pub async fn http2_connect(
+    address: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<axum::body::Body>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    (sender, tokio::spawn(connection))
+}
