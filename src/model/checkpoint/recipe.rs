@@ -16,13 +16,12 @@ use clap::ValueEnum;
 use serde::Deserialize;
 use serde_with::{DeserializeFromStr, SerializeDisplay};
 
-use crate::choice::spelled_as_value_enum;
-
 use super::architecture::Architecture;
 use super::files::{CheckpointFiles, read_json};
 use super::template::{
     BGE_GEMMA_DEFAULT_INSTRUCTION, Layout, Messages, QWEN3_RERANKER_DEFAULT_INSTRUCTION,
 };
+use crate::choice::spelled_as_value_enum;
 use crate::model::error::{ModelError, Result};
 
 /// The `recipe` setting.
