@@ -10,10 +10,11 @@
 //! beside rayon's on the same cores. MKL runs its sequential layer; oneDNN (OpenMP) is set to
 //! one thread on the calling thread before each call.
 //!
-//! Without a library, each weight is widened to f32 for the call and the f32 matmul
+//! Without a library, each weight is widened to f32 for the call and candle's f32 gemm
 //! multiplies: the product of two bf16 values is exact in f32, so the scores are the same (up
-//! to the order of the sums) with half the weight memory of f32, at about f32 speed, and the
-//! attention stays f32.
+//! to the order of the sums) with half the weight memory of f32, and the attention stays f32.
+//! Not the f32 BLAS: its kernels may sum a row differently with the number of rows, and the
+//! next layer's rounding to bf16 would turn that into a score that depends on the batch.
 
 use std::ffi::{c_char, c_int};
 use std::sync::Arc;
@@ -282,7 +283,7 @@ fn onednn_version(library: &libloading::Library) -> String {
 /// The matmuls of the CPU's bf16 path: a bf16 GEMM library where one runs, else widening.
 pub struct Bf16Matmul {
     library: Option<Bf16Library>,
-    /// The f32 matmul: the widened layers', and the attention's without a library.
+    /// The attention's f32 matmul without a library.
     blas: Option<Arc<Blas>>,
 }
 
@@ -299,7 +300,7 @@ impl Bf16Matmul {
             CpuLibrary::Off => None,
             CpuLibrary::Auto if !cpu.has_bf16_gemm() => {
                 tracing::warn!(
-                    "--dtype bf16 on a CPU with {}: the bf16 weights are widened to f32 for each matmul (half the memory of f32 weights, about f32 speed; --dtype f32 runs as fast, without the rounding)",
+                    "--dtype bf16 on a CPU with {}: the bf16 weights are widened to f32 for each matmul (half the memory of f32 weights, through candle's f32 gemm; --dtype f32 runs at least as fast, without the rounding)",
                     cpu.bf16_instructions()
                 );
                 None
@@ -347,7 +348,9 @@ impl Bf16Matmul {
             .map_or("candle", |blas| blas.description());
         match &self.library {
             Some(library) => format!("{}; attention in bf16 too", library.description),
-            None => format!("bf16 weights widened to f32 per matmul: {f32_matmul}"),
+            None => format!(
+                "bf16 weights widened to f32 per matmul: candle's gemm (attention: {f32_matmul})"
+            ),
         }
     }
 
@@ -356,10 +359,11 @@ impl Bf16Matmul {
     pub fn linear(&self, x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
         match &self.library {
             Some(_) => self.matmul(x, &weight.t()?),
+            // candle's gemm, not the BLAS (see the module's comment).
             None => {
                 let x = x.contiguous()?.apply_op1_no_bwd(&Bf16Values)?;
                 let weight = weight.apply_op1_no_bwd(&Bf16Values)?;
-                matmul(self.blas.as_deref(), &x, &weight.t()?)
+                x.matmul(&weight.t()?)
             }
         }
     }
