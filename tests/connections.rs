@@ -7,19 +7,12 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::server::{TestServer, get_on, http2_connect, read_until_closed, spawn_binary};
+use common::server::{
+    TestServer, get_on, http2_connect, read_until_closed, spawn_binary, wait_until,
+};
 use serde_json::json;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Polls `condition` every 20 ms until it holds; panics with `what` after `limit`.
-fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !condition() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 #[test]
 fn idle_http2_connections_are_closed_within_the_idle_limit() {

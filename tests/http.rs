@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::server::{Reply, TestServer, spawn_binary};
+use common::server::{Reply, TestServer, spawn_binary, wait_until};
 use serde_json::{Value, json};
 
 #[test]
@@ -460,14 +460,11 @@ fn a_request_past_its_timeout_gets_504_and_leaves_nothing_queued() {
         .post("/rerank", &request)
         .assert_error(504, "timeout");
     // Its short documents leave the queue with it, while the long one is still in the model.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while server.metric("zerank_requests_in_flight") != 0.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the timed-out request stayed in flight"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(
+        "the timed-out request stayed in flight",
+        Duration::from_secs(30),
+        || server.metric("zerank_requests_in_flight") == 0.0,
+    );
     let queued = server.metric("zerank_queue_pairs");
     let long_batch_running = server.metric("zerank_inference_duration_seconds_count") == 0.0;
     assert!(
@@ -477,14 +474,11 @@ fn a_request_past_its_timeout_gets_504_and_leaves_nothing_queued() {
     // Once the long document's batch is done, a new request: had the timed-out request's
     // short documents stayed queued, they would run before it or still wait when it is
     // answered.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while server.metric("zerank_inference_duration_seconds_count") < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the long document's batch never ended"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(
+        "the long document's batch never ended",
+        Duration::from_secs(60),
+        || server.metric("zerank_inference_duration_seconds_count") >= 1.0,
+    );
     let reply = server.post("/rerank", &json!({ "query": "q", "documents": ["later"] }));
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert_eq!(server.metric("zerank_requests_in_flight"), 0.0);

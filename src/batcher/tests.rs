@@ -111,12 +111,11 @@ fn batcher_at(budget: BatchBudget, max_queued_tokens: usize, throughput: Through
         gate: gate.clone(),
         budget,
     });
-    let throughput = Arc::new(throughput);
     let batcher = Batcher::spawn(
         scorer,
         budget,
         max_queued_tokens,
-        throughput,
+        Arc::new(throughput),
         metrics.clone(),
     );
     (batcher, metrics, gate)

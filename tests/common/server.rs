@@ -292,3 +292,12 @@ pub async fn http2_connect(
     .unwrap();
     (sender, tokio::spawn(connection))
 }
+
+/// Polls `condition` every 20 ms until it holds; panics with `what` after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
