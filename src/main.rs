@@ -34,7 +34,7 @@ fn run() -> anyhow::Result<()> {
                     service_name: &settings.otlp_service_name,
                 });
             let telemetry = telemetry::init(settings.log_format, export)?;
-            tracing::info!(settings = ?settings.redacted(), "starting zerank-server {}", env!("CARGO_PKG_VERSION"));
+            tracing::info!("starting zerank-server {}", env!("CARGO_PKG_VERSION"));
             let file = settings.config.as_deref();
             tracing::info!(
                 "settings file: {}",
@@ -42,6 +42,9 @@ fn run() -> anyhow::Result<()> {
             );
             for (setting, value, source) in settings.non_defaults(&arguments) {
                 tracing::info!(%value, %source, "setting {setting}");
+            }
+            if let Some(warning) = settings.open_listener_warning() {
+                tracing::warn!("{warning}");
             }
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

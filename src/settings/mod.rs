@@ -449,6 +449,24 @@ impl Settings {
         changed
     }
 
+    /// For the start-up log: a warning when the service answers beyond this machine with no
+    /// API key, so that anyone who reaches the port can score and read `/info`.
+    pub fn open_listener_warning(&self) -> Option<String> {
+        let loopback = self.host == "localhost"
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|address| address.is_loopback());
+        (!loopback && self.api_key.is_none()).then(|| {
+            format!(
+                "listening on {} with no API key: anyone who reaches port {} can score \
+                 and read /info; set --api-key (ZERANK_API_KEY), or --host 127.0.0.1 \
+                 behind a proxy that authenticates",
+                self.host, self.port
+            )
+        })
+    }
+
     /// For the start-up log: the API key never appears.
     pub fn redacted(&self) -> Self {
         Settings {

@@ -378,3 +378,23 @@ fn every_environment_variable_is_zerank_and_the_key() {
     }
     assert!(count > 30, "{count} settings with a variable");
 }
+
+#[test]
+fn listening_beyond_loopback_without_a_key_is_warned_about() {
+    let with = |host: &str, api_key: Option<&str>| Settings {
+        host: host.into(),
+        api_key: api_key.map(Into::into),
+        ..Settings::default()
+    };
+    let warning = with("0.0.0.0", None).open_listener_warning().unwrap();
+    assert!(warning.contains("0.0.0.0") && warning.contains("--api-key"), "{warning}");
+    assert!(with("10.1.2.3", None).open_listener_warning().is_some());
+    for quiet in [
+        with("0.0.0.0", Some("k")),
+        with("127.0.0.1", None),
+        with("::1", None),
+        with("localhost", None),
+    ] {
+        assert_eq!(quiet.open_listener_warning(), None, "{}", quiet.host);
+    }
+}
