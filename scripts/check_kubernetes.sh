@@ -80,8 +80,14 @@ files = sorted(f for f in os.listdir(src)
 listed = [r for r in kust.get("resources", []) if not os.path.isdir(os.path.join(src, r))]
 for f in sorted(set(files) - set(listed)):
     errors.append(f"{f} is in the folder but not in kustomization.yaml's resources")
-images = {i["name"]: f'{i.get("newName", i["name"])}:{i.get("newTag", "latest")}'
-          for i in kust.get("images", [])}
+def images_of(kustomization):
+    return {i["name"]: f'{i.get("newName", i["name"])}:{i.get("newTag", "latest")}'
+            for i in kustomization.get("images", [])}
+
+
+images = images_of(kust)
+# The gpu component replaces the base's image with the cuda one.
+gpu_images = {**images, **images_of(yaml.safe_load(open(os.path.join(src, "gpu", "kustomization.yaml"))))}
 
 
 def check(variant):
@@ -102,8 +108,9 @@ def check(variant):
             if claim and claim not in by_kind.get("PersistentVolumeClaim", {}):
                 errors.append(f"{where} Deployment {name}: volume {v['name']} claims {claim}, which is not rendered")
         for c in pod["spec"]["containers"]:
-            if c.get("image") not in images.values():
-                errors.append(f"{where} container {c['name']}: image {c.get('image')} is not the one kustomization.yaml sets ({', '.join(images.values()) or 'no images: entry'})")
+            expected = gpu_images if variant == "gpu" else images
+            if c.get("image") not in expected.values():
+                errors.append(f"{where} container {c['name']}: image {c.get('image')} is not the one the kustomization sets ({', '.join(expected.values()) or 'no images: entry'})")
             ports = {p.get("name") for p in c.get("ports", [])}
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                 port = c.get(probe, {}).get("httpGet", {}).get("port")
@@ -140,7 +147,7 @@ for e in errors:
     print("FAIL", e)
 if not errors:
     print(f"references resolve: {counts['default']} objects (default), {counts['gpu']} (gpu); "
-          f"every manifest listed; image {', '.join(images.values())}")
+          f"every manifest listed; image {', '.join(images.values())} (gpu: {', '.join(gpu_images.values())})")
 sys.exit(1 if errors else 0)
 EOF
 
