@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Checks README.md against the server that scripts/with_server.sh started, and runs its
-fresh-clone path verbatim.
+"""Checks README.md and docs/*.md against the server that scripts/with_server.sh started, and
+runs their fresh-clone path verbatim.
 
 - Every `curl -s localhost:8080 ...` line must answer 2xx, and where README shows the answer
   (a `# {...}` or `# [...]` comment after the command or on the lines below it), every key it
@@ -18,6 +18,7 @@ fresh-clone path verbatim.
     scripts/with_server.sh python3 scripts/check_readme.py
 """
 
+import glob
 import json
 import os
 import re
@@ -31,9 +32,14 @@ import urllib.request
 
 BASE = os.environ["ZERANK_URL"]
 COUNTED = ("total_tokens", "prompt_tokens")
-# The marked blocks README holds: the Quick start's server and offline run, the offline
-# scoring section's sequence.
+# The marked blocks README and docs/ hold: the Quick start's server and offline run
+# (README.md), the offline scoring sequence (docs/offline.md).
 MARKED = {"server": 1, "run": 2}
+
+
+def checked_documents():
+    """README.md, then docs/*.md: the blocks are checked wherever they live."""
+    return ["README.md", *sorted(glob.glob("docs/*.md"))]
 
 
 def keys(value):
@@ -158,29 +164,31 @@ def serve_block(lines, commands, cwd, env):
 
 
 def main():
-    lines = open("README.md").read().splitlines()
+    documents = {path: open(path).read().splitlines() for path in checked_documents()}
     count = 0
-    for i, line in enumerate(lines):
-        if line.startswith("curl -s localhost:8080"):
-            check_curl(lines, i, BASE)
-            count += 1
-    print(f"{count} README curl examples answered 2xx, with the keys and counts README shows")
+    for path, lines in documents.items():
+        for i, line in enumerate(lines):
+            if line.startswith("curl -s localhost:8080"):
+                check_curl(lines, i, BASE)
+                count += 1
+    print(f"{count} curl examples of README.md and docs/ answered 2xx, with the keys and counts they show")
     if count < 10:
-        sys.exit("fewer README examples than expected")
+        sys.exit("fewer curl examples than expected")
 
     cwd, env = scratch_directory(), environment()
     found = {kind: 0 for kind in MARKED}
-    for kind, number, commands in marked_blocks(lines):
-        if kind not in MARKED or not commands:
-            sys.exit(f"README line {number}: unknown or empty check_readme block `{kind}`")
-        found[kind] += 1
-        if kind == "run":
-            run_block(commands, cwd, env)
-        else:
-            serve_block(lines, commands, cwd, env)
+    for path, lines in documents.items():
+        for kind, number, commands in marked_blocks(lines):
+            if kind not in MARKED or not commands:
+                sys.exit(f"{path} line {number}: unknown or empty check_readme block `{kind}`")
+            found[kind] += 1
+            if kind == "run":
+                run_block(commands, cwd, env)
+            else:
+                serve_block(lines, commands, cwd, env)
     if found != MARKED:
-        sys.exit(f"README's marked blocks: {found}, expected {MARKED}")
-    print(f"README's marked blocks ran as written: {found}")
+        sys.exit(f"marked blocks of README.md and docs/: {found}, expected {MARKED}")
+    print(f"the marked blocks of README.md and docs/ ran as written: {found}")
 
 
 if __name__ == "__main__":
