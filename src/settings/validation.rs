@@ -50,7 +50,21 @@ impl Settings {
                 1 << 10,
                 1 << 40,
             ),
+            // A body of the payload limit must fit; past a TiB, the value is a typo.
+            (
+                "request_body_memory_bytes",
+                self.request_body_memory_bytes,
+                self.payload_limit_bytes,
+                1 << 40,
+            ),
             ("max_connections", self.max_connections, 1, 1 << 20),
+            // One stream serves one request; past a thousand, one connection is a flood.
+            (
+                "http2_max_concurrent_streams",
+                self.http2_max_concurrent_streams as usize,
+                1,
+                1_000,
+            ),
             // A probe's or a browser's head is hundreds of bytes.
             ("max_header_bytes", self.max_header_bytes, 1 << 10, 1 << 20),
             (
