@@ -58,7 +58,7 @@ pub struct Listener {
     pub max_connections: usize,
     /// This listener's own header read timeout (the limits' for the main port).
     pub header_read_timeout: Duration,
-    /// When full, close the newest connection with no request in progress to let a new one
+    /// When full, close the oldest connection with no request in progress to let a new one
     /// in, instead of refusing it.
     pub evict_idle: bool,
 }

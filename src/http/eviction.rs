@@ -1,7 +1,9 @@
-//! Room for a fresh connection on a full listener (the admin port): the newest connection
+//! Room for a fresh connection on a full listener (the admin port): the oldest connection
 //! with no request in progress is closed. An idle socket, or a slowloris still sending its
-//! head, has no request in progress; a flood reopens its sockets as they close, so the
-//! newest idle ones are the flood's, while a scraper's older keep-alive connection stays.
+//! head, has no request in progress. Oldest first, because the connection to protect is the
+//! newest: a probe that has just connected and whose head is still being read. A flood that
+//! reopens its sockets evicts its own older ones, never the probe that came after them; a
+//! scraper's keep-alive connection, evicted, costs only a reconnect.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -70,19 +72,18 @@ impl Connections {
         }
     }
 
-    /// A place under `cap` for a new connection: evicts the newest idle connection when
+    /// A place under `cap` for a new connection: evicts the oldest idle connection when
     /// there is none free, and waits for it to close. `None` when every connection has a
     /// request in progress.
     pub(super) async fn make_room(&self, cap: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
         let evicted = {
             let mut open = self.lock();
-            let newest_idle = open
+            let oldest_idle = open
                 .connections
                 .iter()
-                .rev()
                 .find(|(_, entry)| *entry.requests.borrow() == 0)
                 .map(|(&id, _)| id)?;
-            open.connections.remove(&newest_idle)?
+            open.connections.remove(&oldest_idle)?
         };
         evicted.evict.notify_one();
         tokio::time::timeout(EVICTION_WAIT, cap.clone().acquire_owned())

@@ -243,13 +243,9 @@ impl Tokenizing {
                         let chars = 0..document.chars().count();
                         vec![Window { encoded, chars }]
                     }),
-                LongDocuments::Chunk => encoder.encode_windows(
-                    query,
-                    document,
-                    instruction,
-                    self.limits,
-                    self.chunking,
-                ),
+                LongDocuments::Chunk => {
+                    encoder.encode_windows(query, document, instruction, self.limits, self.chunking)
+                }
             }
             .map_err(|err| ServiceError::from_model(err, model))?;
             if self.refuse_truncation && windows.iter().any(|w| w.encoded.over_max_length) {
