@@ -50,11 +50,11 @@ impl Settings {
                 1 << 10,
                 1 << 40,
             ),
-            // A body of the payload limit must fit; past a TiB, the value is a typo.
+            // Past a TiB, the value is a typo (and it must hold one body, below).
             (
                 "request_body_memory_bytes",
                 self.request_body_memory_bytes,
-                self.payload_limit_bytes,
+                1 << 10,
                 1 << 40,
             ),
             ("max_connections", self.max_connections, 1, 1 << 20),
@@ -81,6 +81,12 @@ impl Settings {
                 "{name} must be between {least} and {most}; got {value}"
             );
         }
+        anyhow::ensure!(
+            self.request_body_memory_bytes >= self.payload_limit_bytes,
+            "request_body_memory_bytes ({}) must hold at least one body of payload_limit_bytes ({}): raise it or lower payload_limit_bytes",
+            self.request_body_memory_bytes,
+            self.payload_limit_bytes
+        );
         // Checked against each model's window once it is loaded, too.
         anyhow::ensure!(
             self.chunk_overlap_tokens <= MAX_CHUNK_OVERLAP_TOKENS,
