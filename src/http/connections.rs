@@ -4,7 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt;
 
 use super::eviction::Connections;
-use super::write_deadline::{WriteDeadline, WriteStalled};
+use super::write_deadline::{Progress, WriteDeadline, WriteStalled};
 use crate::metrics::Metrics;
 
 /// Limits on connections, each a setting.
@@ -348,15 +348,6 @@ impl Drop for OpenStream {
     fn drop(&mut self) {
         self.0.send_modify(|open| *open -= 1);
     }
-}
-
-/// What a connection's answers hand to hyper, and what reaches the socket. hyper (HTTP/2
-/// above all) buffers an answer after taking it from its body, so the difference is what
-/// the client still owes reading; framing only adds to what is written.
-#[derive(Default)]
-pub(super) struct Progress {
-    handed: AtomicU64,
-    pub(super) written: AtomicU64,
 }
 
 /// A connection that owes data (answers not yet written, or a GOAWAY sent) through a whole

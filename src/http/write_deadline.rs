@@ -1,16 +1,24 @@
-//! A socket whose writes fail once one has waited for the client past the deadline.
+//! A socket whose writes fail once one has waited for the client past the deadline, and
+//! the bytes a connection hands to hyper and writes.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::connections::Progress;
+/// What a connection's answers hand to hyper, and what reaches the socket. hyper (HTTP/2
+/// above all) buffers an answer after taking it from its body, so the difference is what
+/// the client still owes reading; framing only adds to what is written.
+#[derive(Default)]
+pub(super) struct Progress {
+    pub(super) handed: AtomicU64,
+    pub(super) written: AtomicU64,
+}
 
 /// The error of a write that made no progress within the deadline.
 #[derive(Debug, thiserror::Error)]
