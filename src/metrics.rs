@@ -197,7 +197,7 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new(
                         "zerank_connection_errors_total",
-                        "Connections that ended in an error, by kind (hyper's own 431/400 answers, header timeouts, aborted requests)",
+                        "Connections that ended in an error, by kind (hyper's own 431/400 answers, header timeouts, aborted requests, admin connections evicted to let a probe in)",
                     ),
                     &["kind"],
                 )

@@ -5,6 +5,8 @@ mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::server::{
@@ -235,6 +237,192 @@ fn clients_that_never_read_their_answers_are_closed_and_their_memory_freed() {
     );
     eprintln!("RSS: {before:.0} MiB before, {peak:.0} MiB peak, {after:.0} MiB after");
     drop(silent);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// An admin `/health` probe on a new connection, as a kubelet makes it: whether it got 200.
+fn probe(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let head = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    if stream.write_all(head).is_err() {
+        return false;
+    }
+    let (reply, _) = read_until_closed(&mut stream, Duration::from_secs(5));
+    reply.starts_with("HTTP/1.1 200")
+}
+
+/// Holds every place of a listener: `sockets` connections, each reopened as soon as the
+/// server closes it; with `dribble`, each sends a head a byte at a time that never ends.
+fn hold_cap(
+    port: u16,
+    sockets: usize,
+    dribble: bool,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let open = || {
+            let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            stream.set_nonblocking(true).unwrap();
+            stream
+        };
+        let mut held: Vec<TcpStream> = (0..sockets).map(|_| open()).collect();
+        let (mut reopened, mut tick) = (0, 0usize);
+        while !stop.load(Ordering::Relaxed) {
+            tick += 1;
+            for stream in &mut held {
+                let mut byte = [0u8; 1024];
+                let closed = match std::io::Read::read(stream, &mut byte) {
+                    Ok(_) => true,
+                    Err(err) => err.kind() != std::io::ErrorKind::WouldBlock,
+                };
+                // A byte a second: "GET / HTTP/1.1\r\nx: aaaa..." that never ends.
+                let head = b"GET / HTTP/1.1\r\nx: ";
+                let failed = dribble
+                    && tick % 100 == 0
+                    && stream
+                        .write(&[*head.get(tick / 100).unwrap_or(&b'a')])
+                        .is_err();
+                if closed || failed {
+                    *stream = open();
+                    reopened += 1;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        reopened
+    })
+}
+
+#[test]
+fn admin_health_stays_reachable_while_idle_sockets_or_a_slowloris_hold_the_admin_cap() {
+    let admin_port = free_port();
+    let server = TestServer::start(|settings| settings.admin_port = Some(admin_port));
+    for dribble in [false, true] {
+        let stop = Arc::new(AtomicBool::new(false));
+        let holder = hold_cap(admin_port, 64, dribble, stop.clone());
+        std::thread::sleep(Duration::from_millis(500));
+        let answered = (0..20).filter(|_| probe(admin_port)).count();
+        stop.store(true, Ordering::Relaxed);
+        let reopened = holder.join().unwrap();
+        assert_eq!(
+            answered, 20,
+            "slowloris: {dribble}; {reopened} sockets reopened"
+        );
+    }
+    // The places were made by closing idle connections, and counted.
+    let evicted = "zerank_connection_errors_total{kind=\"evicted\"}";
+    assert!(server.get("/metrics").text.contains(evicted));
+}
+
+#[test]
+fn request_bodies_in_flight_stay_within_their_memory_budget() {
+    const MIB: usize = 1024 * 1024;
+    let budget = 64 * MIB;
+    let (mut child, port) = spawn_binary(&[
+        "--request-body-memory-bytes",
+        &budget.to_string(),
+        // The budget, not the stream cap, is what this test shows.
+        "--http2-max-concurrent-streams",
+        "100",
+    ]);
+    let pid = child.id();
+    let before = rss_mib(pid);
+    // 30 HTTP/1 uploads that send 3 MB of a declared 8 MB and stall.
+    let uploads: Vec<_> = (0..30)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                stream
+                    .set_write_timeout(Some(Duration::from_secs(30)))
+                    .unwrap();
+                let head = "POST /rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 8000000\r\n\r\n";
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(&vec![b' '; 3 * MIB]);
+                stream
+            })
+        })
+        .collect();
+    // One HTTP/2 connection with 100 streams, each sending 2 MB of a declared 8 MB.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (streams, answers) = runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(connection);
+        let (mut streams, mut answers) = (Vec::new(), Vec::new());
+        for _ in 0..100 {
+            let mut client = client.clone().ready().await.unwrap();
+            let request = hyper::Request::post(format!("http://127.0.0.1:{port}/rerank"))
+                .header("content-type", "application/json")
+                .header("content-length", "8000000")
+                .body(())
+                .unwrap();
+            let (response, mut body) = client.send_request(request, false).unwrap();
+            body.send_data(vec![b' '; 2 * MIB].into(), false).unwrap();
+            streams.push(body);
+            answers.push(tokio::spawn(async move {
+                let response = response.await.ok()?;
+                let status = response.status().as_u16();
+                let retry = response.headers().contains_key("retry-after");
+                let mut body = response.into_body();
+                let mut text = Vec::new();
+                while let Some(Ok(chunk)) = body.data().await {
+                    text.extend_from_slice(&chunk);
+                }
+                Some((status, retry, String::from_utf8_lossy(&text).into_owned()))
+            }));
+        }
+        (streams, answers)
+    });
+    // Until the server's memory stops growing: what arrived is held by the stalled bodies.
+    let mut peak = before;
+    let (mut last_growth, started) = (Instant::now(), Instant::now());
+    while started.elapsed() < Duration::from_secs(60)
+        && (started.elapsed() < Duration::from_secs(3)
+            || last_growth.elapsed() < Duration::from_secs(3))
+    {
+        let rss = rss_mib(pid);
+        if rss > peak + 1.0 {
+            last_growth = Instant::now();
+        }
+        peak = peak.max(rss);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let grown = peak - before;
+    eprintln!("RSS {before:.0} -> {peak:.0} MiB (+{grown:.0})");
+    // The budget, and for what it does not count: hyper's buffers, HTTP/2 windows, the
+    // allocator's slack.
+    let overhead = 64.0;
+    assert!(
+        grown < (budget / MIB) as f64 + overhead,
+        "bodies took {grown:.0} MiB over a budget of {} MiB",
+        budget / MIB
+    );
+    let refused = runtime.block_on(async {
+        let mut refused = 0;
+        for answer in answers {
+            if let Ok(Ok(Some((status, retry, text)))) =
+                tokio::time::timeout(Duration::from_secs(1), answer).await
+            {
+                assert_eq!(status, 503, "{text}");
+                assert!(retry && text.contains("\"body_memory_full\""), "{text}");
+                refused += 1;
+            }
+        }
+        refused
+    });
+    eprintln!("{refused} of 100 HTTP/2 bodies refused");
+    assert!(refused > 0, "no body was refused");
+    drop(streams);
+    drop(uploads);
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -410,3 +410,94 @@ fn an_http2_client_that_resets_its_stream_mid_body_is_counted_as_a_disconnect() 
     }
     assert!(!metrics.contains("kind=\"invalid_json\""), "{metrics}");
 }
+
+#[test]
+fn http1_and_http2_take_the_same_header_limit_and_answer_it_in_json() {
+    // max_header_bytes is 32 KiB by default: 20 KiB of headers pass, 40 KiB get the JSON 431.
+    let server = TestServer::start(|_| {});
+    let cases = [(20 * 1024, 200), (40 * 1024, 431), (20 * 1024, 200)];
+    for (size, status) in cases {
+        let reply = common::server::Reply::from(
+            ureq::get(&server.url("/health"))
+                .set("x-padding", &"a".repeat(size))
+                .call(),
+        );
+        match status {
+            200 => assert_eq!(reply.status, 200, "HTTP/1, {size} bytes: {}", reply.text),
+            _ => drop(reply.assert_error(status, "headers_too_large")),
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // One connection for every case: a head over the limit fails its own stream only.
+        let (mut sender, connection) = http2_connect(server.address).await;
+        for (size, status) in cases {
+            let request = hyper::Request::get(server.url("/health"))
+                .header("x-padding", "a".repeat(size))
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let response = sender.send_request(request).await.unwrap();
+            assert_eq!(response.status(), status, "HTTP/2, {size} bytes");
+            let body = axum::body::to_bytes(axum::body::Body::new(response.into_body()), 1 << 20)
+                .await
+                .unwrap();
+            if status == 431 {
+                let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(body["error_type"], "headers_too_large", "{body}");
+            }
+        }
+        assert!(
+            !connection.is_finished(),
+            "the HTTP/2 connection was closed"
+        );
+    });
+}
+
+/// CPU seconds (user and system) process `pid` has used.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // After the command name: state is the first field, utime the 12th and stime the 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf reads a constant of the system.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+#[test]
+fn a_request_of_digits_that_will_be_refused_costs_little_cpu() {
+    let (mut child, port) = spawn_binary(&["--max-queued-tokens", "20000"]);
+    // 8 MB of digits, each its own token: 8M tokens against a queue of 20,000.
+    let documents: Vec<String> = (0..800)
+        .map(|i| {
+            (0..10_000)
+                .map(|k| char::from(b'0' + ((i * 7 + k * 3) % 10) as u8))
+                .collect()
+        })
+        .collect();
+    let body = json!({ "query": "q", "documents": documents }).to_string();
+    let before = cpu_secs(child.id());
+    let started = Instant::now();
+    let reply = common::server::Reply::from(
+        ureq::post(&format!("http://127.0.0.1:{port}/rerank"))
+            .set("content-type", "application/json")
+            .send_string(&body),
+    );
+    let used = cpu_secs(child.id()) - before;
+    let _ = child.kill();
+    let _ = child.wait();
+    reply.assert_error(413, "request_too_large");
+    eprintln!(
+        "refused in {:?}, {used:.2} CPU seconds of the server",
+        started.elapsed()
+    );
+    // Parsing the body is most of it; tokenizing all of it takes many seconds (debug build).
+    assert!(used < 2.0, "{used:.2} CPU seconds to refuse");
+}

@@ -365,6 +365,16 @@ fn a_client_that_disconnects_leaves_the_queue() {
     drop(gone);
     wait_for("the disconnected request left the queue", &|q| q <= 100.0);
     assert_eq!(server.metric("zerank_client_disconnects_total"), 1.0);
+    // Counted as an abort during upload is: a 499 of its route, a client_disconnect error.
+    wait_until(
+        "the disconnect during scoring was not counted as a 499",
+        Duration::from_secs(10),
+        || {
+            let metrics = server.get("/metrics").text;
+            metrics.contains("zerank_requests_total{route=\"/rerank\",status=\"499\"} 1\n")
+                && metrics.contains("zerank_errors_total{kind=\"client_disconnect\"} 1\n")
+        },
+    );
     assert_eq!(busy.join().unwrap(), 200);
     assert_eq!(server.metric("zerank_queue_pairs"), 0.0);
     // The first request's 100 pairs ran one per batch; few, if any, of the second's did.

@@ -8,6 +8,7 @@ use axum::http::header;
 use serde::de::DeserializeOwned;
 
 use super::AppState;
+use super::body_budget::BodyMemoryFull;
 use super::error::ApiError;
 
 /// A JSON body, with every way it can be wrong answered as an [`ApiError`].
@@ -40,7 +41,11 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
         let bytes = read.map_err(|rejection| {
             if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge { limit }
-            } else if caused_by_timeout(&rejection) {
+            } else if caused_by::<BodyMemoryFull>(&rejection) {
+                ApiError::BodyMemoryFull {
+                    limit: state.settings.request_body_memory_bytes,
+                }
+            } else if caused_by::<tower_http::timeout::TimeoutError>(&rejection) {
                 ApiError::BodyTimeout(body_timeout)
             } else if client_went_away(&rejection) {
                 state.metrics.client_disconnects.inc();
@@ -79,10 +84,9 @@ struct BodyRead<'a> {
 
 impl Drop for BodyRead<'_> {
     fn drop(&mut self) {
+        // Its request and error are counted by the metrics middleware, dropped with it.
         if !self.ended {
             self.metrics.client_disconnects.inc();
-            let kind = ApiError::ClientDisconnected.kind();
-            self.metrics.errors.with_label_values(&[kind]).inc();
         }
     }
 }
@@ -113,11 +117,12 @@ fn nesting_depth(json: &[u8]) -> usize {
     deepest
 }
 
-/// Whether reading the body failed because its deadline passed.
-fn caused_by_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+/// Whether reading the body failed for a reason of type `E`: its deadline passed, or the
+/// body memory was full.
+fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(error);
     while let Some(err) = source {
-        if err.is::<tower_http::timeout::TimeoutError>() {
+        if err.is::<E>() {
             return true;
         }
         source = err.source();

@@ -2,21 +2,21 @@
 //! with prior knowledge) under a first-request and idle limit and a write deadline, and
 //! drained on shutdown up to a deadline.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt;
 
+use super::eviction::Connections;
+use super::write_deadline::{Progress, WriteDeadline, WriteStalled};
 use crate::metrics::Metrics;
 
 /// Limits on connections, each a setting.
@@ -26,8 +26,11 @@ pub struct ConnectionLimits {
     /// them: opened, or done with its previous response. This bounds idle keep-alive too;
     /// an HTTP/2 connection with no open stream for this long is closed.
     pub header_read_timeout: Duration,
-    /// hyper's own buffer for a request head; the router answers 431 well below it.
+    /// hyper's own limit on a request head, HTTP/1's buffer and HTTP/2's header list alike;
+    /// the router answers 431 in JSON well below it.
     pub max_head_bytes: usize,
+    /// Requests one HTTP/2 connection may have open at once.
+    pub http2_max_concurrent_streams: u32,
     /// A write to the client that makes no progress for this long closes the connection; so
     /// does owing the client data through a whole such time while writing almost nothing.
     pub response_write_timeout: Duration,
@@ -41,6 +44,7 @@ impl ConnectionLimits {
             header_read_timeout: Duration::from_secs_f64(settings.header_read_timeout_secs),
             // hyper's buffer is the hard stop; the router answers 431 in JSON below it.
             max_head_bytes: (settings.max_header_bytes * 4).max(64 * 1024),
+            http2_max_concurrent_streams: settings.http2_max_concurrent_streams,
             response_write_timeout: Duration::from_secs_f64(settings.response_write_timeout_secs),
             drain_deadline: Duration::from_secs_f64(settings.drain_deadline_secs),
         }
@@ -52,6 +56,11 @@ pub struct Listener {
     pub socket: TcpListener,
     pub app: Router,
     pub max_connections: usize,
+    /// This listener's own header read timeout (the limits' for the main port).
+    pub header_read_timeout: Duration,
+    /// When full, close the oldest connection with no request in progress to let a new one
+    /// in, instead of refusing it.
+    pub evict_idle: bool,
 }
 
 /// Bytes a connection that owes an answer must write within each response write timeout:
@@ -66,32 +75,24 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_head_bytes);
-    // Pings find peers that are gone while a stream is open; the idle watch below closes
-    // connections that are alive but send nothing.
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(limits.header_read_timeout)
-        .keep_alive_timeout(limits.header_read_timeout);
     let (stop, stopping) = watch::channel(false);
     let mut caps = Vec::new();
     let mut accepting = tokio::task::JoinSet::new();
     for listener in listeners {
         let open = Arc::new(Semaphore::new(listener.max_connections));
         caps.push((open.clone(), listener.max_connections));
+        let limits = ConnectionLimits {
+            header_read_timeout: listener.header_read_timeout,
+            ..limits
+        };
         let serving = Serving {
-            builder: builder.clone(),
+            builder: builder(limits),
             limits,
             metrics: metrics.clone(),
             stopping: stopping.clone(),
         };
-        accepting.spawn(serving.accept(listener.socket, listener.app, open));
+        let evictable = listener.evict_idle.then(Arc::default);
+        accepting.spawn(serving.accept(listener.socket, listener.app, open, evictable));
     }
     shutdown.await;
     let _ = stop.send(true);
@@ -115,6 +116,28 @@ pub async fn serve(
     Ok(())
 }
 
+/// hyper's settings for connections under `limits`.
+fn builder(limits: ConnectionLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_head_bytes);
+    // Pings find peers that are gone while a stream is open; the idle watch below closes
+    // connections that are alive but send nothing.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.header_read_timeout)
+        .keep_alive_timeout(limits.header_read_timeout)
+        // Past hyper's 16 KiB default, heads up to `max_header_bytes` are served, and larger
+        // ones reach the router's JSON 431 instead of an empty one or a GOAWAY.
+        .max_header_list_size(u32::try_from(limits.max_head_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(limits.http2_max_concurrent_streams);
+    builder
+}
+
 /// What every connection of the server shares.
 #[derive(Clone)]
 struct Serving {
@@ -126,7 +149,13 @@ struct Serving {
 
 impl Serving {
     /// Accepts connections until the shutdown signal, each in its own task.
-    async fn accept(self, listener: TcpListener, app: Router, open: Arc<Semaphore>) {
+    async fn accept(
+        self,
+        listener: TcpListener,
+        app: Router,
+        open: Arc<Semaphore>,
+        evictable: Option<Arc<Connections>>,
+    ) {
         let mut stopping = self.stopping.clone();
         loop {
             let (stream, _peer) = tokio::select! {
@@ -141,7 +170,12 @@ impl Serving {
                 },
                 _ = stopped(&mut stopping) => return,
             };
-            let Ok(permit) = open.clone().try_acquire_owned() else {
+            let permit = match (open.clone().try_acquire_owned(), &evictable) {
+                (Ok(permit), _) => Some(permit),
+                (Err(_), Some(connections)) => connections.make_room(&open).await,
+                (Err(_), None) => None,
+            };
+            let Some(permit) = permit else {
                 // Closed at once: the client sees a refusal, not a hang.
                 self.metrics.connections_refused.inc();
                 drop(stream);
@@ -150,18 +184,32 @@ impl Serving {
             let _ = stream.set_nodelay(true);
             let connection = self.clone();
             let app = app.clone();
+            let (requests, in_progress) = watch::channel(0usize);
+            let registered = evictable.as_ref().map(|c| c.register(in_progress));
             tokio::spawn(async move {
                 let metrics = connection.metrics.clone();
                 metrics.connections_open.inc();
-                connection.serve(stream, app).await;
+                let evicted = async {
+                    match &registered {
+                        Some(registered) => registered.evicted.notified().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = connection.serve(stream, app, requests) => {}
+                    _ = evicted => {
+                        metrics.connection_errors.with_label_values(&["evicted"]).inc();
+                    }
+                }
                 metrics.connections_open.dec();
-                drop(permit);
+                drop((permit, registered));
             });
         }
     }
 
     /// Serves one connection until it ends, is idle past the limit, or the server stops.
-    async fn serve(mut self, stream: TcpStream, app: Router) {
+    /// `streams` counts its requests in progress.
+    async fn serve(mut self, stream: TcpStream, app: Router, streams: watch::Sender<usize>) {
         let metrics = self.metrics.clone();
         let count_error = |kind: &str| metrics.connection_errors.with_label_values(&[kind]).inc();
         // hyper's header timeout starts once it knows the protocol; until then, ours.
@@ -170,7 +218,7 @@ impl Serving {
             count_error("header_timeout");
             return;
         };
-        let (streams, open_streams) = watch::channel(0usize);
+        let open_streams = streams.subscribe();
         let streams = Arc::new(streams);
         let progress = Arc::new(Progress::default());
         let service = {
@@ -302,15 +350,6 @@ impl Drop for OpenStream {
     }
 }
 
-/// What a connection's answers hand to hyper, and what reaches the socket. hyper (HTTP/2
-/// above all) buffers an answer after taking it from its body, so the difference is what
-/// the client still owes reading; framing only adds to what is written.
-#[derive(Default)]
-struct Progress {
-    handed: AtomicU64,
-    written: AtomicU64,
-}
-
 /// A connection that owes data (answers not yet written, or a GOAWAY sent) through a whole
 /// write timeout and writes under [`MIN_WRITE_PROGRESS`] bytes in it.
 struct Stall<'a> {
@@ -366,110 +405,6 @@ impl http_body::Body for Tracked {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
-    }
-}
-
-/// The error of a write that made no progress within the deadline.
-#[derive(Debug, thiserror::Error)]
-#[error("the client read nothing for the response write timeout")]
-struct WriteStalled;
-
-/// A socket whose writes fail once one has waited for the client past the deadline: a
-/// client that stops reading loses its connection, and the response buffered for it is
-/// freed. The deadline runs from the first write that has to wait, and restarts with each
-/// write that goes through.
-struct WriteDeadline {
-    io: TcpStream,
-    limit: Duration,
-    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Bytes written so far, for [`Stall`].
-    progress: Arc<Progress>,
-}
-
-impl WriteDeadline {
-    fn new(io: TcpStream, limit: Duration, progress: Arc<Progress>) -> Self {
-        WriteDeadline {
-            io,
-            limit,
-            stalled: None,
-            progress,
-        }
-    }
-
-    fn count(&self, written: &Poll<std::io::Result<usize>>) {
-        if let Poll::Ready(Ok(n)) = written {
-            let n = *n as u64;
-            self.progress.written.fetch_add(n, Ordering::Relaxed);
-        }
-    }
-
-    /// The outcome of a write: progress clears the deadline; waiting arms it, and past
-    /// it, fails.
-    fn deadline<T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        written: Poll<std::io::Result<T>>,
-    ) -> Poll<std::io::Result<T>> {
-        if written.is_ready() {
-            self.stalled = None;
-            return written;
-        }
-        let limit = self.limit;
-        let stalled = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        match stalled.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                WriteStalled,
-            ))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl AsyncRead for WriteDeadline {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for WriteDeadline {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let written = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.count(&written);
-        self.deadline(cx, written)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let written = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.count(&written);
-        self.deadline(cx, written)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let flushed = Pin::new(&mut self.io).poll_flush(cx);
-        self.deadline(cx, flushed)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

@@ -23,6 +23,10 @@ pub enum ApiError {
     HeadersTooLarge { limit: usize },
     #[error("the request body did not arrive within {0:.1} s")]
     BodyTimeout(f64),
+    #[error(
+        "the request bodies being read or served fill request_body_memory_bytes ({limit} bytes); retry in 1 s"
+    )]
+    BodyMemoryFull { limit: usize },
     #[error("the client closed the connection before sending the whole body")]
     ClientDisconnected,
     #[error("no route {method} {path}")]
@@ -49,7 +53,7 @@ pub struct ErrorBody<'a> {
     error: &'a str,
     /// The kind, for programs: `invalid_json`, `validation`, `payload_too_large`,
     /// `too_many_documents`, `input_too_long`, `request_too_large`, `unsupported_media_type`,
-    /// `unsupported_encoding`, `headers_too_large`, `body_timeout`, `client_disconnect`, `unknown_model`,
+    /// `unsupported_encoding`, `headers_too_large`, `body_timeout`, `body_memory_full`, `client_disconnect`, `unknown_model`,
     /// `instruction_not_accepted`, `not_found`, `method_not_allowed`, `unauthorized`,
     /// `overloaded`, `timeout`, `not_ready`, `unavailable`, `internal_error`.
     error_type: &'a str,
@@ -70,6 +74,7 @@ impl ApiError {
             }
             ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::BodyMemoryFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
             // nginx's "client closed request": nobody reads it, the metrics count it.
             ApiError::ClientDisconnected => {
                 StatusCode::from_u16(499).expect("499 is a valid status")
@@ -103,6 +108,7 @@ impl ApiError {
             ApiError::UnsupportedEncoding(_) => "unsupported_encoding",
             ApiError::HeadersTooLarge { .. } => "headers_too_large",
             ApiError::BodyTimeout(_) => "body_timeout",
+            ApiError::BodyMemoryFull { .. } => "body_memory_full",
             ApiError::ClientDisconnected => "client_disconnect",
             ApiError::NotFound { .. } => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
@@ -154,6 +160,11 @@ impl IntoResponse for ApiError {
                     header::RETRY_AFTER,
                     HeaderValue::from(retry_after_secs.max(1)),
                 );
+            }
+            ApiError::BodyMemoryFull { .. } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(1));
             }
             ApiError::Unauthorized => {
                 response

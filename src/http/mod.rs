@@ -2,11 +2,14 @@
 //! the server's life cycle (listen at once, load the models, serve, drain on SIGTERM).
 
 mod body;
+mod body_budget;
 mod connections;
 pub mod error;
+mod eviction;
 pub mod openapi;
 mod routes;
 pub mod types;
+mod write_deadline;
 
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::{Duration, Instant};
@@ -38,6 +41,8 @@ pub struct AppState {
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
     service: OnceLock<Service>,
+    /// KiB of `request_body_memory_bytes`: each request holds its body's bytes until answered.
+    body_memory: Arc<tokio::sync::Semaphore>,
     /// SHA-256 of the API key: keys are compared as fixed-size digests, in constant time.
     api_key_digest: Option<[u8; 32]>,
     created: u64,
@@ -47,6 +52,7 @@ impl AppState {
     pub fn new(settings: Settings, metrics: Arc<Metrics>) -> Self {
         AppState {
             api_key_digest: settings.api_key.as_deref().map(digest),
+            body_memory: body_budget::budget(settings.request_body_memory_bytes),
             settings,
             metrics,
             service: OnceLock::new(),
@@ -173,6 +179,10 @@ fn router_of(state: Arc<AppState>, serves: impl Fn(&Route) -> bool) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.settings.payload_limit_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            body_budget::budget_body,
+        ))
         .layer(RequestBodyDeadlineLayer::new(Duration::from_secs_f64(
             state.settings.body_read_timeout_secs,
         )))
@@ -334,7 +344,13 @@ async fn record_metrics(
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let started = Instant::now();
+    let mut unanswered = Unanswered {
+        metrics: &state.metrics,
+        route: &route,
+        answered: false,
+    };
     let response = next.run(request).await;
+    unanswered.answered = true;
     let metrics = &state.metrics;
     metrics
         .request_duration
@@ -350,9 +366,39 @@ async fn record_metrics(
     response
 }
 
+/// A request dropped before it was answered: its client went away (an HTTP/1 connection
+/// closed, an HTTP/2 stream reset) while its body was read or it was scored. Counted as a
+/// 499, as an abort the server sees while reading the body and answers.
+struct Unanswered<'a> {
+    metrics: &'a Metrics,
+    route: &'a str,
+    answered: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            let disconnected = ApiError::ClientDisconnected;
+            let status = disconnected.status();
+            self.metrics
+                .requests
+                .with_label_values(&[self.route, status.as_str()])
+                .inc();
+            self.metrics
+                .errors
+                .with_label_values(&[disconnected.kind()])
+                .inc();
+        }
+    }
+}
+
 /// Connections the admin port holds at once, apart from `max_connections`: enough for every
 /// probe and scraper, and no way for a flood of the main port to reach it.
 const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// The admin port's header read timeout, at most: a probe or scraper sends its request as
+/// soon as it connects, and a socket that holds a place without one is let go soon.
+const ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs the service until SIGTERM or SIGINT, then answers what is in flight and returns.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
@@ -372,7 +418,7 @@ pub async fn serve_on(
 ) -> anyhow::Result<()> {
     let admin = match settings.admin_port {
         Some(port) => {
-            let address = format!("{}:{port}", settings.host);
+            let address = format!("{}:{port}", settings.admin_host);
             let listener = tokio::net::TcpListener::bind(&address)
                 .await
                 .map_err(|err| anyhow::anyhow!("cannot listen on {address} (admin_port): {err}"))?;
@@ -407,22 +453,24 @@ pub async fn serve_on(
             Err(err) => anyhow::anyhow!("model loading task failed: {err}"),
         }
     };
+    let limits = ConnectionLimits::from_settings(&settings);
     let mut listeners = vec![connections::Listener {
         socket: listener,
         app: router(state.clone()),
         max_connections: settings.max_connections,
+        header_read_timeout: limits.header_read_timeout,
+        evict_idle: false,
     }];
     listeners.extend(admin.map(|socket| connections::Listener {
         socket,
         app: admin_router(state.clone()),
         max_connections: ADMIN_MAX_CONNECTIONS,
+        header_read_timeout: limits.header_read_timeout.min(ADMIN_HEADER_READ_TIMEOUT),
+        // Every probe must get in: the cap holds only probes and scrapers, each done in
+        // milliseconds, so an idle place is one held against them.
+        evict_idle: true,
     }));
-    let server = connections::serve(
-        listeners,
-        ConnectionLimits::from_settings(&settings),
-        metrics,
-        shutdown,
-    );
+    let server = connections::serve(listeners, limits, metrics, shutdown);
     tokio::select! {
         served = server => {
             served?;

@@ -74,7 +74,8 @@ pub fn json() -> &'static str {
     &JSON
 }
 
-/// What every route shares: the error answers, `Retry-After` on 429, the model and timing
+/// What every route shares: the error answers, `Retry-After` on 429 (and on a scoring
+/// route's 503), the model and timing
 /// headers of scoring answers, and the optional key.
 struct ErrorsAndAuth;
 
@@ -140,17 +141,26 @@ impl Modify for ErrorsAndAuth {
                     .build(),
             ),
         );
+        let retry_after = || {
+            HeaderBuilder::new()
+                .schema(ObjectBuilder::new().schema_type(Type::String))
+                .build()
+        };
         components.responses.insert(
             "TooManyRequests".into(),
             RefOr::T(
                 error()
                     .description("Over a limit; retry after the given seconds (the expected wait).")
-                    .header(
-                        "Retry-After",
-                        HeaderBuilder::new()
-                            .schema(ObjectBuilder::new().schema_type(Type::String))
-                            .build(),
-                    )
+                    .header("Retry-After", retry_after())
+                    .build(),
+            ),
+        );
+        components.responses.insert(
+            "Unavailable".into(),
+            RefOr::T(
+                error()
+                    .description("Models still loading or stopped; or the request bodies in flight fill `request_body_memory_bytes` (`body_memory_full`, with `Retry-After`).")
+                    .header("Retry-After", retry_after())
                     .build(),
             ),
         );
@@ -179,16 +189,17 @@ impl Modify for ErrorsAndAuth {
                 }
             }
             let operations = [
-                (&mut item.post, SCORING_ERRORS),
-                (&mut item.get, read_errors),
+                (&mut item.post, SCORING_ERRORS, true),
+                (&mut item.get, read_errors, false),
             ];
-            for (operation, statuses) in operations {
+            for (operation, statuses, with_body) in operations {
                 let Some(operation) = operation else { continue };
                 for status in statuses.iter() {
-                    let name = if *status == "429" {
-                        "TooManyRequests"
-                    } else {
-                        "Error"
+                    // Only a request with a body can find the body memory full.
+                    let name = match *status {
+                        "429" => "TooManyRequests",
+                        "503" if with_body => "Unavailable",
+                        _ => "Error",
                     };
                     operation.responses.responses.insert(
                         status.to_string(),

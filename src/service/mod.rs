@@ -38,6 +38,8 @@ pub struct RequestLimits {
     pub max_documents: usize,
     pub timeout: Duration,
     pub max_tokens_per_doc: Option<usize>,
+    /// The most prompt tokens one request may have: what a model's queue holds.
+    pub max_request_tokens: usize,
 }
 
 /// The served models and the limits every request is held to.

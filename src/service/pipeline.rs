@@ -10,7 +10,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::request::best_of_windows;
 use super::{Pairs, ScoreJob, Scoring, ServedModel, Service, ServiceError};
 use crate::metrics::Metrics;
-use crate::model::{Chunking, Engine, ModelError, TokenLimits, Window};
+use crate::model::{Chunking, Engine, TokenLimits, Window};
 use crate::settings::LongDocuments;
 
 /// Holds an admitted request's place until it is answered.
@@ -86,6 +86,8 @@ impl Service {
         let _admitted = self.admit()?;
         let tokenizing = Tokenizing {
             engine: served.engine.clone(),
+            refuse_truncation: job.refuse_truncation,
+            max_tokens: self.limits.max_request_tokens,
             pairs: job.pairs,
             instruction,
             limits: TokenLimits {
@@ -95,8 +97,7 @@ impl Service {
             long_documents: job.long_documents.unwrap_or(self.long_documents),
             chunking: self.chunking,
         };
-        let work =
-            self.tokenize_and_score(served, name, tokenizing, job.refuse_truncation, started);
+        let work = self.tokenize_and_score(served, name, tokenizing, started);
         tokio::time::timeout(self.limits.timeout, work)
             .await
             .map_err(|_| ServiceError::Timeout(self.limits.timeout.as_secs_f64()))?
@@ -107,7 +108,6 @@ impl Service {
         served: &ServedModel,
         name: String,
         tokenizing: Tokenizing,
-        refuse_truncation: bool,
         started: Instant,
     ) -> Result<Scoring, ServiceError> {
         let chunked = tokenizing.long_documents == LongDocuments::Chunk;
@@ -116,15 +116,6 @@ impl Service {
             windows,
             total_tokens,
         } = self.tokenize(served, &name, tokenizing).await?;
-        if refuse_truncation
-            && let Some(i) = windows
-                .iter()
-                .position(|w| w.iter().any(|w| w.encoded.over_max_length))
-        {
-            return Err(ServiceError::InputTooLong(format!(
-                "document {i} is over the model's length limit and `truncate` is false"
-            )));
-        }
         // Under `truncate` every document is one window: its score is the pair's.
         let spans: Option<Vec<Vec<Range<usize>>>> = chunked.then(|| {
             windows
@@ -168,6 +159,7 @@ impl Service {
     ) -> Result<Tokenized, ServiceError> {
         let memory = self.reserve_tokenizing_memory(&tokenizing).await?;
         let metrics = served.metrics.clone();
+        let name = name.to_owned();
         let span = tracing::info_span!(
             "tokenize",
             pairs = tokenizing.pairs.len() as i64,
@@ -176,7 +168,7 @@ impl Service {
         tokio::task::spawn_blocking(move || {
             let _in_span = span.enter();
             let clock = Instant::now();
-            let windows = tokenizing.windows();
+            let windows = tokenizing.windows(&name);
             metrics
                 .tokenization_duration
                 .observe(clock.elapsed().as_secs_f64());
@@ -192,7 +184,6 @@ impl Service {
         })
         .await
         .map_err(|err| ServiceError::Internal(format!("tokenization task failed: {err}")))?
-        .map_err(|err| ServiceError::from_model(err, name))
     }
 
     /// The tokenizer memory the request's longest pair needs. A request larger than the
@@ -222,6 +213,10 @@ impl Service {
 /// What tokenizing a request needs, moved onto the blocking pool.
 struct Tokenizing {
     engine: Arc<Engine>,
+    /// Refuse a document the model's length limit would cut (`truncate: false`).
+    refuse_truncation: bool,
+    /// The most prompt tokens the request may have (what the queue takes at most).
+    max_tokens: usize,
     pairs: Pairs,
     instruction: Option<String>,
     limits: TokenLimits,
@@ -230,33 +225,45 @@ struct Tokenizing {
 }
 
 impl Tokenizing {
-    /// Each pair's windows: one, cut to the limits, under `truncate`. Blocking.
-    fn windows(&self) -> Result<Vec<Vec<Window>>, ModelError> {
+    /// Each pair's windows: one, cut to the limits, under `truncate`. Blocking. A request
+    /// that will be refused stops at the document that shows it: one over the model's length
+    /// under `truncate: false`, or the one whose tokens pass what the queue takes at most, so
+    /// that its cost follows the limits, not the size of its body.
+    fn windows(&self, model: &str) -> Result<Vec<Vec<Window>>, ServiceError> {
         let instruction = self.instruction.as_deref();
-        (0..self.pairs.len())
-            .map(|i| {
-                let (query, document) = self.pairs.get(i);
-                match self.long_documents {
-                    LongDocuments::Truncate => {
-                        let encoded = self.engine.encoder().encode(
-                            query,
-                            document,
-                            instruction,
-                            self.limits,
-                        )?;
+        let mut tokens = 0usize;
+        let mut all = Vec::with_capacity(self.pairs.len());
+        for i in 0..self.pairs.len() {
+            let (query, document) = self.pairs.get(i);
+            let encoder = self.engine.encoder();
+            let windows = match self.long_documents {
+                LongDocuments::Truncate => encoder
+                    .encode(query, document, instruction, self.limits)
+                    .map(|encoded| {
                         let chars = 0..document.chars().count();
-                        Ok(vec![Window { encoded, chars }])
-                    }
-                    LongDocuments::Chunk => self.engine.encoder().encode_windows(
-                        query,
-                        document,
-                        instruction,
-                        self.limits,
-                        self.chunking,
-                    ),
+                        vec![Window { encoded, chars }]
+                    }),
+                LongDocuments::Chunk => {
+                    encoder.encode_windows(query, document, instruction, self.limits, self.chunking)
                 }
-            })
-            .collect()
+            }
+            .map_err(|err| ServiceError::from_model(err, model))?;
+            if self.refuse_truncation && windows.iter().any(|w| w.encoded.over_max_length) {
+                return Err(ServiceError::InputTooLong(format!(
+                    "document {i} is over the model's length limit and `truncate` is false"
+                )));
+            }
+            tokens += windows.iter().map(|w| w.encoded.ids.len()).sum::<usize>();
+            if tokens > self.max_tokens {
+                return Err(ServiceError::RequestTooLarge(format!(
+                    "the request's prompt tokens pass the queue's budget of {} (max_queued_tokens) by document {i} of {}; send fewer or shorter documents",
+                    self.max_tokens,
+                    self.pairs.len()
+                )));
+            }
+            all.push(windows);
+        }
+        Ok(all)
     }
 }
 

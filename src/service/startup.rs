@@ -110,6 +110,7 @@ impl Service {
                 max_documents: settings.max_documents_per_request,
                 timeout: Duration::from_secs_f64(settings.request_timeout_secs),
                 max_tokens_per_doc: settings.max_tokens_per_doc,
+                max_request_tokens: settings.max_queued_tokens,
             },
             admission: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
             max_concurrent: settings.max_concurrent_requests,

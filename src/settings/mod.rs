@@ -100,6 +100,10 @@ pub struct Settings {
     /// [default: off].
     #[arg(long, env = "ZERANK_ADMIN_PORT")]
     pub admin_port: Option<u16>,
+    /// Address the admin port listens on: loopback keeps /metrics off the network; a probe
+    /// from outside the pod or host needs 0.0.0.0 (the Docker image's setting).
+    #[arg(long, env = "ZERANK_ADMIN_HOST", default_value = "127.0.0.1")]
+    pub admin_host: String,
     /// Model names clients may send, comma-separated; repeat the flag (or separate lists with
     /// `;`) for the second model and on. They replace a model's default names: a Hub id and
     /// its last component, or a local directory's name.
@@ -180,12 +184,28 @@ pub struct Settings {
     /// Largest request body in bytes; larger gets 413.
     #[arg(long, env = "ZERANK_PAYLOAD_LIMIT_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub payload_limit_bytes: usize,
+    /// Memory the bodies of all requests being read or served may take together, in bytes,
+    /// counted as they arrive; a body that would pass it gets 503 with Retry-After.
+    #[arg(
+        long,
+        env = "ZERANK_REQUEST_BODY_MEMORY_BYTES",
+        default_value_t = 256 * 1024 * 1024
+    )]
+    pub request_body_memory_bytes: usize,
     /// Seconds a request may take, queue included, before it fails with 504.
     #[arg(long, env = "ZERANK_REQUEST_TIMEOUT_SECS", default_value_t = 60.0)]
     pub request_timeout_secs: f64,
     /// Open connections at once; more are closed on accept.
     #[arg(long, env = "ZERANK_MAX_CONNECTIONS", default_value_t = 1_024)]
     pub max_connections: usize,
+    /// Requests one HTTP/2 connection may have open at once; more are refused by the protocol
+    /// (the client waits for a stream to end).
+    #[arg(
+        long,
+        env = "ZERANK_HTTP2_MAX_CONCURRENT_STREAMS",
+        default_value_t = 16
+    )]
+    pub http2_max_concurrent_streams: u32,
     /// Seconds a connection has to send a request's headers, once open or idle after a
     /// response (the keep-alive limit too; HTTP/2: with no open stream, and the ping interval).
     #[arg(long, env = "ZERANK_HEADER_READ_TIMEOUT_SECS", default_value_t = 10.0)]

@@ -181,7 +181,19 @@ fn settings_out_of_their_working_range_are_refused_by_name_and_range() {
             "--payload-limit-bytes",
             "100",
             "between 1024 and 1073741824",
-            "1073741824",
+            "268435456",
+        ),
+        (
+            "--request-body-memory-bytes",
+            "99999999999999",
+            "between 1024 and 1099511627776",
+            "8388608",
+        ),
+        (
+            "--http2-max-concurrent-streams",
+            "0",
+            "between 1 and 1000",
+            "1000",
         ),
         ("--max-queued-tokens", "1", "between 256 and", "256"),
         (
@@ -234,6 +246,15 @@ fn settings_out_of_their_working_range_are_refused_by_name_and_range() {
             "{flag} {edge}"
         );
     }
+    // The body memory holds at least one body of the payload limit.
+    let largest = ["zerank-server", "--payload-limit-bytes", "1073741824"];
+    let err = resolve(&largest).unwrap_err().to_string();
+    assert!(
+        err.contains("request_body_memory_bytes (268435456) must hold at least one body"),
+        "{err}"
+    );
+    let both = [&largest[..], &["--request-body-memory-bytes", "1073741824"]].concat();
+    assert!(resolve(&both).is_ok());
     for bad in ["8080", "0"] {
         let err = resolve(&["zerank-server", "--admin-port", bad])
             .unwrap_err()

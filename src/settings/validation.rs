@@ -50,7 +50,21 @@ impl Settings {
                 1 << 10,
                 1 << 40,
             ),
+            // Past a TiB, the value is a typo (and it must hold one body, below).
+            (
+                "request_body_memory_bytes",
+                self.request_body_memory_bytes,
+                1 << 10,
+                1 << 40,
+            ),
             ("max_connections", self.max_connections, 1, 1 << 20),
+            // One stream serves one request; past a thousand, one connection is a flood.
+            (
+                "http2_max_concurrent_streams",
+                self.http2_max_concurrent_streams as usize,
+                1,
+                1_000,
+            ),
             // A probe's or a browser's head is hundreds of bytes.
             ("max_header_bytes", self.max_header_bytes, 1 << 10, 1 << 20),
             (
@@ -67,6 +81,12 @@ impl Settings {
                 "{name} must be between {least} and {most}; got {value}"
             );
         }
+        anyhow::ensure!(
+            self.request_body_memory_bytes >= self.payload_limit_bytes,
+            "request_body_memory_bytes ({}) must hold at least one body of payload_limit_bytes ({}): raise it or lower payload_limit_bytes",
+            self.request_body_memory_bytes,
+            self.payload_limit_bytes
+        );
         // Checked against each model's window once it is loaded, too.
         anyhow::ensure!(
             self.chunk_overlap_tokens <= MAX_CHUNK_OVERLAP_TOKENS,
