@@ -1,7 +1,7 @@
 //! Connections that hold the server without using it: HTTP/2 connections that send nothing,
 //! a main port full of connections while probes keep coming, clients that never read.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::net::TcpStream;

@@ -1,7 +1,7 @@
 //! Trace export settings, refused at start when they cannot work (the export itself:
 //! tests/otlp_export.rs).
 
-mod common;
+use crate::common;
 
 #[test]
 fn an_endpoint_that_is_not_an_http_url_is_refused_at_start() {
