@@ -23,6 +23,7 @@ mod json;
 pub mod metrics;
 pub mod model;
 pub mod offline;
+pub mod server;
 pub mod service;
 pub mod settings;
 pub mod telemetry;

@@ -46,7 +46,7 @@ fn run() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            let served = runtime.block_on(zerank_server::http::serve(settings));
+            let served = runtime.block_on(zerank_server::server::serve(settings));
             // Blocking work still running (a model load, a tokenization) does not hold the exit.
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
             served

@@ -7,8 +7,8 @@ use axum::extract::{FromRequest, Request};
 use axum::http::header;
 use serde::de::DeserializeOwned;
 
-use super::AppState;
 use super::error::ApiError;
+use super::state::AppState;
 
 /// A JSON body, with every way it can be wrong answered as an [`ApiError`].
 pub struct JsonBody<T>(pub T);

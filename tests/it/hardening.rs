@@ -83,9 +83,11 @@ fn past_the_connection_cap_new_connections_are_refused_and_open_ones_still_answe
     // Wait until this connection is the only one open: the start-up health probes' have
     // been closed on the server's side too, so exactly three connections fill the cap.
     let mut first = TcpStream::connect(server.address).unwrap();
-    wait_until("other connections stay open", Duration::from_secs(30), || {
-        get_on(&mut first, "/metrics").contains("zerank_connections_open 1\n")
-    });
+    wait_until(
+        "other connections stay open",
+        Duration::from_secs(30),
+        || get_on(&mut first, "/metrics").contains("zerank_connections_open 1\n"),
+    );
     let mut open = vec![first];
     open.extend((0..2).map(|_| TcpStream::connect(server.address).unwrap()));
     wait_until(

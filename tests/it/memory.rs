@@ -168,7 +168,12 @@ fn requests_over_the_tokenizing_budget_take_turns() {
                 let server = &server;
                 scope.spawn(move || {
                     let documents: Vec<String> = (0..3)
-                        .map(|d| format!("document {d} of request {i} {}", "lorem ipsum ".repeat(4_000)))
+                        .map(|d| {
+                            format!(
+                                "document {d} of request {i} {}",
+                                "lorem ipsum ".repeat(4_000)
+                            )
+                        })
                         .collect();
                     server.post("/rerank", &json!({"query": "q", "documents": documents}))
                 })
@@ -183,7 +188,10 @@ fn requests_over_the_tokenizing_budget_take_turns() {
     // In turns, the six tokenizations fit one after another within the requests' time;
     // side by side, their times would add up to more than it.
     let tokenizing = server.metric("zerank_tokenization_duration_seconds_sum");
-    assert_eq!(server.metric("zerank_tokenization_duration_seconds_count"), 6.0);
+    assert_eq!(
+        server.metric("zerank_tokenization_duration_seconds_count"),
+        6.0
+    );
     assert!(
         tokenizing <= elapsed,
         "{tokenizing:.3} s of tokenizing within {elapsed:.3} s: not in turns"

@@ -6,7 +6,7 @@ use crate::common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::server::{spawn_binary, terminate};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;

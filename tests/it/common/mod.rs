@@ -109,9 +109,15 @@ pub fn in_a_process_of_its_own(name: &str) -> bool {
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     eprint!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "{name} failed in a process of its own");
+    assert!(
+        output.status.success(),
+        "{name} failed in a process of its own"
+    );
     // A name that matches no test passes too: one must have run.
-    assert!(stdout.contains("test result: ok. 1 passed"), "{name} did not run");
+    assert!(
+        stdout.contains("test result: ok. 1 passed"),
+        "{name} did not run"
+    );
     false
 }
 

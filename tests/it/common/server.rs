@@ -7,12 +7,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use zerank_server::model::{Engine, TokenLimits};
+use zerank_server::server::Listeners;
 use zerank_server::settings::Settings;
 
 use super::fixture;
 
 pub struct TestServer {
     pub address: SocketAddr,
+    /// The admin port's address, when started with one.
+    pub admin_address: Option<SocketAddr>,
     api_key: Option<String>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
@@ -20,6 +23,15 @@ pub struct TestServer {
 
 impl TestServer {
     pub fn start(configure: impl FnOnce(&mut Settings)) -> Self {
+        Self::launch(configure, false)
+    }
+
+    /// With an admin port (`/health` and `/metrics` alone) on a loopback port of its own.
+    pub fn start_with_admin(configure: impl FnOnce(&mut Settings)) -> Self {
+        Self::launch(configure, true)
+    }
+
+    fn launch(configure: impl FnOnce(&mut Settings), with_admin: bool) -> Self {
         let mut settings = Settings {
             model: vec![fixture("tiny").to_string_lossy().into_owned()],
             device: zerank_server::model::DeviceSpec::Cpu,
@@ -34,9 +46,17 @@ impl TestServer {
         };
         configure(&mut settings);
         let api_key = settings.api_key.clone();
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        std_listener.set_nonblocking(true).unwrap();
+        // Bound here and handed over: the port is known before the server starts, and no
+        // other process can take it in between.
+        let bind = || {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.set_nonblocking(true).unwrap();
+            listener
+        };
+        let std_listener = bind();
         let address = std_listener.local_addr().unwrap();
+        let std_admin = with_admin.then(bind);
+        let admin_address = std_admin.as_ref().map(|l| l.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -44,8 +64,13 @@ impl TestServer {
                 .enable_all()
                 .build()?;
             runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(std_listener)?;
-                zerank_server::http::serve_on(listener, settings, async {
+                let listeners = Listeners {
+                    main: tokio::net::TcpListener::from_std(std_listener)?,
+                    admin: std_admin
+                        .map(tokio::net::TcpListener::from_std)
+                        .transpose()?,
+                };
+                zerank_server::server::serve_on(listeners, settings, async {
                     let _ = stopped.await;
                 })
                 .await
@@ -53,6 +78,7 @@ impl TestServer {
         });
         let server = TestServer {
             address,
+            admin_address,
             api_key,
             stop: Some(stop),
             thread: Some(thread),
@@ -66,17 +92,21 @@ impl TestServer {
     }
 
     pub fn wait_healthy(&self) {
-        let healthy = || {
-            let mut probe = ureq::get(&self.url("/health"));
-            if let Some(key) = &self.api_key {
-                probe = probe.set("authorization", &format!("Bearer {key}"));
-            }
-            probe.call().map(|response| response.status())
-        };
-        wait_until("the server did not become healthy", Duration::from_secs(60), || {
-            healthy().is_ok()
-        });
-        assert_eq!(healthy().unwrap(), 200);
+        // The status of the first answer; ureq reports other than 2xx as errors.
+        let mut status = None;
+        wait_until(
+            "the server did not become healthy",
+            Duration::from_secs(60),
+            || {
+                let mut probe = ureq::get(&self.url("/health"));
+                if let Some(key) = &self.api_key {
+                    probe = probe.set("authorization", &format!("Bearer {key}"));
+                }
+                status = probe.call().ok().map(|response| response.status());
+                status.is_some()
+            },
+        );
+        assert_eq!(status, Some(200));
     }
 
     /// POSTs a JSON body; any status comes back with its headers and JSON body.
@@ -231,9 +261,11 @@ pub fn spawn_binary(args: &[&str]) -> (Child, u16) {
         .recv_timeout(Duration::from_secs(60))
         .expect("the server never logged its listening address");
     let health = format!("http://127.0.0.1:{port}/health");
-    wait_until("the server never became healthy", Duration::from_secs(60), || {
-        ureq::get(&health).call().is_ok()
-    });
+    wait_until(
+        "the server never became healthy",
+        Duration::from_secs(60),
+        || ureq::get(&health).call().is_ok(),
+    );
     (child, port)
 }
 
@@ -243,14 +275,20 @@ fn listening_port(line: &str) -> u16 {
         .split_once("127.0.0.1:")
         .unwrap_or_else(|| panic!("no address in `{line}`"));
     let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().unwrap_or_else(|_| panic!("no port in `{line}`"))
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no port in `{line}`"))
 }
 
 /// Sends SIGTERM, as an orchestrator stops the server.
 pub fn sigterm(child: &Child) {
     let pid = libc::pid_t::try_from(child.id()).unwrap();
     // SAFETY: kill only sends a signal, to a process this test started and has not reaped.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "SIGTERM not sent");
+    assert_eq!(
+        unsafe { libc::kill(pid, libc::SIGTERM) },
+        0,
+        "SIGTERM not sent"
+    );
 }
 
 /// Stops the server with SIGTERM and waits up to `limit` for it to exit; killed and a
