@@ -12,11 +12,11 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir src benches && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && echo 'fn main() {}' > benches/engine.rs \
-    && cargo build --release --locked && rm -rf src benches
+    && cargo build --release --locked --features otlp && rm -rf src benches
 COPY src src
 COPY benches benches
 COPY openapi.yaml ./
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked --features otlp
 
 # ---- CUDA build: scripts/build_cuda.sh, as outside Docker (toolkit from PyPI's wheels) ------
 FROM rust:${RUST_VERSION}-bookworm AS build-cuda
@@ -29,13 +29,13 @@ COPY Cargo.toml Cargo.lock ./
 COPY scripts/build_cuda.sh scripts/
 RUN mkdir src benches && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && echo 'fn main() {}' > benches/engine.rs \
-    && PIP_BREAK_SYSTEM_PACKAGES=1 CUDA_TOOLKIT_DIR=/opt/cuda-toolkit scripts/build_cuda.sh --locked \
+    && PIP_BREAK_SYSTEM_PACKAGES=1 CUDA_TOOLKIT_DIR=/opt/cuda-toolkit scripts/build_cuda.sh --locked --features otlp \
     && rm -rf src benches
 COPY src src
 COPY benches benches
 COPY openapi.yaml ./
 RUN touch src/main.rs src/lib.rs \
-    && PIP_BREAK_SYSTEM_PACKAGES=1 CUDA_TOOLKIT_DIR=/opt/cuda-toolkit scripts/build_cuda.sh --locked
+    && PIP_BREAK_SYSTEM_PACKAGES=1 CUDA_TOOLKIT_DIR=/opt/cuda-toolkit scripts/build_cuda.sh --locked --features otlp
 
 # ---- MKL from PyPI: the bf16 GEMM the CPU image runs (AMX and AVX512-BF16 kernels; the
 # sequential layer, since the server splits each product across its own threads). Only the

@@ -62,7 +62,6 @@ struct Pair {
 }
 
 fn main() -> anyhow::Result<()> {
-    zerank_server::keep_freed_memory();
     let args = Args::parse();
     let text = std::fs::read_to_string(&args.pairs)
         .with_context(|| format!("reading {}", args.pairs.display()))?;

@@ -1,8 +1,7 @@
 #!/usr/bin/env python3
 """The import rules of src/ (README, How it works): every `crate::`/`super::` path that a
-non-test module names must run down the floors, and the modules may form at most one import
-circle (the OpenAPI document and the routes it documents). Prints what breaks them; exit 1
-if anything does.
+non-test module names must run down the floors, and the modules may form no import circle.
+Prints what breaks them; exit 1 if anything does.
 
     python3 scripts/check_layers.py [src]
 """
@@ -12,6 +11,8 @@ import sys
 
 # Each floor may import only floors with a lower number (and itself).
 FLOORS = {
+    # The composition root of `serve`: listeners, the HTTP layer over the service, drain.
+    "server": 60,
     "http": 50,
     "service": 40,
     "offline": 40,
@@ -28,7 +29,7 @@ FLOORS = {
 }
 # main.rs and lib.rs wire the floors together.
 WIRING = {"", "main"}
-MAX_CIRCLES = 1
+MAX_CIRCLES = 0
 
 
 def modules(root):

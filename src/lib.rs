@@ -23,25 +23,13 @@ mod json;
 pub mod metrics;
 pub mod model;
 pub mod offline;
+pub mod server;
 pub mod service;
 pub mod settings;
 pub mod telemetry;
 
 /// Tensors of tens of megabytes come and go at every layer. glibc's malloc maps and unmaps
-/// each afresh (page faults, zeroing); mimalloc, set by [`keep_freed_memory`], reuses them.
+/// each afresh (page faults, zeroing); mimalloc reuses them, and gives memory unused for its
+/// purge delay back to the system.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// How long freed memory stays in the process before it goes back to the system.
-const PURGE_DELAY_MS: std::ffi::c_long = 2_000;
-
-/// Keeps freed memory in the process for a while instead of returning it to the system at
-/// once: back-to-back batches reuse it and do not page-fault their way to it again
-/// (measured: ~5% of a CPU forward's time), and an idle server gives it back (aborted
-/// request bodies included).
-pub fn keep_freed_memory() {
-    // `mi_option_purge_delay` of mimalloc.h (not named by libmimalloc-sys), in milliseconds.
-    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    // SAFETY: sets one of mimalloc's options, which it reads atomically.
-    unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, PURGE_DELAY_MS) };
-}

@@ -13,7 +13,6 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
-    zerank_server::keep_freed_memory();
     let arguments = zerank_server::settings::parse_args();
     match Invocation::resolve(&arguments)? {
         Invocation::Openapi => {
@@ -33,7 +32,8 @@ fn run() -> anyhow::Result<()> {
                     endpoint,
                     service_name: &settings.otlp_service_name,
                 });
-            let telemetry = telemetry::init(settings.log_format, export)?;
+            // Dropped last, after the runtime: the spans still buffered are sent on the way out.
+            let _telemetry = telemetry::init(settings.log_format, export)?;
             tracing::info!("starting zerank-server {}", env!("CARGO_PKG_VERSION"));
             let file = settings.config.as_deref();
             tracing::info!(
@@ -49,10 +49,9 @@ fn run() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            let served = runtime.block_on(zerank_server::http::serve(settings));
+            let served = runtime.block_on(zerank_server::server::serve(settings));
             // Blocking work still running (a model load, a tokenization) does not hold the exit.
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-            drop(telemetry);
             served
         }
     }

@@ -1,20 +1,12 @@
-//! Logs on stderr, and traces exported over OTLP when `otlp_endpoint` is set. The spans are
-//! the same either way: `request` (one per HTTP request, carrying its `request_id`), and
-//! inside it `tokenize`, `queue`, `forward` and `respond`. Logs show them as context;
-//! exporting them is what the endpoint adds. Numbers on spans are `i64`: the exporter sends
-//! unsigned ones as strings.
-
-use std::sync::atomic::{AtomicBool, Ordering};
+//! Logs on stderr, and traces exported over OTLP when `otlp_endpoint` is set (in a binary
+//! built with the `otlp` feature: [`otlp`]). The spans are the same either way: `request`
+//! (one per HTTP request, carrying its `request_id`), and inside it `tokenize`, `queue`,
+//! `forward` and `respond`. Logs show them as context; exporting them is what the endpoint
+//! adds. Numbers on spans are `i64`: the exporter sends unsigned ones as strings.
 
 use anyhow::Context as _;
 use axum::http::HeaderMap;
-use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing::Level;
-use tracing_subscriber::filter::{EnvFilter, Targets};
+use tracing_subscriber::filter::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, fmt};
@@ -31,8 +23,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// Whether spans are exported: only then is an incoming `traceparent` read.
-static EXPORTING: AtomicBool = AtomicBool::new(false);
+#[cfg(feature = "otlp")]
+mod otlp;
 
 /// Where traces go and under what name.
 pub struct TraceExport<'a> {
@@ -42,18 +34,8 @@ pub struct TraceExport<'a> {
 
 /// Keeps the exporter alive; dropping it sends the spans still buffered.
 pub struct Telemetry {
-    provider: Option<SdkTracerProvider>,
-}
-
-impl Drop for Telemetry {
-    fn drop(&mut self) {
-        if let Some(provider) = self.provider.take() {
-            EXPORTING.store(false, Ordering::SeqCst);
-            if let Err(err) = provider.shutdown() {
-                eprintln!("warning: traces still buffered at exit were not exported: {err}");
-            }
-        }
-    }
+    #[cfg(feature = "otlp")]
+    _export: Option<otlp::Export>,
 }
 
 /// Installs the global subscriber: logs filtered by `RUST_LOG` (default `info`), and, with
@@ -67,36 +49,30 @@ pub fn init(format: LogFormat, export: Option<TraceExport>) -> anyhow::Result<Te
         LogFormat::Json => logs.json().boxed(),
     }
     .with_filter(filter);
-    let provider = export.map(tracer_provider).transpose()?;
-    let traces = provider.as_ref().map(|provider| {
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("zerank-server"))
-            .with_filter(Targets::new().with_target("zerank_server", Level::INFO))
-    });
-    tracing_subscriber::registry()
-        .with(logs)
-        .with(traces)
-        .try_init()
-        .context("a global tracing subscriber is already installed")?;
-    if provider.is_some() {
-        EXPORTING.store(true, Ordering::SeqCst);
+    #[cfg(feature = "otlp")]
+    {
+        let export = export.map(otlp::Export::start).transpose()?;
+        tracing_subscriber::registry()
+            .with(logs)
+            .with(export.as_ref().map(otlp::Export::layer))
+            .try_init()
+            .context("a global tracing subscriber is already installed")?;
+        otlp::set_exporting(export.is_some());
+        Ok(Telemetry { _export: export })
     }
-    Ok(Telemetry { provider })
-}
-
-fn tracer_provider(export: TraceExport) -> anyhow::Result<SdkTracerProvider> {
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .with_endpoint(traces_url(export.endpoint)?)
-        .build()
-        .context("cannot build the OTLP exporter")?;
-    let resource = opentelemetry_sdk::Resource::builder()
-        .with_service_name(export.service_name.to_owned())
-        .build();
-    Ok(SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_resource(resource)
-        .build())
+    #[cfg(not(feature = "otlp"))]
+    {
+        anyhow::ensure!(
+            export.is_none(),
+            "otlp_endpoint is set, but this binary was built without trace export: build it \
+             with `cargo build --release --features otlp` (the Docker images have it)"
+        );
+        tracing_subscriber::registry()
+            .with(logs)
+            .try_init()
+            .context("a global tracing subscriber is already installed")?;
+        Ok(Telemetry {})
+    }
 }
 
 /// The collector's traces URL: `endpoint` as given when it has a path, else with the OTLP
@@ -135,13 +111,10 @@ pub fn request_span(
         request_id,
         http.response.status_code = tracing::field::Empty,
     );
-    if EXPORTING.load(Ordering::Relaxed) {
-        use tracing_opentelemetry::OpenTelemetrySpanExt;
-        let parent =
-            TraceContextPropagator::new().extract(&opentelemetry_http::HeaderExtractor(headers));
-        // Fails only when the span is disabled, and then there is nothing to link.
-        let _ = span.set_parent(parent);
-    }
+    #[cfg(feature = "otlp")]
+    otlp::join_callers_trace(&span, headers);
+    #[cfg(not(feature = "otlp"))]
+    let _ = headers;
     span
 }
 

@@ -7,9 +7,9 @@ use axum::extract::{FromRequest, Request};
 use axum::http::header;
 use serde::de::DeserializeOwned;
 
-use super::AppState;
 use super::body_budget::BodyMemoryFull;
 use super::error::ApiError;
+use super::state::AppState;
 
 /// A JSON body, with every way it can be wrong answered as an [`ApiError`].
 pub struct JsonBody<T>(pub T);

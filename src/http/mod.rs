@@ -1,5 +1,6 @@
-//! The HTTP layer: routes, the state they share, authentication, metrics middleware, and
-//! the server's life cycle (listen at once, load the models, serve, drain on SIGTERM).
+//! The HTTP layer: the route table, authentication, the metrics and request-head middleware,
+//! and connections with their limits. The server's life cycle (listen, load the models, serve,
+//! drain on SIGTERM) is `crate::server`'s.
 
 mod body;
 mod body_budget;
@@ -8,13 +9,12 @@ pub mod error;
 mod eviction;
 pub mod openapi;
 mod routes;
+mod state;
 pub mod types;
 mod write_deadline;
 
-use std::sync::{Arc, LazyLock, OnceLock};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
-
-use sha2::{Digest, Sha256};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -30,49 +30,15 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::RequestBodyDeadlineLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::metrics::Metrics;
-use crate::service::{Service, ServiceError};
-use crate::settings::Settings;
 use error::{ApiError, ErrorKind};
+use state::digest;
 
-pub use connections::ConnectionLimits;
+use crate::metrics::Metrics;
 
-pub struct AppState {
-    pub settings: Settings,
-    pub metrics: Arc<Metrics>,
-    service: OnceLock<Service>,
-    /// KiB of `request_body_memory_bytes`: each request holds its body's bytes until answered.
-    body_memory: Arc<tokio::sync::Semaphore>,
-    /// SHA-256 of the API key: keys are compared as fixed-size digests, in constant time.
-    api_key_digest: Option<[u8; 32]>,
-    created: u64,
-}
-
-impl AppState {
-    pub fn new(settings: Settings, metrics: Arc<Metrics>) -> Self {
-        AppState {
-            api_key_digest: settings.api_key.as_deref().map(digest),
-            body_memory: body_budget::budget(settings.request_body_memory_bytes),
-            settings,
-            metrics,
-            service: OnceLock::new(),
-            created: routes::unix_now(),
-        }
-    }
-
-    /// Makes the models available to the routes; `/health` turns 200.
-    pub fn set_ready(&self, service: Service) {
-        let _ = self.service.set(service);
-    }
-
-    fn service(&self) -> Result<&Service, ApiError> {
-        match self.service.get() {
-            Some(service) if service.is_healthy() => Ok(service),
-            Some(_) => Err(ServiceError::Unavailable.into()),
-            None => Err(ApiError::NotReady),
-        }
-    }
-}
+pub use connections::{
+    ConnectionLimits, Listener, ensure_open_file_limit, serve as serve_connections,
+};
+pub use state::AppState;
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,8 +93,8 @@ fn route_table() -> Vec<Route> {
         route(Method::POST, "/v1/score", Guarded, routes::score_v1),
         route(Method::GET, "/info", Guarded, routes::info),
         route(Method::GET, "/v1/models", Guarded, routes::models),
-        route(Method::GET, "/openapi.yaml", Guarded, routes::openapi),
-        route(Method::GET, "/openapi.json", Guarded, routes::openapi_json),
+        route(Method::GET, "/openapi.yaml", Guarded, openapi::openapi),
+        route(Method::GET, "/openapi.json", Guarded, openapi::openapi_json),
         route(Method::GET, DOCS_PATH, Open, routes::docs),
         route(Method::GET, "/health", Probe, routes::health),
         route(Method::GET, "/metrics", Probe, routes::metrics),
@@ -286,10 +252,6 @@ async fn drop_unusable_request_id(mut request: Request, next: Next) -> Response 
     next.run(request).await
 }
 
-fn digest(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
-}
-
 async fn not_found(request: Request) -> ApiError {
     ApiError::NotFound {
         method: request.method().to_string(),
@@ -390,113 +352,4 @@ impl Drop for Unanswered<'_> {
                 .inc();
         }
     }
-}
-
-/// Connections the admin port holds at once, apart from `max_connections`: enough for every
-/// probe and scraper, and no way for a flood of the main port to reach it.
-const ADMIN_MAX_CONNECTIONS: usize = 64;
-
-/// The admin port's header read timeout, at most: a probe or scraper sends its request as
-/// soon as it connects, and a socket that holds a place without one is let go soon.
-const ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Runs the service until SIGTERM or SIGINT, then answers what is in flight and returns.
-pub async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let address = format!("{}:{}", settings.host, settings.port);
-    let listener = tokio::net::TcpListener::bind(&address)
-        .await
-        .map_err(|err| anyhow::anyhow!("cannot listen on {address}: {err}"))?;
-    serve_on(listener, settings, shutdown_signal()).await
-}
-
-/// Serves on `listener` until `shutdown` completes, then stops accepting, answers every
-/// request in flight and returns. The model loads in the background meanwhile.
-pub async fn serve_on(
-    listener: tokio::net::TcpListener,
-    settings: Settings,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let admin = match settings.admin_port {
-        Some(port) => {
-            let address = format!("{}:{port}", settings.admin_host);
-            let listener = tokio::net::TcpListener::bind(&address)
-                .await
-                .map_err(|err| anyhow::anyhow!("cannot listen on {address} (admin_port): {err}"))?;
-            tracing::info!(address = %listener.local_addr()?, "admin listener: /health and /metrics");
-            Some(listener)
-        }
-        None => None,
-    };
-    connections::ensure_open_file_limit(
-        settings.max_connections + admin.as_ref().map_or(0, |_| ADMIN_MAX_CONNECTIONS),
-    )?;
-    let metrics = Arc::new(Metrics::new());
-    let state = Arc::new(AppState::new(settings.clone(), metrics.clone()));
-    tracing::info!(address = %listener.local_addr()?, "listening; /health answers 503 until the model is ready");
-
-    let loading = {
-        let (state, settings, metrics) = (state.clone(), settings.clone(), metrics.clone());
-        tokio::spawn(async move {
-            let (models, settings, metrics) = tokio::task::spawn_blocking(move || {
-                Service::load_models(&settings, &metrics).map(|m| (m, settings, metrics))
-            })
-            .await
-            .map_err(|err| anyhow::anyhow!("model loading panicked: {err}"))??;
-            state.set_ready(Service::start(models, &settings, metrics));
-            anyhow::Ok(())
-        })
-    };
-    let load_failure = async move {
-        match loading.await {
-            Ok(Ok(())) => std::future::pending().await,
-            Ok(Err(err)) => err.context("could not load the models"),
-            Err(err) => anyhow::anyhow!("model loading task failed: {err}"),
-        }
-    };
-    let limits = ConnectionLimits::from_settings(&settings);
-    let mut listeners = vec![connections::Listener {
-        socket: listener,
-        app: router(state.clone()),
-        max_connections: settings.max_connections,
-        header_read_timeout: limits.header_read_timeout,
-        evict_idle: false,
-    }];
-    listeners.extend(admin.map(|socket| connections::Listener {
-        socket,
-        app: admin_router(state.clone()),
-        max_connections: ADMIN_MAX_CONNECTIONS,
-        header_read_timeout: limits.header_read_timeout.min(ADMIN_HEADER_READ_TIMEOUT),
-        // Every probe must get in: the cap holds only probes and scrapers, each done in
-        // milliseconds, so an idle place is one held against them.
-        evict_idle: true,
-    }));
-    let server = connections::serve(listeners, limits, metrics, shutdown);
-    tokio::select! {
-        served = server => {
-            served?;
-            tracing::info!("drained; exiting");
-            Ok(())
-        }
-        err = load_failure => Err(err),
-    }
-}
-
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = interrupt => {}
-        _ = terminate => {}
-    }
-    tracing::info!("shutdown signal: no new connections; answering requests in flight");
 }

@@ -2,6 +2,8 @@
 //! annotations. `openapi.yaml` at the top of the repository is this document, committed; a
 //! test fails when they differ (`zerank-server openapi > openapi.yaml` writes it anew).
 
+use axum::http::header;
+use axum::response::IntoResponse;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
@@ -46,8 +48,8 @@ never.",
         routes::score_v1,
         routes::info,
         routes::models,
-        routes::openapi,
-        routes::openapi_json,
+        openapi,
+        openapi_json,
         routes::docs,
         routes::health,
         routes::metrics,
@@ -72,6 +74,20 @@ pub fn json() -> &'static str {
             .expect("the OpenAPI document serializes")
     });
     &JSON
+}
+
+#[utoipa::path(get, path = "/openapi.yaml", tag = "routes",
+    summary = "This document.",
+    responses((status = 200, description = "The OpenAPI document.", body = Object, content_type = "application/yaml")))]
+pub async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/yaml")], SPEC)
+}
+
+#[utoipa::path(get, path = "/openapi.json", tag = "routes",
+    summary = "This document, in JSON.",
+    responses((status = 200, description = "The OpenAPI document.", body = Object, content_type = "application/json")))]
+pub async fn openapi_json() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], json())
 }
 
 /// What every route shares: the error answers, `Retry-After` on 429 (and on a scoring
@@ -164,17 +180,12 @@ impl Modify for ErrorsAndAuth {
                     .build(),
             ),
         );
-        let open: Vec<&str> = super::served_routes()
-            .into_iter()
-            .filter(|(_, _, access)| *access == super::Access::Open)
-            .map(|(_, path, _)| path)
-            .collect();
-        for (path, item) in openapi.paths.paths.iter_mut() {
-            let read_errors = if open.contains(&path.as_str()) {
-                OPEN_ERRORS
-            } else {
-                READ_ERRORS
-            };
+        for item in openapi.paths.paths.values_mut() {
+            // Open to all: a route whose one security requirement is the empty one.
+            let open = item.get.as_ref().is_some_and(|operation| {
+                operation.security.as_deref() == Some(&[SecurityRequirement::default()][..])
+            });
+            let read_errors = if open { OPEN_ERRORS } else { READ_ERRORS };
             if let Some(RefOr::T(answer)) = item
                 .post
                 .as_mut()

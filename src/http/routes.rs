@@ -2,16 +2,15 @@
 //! the answer its clients expect.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
-use super::AppState;
 use super::body::JsonBody;
 use super::error::ApiError;
+use super::state::{AppState, unix_now};
 use super::types::*;
 use crate::service::{Pairs, ScoreJob, Scoring, TruncationDirection};
 
@@ -341,26 +340,6 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     )
 }
 
-#[utoipa::path(get, path = "/openapi.yaml",
-    summary = "This document.",
-    responses((status = 200, description = "The OpenAPI document.", body = Object, content_type = "application/yaml")))]
-pub async fn openapi() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/yaml")],
-        super::openapi::SPEC,
-    )
-}
-
-#[utoipa::path(get, path = "/openapi.json",
-    summary = "This document, in JSON.",
-    responses((status = 200, description = "The OpenAPI document.", body = Object, content_type = "application/json")))]
-pub async fn openapi_json() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        super::openapi::json(),
-    )
-}
-
 /// What the docs page may reach: itself and this server, nothing else.
 const DOCS_CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
     style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; \
@@ -382,10 +361,4 @@ pub async fn docs() -> impl IntoResponse {
         ],
         include_str!("docs.html"),
     )
-}
-
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

@@ -408,7 +408,10 @@ fn listening_beyond_loopback_without_a_key_is_warned_about() {
         ..Settings::default()
     };
     let warning = with("0.0.0.0", None).open_listener_warning().unwrap();
-    assert!(warning.contains("0.0.0.0") && warning.contains("--api-key"), "{warning}");
+    assert!(
+        warning.contains("0.0.0.0") && warning.contains("--api-key"),
+        "{warning}"
+    );
     assert!(with("10.1.2.3", None).open_listener_warning().is_some());
     for quiet in [
         with("0.0.0.0", Some("k")),

@@ -1,11 +1,11 @@
 //! Memory bounded before tokenizing: a 7.5 MB document, in each mode and recipe, is refused
 //! at once or scored from a bounded piece, by the server and the offline scorer, and their
-//! peak memory shows it. In its own binary, one test at a time, so that no other test's
-//! allocations share the peak.
+//! peak memory shows it. In a process of its own, so that no other test's allocations share
+//! the peak.
 
-mod common;
+use crate::common;
 
-use std::sync::Mutex;
+use std::time::Instant;
 
 use common::server::TestServer;
 use serde_json::json;
@@ -47,12 +47,14 @@ fn peak_growth(work: impl FnOnce()) -> u64 {
     status_bytes("VmHWM:").saturating_sub(before)
 }
 
-/// Held by each test: peaks are measured with nothing else running.
-static ALONE: Mutex<()> = Mutex::new(());
-
 #[test]
 fn a_7_5_mb_document_is_refused_or_scored_in_bounded_memory() {
-    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
+    // Peaks are measured with nothing else running.
+    if !common::in_a_process_of_its_own(
+        "memory::a_7_5_mb_document_is_refused_or_scored_in_bounded_memory",
+    ) {
+        return;
+    }
     // Words of a few letters: about 4 characters a token, as the attack's document.
     let document: String = (0..1_500_000)
         .map(|i| ["lorem ", "ipsa ", "dolo "][i % 3])
@@ -153,20 +155,25 @@ fn a_7_5_mb_document_is_refused_or_scored_in_bounded_memory() {
 
 #[test]
 fn requests_over_the_tokenizing_budget_take_turns() {
-    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
     // 1 KiB: every request's estimate is over it, so each takes the whole budget in turn
     // rather than waiting for more than there is.
     let server = TestServer::start(|s| {
         s.tokenizing_memory_bytes = 1024;
         s.request_timeout_secs = 20.0;
     });
+    let started = Instant::now();
     std::thread::scope(|scope| {
         let replies: Vec<_> = (0..6)
             .map(|i| {
                 let server = &server;
                 scope.spawn(move || {
                     let documents: Vec<String> = (0..3)
-                        .map(|d| format!("document {d} of request {i}"))
+                        .map(|d| {
+                            format!(
+                                "document {d} of request {i} {}",
+                                "lorem ipsum ".repeat(4_000)
+                            )
+                        })
                         .collect();
                     server.post("/rerank", &json!({"query": "q", "documents": documents}))
                 })
@@ -177,4 +184,16 @@ fn requests_over_the_tokenizing_budget_take_turns() {
             assert_eq!(reply.status, 200, "{}", reply.text);
         }
     });
+    let elapsed = started.elapsed().as_secs_f64();
+    // In turns, the six tokenizations fit one after another within the requests' time;
+    // side by side, their times would add up to more than it.
+    let tokenizing = server.metric("zerank_tokenization_duration_seconds_sum");
+    assert_eq!(
+        server.metric("zerank_tokenization_duration_seconds_count"),
+        6.0
+    );
+    assert!(
+        tokenizing <= elapsed,
+        "{tokenizing:.3} s of tokenizing within {elapsed:.3} s: not in turns"
+    );
 }

@@ -2,7 +2,7 @@
 //! layout (`CrossEncoder.predict`, with and without a prompt) on two fixture checkpoints,
 //! and the published Qwen3-Reranker recipe run in transformers.
 
-mod common;
+use crate::common;
 
 use common::native::{ModelGoldens, NativeGoldens, sigmoid};
 use common::{PairText, copy_dir, fixture, load, options, score_offline};

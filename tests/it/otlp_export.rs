@@ -1,13 +1,14 @@
-//! Traces over OTLP: the server binary exports to a receiver in this process, which decodes
-//! what arrives as the OTLP protobuf messages a collector would.
+//! Traces over OTLP (a build with the `otlp` feature): the server binary exports to a
+//! receiver in this process, which decodes what arrives as the OTLP protobuf messages a
+//! collector would.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::server::spawn_binary;
+use common::server::{spawn_binary, terminate};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -97,24 +98,6 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Stops the server with SIGTERM, as an orchestrator does: the spans it still buffers are
-/// sent on the way out.
-fn terminate(mut child: std::process::Child) {
-    let signalled = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(signalled.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the server did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN_ID: &str = "00f067aa0ba902b7";
 
@@ -143,7 +126,8 @@ fn request_spans_nest_under_the_callers_trace_and_carry_the_request_id() {
         .send_json(serde_json::json!({"text_1": "a", "text_2": ["b", "c"]}))
         .unwrap();
     assert_eq!(untraced.status(), 200);
-    terminate(child);
+    // SIGTERM, as an orchestrator stops it: the spans it still buffers are sent on the way out.
+    terminate(child, Duration::from_secs(30));
 
     let spans = receiver.spans();
     let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
@@ -219,18 +203,4 @@ fn request_spans_nest_under_the_callers_trace_and_carry_the_request_id() {
             .iter()
             .all(|n| n == "reranker-under-test")
     );
-}
-
-#[test]
-fn an_endpoint_that_is_not_an_http_url_is_refused_at_start() {
-    for endpoint in ["collector:4318", "https://collector:4318", "ftp://x"] {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_zerank-server"))
-            .args(["--model", &common::server::fixture_path("tiny")])
-            .args(["--otlp-endpoint", endpoint])
-            .output()
-            .unwrap();
-        assert!(!output.status.success(), "{endpoint}");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains("otlp_endpoint"), "{endpoint}: {stderr}");
-    }
 }

@@ -2,7 +2,7 @@
 //! connections, oversized requests, compressed bodies, huge headers, HTTP/2, SIGTERM with a
 //! request half sent, and settings that must not start a server.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::server::{
     DOCUMENTS, QUERY, TestServer, fixture_path, get_on, http2_connect, read_until_closed,
-    spawn_binary,
+    spawn_binary, terminate, wait_until,
 };
 use serde_json::json;
 
@@ -83,21 +83,18 @@ fn past_the_connection_cap_new_connections_are_refused_and_open_ones_still_answe
     // Wait until this connection is the only one open: the start-up health probes' have
     // been closed on the server's side too, so exactly three connections fill the cap.
     let mut first = TcpStream::connect(server.address).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !get_on(&mut first, "/metrics").contains("zerank_connections_open 1\n") {
-        assert!(Instant::now() < deadline, "other connections stay open");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        "other connections stay open",
+        Duration::from_secs(30),
+        || get_on(&mut first, "/metrics").contains("zerank_connections_open 1\n"),
+    );
     let mut open = vec![first];
     open.extend((0..2).map(|_| TcpStream::connect(server.address).unwrap()));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !get_on(&mut open[0], "/metrics").contains("zerank_connections_open 3\n") {
-        assert!(
-            Instant::now() < deadline,
-            "the three connections were never all open"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        "the three connections were never all open",
+        Duration::from_secs(30),
+        || get_on(&mut open[0], "/metrics").contains("zerank_connections_open 3\n"),
+    );
     let mut refused = TcpStream::connect(server.address).unwrap();
     let (reply, lasted) = read_until_closed(&mut refused, Duration::from_secs(5));
     assert!(
@@ -109,14 +106,11 @@ fn past_the_connection_cap_new_connections_are_refused_and_open_ones_still_answe
     assert!(get_on(&mut open[1], "/health").starts_with("HTTP/1.1 200"));
     // Once connections close, new ones are served again.
     drop(open);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ureq::get(&server.url("/health")).call().is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "no connection after the others closed"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        "no connection after the others closed",
+        Duration::from_secs(30),
+        || ureq::get(&server.url("/health")).call().is_ok(),
+    );
 }
 
 #[test]
@@ -202,13 +196,9 @@ fn every_answer_of_the_server_is_a_counted_json_error() {
     }
     // The connection's task counts its error as it ends, which may be just after the reply.
     let counted = "zerank_connection_errors_total{kind=\"head_too_large\"} 1";
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut metrics = metrics;
-    while !metrics.contains(counted) {
-        assert!(Instant::now() < deadline, "{metrics}");
-        std::thread::sleep(Duration::from_millis(50));
-        metrics = server.get("/metrics").text;
-    }
+    wait_until(counted, Duration::from_secs(5), || {
+        metrics.contains(counted) || server.get("/metrics").text.contains(counted)
+    });
 }
 
 #[test]
@@ -246,7 +236,7 @@ fn http2_with_prior_knowledge_is_served() {
 
 #[test]
 fn sigterm_with_a_stalled_request_exits_zero_within_the_drain_deadline() {
-    let (mut child, port) = spawn_binary(&[
+    let (child, port) = spawn_binary(&[
         "--drain-deadline-secs",
         "2",
         "--body-read-timeout-secs",
@@ -258,33 +248,15 @@ fn sigterm_with_a_stalled_request_exits_zero_within_the_drain_deadline() {
         .unwrap();
     // The stalled connection is open once a probe on a second one counts two.
     let mut probe = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !get_on(&mut probe, "/metrics").contains("zerank_connections_open 2\n") {
-        assert!(
-            Instant::now() < deadline,
-            "the stalled request never arrived"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        "the stalled request never arrived",
+        Duration::from_secs(10),
+        || get_on(&mut probe, "/metrics").contains("zerank_connections_open 2\n"),
+    );
     drop(probe);
     let signalled = Instant::now();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if signalled.elapsed() > Duration::from_secs(15) {
-            let _ = child.kill();
-            panic!("still running 15 s after SIGTERM with a 2 s drain deadline");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    // Within 15 s, against a 2 s drain deadline.
+    let status = terminate(child, Duration::from_secs(15));
     assert_eq!(status.code(), Some(0));
     // The stalled request held the server for the whole drain deadline, and no longer.
     assert!(
@@ -339,15 +311,12 @@ fn settings_that_would_break_every_request_refuse_to_start() {
 fn a_client_that_aborts_its_body_is_counted_as_a_disconnect_not_as_bad_json() {
     let server = TestServer::start(|_| {});
     let wait_for = |name: &str| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let metrics = server.get("/metrics").text;
-            if metrics.contains(name) {
-                return metrics;
-            }
-            assert!(Instant::now() < deadline, "{name} never counted: {metrics}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut metrics = String::new();
+        wait_until(name, Duration::from_secs(10), || {
+            metrics = server.get("/metrics").text;
+            metrics.contains(name)
+        });
+        metrics
     };
     // Half the declared body, then the connection closes.
     let mut aborted = TcpStream::connect(server.address).unwrap();
@@ -401,13 +370,11 @@ fn an_http2_client_that_resets_its_stream_mid_body_is_counted_as_a_disconnect() 
         ping_pong.ping(h2::Ping::opaque()).await.unwrap();
     });
     let counted = "zerank_errors_total{kind=\"client_disconnect\"} 1\n";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut metrics = server.get("/metrics").text;
-    while !metrics.contains(counted) {
-        assert!(Instant::now() < deadline, "{metrics}");
-        std::thread::sleep(Duration::from_millis(20));
+    let mut metrics = String::new();
+    wait_until(counted, Duration::from_secs(10), || {
         metrics = server.get("/metrics").text;
-    }
+        metrics.contains(counted)
+    });
     assert!(!metrics.contains("kind=\"invalid_json\""), "{metrics}");
 }
 

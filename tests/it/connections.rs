@@ -1,7 +1,7 @@
 //! Connections that hold the server without using it: HTTP/2 connections that send nothing,
 //! a main port full of connections while probes keep coming, clients that never read.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -95,20 +95,13 @@ fn an_http2_client_that_never_opens_its_flow_control_window_is_closed() {
     assert!(server.get("/metrics").text.contains(counted));
 }
 
-/// A free loopback port: bound, read and released.
-fn free_port() -> u16 {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    probe.local_addr().unwrap().port()
-}
-
 #[test]
 fn the_admin_port_answers_health_and_metrics_while_the_main_port_is_full() {
-    let admin_port = free_port();
-    let server = TestServer::start(|settings| {
+    let server = TestServer::start_with_admin(|settings| {
         settings.max_connections = 3;
         settings.header_read_timeout_secs = 30.0;
-        settings.admin_port = Some(admin_port);
     });
+    let admin_port = server.admin_address.unwrap().port();
     let admin = |path: &str| {
         common::server::Reply::from(
             ureq::get(&format!("http://127.0.0.1:{admin_port}{path}")).call(),
@@ -298,8 +291,8 @@ fn hold_cap(
 
 #[test]
 fn admin_health_stays_reachable_while_idle_sockets_or_a_slowloris_hold_the_admin_cap() {
-    let admin_port = free_port();
-    let server = TestServer::start(|settings| settings.admin_port = Some(admin_port));
+    let server = TestServer::start_with_admin(|_| {});
+    let admin_port = server.admin_address.unwrap().port();
     for dribble in [false, true] {
         let stop = Arc::new(AtomicBool::new(false));
         let holder = hold_cap(admin_port, 64, dribble, stop.clone());

@@ -5,7 +5,7 @@
 //! transformers). Then what the engine promises every
 //! architecture: batched equals alone, a shared prefix equals alone, bf16 stays near f32.
 
-mod common;
+use crate::common;
 
 use common::native::{NativeGoldens, check_against_goldens};
 use common::{fixture, goldens, load, model_config, options};

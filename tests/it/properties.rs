@@ -1,7 +1,7 @@
 //! Properties over hostile input: request parsing, validation and prompt building never
 //! panic, and prompts keep the template's shape whatever the text.
 
-mod common;
+use crate::common;
 
 use std::sync::OnceLock;
 

@@ -1,17 +1,21 @@
 //! A server on a real TCP port for the HTTP tests, and what they compare it with.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use zerank_server::model::{Engine, TokenLimits};
+use zerank_server::server::Listeners;
 use zerank_server::settings::Settings;
 
 use super::fixture;
 
 pub struct TestServer {
     pub address: SocketAddr,
+    /// The admin port's address, when started with one.
+    pub admin_address: Option<SocketAddr>,
     api_key: Option<String>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
@@ -19,6 +23,15 @@ pub struct TestServer {
 
 impl TestServer {
     pub fn start(configure: impl FnOnce(&mut Settings)) -> Self {
+        Self::launch(configure, false)
+    }
+
+    /// With an admin port (`/health` and `/metrics` alone) on a loopback port of its own.
+    pub fn start_with_admin(configure: impl FnOnce(&mut Settings)) -> Self {
+        Self::launch(configure, true)
+    }
+
+    fn launch(configure: impl FnOnce(&mut Settings), with_admin: bool) -> Self {
         let mut settings = Settings {
             model: vec![fixture("tiny").to_string_lossy().into_owned()],
             device: zerank_server::model::DeviceSpec::Cpu,
@@ -33,9 +46,17 @@ impl TestServer {
         };
         configure(&mut settings);
         let api_key = settings.api_key.clone();
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        std_listener.set_nonblocking(true).unwrap();
+        // Bound here and handed over: the port is known before the server starts, and no
+        // other process can take it in between.
+        let bind = || {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.set_nonblocking(true).unwrap();
+            listener
+        };
+        let std_listener = bind();
         let address = std_listener.local_addr().unwrap();
+        let std_admin = with_admin.then(bind);
+        let admin_address = std_admin.as_ref().map(|l| l.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -43,8 +64,13 @@ impl TestServer {
                 .enable_all()
                 .build()?;
             runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(std_listener)?;
-                zerank_server::http::serve_on(listener, settings, async {
+                let listeners = Listeners {
+                    main: tokio::net::TcpListener::from_std(std_listener)?,
+                    admin: std_admin
+                        .map(tokio::net::TcpListener::from_std)
+                        .transpose()?,
+                };
+                zerank_server::server::serve_on(listeners, settings, async {
                     let _ = stopped.await;
                 })
                 .await
@@ -52,6 +78,7 @@ impl TestServer {
         });
         let server = TestServer {
             address,
+            admin_address,
             api_key,
             stop: Some(stop),
             thread: Some(thread),
@@ -65,19 +92,21 @@ impl TestServer {
     }
 
     pub fn wait_healthy(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            let mut probe = ureq::get(&self.url("/health"));
-            if let Some(key) = &self.api_key {
-                probe = probe.set("authorization", &format!("Bearer {key}"));
-            }
-            if let Ok(response) = probe.call() {
-                assert_eq!(response.status(), 200);
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the server did not become healthy");
+        // The status of the first answer; ureq reports other than 2xx as errors.
+        let mut status = None;
+        wait_until(
+            "the server did not become healthy",
+            Duration::from_secs(60),
+            || {
+                let mut probe = ureq::get(&self.url("/health"));
+                if let Some(key) = &self.api_key {
+                    probe = probe.set("authorization", &format!("Bearer {key}"));
+                }
+                status = probe.call().ok().map(|response| response.status());
+                status.is_some()
+            },
+        );
+        assert_eq!(status, Some(200));
     }
 
     /// POSTs a JSON body; any status comes back with its headers and JSON body.
@@ -206,28 +235,82 @@ pub fn fixture_path(name: &str) -> String {
     fixture(name).to_string_lossy().into_owned()
 }
 
-/// The server binary on the tiny fixture on a free loopback port, `args` added; returns the
-/// process and its port once `/health` answers 200.
-pub fn spawn_binary(args: &[&str]) -> (std::process::Child, u16) {
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_zerank-server"))
+/// The server binary on the tiny fixture on a loopback port of its choosing, `args` added;
+/// returns the process and its port once `/health` answers 200.
+pub fn spawn_binary(args: &[&str]) -> (Child, u16) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zerank-server"))
         .args(["--model", &fixture_path("tiny"), "--host", "127.0.0.1"])
-        .args(["--port", &port.to_string(), "--device", "cpu"])
+        .args(["--port", "0", "--device", "cpu"])
         .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // The port comes from the start-up log line; the rest of the log is drained unread, so
+    // that the server never blocks on a full pipe.
+    let (sender, port) = std::sync::mpsc::channel();
+    let log = BufReader::new(child.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in log.lines().map_while(Result::ok) {
+            if line.contains("listening") {
+                let _ = sender.send(listening_port(&line));
+            }
+        }
+    });
+    let port = port
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the server never logged its listening address");
     let health = format!("http://127.0.0.1:{port}/health");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ureq::get(&health).call().is_err() {
-        assert!(Instant::now() < deadline, "server never became healthy");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        "the server never became healthy",
+        Duration::from_secs(60),
+        || ureq::get(&health).call().is_ok(),
+    );
     (child, port)
+}
+
+/// The port of `127.0.0.1:PORT` in a log line.
+fn listening_port(line: &str) -> u16 {
+    let (_, after) = line
+        .split_once("127.0.0.1:")
+        .unwrap_or_else(|| panic!("no address in `{line}`"));
+    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no port in `{line}`"))
+}
+
+/// Sends SIGTERM, as an orchestrator stops the server.
+pub fn sigterm(child: &Child) {
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill only sends a signal, to a process this test started and has not reaped.
+    assert_eq!(
+        unsafe { libc::kill(pid, libc::SIGTERM) },
+        0,
+        "SIGTERM not sent"
+    );
+}
+
+/// Stops the server with SIGTERM and waits up to `limit` for it to exit; killed and a
+/// failure past that.
+pub fn terminate(mut child: Child, limit: Duration) -> ExitStatus {
+    sigterm(&child);
+    wait_for_exit(&mut child, limit)
+}
+
+/// The exit status of a process that is exiting; killed and a failure after `limit`.
+pub fn wait_for_exit(child: &mut Child, limit: Duration) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server was still running {limit:?} after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Reads until the server closes the connection (or `limit` passes); returns what it sent

@@ -1,7 +1,7 @@
 //! Several models in one process, routed by name, each scoring as it does alone; and
 //! instructions over HTTP.
 
-mod common;
+use crate::common;
 
 use common::server::{DOCUMENTS, QUERY, TestServer, close, engine_scores, fixture_path};
 use common::{fixture, load};

@@ -1,7 +1,7 @@
 //! The score cache over HTTP: repeats skip the model, concurrent repeats compute once, and
 //! the cache keeps to its byte budget.
 
-mod common;
+use crate::common;
 
 use common::server::TestServer;
 use serde_json::{Value, json};

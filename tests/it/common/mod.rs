@@ -1,5 +1,4 @@
 //! Shared by the integration tests: the committed fixtures and their goldens.
-#![allow(dead_code)]
 
 pub mod native;
 pub mod server;
@@ -91,6 +90,35 @@ pub fn score_offline(
         Ok::<_, ModelError>(())
     })?;
     Ok(scores)
+}
+
+/// Set in the process [`in_a_process_of_its_own`] starts.
+const ALONE: &str = "ZERANK_TEST_ALONE";
+
+/// Runs the test `name` (its path in this binary, e.g. `memory::peak`) again in a process of
+/// its own, where no other test allocates memory or starts processes. True inside that
+/// process, where the test does its work; false in the calling one, once the test passed there.
+pub fn in_a_process_of_its_own(name: &str) -> bool {
+    if std::env::var_os(ALONE).is_some() {
+        return true;
+    }
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--test-threads", "1", "--nocapture"])
+        .env(ALONE, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    eprint!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{name} failed in a process of its own"
+    );
+    // A name that matches no test passes too: one must have run.
+    assert!(
+        stdout.contains("test result: ok. 1 passed"),
+        "{name} did not run"
+    );
+    false
 }
 
 /// A copy of a directory's files, folders included and symlinks followed.

@@ -1,6 +1,6 @@
 //! `zerank-server score`: offline scoring of a JSONL file.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -1,6 +1,6 @@
 //! Every route answers in the shape its clients expect, with the engine's own scores.
 
-mod common;
+use crate::common;
 
 use common::server::{DOCUMENTS, QUERY, Reply, TestServer, close, engine_scores};
 use common::{fixture, load};
@@ -314,7 +314,7 @@ fn read_only_routes_and_unknown_ones() {
     let spec = server.get("/openapi.yaml");
     assert_eq!(spec.status, 200);
     assert_eq!(spec.header("content-type"), Some("application/yaml"));
-    assert_eq!(spec.text, include_str!("../openapi.yaml"));
+    assert_eq!(spec.text, include_str!("../../openapi.yaml"));
     let metrics = server.get("/metrics").text;
     for name in [
         "zerank_requests_total",

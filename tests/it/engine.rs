@@ -1,7 +1,7 @@
 //! The scoring engine against goldens computed by HF transformers (float32) on the
 //! committed random-weight checkpoints.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;

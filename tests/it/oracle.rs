@@ -2,7 +2,7 @@
 //! unpacked, one sequence at a time, the full-vocabulary head) score the fixture checkpoints,
 //! and the packed scoring forward must agree with them.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;

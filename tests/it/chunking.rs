@@ -1,7 +1,7 @@
 //! Long documents scored whole (`long_documents: "chunk"`): windows that fit the prompt, each
 //! scored as its own pair, the best one taken, and the limits that bound the work.
 
-mod common;
+use crate::common;
 
 use common::fixture;
 use common::server::TestServer;
