@@ -18,6 +18,13 @@ pub enum ModelError {
         file: String,
         message: String,
     },
+    #[error(
+        "the checkpoint has its weights only as pytorch_model.bin (a pickle, which can run code \
+         when read); convert it to model.safetensors first, e.g. `python -c \"from transformers \
+         import AutoModelForSequenceClassification as M; M.from_pretrained('IN').save_pretrained('OUT')\"` \
+         then copy the tokenizer files (or use the Hub's safetensors conversion, which opens a pull request)"
+    )]
+    PickleWeights,
     #[error("{}: {message}", path.display())]
     InvalidFile { path: PathBuf, message: String },
     #[error(

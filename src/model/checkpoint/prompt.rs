@@ -11,6 +11,7 @@ use std::path::Path;
 
 use tokenizers::{Encoding, Tokenizer};
 
+use super::pair::PairTemplate;
 use super::recipe::{Recipe, TextRule};
 use super::template::{ChatTemplate, Layout, Messages, Part, Slot, TokenizerConfig};
 use crate::model::error::{ModelError, Result};
@@ -82,6 +83,8 @@ pub struct PromptEncoder {
     plain: Vec<Piece>,
     /// `None`: the prompt has no place for an instruction.
     instructed: Option<Vec<Piece>>,
+    /// An encoder's pair template, which `encode` follows instead of the pieces.
+    pair: Option<PairTemplate>,
     default_instruction: Option<String>,
     pub(super) text_rule: TextRule,
     pub(super) max_length: usize,
@@ -119,9 +122,14 @@ impl PromptEncoder {
                 .filter(|&n| n >= 1.0 && n < max_position as f64)
                 .map(|n| n as usize))
             .map_or(max_position, |n| n.min(max_position));
-        let (plain, instructed) = match recipe.fixed_layouts(config.prompt_bos()) {
-            Some((plain, instructed)) => (plain, Some(instructed)),
-            None => {
+        let pair = match recipe {
+            Recipe::CrossEncoder(_) => Some(PairTemplate::read(&tokenizer)?),
+            _ => None,
+        };
+        let (plain, instructed) = match (&pair, recipe.fixed_layouts(config.prompt_bos())) {
+            (Some(pair), _) => (pair.layout(&tokenizer), None),
+            (None, Some((plain, instructed))) => (plain, Some(instructed)),
+            (None, None) => {
                 let source = match files.chat_template {
                     Some(path) => std::fs::read_to_string(path).map_err(|err| {
                         ModelError::Template(format!("{}: {err}", path.display()))
@@ -148,7 +156,7 @@ impl PromptEncoder {
         }
         Self::new(
             tokenizer,
-            (&plain, instructed.as_ref()),
+            (&plain, instructed.as_ref(), pair),
             default_instruction,
             recipe.text_rule(),
             max_length,
@@ -157,7 +165,7 @@ impl PromptEncoder {
 
     fn new(
         mut tokenizer: Tokenizer,
-        (plain, instructed): (&Layout, Option<&Layout>),
+        (plain, instructed, pair): (&Layout, Option<&Layout>, Option<PairTemplate>),
         default_instruction: Option<String>,
         text_rule: TextRule,
         max_length: usize,
@@ -186,6 +194,7 @@ impl PromptEncoder {
             text_tokenizer: tokenizer,
             plain: split_at_specials(plain, &specials),
             instructed: instructed.map(|layout| split_at_specials(layout, &specials)),
+            pair,
             default_instruction,
             text_rule,
             max_length,
@@ -238,6 +247,11 @@ impl PromptEncoder {
         self.default_instruction.as_deref()
     }
 
+    /// An encoder's token between query and document (BERT's `[SEP]`).
+    pub fn pair_separator(&self) -> Option<u32> {
+        self.pair.as_ref().and_then(PairTemplate::separator)
+    }
+
     fn pieces(&self, instructed: bool) -> Result<&[Piece]> {
         if !instructed {
             return Ok(&self.plain);
@@ -269,6 +283,12 @@ impl PromptEncoder {
             TextRule::Verbatim => (query, document),
         };
         let instruction = instruction.or(self.default_instruction.as_deref());
+        if let Some(pair) = &self.pair {
+            return match instruction {
+                Some(_) => Err(ModelError::InstructionNotAccepted),
+                None => self.encode_pair(pair, (query, document), limits),
+            };
+        }
         for (what, text) in [("query", Some(query)), ("instruction", instruction)] {
             let text = text.unwrap_or("");
             let (piece, _) = self.head(
