@@ -156,3 +156,241 @@ fn batched_equals_alone_and_the_padded_reference() {
         }
     }
 }
+
+/// What `--dtype bf16` may add to an encoder's raw score on the fixtures: 0.009 to 0.019
+/// measured (their random weights, std 0.2, are larger than trained ones).
+const BF16_MAX_RAW_DIFF: f32 = 0.03;
+
+#[test]
+fn bf16_stays_near_f32_on_every_encoder() {
+    let goldens = goldens();
+    for (name, _) in FIXTURES {
+        let rounded = Engine::load(&zerank_server::model::LoadOptions {
+            dtype: DTypeSpec::Bf16,
+            ..options(&fixture(name))
+        })
+        .unwrap();
+        assert_eq!(rounded.info().dtype, "bf16");
+        let sequences: Vec<Vec<u32>> = goldens[name]
+            .pairs
+            .iter()
+            .map(|p| p.input_ids.clone())
+            .collect();
+        let batch: Vec<&[u32]> = sequences.iter().map(Vec::as_slice).collect();
+        let scores = rounded.score_batch(&batch).unwrap().scores;
+        let max = goldens[name]
+            .pairs
+            .iter()
+            .zip(&scores)
+            .map(|(golden, score)| (golden.raw - score.raw).abs())
+            .fold(0.0, f32::max);
+        println!("{name}: bf16 max |Δ raw| {max}");
+        assert!(max <= BF16_MAX_RAW_DIFF, "{name}: max |Δ raw| {max}");
+        assert!(max > 1e-6, "{name}: bf16 scores equal f32's exactly");
+    }
+}
+
+/// The document's tokens of an encoded pair: between the first separator and the last token.
+fn document_tokens(ids: &[u32], separator: u32, separators_between: usize) -> &[u32] {
+    let first = ids.iter().position(|&id| id == separator).unwrap();
+    &ids[first + separators_between..ids.len() - 1]
+}
+
+#[test]
+fn max_tokens_per_doc_keeps_either_end_of_the_document() {
+    for (name, between) in [("bert", 1), ("xlm-roberta", 2)] {
+        let engine = load(&fixture(name));
+        let separator = engine.encoder().pair_separator().unwrap();
+        let (query, document) = (
+            "capital",
+            "Paris is the capital and most populous city of France.",
+        );
+        let whole = encode(&engine, query, document);
+        let all = document_tokens(&whole, separator, between).to_vec();
+        assert!(all.len() > 6, "{name}");
+        for (direction, kept) in [
+            (TruncationDirection::Right, &all[..5]),
+            (TruncationDirection::Left, &all[all.len() - 5..]),
+        ] {
+            let cut = engine
+                .encoder()
+                .encode(
+                    query,
+                    document,
+                    None,
+                    TokenLimits {
+                        max_tokens_per_doc: Some(5),
+                        direction,
+                    },
+                )
+                .unwrap();
+            assert_eq!(
+                document_tokens(&cut.ids, separator, between),
+                kept,
+                "{name} {direction:?}"
+            );
+            assert_eq!(cut.truncated_tokens, all.len() - 5);
+            assert!(!cut.over_max_length);
+            // The template around the document stays whole.
+            assert_eq!(
+                cut.ids[..whole.len() - all.len() - 1],
+                whole[..whole.len() - all.len() - 1]
+            );
+        }
+    }
+}
+
+#[test]
+fn a_long_document_in_windows_scores_each_window_as_its_own_pair() {
+    let goldens = goldens();
+    for name in ["bert", "xlm-roberta", "modernbert"] {
+        let engine = load(&fixture(name));
+        let long = goldens[name]
+            .pairs
+            .iter()
+            .find(|p| p.document.len() > 2_000)
+            .unwrap();
+        let windows = engine
+            .encoder()
+            .encode_windows(
+                &long.query,
+                &long.document,
+                None,
+                TokenLimits::default(),
+                Chunking {
+                    overlap_tokens: 4,
+                    max_chunks: 200,
+                },
+            )
+            .unwrap();
+        assert!(windows.len() >= 5, "{name}: {} windows", windows.len());
+        assert_eq!(windows[0].chars.start, 0);
+        assert_eq!(
+            windows.last().unwrap().chars.end,
+            long.document.chars().count()
+        );
+        let text: Vec<char> = long.document.chars().collect();
+        for window in &windows {
+            assert_eq!(window.encoded.truncated_tokens, 0, "{name}: a window fits");
+            assert!(window.encoded.ids.len() <= goldens[name].max_length);
+            // The window is scored as `predict` scores (query, window text): that pair's ids.
+            let window_text: String = text[window.chars.clone()].iter().collect();
+            assert_eq!(
+                window.encoded.ids,
+                encode(&engine, &long.query, &window_text),
+                "{name}"
+            );
+        }
+    }
+}
+
+fn load_error(dir: &std::path::Path) -> ModelError {
+    match Engine::load(&options(dir)) {
+        Ok(_) => panic!("{} loaded", dir.display()),
+        Err(err) => err,
+    }
+}
+
+/// A copy of the BERT fixture with `edit` applied to its config.json.
+fn edited_bert(
+    work: &tempfile::TempDir,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> std::path::PathBuf {
+    let dir = work.path().join("bert");
+    common::copy_dir(&fixture("bert"), &dir);
+    let path = dir.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(&path, config.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn more_than_one_label_is_refused_saying_why() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = edited_bert(&work, |config| {
+        config["id2label"] = serde_json::json!({"0": "irrelevant", "1": "relevant"});
+    });
+    let message = load_error(&dir).to_string();
+    assert!(
+        message.contains("2 labels") && message.contains("one logit"),
+        "{message}"
+    );
+}
+
+#[test]
+fn deberta_v2_is_refused_with_its_own_reason() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = edited_bert(&work, |config| {
+        config["architectures"] = serde_json::json!(["DebertaV2ForSequenceClassification"]);
+        config["model_type"] = "deberta-v2".into();
+    });
+    let message = load_error(&dir).to_string();
+    assert!(
+        message.contains("DebertaV2ForSequenceClassification"),
+        "{message}"
+    );
+    assert!(message.contains("disentangled attention"), "{message}");
+}
+
+#[test]
+fn pickle_weights_alone_are_refused_with_how_to_convert() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = edited_bert(&work, |_| {});
+    std::fs::rename(dir.join("model.safetensors"), dir.join("pytorch_model.bin")).unwrap();
+    let err = load_error(&dir);
+    assert!(matches!(err, ModelError::PickleWeights), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("model.safetensors") && message.contains("save_pretrained"),
+        "{message}"
+    );
+}
+
+#[test]
+fn instructions_and_decoder_recipes_are_refused() {
+    let engine = load(&fixture("bert"));
+    let err = engine
+        .encoder()
+        .encode("q", "d", Some("judge relevance"), TokenLimits::default())
+        .unwrap_err();
+    assert!(matches!(err, ModelError::InstructionNotAccepted), "{err}");
+    let configured = Engine::load(&zerank_server::model::LoadOptions {
+        instruction: Some("judge relevance".into()),
+        ..options(&fixture("bert"))
+    });
+    assert!(configured.is_err(), "a default instruction was accepted");
+    let zerank = Engine::load(&zerank_server::model::LoadOptions {
+        recipe: RecipeChoice::Zerank,
+        ..options(&fixture("bert"))
+    });
+    let message = zerank.err().expect("the zerank recipe loaded").to_string();
+    assert!(message.contains("encoder"), "{message}");
+    // Prefix sharing is off for an encoder even where the settings turn it on.
+    assert!(options(&fixture("bert")).prefix_sharing);
+    assert!(!engine.info().prefix_sharing);
+}
+
+#[test]
+fn offline_batches_score_as_each_pair_alone() {
+    let goldens = goldens();
+    let engine = load(&fixture("modernbert"));
+    let pairs: Vec<common::PairText> = goldens["modernbert"]
+        .pairs
+        .iter()
+        .map(|p| common::PairText {
+            query: &p.query,
+            document: &p.document,
+            instruction: None,
+        })
+        .collect();
+    let budget = BatchBudget {
+        max_tokens: 150,
+        max_sequences: 4,
+    };
+    let scores = common::score_offline(&engine, &pairs, budget).unwrap();
+    for (score, golden) in scores.iter().zip(&goldens["modernbert"].pairs) {
+        assert!((score.raw - golden.raw).abs() < RAW_TOLERANCE);
+    }
+}
