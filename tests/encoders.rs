@@ -8,7 +8,9 @@ mod common;
 
 use std::collections::HashMap;
 
+use common::server::{DOCUMENTS, QUERY, TestServer, close, engine_scores, fixture_path};
 use common::{fixture, load, options};
+use serde_json::json;
 use zerank_server::model::{
     BatchBudget, Chunking, DTypeSpec, Engine, ModelError, RecipeChoice, TokenLimits,
     TruncationDirection,
@@ -34,6 +36,8 @@ struct Golden {
     pairs: Vec<GoldenPair>,
     /// `predict` of all pairs in one padded batch, without activation.
     batched: Vec<f32>,
+    /// `predict` with the checkpoint's own activation, one pair at a time.
+    predict: Vec<f32>,
 }
 
 #[derive(serde::Deserialize)]
@@ -392,5 +396,202 @@ fn offline_batches_score_as_each_pair_alone() {
     let scores = common::score_offline(&engine, &pairs, budget).unwrap();
     for (score, golden) in scores.iter().zip(&goldens["modernbert"].pairs) {
         assert!((score.raw - golden.raw).abs() < RAW_TOLERANCE);
+    }
+}
+
+const ENCODERS: [&str; 3] = ["bert", "xlm-roberta", "modernbert"];
+
+/// A Qwen3 reranker (tiny) and three encoders in one process.
+fn mixed_server() -> TestServer {
+    TestServer::start(|settings| {
+        settings.model = std::iter::once("tiny")
+            .chain(ENCODERS)
+            .map(fixture_path)
+            .collect();
+        // The fixtures' windows are 48 to 64 tokens: the default overlap of 64 is too long.
+        settings.chunk_overlap_tokens = 4;
+        settings.max_chunks_per_document = 64;
+    })
+}
+
+fn by_index(results: &serde_json::Value, field: &str) -> Vec<f64> {
+    let mut scored: Vec<(usize, f64)> = results
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["index"].as_u64().unwrap() as usize,
+                r[field].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    scored.sort_by_key(|(index, _)| *index);
+    scored.into_iter().map(|(_, score)| score).collect()
+}
+
+fn assert_close(name: &str, shape: &str, got: &[f64], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{name} {shape}");
+    for (i, (got, want)) in got.iter().zip(want).enumerate() {
+        assert!(
+            close(*got, *want),
+            "{name} {shape} doc {i}: {got} vs {want}"
+        );
+    }
+}
+
+#[test]
+fn one_server_routes_a_decoder_and_encoders_through_every_shape() {
+    let server = mixed_server();
+    let info = server.get("/info").json();
+    let models = info["models"].as_array().unwrap();
+    assert_eq!(models.len(), 4);
+    assert_eq!(models[0]["model"]["share_prefixes"], true);
+    for entry in &models[1..] {
+        assert_eq!(entry["model"]["recipe"], "cross-encoder", "{entry}");
+        assert_eq!(entry["model"]["share_prefixes"], false, "{entry}");
+        assert_eq!(entry["model"]["accepts_instruction"], false, "{entry}");
+    }
+    for name in std::iter::once("tiny").chain(ENCODERS) {
+        let expected = engine_scores(&load(&fixture(name)), QUERY, &DOCUMENTS);
+        let scores: Vec<f32> = expected.iter().map(|e| e.0).collect();
+        let raw: Vec<f32> = expected.iter().map(|e| e.1).collect();
+        // Cohere v1 and Jina (one shape), Cohere v2, ZeroEntropy.
+        for path in ["/v1/rerank", "/v2/rerank", "/v1/models/rerank"] {
+            let reply = server.post(
+                path,
+                &json!({ "model": name, "query": QUERY, "documents": DOCUMENTS }),
+            );
+            assert_eq!(reply.status, 200, "{name} {path}: {}", reply.text);
+            assert_close(
+                name,
+                path,
+                &by_index(&reply.json()["results"], "relevance_score"),
+                &scores,
+            );
+        }
+        // TEI: a bare array; `score` is the raw score on request.
+        let tei = server
+            .post(
+                "/rerank",
+                &json!({ "model": name, "query": QUERY, "texts": DOCUMENTS, "raw_scores": true }),
+            )
+            .json();
+        assert_close(name, "tei", &by_index(&tei, "score"), &raw);
+        // vLLM: input order.
+        let vllm = server
+            .post(
+                "/score",
+                &json!({ "model": name, "text_1": QUERY, "text_2": DOCUMENTS }),
+            )
+            .json();
+        assert_eq!(vllm["model"], name);
+        assert_close(name, "vllm", &by_index(&vllm["data"], "score"), &scores);
+    }
+    // An encoder's prompt has no place for an instruction.
+    server
+        .post(
+            "/v1/rerank",
+            &json!({ "model": "bert", "query": QUERY, "documents": DOCUMENTS, "instruction": "be brief" }),
+        )
+        .assert_error(400, "instruction_not_accepted");
+}
+
+#[test]
+fn a_long_document_over_http_gets_its_best_windows_score() {
+    let server = mixed_server();
+    let goldens = goldens();
+    for name in ENCODERS {
+        let long = goldens[name]
+            .pairs
+            .iter()
+            .find(|p| p.document.len() > 2_000)
+            .unwrap();
+        let reply = server.post(
+            "/rerank",
+            &json!({ "model": name, "query": long.query, "documents": [long.document], "long_documents": "chunk" }),
+        );
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        let result = &reply.json()["results"][0];
+        let chunk = &result["chunk"];
+        let (start, end) = (
+            chunk["start"].as_u64().unwrap() as usize,
+            chunk["end"].as_u64().unwrap() as usize,
+        );
+        assert!(chunk["count"].as_u64().unwrap() > 1, "{name}: {chunk}");
+        let best_text: String = long
+            .document
+            .chars()
+            .skip(start)
+            .take(end - start)
+            .collect();
+        let alone = engine_scores(&load(&fixture(name)), &long.query, &[best_text.as_str()]);
+        let score = result["relevance_score"].as_f64().unwrap();
+        assert!(
+            close(score, alone[0].0),
+            "{name}: {score} vs its window alone {:?}",
+            alone[0]
+        );
+        // The whole document cut to the model's length scores differently: windows ran.
+        let truncated = server
+            .post(
+                "/v1/rerank",
+                &json!({ "model": name, "query": long.query, "documents": [long.document] }),
+            )
+            .json();
+        let cut = truncated["results"][0]["relevance_score"].as_f64().unwrap();
+        let predict = 1.0 / (1.0 + (-long.raw).exp());
+        assert!(
+            close(cut, predict),
+            "{name}: truncated {cut} vs predict {predict}"
+        );
+    }
+}
+
+#[test]
+fn the_offline_scorer_writes_predicts_scores() {
+    let goldens = goldens();
+    let work = tempfile::tempdir().unwrap();
+    let input = work.path().join("pairs.jsonl");
+    let golden = &goldens["bert-st"];
+    let lines: Vec<String> = golden
+        .pairs
+        .iter()
+        .map(|p| json!({ "query": p.query, "document": p.document }).to_string())
+        .collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    for raw in [false, true] {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_zerank-server"));
+        command.args([
+            "score",
+            "--model",
+            &fixture_path("bert-st"),
+            "--device",
+            "cpu",
+        ]);
+        command.args(["--dtype", "f32", "--input", input.to_str().unwrap()]);
+        if raw {
+            command.arg("--raw");
+        }
+        let output = command.output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let scores: Vec<f32> = String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        assert_eq!(scores.len(), golden.pairs.len());
+        for (i, (score, pair)) in scores.iter().zip(&golden.pairs).enumerate() {
+            // bert-st's activation is Sigmoid: predict's own score is the server's score.
+            let want = match raw {
+                true => pair.raw,
+                false => golden.predict[i],
+            };
+            assert!((score - want).abs() <= 2e-5, "line {i}: {score} vs {want}");
+        }
     }
 }
