@@ -5,6 +5,7 @@
 mod architecture;
 mod chunks;
 mod files;
+mod limits;
 mod pair;
 mod prompt;
 mod recipe;

@@ -5,9 +5,7 @@
 
 use tokenizers::Tokenizer;
 
-use super::prompt::{
-    CUT_MARGIN_TOKENS, EncodedPair, PromptEncoder, TokenLimits, TruncationDirection,
-};
+use super::limits::{EncodedPair, TokenLimits, TruncationDirection};
 use super::template::{Layout, Part, Slot};
 use crate::model::error::{ModelError, Result};
 
@@ -79,6 +77,47 @@ impl PairTemplate {
     fn special_tokens(&self) -> usize {
         self.before.len() + self.between.len() + self.after.len()
     }
+
+    /// A pair as an encoder reads it: the query's tokens, the document's (cut first to
+    /// `max_tokens_per_doc` from `limits.direction`), the template's special tokens, and
+    /// `longest_first` over the two to `max_length`. `tokens_of(text, n, from)` gives at
+    /// least the first (or last) `n` tokens of a text, as the whole text tokenizes them.
+    pub fn encode(
+        &self,
+        tokens_of: impl Fn(&str, usize, TruncationDirection) -> Result<Vec<u32>>,
+        (query, document): (&str, &str),
+        limits: TokenLimits,
+        max_length: usize,
+    ) -> Result<EncodedPair> {
+        let budget = max_length.saturating_sub(self.special_tokens());
+        let mut query = tokens_of(query, budget, TruncationDirection::Right)?;
+        let requested = limits.max_tokens_per_doc.unwrap_or(usize::MAX);
+        let mut document = tokens_of(document, budget.min(requested), limits.direction)?;
+        let document_tokens = document.len();
+        let (query_keep, document_keep) =
+            longest_first(query.len(), document.len().min(requested), budget);
+        query.truncate(query_keep);
+        if document_keep < document.len() {
+            match limits.direction {
+                TruncationDirection::Right => document.truncate(document_keep),
+                TruncationDirection::Left => {
+                    document.drain(..document.len() - document_keep);
+                }
+            }
+        }
+        Ok(EncodedPair {
+            ids: [
+                &self.before[..],
+                &query,
+                &self.between,
+                &document,
+                &self.after,
+            ]
+            .concat(),
+            truncated_tokens: document_tokens - document_keep,
+            over_max_length: document_keep < document_tokens.min(requested),
+        })
+    }
 }
 
 /// How many tokens of each text `longest_first` keeps when they hold `query` and `document`
@@ -102,56 +141,6 @@ pub fn longest_first(query: usize, document: usize, budget: usize) -> (usize, us
     match swapped {
         true => (keep.1, keep.0),
         false => keep,
-    }
-}
-
-impl PromptEncoder {
-    /// A pair as an encoder reads it: the query's tokens, the document's (cut first to
-    /// `max_tokens_per_doc` from `limits.direction`), the template's special tokens, and
-    /// `longest_first` over the two to the model's length.
-    pub(super) fn encode_pair(
-        &self,
-        template: &PairTemplate,
-        (query, document): (&str, &str),
-        limits: TokenLimits,
-    ) -> Result<EncodedPair> {
-        let budget = self.max_length.saturating_sub(template.special_tokens());
-        let tokens_of = |text: &str, most: usize, from: TruncationDirection| -> Result<Vec<u32>> {
-            let (piece, encoding) = self.head(text, most + CUT_MARGIN_TOKENS, usize::MAX, from)?;
-            Ok(match encoding {
-                Some(encoding) => encoding.get_ids().to_vec(),
-                None => self.tokenize(piece)?.get_ids().to_vec(),
-            })
-        };
-        let mut query = tokens_of(query, budget, TruncationDirection::Right)?;
-        let requested = limits.max_tokens_per_doc.unwrap_or(usize::MAX);
-        let mut document = tokens_of(document, budget.min(requested), limits.direction)?;
-        let document_tokens = document.len();
-        let (query_keep, document_keep) =
-            longest_first(query.len(), document.len().min(requested), budget);
-        query.truncate(query_keep);
-        if document_keep < document.len() {
-            match limits.direction {
-                TruncationDirection::Right => document.truncate(document_keep),
-                TruncationDirection::Left => {
-                    document.drain(..document.len() - document_keep);
-                }
-            }
-        }
-        let over_max_length = document_keep < document_tokens.min(requested);
-        let ids = [
-            &template.before[..],
-            &query,
-            &template.between,
-            &document,
-            &template.after,
-        ]
-        .concat();
-        Ok(EncodedPair {
-            ids,
-            truncated_tokens: document_tokens - document_keep,
-            over_max_length,
-        })
     }
 }
 

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use tokenizers::{Encoding, Tokenizer};
 
+pub use super::limits::{EncodedPair, TokenLimits, TruncationDirection};
 use super::pair::PairTemplate;
 use super::recipe::{Recipe, TextRule};
 use super::template::{ChatTemplate, Layout, Messages, Part, Slot, TokenizerConfig};
@@ -19,25 +20,6 @@ use crate::model::error::{ModelError, Result};
 /// The zerank-1 reference cuts query and document to these many characters before stripping.
 pub const QUERY_CHAR_LIMIT: usize = 2_000;
 pub const DOCUMENT_CHAR_LIMIT: usize = 10_000;
-
-/// Which end of an over-long document is kept.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TruncationDirection {
-    /// Keep the beginning, drop the end (the default).
-    #[default]
-    Right,
-    /// Keep the end, drop the beginning.
-    Left,
-}
-
-/// Token limits on the document, on top of the recipe's own cuts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TokenLimits {
-    /// At most this many document tokens.
-    pub max_tokens_per_doc: Option<usize>,
-    pub direction: TruncationDirection,
-}
 
 /// Characters a token of ordinary text stands for, about (English runs near 4).
 pub(super) const TYPICAL_CHARS_PER_TOKEN: usize = 4;
@@ -54,16 +36,6 @@ pub(super) const CUT_MARGIN_TOKENS: usize = 64;
 /// Memory the tokenizer takes per byte of text it tokenizes at once (offsets and alignments
 /// per byte, a string per token): 856 MiB for a 7.5 MB document, measured.
 const TOKENIZER_BYTES_PER_BYTE: usize = 120;
-
-/// A pair ready for the model.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EncodedPair {
-    pub ids: Vec<u32>,
-    /// Document tokens dropped by the token limits.
-    pub truncated_tokens: usize,
-    /// Whether the model's length limit, not just `max_tokens_per_doc`, cut the document.
-    pub over_max_length: bool,
-}
 
 /// A layout's fixed text split at its special markers.
 #[derive(Debug, Clone)]
@@ -286,7 +258,12 @@ impl PromptEncoder {
         if let Some(pair) = &self.pair {
             return match instruction {
                 Some(_) => Err(ModelError::InstructionNotAccepted),
-                None => self.encode_pair(pair, (query, document), limits),
+                None => pair.encode(
+                    |text, tokens, from| self.head_ids(text, tokens, from),
+                    (query, document),
+                    limits,
+                    self.max_length,
+                ),
             };
         }
         for (what, text) in [("query", Some(query)), ("instruction", instruction)] {
@@ -387,6 +364,16 @@ impl PromptEncoder {
             }
             take = take.saturating_mul(2).min(chars);
         }
+    }
+
+    /// The ids of at least the first (`Right`) or last (`Left`) `tokens` tokens of `text`,
+    /// as the whole text tokenizes them.
+    fn head_ids(&self, text: &str, tokens: usize, from: TruncationDirection) -> Result<Vec<u32>> {
+        let (piece, encoding) = self.head(text, tokens + CUT_MARGIN_TOKENS, usize::MAX, from)?;
+        Ok(match encoding {
+            Some(encoding) => encoding.get_ids().to_vec(),
+            None => self.tokenize(piece)?.get_ids().to_vec(),
+        })
     }
 
     pub(super) fn tokenize(&self, text: &str) -> Result<Encoding> {

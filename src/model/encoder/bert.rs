@@ -204,8 +204,12 @@ impl Bert {
         };
         let embeddings = body.pp("embeddings");
         let table = |rows, name| candle_nn::embedding(rows, hidden, embeddings.pp(name));
+        // The vocabulary (XLM-R's 250k rows) in the weights' dtype: bf16 halves it.
+        let words = embeddings
+            .pp("word_embeddings")
+            .set_dtype(gemm.weight_dtype(vb.dtype()));
         Ok(Bert {
-            word_embeddings: table(config.vocab_size, "word_embeddings")?,
+            word_embeddings: candle_nn::embedding(config.vocab_size, hidden, words)?,
             position_embeddings: table(config.max_position_embeddings, "position_embeddings")?,
             token_type_embeddings: table(config.type_vocab_size, "token_type_embeddings")?,
             embedding_norm: candle_nn::layer_norm(
@@ -254,9 +258,10 @@ impl Bert {
             .collect();
         let positions = Tensor::from_vec(positions, tokens, device)?;
         let types = Tensor::from_vec(self.token_types(packing), tokens, device)?;
-        let embedded = (self.word_embeddings.forward(&ids)?
-            + self.position_embeddings.forward(&positions)?)?
-        .add(&self.token_type_embeddings.forward(&types)?)?;
+        let words = self.word_embeddings.forward(&ids)?;
+        let positions = self.position_embeddings.forward(&positions)?;
+        let embedded = (words.to_dtype(positions.dtype())? + positions)?
+            .add(&self.token_type_embeddings.forward(&types)?)?;
         let mut hidden = self.embedding_norm.forward(&embedded)?;
         for layer in &self.layers {
             hidden = layer.forward(&hidden, self, packing)?;

@@ -177,7 +177,8 @@ fn attend_within_spans(
             let (q, k, v) = (of_span(q)?, of_span(k)?, of_span(v)?);
             let mut scores = gemm.matmul(&q, &k.t()?.contiguous()?)?.affine(scale, 0.0)?;
             if let Some(window) = window.filter(|&w| w + 1 < len) {
-                scores = scores.broadcast_add(&window_mask(len, window, scores.device())?)?;
+                let mask = window_mask(len, window, scores.device())?.to_dtype(scores.dtype())?;
+                scores = scores.broadcast_add(&mask)?;
             }
             let probs = candle_nn::ops::softmax_last_dim(&scores)?;
             gemm.matmul(&probs, &v)?

@@ -183,8 +183,8 @@ impl Rotary {
 
     /// `x` (tokens, heads, head_dim) rotated by each token's position.
     fn apply(&self, x: &Tensor, positions: &Tensor) -> candle_core::Result<Tensor> {
-        let cos = self.cos.index_select(positions, 0)?;
-        let sin = self.sin.index_select(positions, 0)?;
+        let cos = self.cos.index_select(positions, 0)?.to_dtype(x.dtype())?;
+        let sin = self.sin.index_select(positions, 0)?.to_dtype(x.dtype())?;
         candle_nn::rotary_emb::rope_thd(&x.unsqueeze(0)?.contiguous()?, &cos, &sin)?.squeeze(0)
     }
 }
@@ -297,6 +297,8 @@ pub struct ModernBert {
     local_rotary: Rotary,
     heads: usize,
     gemm: LinearGemm,
+    /// Of the activations (the embedding table may be stored in another).
+    dtype: DType,
 }
 
 impl ModernBert {
@@ -311,11 +313,16 @@ impl ModernBert {
         let rotary =
             |theta| Rotary::new(theta, head_dim, config.max_position_embeddings, vb.device());
         Ok(ModernBert {
+            // The vocabulary in the weights' dtype: bf16 halves it.
             embeddings: candle_nn::embedding(
                 config.vocab_size,
                 hidden,
-                model.pp("embeddings").pp("tok_embeddings"),
+                model
+                    .pp("embeddings")
+                    .pp("tok_embeddings")
+                    .set_dtype(gemm.weight_dtype(vb.dtype())),
             )?,
+            dtype: vb.dtype(),
             embedding_norm: layer_norm(config, model.pp("embeddings").pp("norm"))?,
             layers: (0..config.num_hidden_layers)
                 .map(|i| Layer::load(config, i, model.pp("layers").pp(i), gemm))
@@ -347,9 +354,8 @@ impl ModernBert {
         let tokens = packing.ids.len();
         let ids = Tensor::from_slice(&packing.ids, tokens, device)?;
         let positions = Tensor::from_slice(&packing.positions, tokens, device)?;
-        let mut hidden = self
-            .embedding_norm
-            .forward(&self.embeddings.forward(&ids)?)?;
+        let embedded = self.embeddings.forward(&ids)?.to_dtype(self.dtype)?;
+        let mut hidden = self.embedding_norm.forward(&embedded)?;
         for layer in &self.layers {
             hidden = layer.forward(&hidden, self, packing, &positions)?;
         }
