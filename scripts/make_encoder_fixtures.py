@@ -87,12 +87,12 @@ def randomize(model, std=0.2):
                 p.copy_(std * torch.randn_like(p))
 
 
-def wordpiece_tokenizer():
+def wordpiece_tokenizer(corpus=CORPUS, vocab_size=400):
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(CORPUS, trainers.WordPieceTrainer(vocab_size=400, special_tokens=specials))
+    tok.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
@@ -101,13 +101,13 @@ def wordpiece_tokenizer():
     return tok
 
 
-def unigram_tokenizer():
+def unigram_tokenizer(corpus=CORPUS, vocab_size=300):
     tok = Tokenizer(models.Unigram())
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    tok.train_from_iterator(CORPUS, trainers.UnigramTrainer(
-        vocab_size=300, special_tokens=specials, unk_token="<unk>"))
+    tok.train_from_iterator(corpus, trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>"))
     assert [tok.token_to_id(s) for s in specials[:4]] == [0, 1, 2, 3]
     # As bge-reranker-v2-m3's tokenizer.json has it.
     tok.post_processor = processors.TemplateProcessing(

@@ -154,6 +154,10 @@ impl CrossEncoder {
     }
 }
 
+/// Queries attended at once: bounds the score matrix to heads × 512 × length (bge-reranker-v2-m3
+/// takes 8,192 tokens a pair).
+const QUERY_CHUNK: usize = 512;
+
 /// Multi-head self-attention of each span over itself only, both directions: `q`, `k`, `v`
 /// are (tokens, heads, head_dim) over all packed tokens; `window`: a key further than this
 /// from its query is not seen (ModernBERT's local layers). Returns (tokens, heads × head_dim).
@@ -174,14 +178,21 @@ fn attend_within_spans(
                     .transpose(0, 1)?
                     .contiguous()
             };
-            let (q, k, v) = (of_span(q)?, of_span(k)?, of_span(v)?);
-            let mut scores = gemm.matmul(&q, &k.t()?.contiguous()?)?.affine(scale, 0.0)?;
-            if let Some(window) = window.filter(|&w| w + 1 < len) {
-                let mask = window_mask(len, window, scores.device())?.to_dtype(scores.dtype())?;
-                scores = scores.broadcast_add(&mask)?;
-            }
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            gemm.matmul(&probs, &v)?
+            let (q, keys, v) = (of_span(q)?, of_span(k)?.t()?.contiguous()?, of_span(v)?);
+            let chunks = (0..len)
+                .step_by(QUERY_CHUNK)
+                .map(|start| {
+                    let count = QUERY_CHUNK.min(len - start);
+                    let queries = q.narrow(1, start, count)?.contiguous()?;
+                    let mut scores = gemm.matmul(&queries, &keys)?.affine(scale, 0.0)?;
+                    if let Some(window) = window.filter(|&w| w + 1 < len) {
+                        let mask = window_mask(start..start + count, len, window, q.device())?;
+                        scores = scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?;
+                    }
+                    gemm.matmul(&candle_nn::ops::softmax_last_dim(&scores)?, &v)
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Tensor::cat(&chunks, 1)?
                 .transpose(0, 1)?
                 .reshape((len, heads * head_dim))
         })
@@ -189,21 +200,24 @@ fn attend_within_spans(
     Tensor::cat(&outputs, 0)
 }
 
-/// The additive mask of a sliding window: 0 where |query - key| ≤ `window`, -∞ elsewhere.
+/// The additive mask of a sliding window for `queries` against keys `0..keys`: 0 where
+/// |query - key| ≤ `window`, -∞ elsewhere.
 fn window_mask(
-    len: usize,
+    queries: std::ops::Range<usize>,
+    keys: usize,
     window: usize,
     device: &candle_core::Device,
 ) -> candle_core::Result<Tensor> {
-    let mask: Vec<f32> = (0..len)
+    let rows = queries.len();
+    let mask: Vec<f32> = queries
         .flat_map(|i| {
-            (0..len).map(move |j| match i.abs_diff(j) <= window {
+            (0..keys).map(move |j| match i.abs_diff(j) <= window {
                 true => 0.0,
                 false => f32::NEG_INFINITY,
             })
         })
         .collect();
-    Tensor::from_vec(mask, (len, len), device)
+    Tensor::from_vec(mask, (rows, keys), device)
 }
 
 /// How a sequence's hidden states become the one vector its head reads.
@@ -228,5 +242,55 @@ impl Pooling {
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         Tensor::cat(&rows, 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::*;
+    use crate::model::backend::testing::max_abs_diff;
+
+    /// One span's attention in one matmul, the window as a mask over all of it.
+    fn unchunked(q: &Tensor, k: &Tensor, v: &Tensor, window: Option<usize>) -> Tensor {
+        let (len, heads, head_dim) = q.dims3().unwrap();
+        let head_major = |t: &Tensor| t.transpose(0, 1).unwrap().contiguous().unwrap();
+        let scores = head_major(q)
+            .matmul(&head_major(k).t().unwrap())
+            .unwrap()
+            .affine(1.0 / (head_dim as f64).sqrt(), 0.0)
+            .unwrap();
+        let scores = match window {
+            Some(w) => scores
+                .broadcast_add(&window_mask(0..len, len, w, &Device::Cpu).unwrap())
+                .unwrap(),
+            None => scores,
+        };
+        candle_nn::ops::softmax_last_dim(&scores)
+            .unwrap()
+            .matmul(&head_major(v))
+            .unwrap()
+            .transpose(0, 1)
+            .unwrap()
+            .reshape((len, heads * head_dim))
+            .unwrap()
+    }
+
+    #[test]
+    fn attention_in_query_chunks_equals_one_matmul_with_and_without_a_window() {
+        let len = 2 * QUERY_CHUNK + 37;
+        let random = || Tensor::randn(0f32, 1.0, (len, 2, 8), &Device::Cpu).unwrap();
+        let (q, k, v) = (random(), random(), random());
+        let span = [Span {
+            tokens: 0..len,
+            context: None,
+        }];
+        for window in [None, Some(64)] {
+            let chunked =
+                attend_within_spans((&q, &k, &v), &span, window, &LinearGemm::Candle).unwrap();
+            let whole = unchunked(&q, &k, &v, window);
+            assert!(max_abs_diff(&chunked, &whole) < 1e-5, "{window:?}");
+        }
     }
 }
