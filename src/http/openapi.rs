@@ -22,14 +22,18 @@ pub const SPEC: &str = include_str!("../../openapi.yaml");
     info(
         title = "zerank-server",
         description = "Rerank search results with causal-LM cross-encoders (zerank-1, zerank-2, Qwen3-Reranker, \
-mxbai-rerank-v2, bge-reranker-v2-gemma).\n\n\
+mxbai-rerank-v2, bge-reranker-v2-gemma) and encoder cross-encoders (BERT: ms-marco-MiniLM; XLM-RoBERTa: \
+bge-reranker-base/large/v2-m3; ModernBERT: gte-reranker-modernbert-base).\n\n\
 Scores are each model's reference's. zerank-1 (recipe `zerank`): score `sigmoid(yes_logit / 5)`, raw \
 `yes_logit / 5`, query and document cut to 2,000 and 10,000 characters and stripped. Sentence \
 Transformers 6 native checkpoints (zerank-2, Qwen3-Reranker): raw is what `CrossEncoder.predict` \
 returns without activation (`logit[true] - logit[false]`, or `logit[true]`), score `sigmoid(raw / T)` \
 with the model's `score_temperature` T (5 for a true token only, 1 with a false token). The original \
 Qwen3-Reranker recipe: raw `logit(yes) - logit(no)`, score P(yes). bge-reranker-v2-gemma (recipe \
-`bge-gemma`): raw the \"Yes\" logit, score its sigmoid. `instruction` reaches models whose \
+`bge-gemma`): raw the \"Yes\" logit, score its sigmoid. Encoder cross-encoders (recipe \
+`cross-encoder`): raw the classifier's logit (what `CrossEncoder.predict` returns without activation), \
+score its sigmoid (what TEI returns); pairs over the model's length cut as `predict` cuts them \
+(`longest_first`); no instructions. `instruction` reaches models whose \
 prompt has a place for one; others answer 400 `instruction_not_accepted`. `model` picks one of the \
 served models. Results are sorted by descending score.\n\n\
 Request bodies ignore unknown fields and accept `null` for optional ones. Every error has the body \

@@ -18,6 +18,13 @@ pub enum ModelError {
         file: String,
         message: String,
     },
+    #[error(
+        "the checkpoint has its weights only as pytorch_model.bin (a pickle, which can run code \
+         when read); convert it to model.safetensors first, e.g. `python -c \"from transformers \
+         import AutoModelForSequenceClassification as M; M.from_pretrained('IN').save_pretrained('OUT')\"` \
+         then copy the tokenizer files (or use the Hub's safetensors conversion, which opens a pull request)"
+    )]
+    PickleWeights,
     #[error("{}: {message}", path.display())]
     InvalidFile { path: PathBuf, message: String },
     #[error(
@@ -54,3 +61,11 @@ impl From<candle_core::Error> for ModelError {
 }
 
 pub type Result<T> = std::result::Result<T, ModelError>;
+
+/// A `config.json` that does not describe a network this crate runs.
+pub(crate) fn invalid_config(message: String) -> ModelError {
+    ModelError::InvalidFile {
+        path: "config.json".into(),
+        message,
+    }
+}

@@ -3,13 +3,15 @@
 //!
 //! Rooms: `checkpoint/` (what the checkpoint says and how pairs become ids, nothing of the
 //! network), a room per model family (`decoder/`: the causal-LM rerankers, their configs,
-//! layers and scoring forward), and `backend/` (device, dtype, matmuls and kernels); here, what
-//! every family shares (the engine, packing, batches, the weight files).
+//! layers and scoring forward; `encoder/`: the encoder cross-encoders, BERT, RoBERTa,
+//! XLM-RoBERTa and ModernBERT), and `backend/` (device, dtype, matmuls and kernels); here,
+//! what every family shares (the engine, packing, batches, the weight files).
 
 mod backend;
 mod batch;
 mod checkpoint;
 mod decoder;
+mod encoder;
 mod error;
 mod packing;
 mod precision;
@@ -27,11 +29,12 @@ pub use checkpoint::{
     ModelSource, PromptEncoder, QUERY_CHAR_LIMIT, RecipeChoice, TokenLimits, TruncationDirection,
     Window, cut_and_strip,
 };
-pub use decoder::ModelConfig;
+pub use decoder::{ModelConfig, NetworkConfig};
 pub use error::{ModelError, Result};
 
 use checkpoint::{PromptFiles, Recipe};
 use decoder::Scorer;
+use encoder::CrossEncoder;
 use packing::Packing;
 use precision::Precision;
 use weights::SafetensorsFiles;
@@ -45,7 +48,8 @@ pub struct Score {
     /// raw score), the margin itself otherwise (Sentence Transformers' `predict` without
     /// activation).
     pub raw: f32,
-    /// `logit[true] - logit[false]`, or `logit[true]` when the head has one token.
+    /// `logit[true] - logit[false]`, or `logit[true]` when the head has one token, or an
+    /// encoder classifier's logit.
     pub margin: f32,
 }
 
@@ -134,21 +138,30 @@ pub struct ModelInfo {
     /// Why this dtype: as set, or what `auto` found (the CPU's bf16 instructions, a library).
     pub dtype_choice: String,
     pub max_length: usize,
-    /// The checkpoint's decoder, as transformers names it (`Qwen3ForCausalLM`, ...).
+    /// The checkpoint's network, as transformers names it (`Qwen3ForCausalLM`,
+    /// `BertForSequenceClassification`, ...).
     pub architecture: &'static str,
     pub num_layers: usize,
     pub hidden_size: usize,
-    /// `zerank`, `sentence-transformers`, `qwen3-reranker`, `bge-gemma` or `mxbai-rerank`.
+    /// `zerank`, `sentence-transformers`, `qwen3-reranker`, `bge-gemma`, `mxbai-rerank`, or
+    /// `cross-encoder` (an encoder's classifier).
     pub recipe: &'static str,
-    /// The head token whose logit scores relevance ("Yes", "yes").
-    pub true_token_id: u32,
+    /// The head token whose logit scores relevance ("Yes", "yes"); none for an encoder,
+    /// whose classifier has one logit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub true_token_id: Option<u32>,
     /// The token whose logit is subtracted ("no"), when the recipe has one.
     pub false_token_id: Option<u32>,
     pub calibration: Calibration,
+    /// An encoder's Sentence Transformers `activation_fn`: what `CrossEncoder.predict` applies
+    /// to the logit (score is its sigmoid whatever this says; raw is the logit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activation: Option<String>,
     /// Whether requests may bring an `instruction`.
     pub accepts_instruction: bool,
     pub default_instruction: Option<String>,
-    /// `/info` has always called it `share_prefixes`; clients read that key.
+    /// `/info` has always called it `share_prefixes`; clients read that key. Always off for an
+    /// encoder: its query reads the document after it, so pairs share nothing.
     #[serde(rename = "share_prefixes")]
     pub prefix_sharing: bool,
     /// What runs the linear layers' matmuls: a BLAS library, oneDNN's bf16 GEMM, widened
@@ -161,8 +174,16 @@ pub struct ModelInfo {
 /// A loaded reranker checkpoint.
 pub struct Engine {
     encoder: PromptEncoder,
-    scorer: Scorer,
+    network: Network,
     info: ModelInfo,
+}
+
+/// What turns a packed batch into logits.
+enum Network {
+    /// A causal LM, read at its scoring tokens' head rows.
+    Decoder(Scorer),
+    /// An encoder with a one-logit classifier.
+    Encoder(CrossEncoder),
 }
 
 impl Engine {
@@ -174,8 +195,9 @@ impl Engine {
         let features = cpu.clone().unwrap_or_default();
         let source = ModelSource::parse(&options.model, options.revision.as_deref())?;
         let files = source.locate()?;
-        let config = ModelConfig::from_file(&files.config)?;
-        let recipe = Recipe::resolve(options.recipe, &files, config.architecture)?;
+        let config = NetworkConfig::from_file(&files.config)?;
+        let architecture = config.architecture();
+        let recipe = Recipe::resolve(options.recipe, &files, architecture)?;
         let default_instruction = options
             .instruction
             .clone()
@@ -189,7 +211,7 @@ impl Engine {
             &recipe,
             default_instruction,
             options.max_length,
-            config.max_position_embeddings,
+            config.max_positions(),
         )?;
         let head_tokens = recipe.head_token_ids(|text| encoder.token_id(text))?;
         let Precision {
@@ -205,7 +227,13 @@ impl Engine {
         )?;
         // The server's "model ready" line carries it at info (`info.dtype_choice`).
         tracing::debug!(dtype = ?dtype, matmul = %gemm.description(), "{dtype_choice}");
-        let scorer = load_weights(&files, &config, (&device, activations), &head_tokens, &gemm)?;
+        let network = load_weights(
+            &files,
+            &config,
+            (&device, activations),
+            (&head_tokens, encoder.pair_separator()),
+            &gemm,
+        )?;
         let info = ModelInfo {
             model: options.model.clone(),
             revision: options.revision.clone(),
@@ -213,22 +241,23 @@ impl Engine {
             dtype: format!("{dtype:?}").to_lowercase(),
             dtype_choice,
             max_length: encoder.max_length(),
-            architecture: config.architecture.class_name(),
-            num_layers: config.num_hidden_layers,
-            hidden_size: config.hidden_size,
+            architecture: architecture.class_name(),
+            num_layers: config.num_hidden_layers(),
+            hidden_size: config.hidden_size(),
             recipe: recipe.name(),
-            true_token_id: head_tokens[0],
+            true_token_id: head_tokens.first().copied(),
             false_token_id: head_tokens.get(1).copied(),
             calibration: recipe.calibration(options.score_temperature),
+            activation: recipe.activation().map(str::to_owned),
             accepts_instruction: encoder.accepts_instruction(),
             default_instruction: encoder.default_instruction().map(str::to_owned),
-            prefix_sharing: options.prefix_sharing,
+            prefix_sharing: options.prefix_sharing && !architecture.is_encoder(),
             matmul: gemm.description(),
             cpu,
         };
         Ok(Engine {
             encoder,
-            scorer,
+            network,
             info,
         })
     }
@@ -257,7 +286,10 @@ impl Engine {
             ));
         }
         let packing = Packing::new(sequences, self.info.prefix_sharing);
-        let margins = self.scorer.logit_margins(&packing)?;
+        let margins = match &self.network {
+            Network::Decoder(scorer) => scorer.logit_margins(&packing)?,
+            Network::Encoder(model) => model.logits(&packing)?,
+        };
         if let Some(bad) = margins.iter().position(|l| !l.is_finite()) {
             return Err(ModelError::Inference(format!(
                 "the model produced a non-finite logit ({}) for a sequence of {} tokens",
@@ -336,20 +368,29 @@ impl Engine {
     }
 }
 
+/// `head_tokens`: a decoder's scoring tokens; `separator`: an encoder's token between query
+/// and document.
 fn load_weights(
     files: &CheckpointFiles,
-    config: &ModelConfig,
+    config: &NetworkConfig,
     (device, dtype): (&Device, DType),
-    head_tokens: &[u32],
+    (head_tokens, separator): (&[u32], Option<u32>),
     gemm: &LinearGemm,
-) -> Result<Scorer> {
+) -> Result<Network> {
     // Two readers of the same headers: one behind the VarBuilder, one for the head rows.
     let open = || {
         SafetensorsFiles::open(&files.weights).map_err(|err| ModelError::Weights(err.to_string()))
     };
     let tensors = open()?;
     let vb = VarBuilder::from_backend(Box::new(open()?), dtype, device.clone());
-    Scorer::load(config, &tensors, vb, head_tokens, gemm)
+    match config {
+        NetworkConfig::Decoder(config) => {
+            Scorer::load(config, &tensors, vb, head_tokens, gemm).map(Network::Decoder)
+        }
+        NetworkConfig::Encoder(config) => {
+            CrossEncoder::load(config, vb, gemm, separator).map(Network::Encoder)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ fn batchable_sequences(goldens: &Goldens) -> Vec<&[u32]> {
 fn prompt_ids_match_the_reference() {
     let goldens = goldens();
     let engine = load(&fixture("tiny"));
-    assert_eq!(engine.info().true_token_id, goldens.yes_token_id);
+    assert_eq!(engine.info().true_token_id, Some(goldens.yes_token_id));
     assert_eq!(engine.info().false_token_id, None);
     for pair in &goldens.pairs {
         let encoded = engine

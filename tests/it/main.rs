@@ -9,6 +9,7 @@ mod cache;
 mod chunking;
 mod cli;
 mod connections;
+mod encoders;
 mod engine;
 mod hardening;
 mod http;

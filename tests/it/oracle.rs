@@ -84,7 +84,7 @@ fn assert_agrees(
     let packed = engine.score_batch(&batch).unwrap().scores;
     for (i, ids) in sequences.iter().enumerate() {
         let logits = full_logits(ids);
-        let expected = logits[info.true_token_id as usize]
+        let expected = logits[info.true_token_id.expect("a decoder has a true token") as usize]
             - info.false_token_id.map_or(0.0, |id| logits[id as usize]);
         let diff = (packed[i].margin - expected).abs();
         assert!(

@@ -1,24 +1,48 @@
-//! Which decoder a checkpoint is, as its `config.json` names it: what picks the recipe
-//! (`recipe.rs`) and the forward (`../decoder/dispatch.rs`).
+//! Which network a checkpoint is, as its `config.json` names it: what picks the recipe
+//! (`recipe.rs`) and the forward (`../decoder/dispatch.rs`, `../encoder/`): a causal LM
+//! scored by its head's token logits, or an encoder cross-encoder scored by its classifier.
 
 use std::fmt;
 
 use crate::model::error::{ModelError, Result};
 
-/// The decoders the engine runs; each differs from the others in its decoder block only.
+/// The networks the engine runs: decoders, which differ from each other in their decoder
+/// block only, and encoders with a one-logit classification head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {
     Qwen3,
     Qwen2,
     Gemma,
+    Bert,
+    Roberta,
+    XlmRoberta,
+    ModernBert,
 }
 
+/// What mxbai-rerank-base/large-v1 are: refused with its own reason.
+const DEBERTA_V2: &str = "DebertaV2ForSequenceClassification";
+
 impl Architecture {
-    const ALL: [Architecture; 3] = [
+    const ALL: [Architecture; 7] = [
         Architecture::Qwen3,
         Architecture::Qwen2,
         Architecture::Gemma,
+        Architecture::Bert,
+        Architecture::Roberta,
+        Architecture::XlmRoberta,
+        Architecture::ModernBert,
     ];
+
+    /// A bidirectional encoder with a classification head (a cross-encoder), not a causal LM.
+    pub fn is_encoder(self) -> bool {
+        matches!(
+            self,
+            Architecture::Bert
+                | Architecture::Roberta
+                | Architecture::XlmRoberta
+                | Architecture::ModernBert
+        )
+    }
 
     /// The transformers class name, as `architectures` lists it.
     pub fn class_name(self) -> &'static str {
@@ -26,6 +50,10 @@ impl Architecture {
             Architecture::Qwen3 => "Qwen3ForCausalLM",
             Architecture::Qwen2 => "Qwen2ForCausalLM",
             Architecture::Gemma => "GemmaForCausalLM",
+            Architecture::Bert => "BertForSequenceClassification",
+            Architecture::Roberta => "RobertaForSequenceClassification",
+            Architecture::XlmRoberta => "XLMRobertaForSequenceClassification",
+            Architecture::ModernBert => "ModernBertForSequenceClassification",
         }
     }
 
@@ -34,6 +62,10 @@ impl Architecture {
             Architecture::Qwen3 => "qwen3",
             Architecture::Qwen2 => "qwen2",
             Architecture::Gemma => "gemma",
+            Architecture::Bert => "bert",
+            Architecture::Roberta => "roberta",
+            Architecture::XlmRoberta => "xlm-roberta",
+            Architecture::ModernBert => "modernbert",
         }
     }
 
@@ -66,6 +98,14 @@ impl Architecture {
                 found.iter().any(|a| a == arch.class_name())
             }
         });
+        if known.is_none() && found.iter().any(|a| a == DEBERTA_V2) {
+            return Err(ModelError::UnsupportedConfig(format!(
+                "{DEBERTA_V2} (mxbai-rerank-base-v1/large-v1): its disentangled attention is not \
+                 implemented; serve mxbai-rerank-base-v2 (Qwen2) or an encoder zerank-server runs \
+                 ({})",
+                Self::supported()
+            )));
+        }
         known.ok_or_else(|| ModelError::UnsupportedArchitecture {
             found,
             model_type,

@@ -16,6 +16,8 @@ const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
 const CHAT_TEMPLATE: &str = "chat_template.jinja";
 const SINGLE_WEIGHTS: &str = "model.safetensors";
 const SHARD_INDEX: &str = "model.safetensors.index.json";
+/// PyTorch's pickle format, which the server does not read (it can run code when loaded).
+const PICKLE_WEIGHTS: &str = "pytorch_model.bin";
 const MODULES: &str = "modules.json";
 const SENTENCE_BERT_CONFIG: &str = "sentence_bert_config.json";
 const ST_MODEL_CONFIG: &str = "config_sentence_transformers.json";
@@ -81,6 +83,8 @@ trait FileSource {
     /// The local path of `file`, or why it could not be had.
     fn fetch(&self, file: &str) -> std::result::Result<PathBuf, String>;
     fn missing(&self, file: &str, why: String) -> ModelError;
+    /// Whether `file` is there, without downloading it.
+    fn holds(&self, file: &str) -> bool;
 }
 
 struct LocalDir(PathBuf);
@@ -100,6 +104,10 @@ impl FileSource for LocalDir {
             dir: self.0.clone(),
             file: file.to_owned(),
         }
+    }
+
+    fn holds(&self, file: &str) -> bool {
+        self.fetch(file).is_ok()
     }
 }
 
@@ -195,6 +203,15 @@ impl FileSource for HubRepo {
         }
     }
 
+    fn holds(&self, file: &str) -> bool {
+        self.cache.repo(self.repo.clone()).get(file).is_some()
+            || self.api.as_ref().is_some_and(|api| {
+                api.repo(self.repo.clone())
+                    .info()
+                    .is_ok_and(|info| info.siblings.iter().any(|s| s.rfilename == file))
+            })
+    }
+
     fn missing(&self, file: &str, why: String) -> ModelError {
         ModelError::Hub {
             repo: self.name.clone(),
@@ -218,6 +235,9 @@ fn locate_with(source: &dyn FileSource) -> Result<CheckpointFiles> {
             .collect::<Result<Vec<_>>>()?,
         Err(index_why) => match source.fetch(SINGLE_WEIGHTS) {
             Ok(single) => vec![single],
+            Err(_) if source.holds(PICKLE_WEIGHTS) => {
+                return Err(ModelError::PickleWeights);
+            }
             Err(single_why) => {
                 return Err(source.missing(
                     &format!("{SINGLE_WEIGHTS} (or {SHARD_INDEX})"),
@@ -226,8 +246,9 @@ fn locate_with(source: &dyn FileSource) -> Result<CheckpointFiles> {
             }
         },
     };
-    let logit_score_config = match source.fetch(MODULES) {
-        Ok(modules) => match logit_score_folder(&modules)? {
+    let modules = source.fetch(MODULES).ok();
+    let logit_score_config = match modules.clone() {
+        Some(modules) => match logit_score_folder(&modules)? {
             Some(folder) => {
                 let folder = folder.trim_matches('/');
                 if folder.contains("..") {
@@ -244,9 +265,10 @@ fn locate_with(source: &dyn FileSource) -> Result<CheckpointFiles> {
             }
             None => None,
         },
-        Err(_) => None,
+        None => None,
     };
-    let (sentence_bert_config, config_sentence_transformers) = match logit_score_config {
+    // Any Sentence Transformers layout: a LogitScore reranker's or a saved CrossEncoder's.
+    let (sentence_bert_config, config_sentence_transformers) = match modules {
         Some(_) => (
             source.fetch(SENTENCE_BERT_CONFIG).ok(),
             source.fetch(ST_MODEL_CONFIG).ok(),

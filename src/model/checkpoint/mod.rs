@@ -5,6 +5,8 @@
 mod architecture;
 mod chunks;
 mod files;
+mod limits;
+mod pair;
 mod prompt;
 mod recipe;
 mod template;

@@ -11,6 +11,8 @@ use std::path::Path;
 
 use tokenizers::{Encoding, Tokenizer};
 
+pub use super::limits::{EncodedPair, TokenLimits, TruncationDirection};
+use super::pair::PairTemplate;
 use super::recipe::{Recipe, TextRule};
 use super::template::{ChatTemplate, Layout, Messages, Part, Slot, TokenizerConfig};
 use crate::model::error::{ModelError, Result};
@@ -18,25 +20,6 @@ use crate::model::error::{ModelError, Result};
 /// The zerank-1 reference cuts query and document to these many characters before stripping.
 pub const QUERY_CHAR_LIMIT: usize = 2_000;
 pub const DOCUMENT_CHAR_LIMIT: usize = 10_000;
-
-/// Which end of an over-long document is kept.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TruncationDirection {
-    /// Keep the beginning, drop the end (the default).
-    #[default]
-    Right,
-    /// Keep the end, drop the beginning.
-    Left,
-}
-
-/// Token limits on the document, on top of the recipe's own cuts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TokenLimits {
-    /// At most this many document tokens.
-    pub max_tokens_per_doc: Option<usize>,
-    pub direction: TruncationDirection,
-}
 
 /// Characters a token of ordinary text stands for, about (English runs near 4).
 pub(super) const TYPICAL_CHARS_PER_TOKEN: usize = 4;
@@ -53,16 +36,6 @@ pub(super) const CUT_MARGIN_TOKENS: usize = 64;
 /// Memory the tokenizer takes per byte of text it tokenizes at once (offsets and alignments
 /// per byte, a string per token): 856 MiB for a 7.5 MB document, measured.
 const TOKENIZER_BYTES_PER_BYTE: usize = 120;
-
-/// A pair ready for the model.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EncodedPair {
-    pub ids: Vec<u32>,
-    /// Document tokens dropped by the token limits.
-    pub truncated_tokens: usize,
-    /// Whether the model's length limit, not just `max_tokens_per_doc`, cut the document.
-    pub over_max_length: bool,
-}
 
 /// A layout's fixed text split at its special markers.
 #[derive(Debug, Clone)]
@@ -82,6 +55,8 @@ pub struct PromptEncoder {
     plain: Vec<Piece>,
     /// `None`: the prompt has no place for an instruction.
     instructed: Option<Vec<Piece>>,
+    /// An encoder's pair template, which `encode` follows instead of the pieces.
+    pair: Option<PairTemplate>,
     default_instruction: Option<String>,
     pub(super) text_rule: TextRule,
     pub(super) max_length: usize,
@@ -119,9 +94,14 @@ impl PromptEncoder {
                 .filter(|&n| n >= 1.0 && n < max_position as f64)
                 .map(|n| n as usize))
             .map_or(max_position, |n| n.min(max_position));
-        let (plain, instructed) = match recipe.fixed_layouts(config.prompt_bos()) {
-            Some((plain, instructed)) => (plain, Some(instructed)),
-            None => {
+        let pair = match recipe {
+            Recipe::CrossEncoder(_) => Some(PairTemplate::read(&tokenizer)?),
+            _ => None,
+        };
+        let (plain, instructed) = match (&pair, recipe.fixed_layouts(config.prompt_bos())) {
+            (Some(pair), _) => (pair.layout(&tokenizer), None),
+            (None, Some((plain, instructed))) => (plain, Some(instructed)),
+            (None, None) => {
                 let source = match files.chat_template {
                     Some(path) => std::fs::read_to_string(path).map_err(|err| {
                         ModelError::Template(format!("{}: {err}", path.display()))
@@ -148,7 +128,7 @@ impl PromptEncoder {
         }
         Self::new(
             tokenizer,
-            (&plain, instructed.as_ref()),
+            (&plain, instructed.as_ref(), pair),
             default_instruction,
             recipe.text_rule(),
             max_length,
@@ -157,7 +137,7 @@ impl PromptEncoder {
 
     fn new(
         mut tokenizer: Tokenizer,
-        (plain, instructed): (&Layout, Option<&Layout>),
+        (plain, instructed, pair): (&Layout, Option<&Layout>, Option<PairTemplate>),
         default_instruction: Option<String>,
         text_rule: TextRule,
         max_length: usize,
@@ -186,6 +166,7 @@ impl PromptEncoder {
             text_tokenizer: tokenizer,
             plain: split_at_specials(plain, &specials),
             instructed: instructed.map(|layout| split_at_specials(layout, &specials)),
+            pair,
             default_instruction,
             text_rule,
             max_length,
@@ -238,6 +219,11 @@ impl PromptEncoder {
         self.default_instruction.as_deref()
     }
 
+    /// An encoder's token between query and document (BERT's `[SEP]`).
+    pub fn pair_separator(&self) -> Option<u32> {
+        self.pair.as_ref().and_then(PairTemplate::separator)
+    }
+
     fn pieces(&self, instructed: bool) -> Result<&[Piece]> {
         if !instructed {
             return Ok(&self.plain);
@@ -269,6 +255,17 @@ impl PromptEncoder {
             TextRule::Verbatim => (query, document),
         };
         let instruction = instruction.or(self.default_instruction.as_deref());
+        if let Some(pair) = &self.pair {
+            return match instruction {
+                Some(_) => Err(ModelError::InstructionNotAccepted),
+                None => pair.encode(
+                    |text, tokens, from| self.head_ids(text, tokens, from),
+                    (query, document),
+                    limits,
+                    self.max_length,
+                ),
+            };
+        }
         for (what, text) in [("query", Some(query)), ("instruction", instruction)] {
             let text = text.unwrap_or("");
             let (piece, _) = self.head(
@@ -367,6 +364,16 @@ impl PromptEncoder {
             }
             take = take.saturating_mul(2).min(chars);
         }
+    }
+
+    /// The ids of at least the first (`Right`) or last (`Left`) `tokens` tokens of `text`,
+    /// as the whole text tokenizes them.
+    fn head_ids(&self, text: &str, tokens: usize, from: TruncationDirection) -> Result<Vec<u32>> {
+        let (piece, encoding) = self.head(text, tokens + CUT_MARGIN_TOKENS, usize::MAX, from)?;
+        Ok(match encoding {
+            Some(encoding) => encoding.get_ids().to_vec(),
+            None => self.tokenize(piece)?.get_ids().to_vec(),
+        })
     }
 
     pub(super) fn tokenize(&self, text: &str) -> Result<Encoding> {

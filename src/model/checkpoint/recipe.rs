@@ -11,6 +11,8 @@
 //!   logit; the recipe of a Gemma checkpoint without Sentence Transformers files.
 //! - mxbai-rerank-v2's own library prompt and logit("1") - logit("0"), chosen explicitly (its
 //!   Hub checkpoints carry Sentence Transformers' files, which `auto` prefers).
+//! - An encoder cross-encoder (BERT, XLM-RoBERTa, ModernBERT): the tokenizer's own pair
+//!   template, the classifier's logit; the only recipe of an encoder.
 
 use serde::Deserialize;
 use serde_with::{DeserializeFromStr, SerializeDisplay};
@@ -90,6 +92,16 @@ pub enum Recipe {
     Qwen3Reranker,
     BgeGemma,
     MxbaiRerank,
+    CrossEncoder(CrossEncoderConfig),
+}
+
+/// What an encoder cross-encoder's files say about its scores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CrossEncoderConfig {
+    /// Sentence Transformers' `activation_fn`: what `CrossEncoder.predict` applies to the
+    /// logit (Sigmoid unless the files say otherwise; Identity for ms-marco-MiniLM). Reported,
+    /// not applied: raw is the logit, score its sigmoid, whatever `predict` returns.
+    pub activation: String,
 }
 
 /// What Sentence Transformers' files say about a causal-LM reranker.
@@ -141,6 +153,16 @@ impl Recipe {
         architecture: Architecture,
     ) -> Result<Recipe> {
         let native = || NativeConfig::read(files);
+        if architecture.is_encoder() {
+            return match choice {
+                RecipeChoice::Auto | RecipeChoice::SentenceTransformers => {
+                    Ok(Recipe::CrossEncoder(CrossEncoderConfig::read(files)?))
+                }
+                other => Err(ModelError::UnsupportedConfig(format!(
+                    "recipe `{other}` is a causal LM's; {architecture} is an encoder cross-encoder (recipe auto)"
+                ))),
+            };
+        }
         match choice {
             RecipeChoice::Auto if files.logit_score_config.is_some() => {
                 Ok(Recipe::SentenceTransformers(native()?))
@@ -167,6 +189,7 @@ impl Recipe {
             Recipe::Qwen3Reranker => "qwen3-reranker",
             Recipe::BgeGemma => "bge-gemma",
             Recipe::MxbaiRerank => "mxbai-rerank",
+            Recipe::CrossEncoder(_) => "cross-encoder",
         }
     }
 
@@ -177,7 +200,15 @@ impl Recipe {
             Recipe::SentenceTransformers(native) => native.default_prompt.as_deref(),
             Recipe::Qwen3Reranker => Some(QWEN3_RERANKER_DEFAULT_INSTRUCTION),
             Recipe::BgeGemma => Some(BGE_GEMMA_DEFAULT_INSTRUCTION),
-            Recipe::MxbaiRerank => None,
+            Recipe::MxbaiRerank | Recipe::CrossEncoder(_) => None,
+        }
+    }
+
+    /// What `CrossEncoder.predict` applies to an encoder's logit.
+    pub fn activation(&self) -> Option<&str> {
+        match self {
+            Recipe::CrossEncoder(config) => Some(&config.activation),
+            _ => None,
         }
     }
 
@@ -187,7 +218,7 @@ impl Recipe {
             Recipe::SentenceTransformers(native) => native.max_seq_length,
             Recipe::Qwen3Reranker => Some(QWEN3_RERANKER_MAX_LENGTH),
             Recipe::MxbaiRerank => Some(MXBAI_RERANK_MAX_LENGTH),
-            Recipe::Zerank | Recipe::BgeGemma => None,
+            Recipe::Zerank | Recipe::BgeGemma | Recipe::CrossEncoder(_) => None,
         }
     }
 
@@ -220,6 +251,8 @@ impl Recipe {
             Recipe::Zerank | Recipe::BgeGemma => by_text(&["Yes"]),
             Recipe::Qwen3Reranker => by_text(&["yes", "no"]),
             Recipe::MxbaiRerank => by_text(&["1", "0"]),
+            // A classifier's one logit: no vocabulary rows.
+            Recipe::CrossEncoder(_) => Ok(Vec::new()),
             Recipe::SentenceTransformers(native) => Ok(std::iter::once(native.true_token_id)
                 .chain(native.false_token_id)
                 .collect()),
@@ -230,7 +263,7 @@ impl Recipe {
     /// instruction; `bos`: the tokenizer's BOS, for a recipe that puts one first.
     pub fn fixed_layouts(&self, bos: Option<&str>) -> Option<(Layout, Layout)> {
         match self {
-            Recipe::Zerank | Recipe::SentenceTransformers(_) => None,
+            Recipe::Zerank | Recipe::SentenceTransformers(_) | Recipe::CrossEncoder(_) => None,
             // The instruction has a default: one layout for both.
             Recipe::Qwen3Reranker => Some((Layout::qwen3_reranker(), Layout::qwen3_reranker())),
             Recipe::BgeGemma => Some((Layout::bge_gemma(bos), Layout::bge_gemma(bos))),
@@ -250,12 +283,44 @@ impl Recipe {
             Recipe::SentenceTransformers(_)
             | Recipe::Qwen3Reranker
             | Recipe::BgeGemma
-            | Recipe::MxbaiRerank => (1.0, 1.0),
+            | Recipe::MxbaiRerank
+            | Recipe::CrossEncoder(_) => (1.0, 1.0),
         };
         Calibration {
             raw_divisor,
             temperature: temperature.unwrap_or(default),
         }
+    }
+}
+
+/// Where `config.json` keeps Sentence Transformers' activation: `sentence_transformers`
+/// since version 4, `sbert_ce_default_activation_function` before.
+#[derive(Deserialize, Default)]
+struct EncoderModelConfig {
+    #[serde(default)]
+    sentence_transformers: Option<StModelConfig>,
+    #[serde(default)]
+    sbert_ce_default_activation_function: Option<String>,
+}
+
+/// `predict`'s default for one label.
+const DEFAULT_CROSS_ENCODER_ACTIVATION: &str = "torch.nn.modules.activation.Sigmoid";
+
+impl CrossEncoderConfig {
+    /// The activation as `CrossEncoder` looks for it: `config_sentence_transformers.json`,
+    /// then `config.json`'s `sentence_transformers`, then its older key.
+    fn read(files: &CheckpointFiles) -> Result<CrossEncoderConfig> {
+        let saved: StModelConfig = match &files.config_sentence_transformers {
+            Some(path) => read_json(path)?,
+            None => StModelConfig::default(),
+        };
+        let config: EncoderModelConfig = read_json(&files.config)?;
+        let activation = saved
+            .activation_fn
+            .or(config.sentence_transformers.and_then(|st| st.activation_fn))
+            .or(config.sbert_ce_default_activation_function)
+            .unwrap_or_else(|| DEFAULT_CROSS_ENCODER_ACTIVATION.into());
+        Ok(CrossEncoderConfig { activation })
     }
 }
 

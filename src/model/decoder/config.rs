@@ -28,13 +28,6 @@ pub struct ModelConfig {
     pub attention_bias: bool,
 }
 
-pub(super) fn invalid(message: String) -> ModelError {
-    ModelError::InvalidFile {
-        path: "config.json".into(),
-        message,
-    }
-}
-
 /// The fields every decoder's `config.json` has, flattened into each architecture's config.
 #[derive(Deserialize)]
 pub(super) struct DecoderFields {
@@ -183,7 +176,7 @@ mod tests {
     #[test]
     fn wrong_architecture_names_it_and_the_supported_ones() {
         for config in [
-            r#"{"architectures":["BertForSequenceClassification"],"model_type":"bert"}"#,
+            r#"{"architectures":["T5ForConditionalGeneration"],"model_type":"t5"}"#,
             // A Gemma 2 is not a Gemma: softcapping and sliding layers.
             r#"{"architectures":["Gemma2ForCausalLM"],"model_type":"gemma2"}"#,
         ] {
@@ -193,7 +186,14 @@ mod tests {
                 err.contains(found["architectures"][0].as_str().unwrap()),
                 "{err}"
             );
-            for supported in ["Qwen3ForCausalLM", "Qwen2ForCausalLM", "GemmaForCausalLM"] {
+            for supported in [
+                "Qwen3ForCausalLM",
+                "Qwen2ForCausalLM",
+                "GemmaForCausalLM",
+                "BertForSequenceClassification",
+                "XLMRobertaForSequenceClassification",
+                "ModernBertForSequenceClassification",
+            ] {
                 assert!(err.contains(supported), "{err}");
             }
         }

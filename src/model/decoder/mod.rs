@@ -12,4 +12,5 @@ mod qwen3;
 mod scorer;
 
 pub use config::ModelConfig;
+pub use dispatch::NetworkConfig;
 pub(super) use scorer::Scorer;

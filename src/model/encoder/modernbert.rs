@@ -1,0 +1,369 @@
+//! ModernBERT (gte-reranker-modernbert-base): pre-norm layers without biases, rotary
+//! positions, GeGLU, and attention that alternates between global (every
+//! `global_attn_every_n_layers`-th layer, from the first, rotary θ `global_rope_theta`) and a
+//! sliding window of `local_attention` tokens (θ `local_rope_theta`). The first layer has no
+//! attention norm (the embeddings' norm precedes it); a final norm closes the stack. The head
+//! pools (`classifier_pooling`: `cls` or `mean`), then dense → GELU → norm → classifier.
+
+use candle_core::{D, DType, Device, Module, Tensor};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use serde::Deserialize;
+
+use super::{Pooling, attend_within_spans};
+use crate::model::backend::{Linear, LinearGemm};
+use crate::model::error::{ModelError, Result};
+use crate::model::packing::Packing;
+
+/// `config.json` of a `ModernBertForSequenceClassification`: the released checkpoints' keys
+/// (`global_rope_theta`, `global_attn_every_n_layers`) or newer transformers'
+/// (`rope_parameters`, `layer_types`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ModernBertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "max_positions")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "norm_eps")]
+    norm_eps: f64,
+    #[serde(default)]
+    norm_bias: bool,
+    #[serde(default)]
+    attention_bias: bool,
+    #[serde(default)]
+    mlp_bias: bool,
+    #[serde(default)]
+    classifier_bias: bool,
+    #[serde(default = "gelu")]
+    hidden_activation: String,
+    #[serde(default = "gelu")]
+    classifier_activation: String,
+    #[serde(default = "cls")]
+    classifier_pooling: String,
+    #[serde(default = "local_attention")]
+    local_attention: usize,
+    #[serde(default = "every_third")]
+    global_attn_every_n_layers: usize,
+    #[serde(default)]
+    layer_types: Option<Vec<String>>,
+    #[serde(default = "global_theta")]
+    global_rope_theta: f64,
+    #[serde(default = "local_theta")]
+    local_rope_theta: f64,
+    #[serde(default)]
+    rope_parameters: Option<RopeParameters>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+struct RopeParameters {
+    full_attention: Option<Theta>,
+    sliding_attention: Option<Theta>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+struct Theta {
+    rope_theta: Option<f64>,
+    #[serde(default)]
+    rope_type: Option<String>,
+}
+
+fn max_positions() -> usize {
+    8192
+}
+fn norm_eps() -> f64 {
+    1e-5
+}
+fn gelu() -> String {
+    "gelu".into()
+}
+fn cls() -> String {
+    "cls".into()
+}
+fn local_attention() -> usize {
+    128
+}
+fn every_third() -> usize {
+    3
+}
+fn global_theta() -> f64 {
+    160_000.0
+}
+fn local_theta() -> f64 {
+    10_000.0
+}
+
+impl ModernBertConfig {
+    pub fn settle(mut self) -> Result<Self> {
+        for act in [&self.hidden_activation, &self.classifier_activation] {
+            if act != "gelu" {
+                return Err(ModelError::UnsupportedConfig(format!(
+                    "ModernBERT activation `{act}` (only gelu)"
+                )));
+            }
+        }
+        if !matches!(self.classifier_pooling.as_str(), "cls" | "mean") {
+            return Err(ModelError::UnsupportedConfig(format!(
+                "classifier_pooling `{}` (only cls or mean)",
+                self.classifier_pooling
+            )));
+        }
+        if self.num_attention_heads == 0
+            || !(self.hidden_size / self.num_attention_heads).is_multiple_of(2)
+        {
+            return Err(ModelError::UnsupportedConfig(format!(
+                "hidden_size {} over {} heads is not an even head size",
+                self.hidden_size, self.num_attention_heads
+            )));
+        }
+        if let Some(rope) = self.rope_parameters.take() {
+            for (theta, into) in [
+                (rope.full_attention, &mut self.global_rope_theta),
+                (rope.sliding_attention, &mut self.local_rope_theta),
+            ] {
+                let Some(theta) = theta else { continue };
+                if let Some(kind) = theta.rope_type.filter(|k| k != "default") {
+                    return Err(ModelError::UnsupportedConfig(format!(
+                        "rope type `{kind}` (only default)"
+                    )));
+                }
+                *into = theta.rope_theta.unwrap_or(*into);
+            }
+        }
+        let every = self.global_attn_every_n_layers.max(1);
+        let layer_types = self.layer_types.get_or_insert_with(|| {
+            (0..self.num_hidden_layers)
+                .map(|i| match i % every {
+                    0 => "full_attention".to_owned(),
+                    _ => "sliding_attention".to_owned(),
+                })
+                .collect()
+        });
+        if layer_types.len() != self.num_hidden_layers
+            || layer_types
+                .iter()
+                .any(|t| t != "full_attention" && t != "sliding_attention")
+        {
+            return Err(ModelError::UnsupportedConfig(format!(
+                "layer_types {layer_types:?} for {} layers",
+                self.num_hidden_layers
+            )));
+        }
+        Ok(self)
+    }
+}
+
+/// Rotary tables of one θ for positions `0..max_len`: (max_len, head_dim / 2) each.
+struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rotary {
+    fn new(
+        theta: f64,
+        head_dim: usize,
+        max_len: usize,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
+        let inv_freq: Vec<f32> = (0..head_dim / 2)
+            .map(|i| (1.0 / theta.powf(2.0 * i as f64 / head_dim as f64)) as f32)
+            .collect();
+        let inv_freq = Tensor::from_vec(inv_freq, (1, head_dim / 2), device)?;
+        let positions = Tensor::arange(0u32, max_len as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((max_len, 1))?;
+        let freqs = positions.broadcast_mul(&inv_freq)?;
+        Ok(Rotary {
+            cos: freqs.cos()?,
+            sin: freqs.sin()?,
+        })
+    }
+
+    /// `x` (tokens, heads, head_dim) rotated by each token's position.
+    fn apply(&self, x: &Tensor, positions: &Tensor) -> candle_core::Result<Tensor> {
+        let cos = self.cos.index_select(positions, 0)?.to_dtype(x.dtype())?;
+        let sin = self.sin.index_select(positions, 0)?.to_dtype(x.dtype())?;
+        candle_nn::rotary_emb::rope_thd(&x.unsqueeze(0)?.contiguous()?, &cos, &sin)?.squeeze(0)
+    }
+}
+
+struct Layer {
+    /// None on the first layer: the embeddings' norm comes right before it.
+    attention_norm: Option<LayerNorm>,
+    qkv: Linear,
+    attention_out: Linear,
+    mlp_norm: LayerNorm,
+    /// Input and gate halves, in that order.
+    mlp_in: Linear,
+    mlp_out: Linear,
+    /// Half the local window, for sliding layers.
+    window: Option<usize>,
+}
+
+fn layer_norm(config: &ModernBertConfig, vb: VarBuilder) -> candle_core::Result<LayerNorm> {
+    let weight = vb.get(config.hidden_size, "weight")?;
+    Ok(match config.norm_bias {
+        true => LayerNorm::new(weight, vb.get(config.hidden_size, "bias")?, config.norm_eps),
+        false => LayerNorm::new_no_bias(weight, config.norm_eps),
+    })
+}
+
+impl Layer {
+    fn load(
+        config: &ModernBertConfig,
+        index: usize,
+        vb: VarBuilder,
+        gemm: &LinearGemm,
+    ) -> candle_core::Result<Self> {
+        let (hidden, inner) = (config.hidden_size, config.intermediate_size);
+        let sliding = config.layer_types.as_ref().expect("settled")[index] == "sliding_attention";
+        Ok(Layer {
+            attention_norm: (index > 0)
+                .then(|| layer_norm(config, vb.pp("attn_norm")))
+                .transpose()?,
+            qkv: Linear::load(
+                hidden,
+                3 * hidden,
+                config.attention_bias,
+                vb.pp("attn").pp("Wqkv"),
+                gemm,
+            )?,
+            attention_out: Linear::load(
+                hidden,
+                hidden,
+                config.attention_bias,
+                vb.pp("attn").pp("Wo"),
+                gemm,
+            )?,
+            mlp_norm: layer_norm(config, vb.pp("mlp_norm"))?,
+            mlp_in: Linear::load(
+                hidden,
+                2 * inner,
+                config.mlp_bias,
+                vb.pp("mlp").pp("Wi"),
+                gemm,
+            )?,
+            mlp_out: Linear::load(inner, hidden, config.mlp_bias, vb.pp("mlp").pp("Wo"), gemm)?,
+            window: sliding.then_some(config.local_attention / 2),
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        model: &ModernBert,
+        packing: &Packing,
+        positions: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let normed = match &self.attention_norm {
+            Some(norm) => norm.forward(x)?,
+            None => x.clone(),
+        };
+        let tokens = x.dim(0)?;
+        let qkv = self
+            .qkv
+            .forward(&normed)?
+            .reshape((tokens, 3, model.heads, ()))?;
+        let rotary = match self.window {
+            Some(_) => &model.local_rotary,
+            None => &model.global_rotary,
+        };
+        let q = rotary.apply(&qkv.narrow(1, 0, 1)?.squeeze(1)?, positions)?;
+        let k = rotary.apply(&qkv.narrow(1, 1, 1)?.squeeze(1)?, positions)?;
+        let v = qkv.narrow(1, 2, 1)?.squeeze(1)?;
+        let attended = attend_within_spans((&q, &k, &v), &packing.spans, self.window, &model.gemm)?;
+        let x = (x + self.attention_out.forward(&attended)?)?;
+        let inner = self.mlp_in.forward(&self.mlp_norm.forward(&x)?)?;
+        let half = inner.dim(D::Minus1)? / 2;
+        let gated = (inner.narrow(D::Minus1, 0, half)?.gelu_erf()?
+            * inner.narrow(D::Minus1, half, half)?)?;
+        x + self.mlp_out.forward(&gated)?
+    }
+}
+
+/// A ModernBERT sequence classifier.
+pub struct ModernBert {
+    embeddings: Embedding,
+    embedding_norm: LayerNorm,
+    layers: Vec<Layer>,
+    final_norm: LayerNorm,
+    pooling: Pooling,
+    head_dense: Linear,
+    head_norm: LayerNorm,
+    classifier: Linear,
+    global_rotary: Rotary,
+    local_rotary: Rotary,
+    heads: usize,
+    gemm: LinearGemm,
+    /// Of the activations (the embedding table may be stored in another).
+    dtype: DType,
+}
+
+impl ModernBert {
+    pub fn load(
+        config: &ModernBertConfig,
+        vb: VarBuilder,
+        gemm: &LinearGemm,
+    ) -> candle_core::Result<Self> {
+        let hidden = config.hidden_size;
+        let model = vb.pp("model");
+        let head_dim = hidden / config.num_attention_heads;
+        let rotary =
+            |theta| Rotary::new(theta, head_dim, config.max_position_embeddings, vb.device());
+        Ok(ModernBert {
+            // The vocabulary in the weights' dtype: bf16 halves it.
+            embeddings: candle_nn::embedding(
+                config.vocab_size,
+                hidden,
+                model
+                    .pp("embeddings")
+                    .pp("tok_embeddings")
+                    .set_dtype(gemm.weight_dtype(vb.dtype())),
+            )?,
+            dtype: vb.dtype(),
+            embedding_norm: layer_norm(config, model.pp("embeddings").pp("norm"))?,
+            layers: (0..config.num_hidden_layers)
+                .map(|i| Layer::load(config, i, model.pp("layers").pp(i), gemm))
+                .collect::<candle_core::Result<_>>()?,
+            final_norm: layer_norm(config, model.pp("final_norm"))?,
+            pooling: match config.classifier_pooling.as_str() {
+                "mean" => Pooling::Mean,
+                _ => Pooling::First,
+            },
+            head_dense: Linear::load(
+                hidden,
+                hidden,
+                config.classifier_bias,
+                vb.pp("head").pp("dense"),
+                gemm,
+            )?,
+            head_norm: layer_norm(config, vb.pp("head").pp("norm"))?,
+            classifier: Linear::load(hidden, 1, true, vb.pp("classifier"), gemm)?,
+            global_rotary: rotary(config.global_rope_theta)?,
+            local_rotary: rotary(config.local_rope_theta)?,
+            heads: config.num_attention_heads,
+            gemm: gemm.clone(),
+        })
+    }
+
+    /// (sequences, 1) logits.
+    pub fn forward(&self, packing: &Packing) -> candle_core::Result<Tensor> {
+        let device = self.embeddings.embeddings().device();
+        let tokens = packing.ids.len();
+        let ids = Tensor::from_slice(&packing.ids, tokens, device)?;
+        let positions = Tensor::from_slice(&packing.positions, tokens, device)?;
+        let embedded = self.embeddings.forward(&ids)?.to_dtype(self.dtype)?;
+        let mut hidden = self.embedding_norm.forward(&embedded)?;
+        for layer in &self.layers {
+            hidden = layer.forward(&hidden, self, packing, &positions)?;
+        }
+        let hidden = self.final_norm.forward(&hidden)?;
+        let pooled = self.pooling.pool(&hidden, &packing.spans)?;
+        let head = self
+            .head_norm
+            .forward(&self.head_dense.forward(&pooled)?.gelu_erf()?)?;
+        self.classifier.forward(&head)?.squeeze(D::Minus1)
+    }
+}
