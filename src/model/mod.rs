@@ -1,22 +1,18 @@
 //! The model layer: a reranker checkpoint loaded once, turning pairs into token ids (its
 //! [`Engine::encoder`]) and batches of ids into scores ([`Engine::score_batch`]).
 //!
-//! Three rooms: `checkpoint/` (what the checkpoint says and how pairs become ids, nothing
-//! of the network), the network here (config, the architectures, the forward, packing), and
-//! `backend/` (device, dtype, matmuls and kernels).
+//! Rooms: `checkpoint/` (what the checkpoint says and how pairs become ids, nothing of the
+//! network), a room per model family (`decoder/`: the causal-LM rerankers, their configs,
+//! layers and scoring forward), and `backend/` (device, dtype, matmuls and kernels); here, what
+//! every family shares (the engine, packing, batches, the weight files).
 
 mod backend;
 mod batch;
 mod checkpoint;
-mod config;
 mod decoder;
-mod dispatch;
 mod error;
-mod gemma;
 mod packing;
-mod qwen2;
-mod qwen3;
-mod scorer;
+mod precision;
 mod weights;
 
 use std::time::Instant;
@@ -31,12 +27,13 @@ pub use checkpoint::{
     ModelSource, PromptEncoder, QUERY_CHAR_LIMIT, RecipeChoice, TokenLimits, TruncationDirection,
     Window, cut_and_strip,
 };
-pub use config::ModelConfig;
+pub use decoder::ModelConfig;
 pub use error::{ModelError, Result};
 
 use checkpoint::{PromptFiles, Recipe};
+use decoder::Scorer;
 use packing::Packing;
-use scorer::Scorer;
+use precision::Precision;
 use weights::SafetensorsFiles;
 
 /// One pair's relevance.
@@ -175,7 +172,6 @@ impl Engine {
         let (device, device_spec) = options.device.open()?;
         let cpu = device.is_cpu().then(CpuFeatures::detect);
         let features = cpu.clone().unwrap_or_default();
-        let (mut dtype, mut dtype_choice) = options.dtype.resolve(&device, &features)?;
         let source = ModelSource::parse(&options.model, options.revision.as_deref())?;
         let files = source.locate()?;
         let config = ModelConfig::from_file(&files.config)?;
@@ -196,21 +192,17 @@ impl Engine {
             config.max_position_embeddings,
         )?;
         let head_tokens = recipe.head_token_ids(|text| encoder.token_id(text))?;
-        let libraries = (&options.cpu_blas, &options.cpu_bf16_gemm);
-        let (mut gemm, mut activations) = LinearGemm::open(&device, dtype, libraries, &features)?;
-        if options.dtype == DTypeSpec::Auto
-            && device.is_cpu()
-            && dtype == DType::BF16
-            && !gemm.multiplies_bf16()
-        {
-            // Widened bf16 would be no faster than f32, only less exact.
-            dtype = DType::F32;
-            dtype_choice = format!(
-                "auto: f32, this CPU has {} but no bf16 GEMM library loaded (MKL or oneDNN; README, Configuration)",
-                features.bf16_instructions()
-            );
-            (gemm, activations) = LinearGemm::open(&device, dtype, libraries, &features)?;
-        }
+        let Precision {
+            dtype,
+            activations,
+            gemm,
+            reason: dtype_choice,
+        } = precision::choose(
+            options.dtype,
+            &device,
+            &features,
+            (&options.cpu_blas, &options.cpu_bf16_gemm),
+        )?;
         // The server's "model ready" line carries it at info (`info.dtype_choice`).
         tracing::debug!(dtype = ?dtype, matmul = %gemm.description(), "{dtype_choice}");
         let scorer = load_weights(&files, &config, (&device, activations), &head_tokens, &gemm)?;

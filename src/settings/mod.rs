@@ -6,6 +6,7 @@ mod models;
 #[cfg(test)]
 mod tests;
 mod validation;
+mod words;
 
 use std::path::{Path, PathBuf};
 

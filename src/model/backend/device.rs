@@ -3,11 +3,10 @@
 use std::fmt;
 use std::str::FromStr;
 
-use candle_core::{DType, Device};
-use clap::ValueEnum;
+use candle_core::Device;
 use serde_with::{DeserializeFromStr, SerializeDisplay};
 
-use crate::choice::spelled_as_value_enum;
+use crate::choice::{Word, Words, spelled_as_words};
 use crate::model::error::{ModelError, Result};
 
 /// Where the model runs.
@@ -75,60 +74,49 @@ impl DeviceSpec {
 }
 
 /// Compute dtype of weights and activations.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, DeserializeFromStr, SerializeDisplay,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, DeserializeFromStr, SerializeDisplay)]
 pub enum DTypeSpec {
     /// bf16 on GPUs and on CPUs that multiply bf16 natively (AVX512-BF16 or AMX) where a bf16
     /// GEMM library loads; f32 on other CPUs, where bf16 would be no faster.
     #[default]
     Auto,
-    #[value(alias = "float32")]
     F32,
-    #[value(alias = "bfloat16")]
     Bf16,
-    #[value(aliases = ["float16", "half"])]
     F16,
 }
 
-spelled_as_value_enum!(DTypeSpec, "dtype");
-
-impl DTypeSpec {
-    /// The dtype to run in on `device`, and why, for `/info` and the start-up log. On the CPU,
-    /// `auto`'s bf16 still needs a bf16 GEMM library: the caller falls back to f32 without
-    /// one. f16 is refused on the CPU: there it would run the whole forward in f16 (norms and
-    /// softmax included) through candle's generic kernels, where bf16 gives the same memory,
-    /// f32's range and a native GEMM on CPUs with bf16 instructions.
-    pub(in crate::model) fn resolve(
-        self,
-        device: &Device,
-        cpu: &CpuFeatures,
-    ) -> Result<(DType, String)> {
-        let instructions = cpu.bf16_instructions();
-        Ok(match self {
-            DTypeSpec::Auto if !device.is_cpu() => (DType::BF16, "auto: bf16 on a GPU".into()),
-            DTypeSpec::Auto if cpu.has_bf16_gemm() => (
-                DType::BF16,
-                format!("auto: bf16, this CPU has {instructions}"),
+impl Words for DTypeSpec {
+    const WORDS: &'static [Word<Self>] = &[
+        Word {
+            value: DTypeSpec::Auto,
+            name: "auto",
+            aliases: &[],
+            help: Some(
+                "bf16 on GPUs and on CPUs that multiply bf16 natively (AVX512-BF16 or AMX) where a bf16 GEMM library loads; f32 on other CPUs, where bf16 would be no faster",
             ),
-            DTypeSpec::Auto => (
-                DType::F32,
-                format!("auto: f32, this CPU has {instructions}, so bf16 would be no faster"),
-            ),
-            DTypeSpec::F32 => (DType::F32, "f32, as set".into()),
-            DTypeSpec::Bf16 => (DType::BF16, "bf16, as set".into()),
-            DTypeSpec::F16 if device.is_cpu() => {
-                return Err(ModelError::UnsupportedConfig(
-                    "--dtype f16 is for GPUs; on the CPU use bf16 (half of f32's memory, as f16, \
-                     with f32's range; multiplied natively where the CPU has AVX512-BF16 or AMX) \
-                     or f32"
-                        .into(),
-                ));
-            }
-            DTypeSpec::F16 => (DType::F16, "f16, as set".into()),
-        })
-    }
+        },
+        Word {
+            value: DTypeSpec::F32,
+            name: "f32",
+            aliases: &["float32"],
+            help: None,
+        },
+        Word {
+            value: DTypeSpec::Bf16,
+            name: "bf16",
+            aliases: &["bfloat16"],
+            help: None,
+        },
+        Word {
+            value: DTypeSpec::F16,
+            name: "f16",
+            aliases: &["float16", "half"],
+            help: None,
+        },
+    ];
 }
+
+spelled_as_words!(DTypeSpec, "dtype");
 
 /// What the CPU offers the matmuls, read at run time: `/info` and the start-up log report it,
 /// and `--dtype bf16` on the CPU multiplies in bf16 only where it has AVX512-BF16 or AMX.
@@ -188,27 +176,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn f16_is_refused_on_the_cpu_and_names_bf16() {
-        let (cpu, features) = (Device::Cpu, CpuFeatures::default());
-        assert_eq!(
-            DTypeSpec::Auto.resolve(&cpu, &features).unwrap().0,
-            DType::F32
-        );
-        assert_eq!(
-            DTypeSpec::Bf16.resolve(&cpu, &features).unwrap().0,
-            DType::BF16
-        );
-        let refused = DTypeSpec::F16
-            .resolve(&cpu, &features)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            refused.contains("f16") && refused.contains("bf16"),
-            "{refused}"
-        );
-    }
-
-    #[test]
     fn device_and_dtype_names() {
         assert_eq!("cuda:1".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(1)));
         assert_eq!("CUDA".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(0)));
@@ -217,41 +184,6 @@ mod tests {
         assert!("tpu".parse::<DeviceSpec>().is_err());
         assert_eq!("bfloat16".parse::<DTypeSpec>(), Ok(DTypeSpec::Bf16));
         assert!("int8".parse::<DTypeSpec>().is_err());
-    }
-
-    #[test]
-    fn auto_takes_bf16_on_a_cpu_with_bf16_instructions_and_f32_elsewhere() {
-        let plain = CpuFeatures::default();
-        let (dtype, why) = DTypeSpec::Auto.resolve(&Device::Cpu, &plain).unwrap();
-        assert_eq!(dtype, DType::F32);
-        assert!(why.contains("neither AVX512-BF16 nor AMX"), "{why}");
-        for cpu in [
-            CpuFeatures {
-                avx512_bf16: true,
-                ..CpuFeatures::default()
-            },
-            CpuFeatures {
-                amx_bf16: true,
-                ..CpuFeatures::default()
-            },
-        ] {
-            let (dtype, why) = DTypeSpec::Auto.resolve(&Device::Cpu, &cpu).unwrap();
-            assert_eq!(dtype, DType::BF16);
-            assert!(why.contains(cpu.bf16_instructions()), "{why}");
-        }
-        // Set explicitly, a dtype is what it says whatever the CPU.
-        let amx = CpuFeatures {
-            amx_bf16: true,
-            ..CpuFeatures::default()
-        };
-        assert_eq!(
-            DTypeSpec::F32.resolve(&Device::Cpu, &amx).unwrap().0,
-            DType::F32
-        );
-        assert_eq!(
-            DTypeSpec::Bf16.resolve(&Device::Cpu, &plain).unwrap().0,
-            DType::BF16
-        );
     }
 
     /// The run-time detection agrees with the kernel's view of the CPU.

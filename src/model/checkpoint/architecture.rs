@@ -1,5 +1,5 @@
 //! Which decoder a checkpoint is, as its `config.json` names it: what picks the recipe
-//! (`recipe.rs`) and the forward (`../dispatch.rs`).
+//! (`recipe.rs`) and the forward (`../decoder/dispatch.rs`).
 
 use std::fmt;
 

@@ -12,7 +12,6 @@
 //! - mxbai-rerank-v2's own library prompt and logit("1") - logit("0"), chosen explicitly (its
 //!   Hub checkpoints carry Sentence Transformers' files, which `auto` prefers).
 
-use clap::ValueEnum;
 use serde::Deserialize;
 use serde_with::{DeserializeFromStr, SerializeDisplay};
 
@@ -21,31 +20,67 @@ use super::files::{CheckpointFiles, read_json};
 use super::template::{
     BGE_GEMMA_DEFAULT_INSTRUCTION, Layout, Messages, QWEN3_RERANKER_DEFAULT_INSTRUCTION,
 };
-use crate::choice::spelled_as_value_enum;
+use crate::choice::{Word, Words, spelled_as_words};
 use crate::model::error::{ModelError, Result};
 
 /// The `recipe` setting.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, DeserializeFromStr, SerializeDisplay,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, DeserializeFromStr, SerializeDisplay)]
 pub enum RecipeChoice {
     /// Sentence Transformers' native layout when the checkpoint has it, else bge-gemma for
     /// a Gemma, zerank-1 otherwise.
     #[default]
     Auto,
-    #[value(aliases = ["zerank-1", "zerank_1"])]
     Zerank,
-    #[value(aliases = ["sentence_transformers", "st"])]
     SentenceTransformers,
-    #[value(alias = "qwen3_reranker")]
     Qwen3Reranker,
-    #[value(alias = "bge_gemma")]
     BgeGemma,
-    #[value(alias = "mxbai_rerank")]
     MxbaiRerank,
 }
 
-spelled_as_value_enum!(RecipeChoice, "recipe");
+impl Words for RecipeChoice {
+    const WORDS: &'static [Word<Self>] = &[
+        Word {
+            value: RecipeChoice::Auto,
+            name: "auto",
+            aliases: &[],
+            help: Some(
+                "Sentence Transformers' native layout when the checkpoint has it, else bge-gemma for a Gemma, zerank-1 otherwise",
+            ),
+        },
+        Word {
+            value: RecipeChoice::Zerank,
+            name: "zerank",
+            aliases: &["zerank-1", "zerank_1"],
+            help: None,
+        },
+        Word {
+            value: RecipeChoice::SentenceTransformers,
+            name: "sentence-transformers",
+            aliases: &["sentence_transformers", "st"],
+            help: None,
+        },
+        Word {
+            value: RecipeChoice::Qwen3Reranker,
+            name: "qwen3-reranker",
+            aliases: &["qwen3_reranker"],
+            help: None,
+        },
+        Word {
+            value: RecipeChoice::BgeGemma,
+            name: "bge-gemma",
+            aliases: &["bge_gemma"],
+            help: None,
+        },
+        Word {
+            value: RecipeChoice::MxbaiRerank,
+            name: "mxbai-rerank",
+            aliases: &["mxbai_rerank"],
+            help: None,
+        },
+    ];
+}
+
+spelled_as_words!(RecipeChoice, "recipe");
 
 /// The recipe a loaded checkpoint is scored with.
 #[derive(Debug, Clone, PartialEq)]

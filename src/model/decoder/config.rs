@@ -5,8 +5,8 @@
 
 use serde::Deserialize;
 
-use super::checkpoint::Architecture;
-use super::error::{ModelError, Result};
+use crate::model::checkpoint::Architecture;
+use crate::model::error::{ModelError, Result};
 
 /// The settled configuration the forward needs, whatever the architecture.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,14 +1,14 @@
 //! Each architecture's own file, chosen by what `config.json` says: the config struct it
 //! parses, and the decoder block it runs. Above `config.rs`, the architecture files and
-//! `decoder.rs`, so that none of them needs the others' list.
+//! `layer.rs`, so that none of them needs the others' list.
 
 use std::path::Path;
 
-use super::checkpoint::Architecture;
 use super::config::{ModelConfig, invalid};
-use super::decoder::Block;
-use super::error::{ModelError, Result};
+use super::layer::Block;
 use super::{gemma, qwen2, qwen3};
+use crate::model::checkpoint::Architecture;
+use crate::model::error::{ModelError, Result};
 
 impl Architecture {
     /// What its decoder block is made of.

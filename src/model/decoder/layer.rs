@@ -1,5 +1,5 @@
 //! The decoder layer every architecture shares, written for scoring: packed tokens (no
-//! padding, a shared prefix once; see [`Packing`](super::packing::Packing)), no KV cache.
+//! padding, a shared prefix once; see [`Packing`](crate::model::packing::Packing)), no KV cache.
 //! What differs between architectures is a [`Block`]: which norm, which gated activation,
 //! whether q and k are normalised per head; each architecture's file states its own.
 
@@ -7,10 +7,10 @@ use candle_core::{DType, Device, Module, Tensor};
 
 use candle_nn::{RmsNorm, VarBuilder};
 
-use super::backend::Kernels;
-use super::backend::{Linear, LinearGemm};
 use super::config::ModelConfig;
-use super::packing::Span;
+use crate::model::backend::Kernels;
+use crate::model::backend::{Linear, LinearGemm};
+use crate::model::packing::Span;
 
 /// Queries attended at once: bounds the score matrix to heads × 512 × length.
 pub(super) const QUERY_CHUNK: usize = 512;

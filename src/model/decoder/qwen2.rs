@@ -4,10 +4,10 @@
 
 use serde::Deserialize;
 
-use super::checkpoint::Architecture;
 use super::config::{DecoderFields, Defaults, ModelConfig, check_activation};
-use super::decoder::{Activation, Block, NormKind};
-use super::error::{ModelError, Result};
+use super::layer::{Activation, Block, NormKind};
+use crate::model::checkpoint::Architecture;
+use crate::model::error::{ModelError, Result};
 
 pub(super) const BLOCK: Block = Block {
     qk_norm: false,

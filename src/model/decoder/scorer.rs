@@ -7,13 +7,13 @@ use candle_core::{DType, Device, Module, Tensor};
 
 use candle_nn::VarBuilder;
 
-use super::backend::Kernels;
-use super::backend::LinearGemm;
 use super::config::ModelConfig;
-use super::decoder::{DecoderLayer, Norm, PassContext, QUERY_CHUNK, Rotary};
-use super::error::{ModelError, Result};
-use super::packing::Packing;
-use super::weights::SafetensorsFiles;
+use super::layer::{DecoderLayer, Norm, PassContext, QUERY_CHUNK, Rotary};
+use crate::model::backend::Kernels;
+use crate::model::backend::LinearGemm;
+use crate::model::error::{ModelError, Result};
+use crate::model::packing::Packing;
+use crate::model::weights::SafetensorsFiles;
 
 /// The scoring model: embeddings, decoder layers, final norm, and the scoring tokens' head rows.
 pub struct Scorer {
