@@ -1,16 +1,17 @@
 //! Passes of the CPU forward folded into one another, around the fused attention
 //! (`attention.rs`): the per-head q/k RMSNorm into the rotary embedding, written in place
-//! over the QKV projection's output, and the residual add into the norm after it.
+//! over the QKV projection's output; the residual add into the norm after it; the gated
+//! activation read from the halves of one gate-and-up product.
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Tensor};
+use candle_core::{CpuStorage, CustomOp1, InplaceOp2, InplaceOp3, Layout, Shape, Tensor};
 use candle_nn::RmsNorm;
 use half::bf16;
 use rayon::prelude::*;
 
 use super::buffers::uninit_vec;
-use super::kernels::{Element, Kernels};
+use super::kernels::{Element, Kernels, exp, gelu_tanh};
 
 /// Rows a parallel task takes at least.
 const MIN_ROWS: usize = 16;
@@ -194,7 +195,85 @@ impl InplaceOp2 for AddNorm<'_> {
     }
 }
 
+/// `act(gate) · up` of a (tokens, 2 × inner) product whose rows hold the gate, then up.
+struct GatedHalves<F> {
+    name: &'static str,
+    map: F,
+    bf16_out: bool,
+}
+
+impl<F: Fn(f32, f32) -> f32 + Send + Sync> GatedHalves<F> {
+    fn rows<T: Element>(&self, x: &[f32], inner: usize, out: &mut [T]) {
+        out.par_chunks_mut(inner)
+            .zip(x.par_chunks(2 * inner))
+            .with_min_len(MIN_ROWS)
+            .for_each(|(out, row)| {
+                let (gate, up) = row.split_at(inner);
+                for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+                    *o = T::from_f32((self.map)(g, u));
+                }
+            });
+    }
+}
+
+impl<F: Fn(f32, f32) -> f32 + Send + Sync> CustomOp1 for GatedHalves<F> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(x) = storage else {
+            candle_core::bail!("{}: f32 data only", self.name);
+        };
+        let (tokens, width) = layout.shape().dims2()?;
+        if !layout.is_contiguous() || width % 2 != 0 {
+            candle_core::bail!(
+                "{}: {:?} is not a contiguous gate-and-up product",
+                self.name,
+                layout.dims()
+            );
+        }
+        let x = &x[layout.start_offset()..][..tokens * width];
+        let inner = width / 2;
+        let out = match self.bf16_out {
+            true => {
+                let mut out = uninit_vec::<bf16>(tokens * inner);
+                self.rows(x, inner, &mut out);
+                CpuStorage::BF16(out)
+            }
+            false => {
+                let mut out = uninit_vec::<f32>(tokens * inner);
+                self.rows(x, inner, &mut out);
+                CpuStorage::F32(out)
+            }
+        };
+        Ok((out, Shape::from((tokens, inner))))
+    }
+}
+
 impl Kernels {
+    /// `silu(gate) · up` of a fused gate-and-up product (tokens, 2 × inner).
+    pub fn swiglu_halves(&self, gate_up: &Tensor) -> candle_core::Result<Tensor> {
+        gate_up.apply_op1_no_bwd(&GatedHalves {
+            name: "swiglu-halves",
+            map: |gate: f32, up: f32| gate / (1.0 + exp(-gate)) * up,
+            bf16_out: self.bf16_matmul_inputs,
+        })
+    }
+
+    /// `gelu_tanh(gate) · up` of a fused gate-and-up product (tokens, 2 × inner).
+    pub fn geglu_halves(&self, gate_up: &Tensor) -> candle_core::Result<Tensor> {
+        gate_up.apply_op1_no_bwd(&GatedHalves {
+            name: "geglu-halves",
+            map: |gate: f32, up: f32| gelu_tanh(gate) * up,
+            bf16_out: self.bf16_matmul_inputs,
+        })
+    }
+
     /// Normalises (where `norms`) and rotates the q and k heads of a fused QKV projection's
     /// output in place: (tokens, (q_heads + k_heads + v heads) · head_dim), f32.
     pub fn norm_rope_in_place(

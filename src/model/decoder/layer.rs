@@ -331,8 +331,8 @@ impl Attention {
 
 /// `down(act(gate(x)) · up(x))`.
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    /// gate and up in one product: (tokens, 2 × intermediate_size).
+    gate_up_proj: Linear,
     down_proj: Linear,
     activation: Activation,
 }
@@ -348,15 +348,29 @@ impl Mlp {
         let linear =
             |in_dim, out_dim, name| Linear::load(in_dim, out_dim, false, vb.pp(name), gemm);
         Ok(Mlp {
-            gate_proj: linear(hidden, inner, "gate_proj")?,
-            up_proj: linear(hidden, inner, "up_proj")?,
+            gate_up_proj: Linear::concat(&[
+                linear(hidden, inner, "gate_proj")?,
+                linear(hidden, inner, "up_proj")?,
+            ])?,
             down_proj: linear(inner, hidden, "down_proj")?,
             activation,
         })
     }
 
     fn forward(&self, x: &Tensor, kernels: Kernels) -> candle_core::Result<Tensor> {
-        let (gate, up) = (self.gate_proj.forward(x)?, self.up_proj.forward(x)?);
+        let gate_up = self.gate_up_proj.forward(x)?;
+        if kernels.fused_attention {
+            let gated = match self.activation {
+                Activation::Silu => kernels.swiglu_halves(&gate_up)?,
+                Activation::GeluTanh => kernels.geglu_halves(&gate_up)?,
+            };
+            return self.down_proj.forward(&gated);
+        }
+        let inner = gate_up.dim(1)? / 2;
+        let (gate, up) = (
+            gate_up.narrow(1, 0, inner)?,
+            gate_up.narrow(1, inner, inner)?,
+        );
         let gated = match self.activation {
             Activation::Silu => kernels.swiglu(&gate, &up)?,
             Activation::GeluTanh => kernels.geglu(&gate, &up)?,

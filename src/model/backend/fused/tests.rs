@@ -100,3 +100,23 @@ fn add_norm_equals_an_add_then_the_norm() {
         assert!(diff <= bound, "{kernels:?}: {diff}");
     }
 }
+
+#[test]
+fn gated_halves_equal_the_gated_activation_of_two_products() {
+    let gate_up = random((5, 2 * 24), 9);
+    let (gate, up) = (
+        gate_up.narrow(1, 0, 24).unwrap(),
+        gate_up.narrow(1, 24, 24).unwrap(),
+    );
+    for kernels in [CPU, BF16_OUT] {
+        let pairs = [
+            (kernels.swiglu_halves(&gate_up), kernels.swiglu(&gate, &up)),
+            (kernels.geglu_halves(&gate_up), kernels.geglu(&gate, &up)),
+        ];
+        for (fused, separate) in pairs {
+            let (fused, separate) = (fused.unwrap(), separate.unwrap());
+            assert_eq!(fused.dtype(), separate.dtype());
+            assert_eq!(max_abs_diff(&fused, &separate), 0.0, "{kernels:?}");
+        }
+    }
+}
