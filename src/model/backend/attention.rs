@@ -19,7 +19,15 @@ use rayon::prelude::*;
 
 use super::buffers::uninit_vec;
 use super::kernels::{Element, exp};
-use crate::model::packing::Span;
+
+/// A run of packed tokens that attend among themselves (causally, or both ways for an
+/// encoder), after `context`: the packed tokens of the prefix they continue, all visible to
+/// them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Span {
+    pub tokens: Range<usize>,
+    pub context: Option<Range<usize>>,
+}
 
 /// Queries of one task (times the heads of a group as rows).
 const QUERY_BLOCK: usize = 32;

@@ -11,7 +11,7 @@ mod fused;
 mod kernels;
 mod linear;
 
-pub use attention::{AttentionMask, AttentionShape, attention};
+pub use attention::{AttentionMask, AttentionShape, Span, attention};
 pub use blas::{Blas, CpuLibrary, matmul_time};
 pub use device::{CpuFeatures, DTypeSpec, DeviceSpec};
 pub use fused::{NormRope, RmsWeights};
