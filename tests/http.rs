@@ -65,12 +65,30 @@ fn requests_over_a_limit_get_clear_errors_and_the_server_keeps_serving() {
         s.payload_limit_bytes = 4_096;
     });
     let ok = json!({ "query": "q", "documents": ["a", "b"] });
-    server
+    let too_many = server
         .post(
             "/rerank",
             &json!({ "query": "q", "documents": vec!["a"; 5] }),
         )
         .assert_error(413, "too_many_documents");
+    assert!(
+        too_many["error"]
+            .as_str()
+            .unwrap()
+            .contains("`max_documents_per_request`"),
+        "{too_many}"
+    );
+    let both = server
+        .post(
+            "/rerank",
+            &json!({ "query": "q", "documents": ["a"], "texts": ["b"] }),
+        )
+        .assert_error(422, "validation");
+    let message = both["error"].as_str().unwrap();
+    assert!(
+        message.contains("`documents`") && message.contains("`texts`"),
+        "{both}"
+    );
     server
         .post(
             "/rerank",
