@@ -475,6 +475,14 @@ fn a_hub_id_loads_offline_from_a_warm_cache() {
         stderr.contains("zeroentropy/not-cached") && stderr.contains("HF_HUB_OFFLINE"),
         "{stderr}"
     );
+    // A mistyped local path has a Hub id's shape: the error names both readings.
+    let mistyped = score_offline(home.path(), pair, &["--model", "fixtures/tiny"]);
+    let stderr = String::from_utf8_lossy(&mistyped.stderr);
+    assert!(
+        stderr.contains("no directory `fixtures/tiny` in ")
+            && stderr.contains("as a Hugging Face Hub id: could not fetch"),
+        "{stderr}"
+    );
 }
 
 /// A native checkpoint (module folder included) from the Hub cache at a pinned revision, with
