@@ -56,10 +56,10 @@ pub enum BatchError {
         expected_wait: Duration,
     },
     #[error(
-        "with the {queued} tokens queued, this request or one admitted before it would miss its timeout by about {:.0} s at the measured throughput; retry later or send fewer documents", expected_wait.as_secs_f64()
+        "{in_the_way} by about {:.1} s at the measured throughput; retry later or send fewer documents", expected_wait.as_secs_f64()
     )]
     Busy {
-        queued: usize,
+        in_the_way: InTheWay,
         expected_wait: Duration,
     },
     /// The input cannot be scored (found during the forward, e.g. too long for the model).
@@ -71,6 +71,46 @@ pub enum BatchError {
     Panicked(String),
     #[error("the model worker has stopped")]
     Stopped,
+}
+
+/// What would make a request late, for the 429's message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InTheWay {
+    /// The request itself would miss its timeout behind the batch in the model (`running`
+    /// tokens, 0 when idle) and its turns beside `queued` tokens of `requests` waiting.
+    Ahead {
+        running: usize,
+        queued: usize,
+        requests: usize,
+    },
+    /// Its turns would make a request admitted before it, `tokens` still waiting, miss its
+    /// own timeout.
+    Admitted { tokens: usize },
+}
+
+impl std::fmt::Display for InTheWay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            InTheWay::Ahead {
+                running,
+                queued,
+                requests,
+            } => {
+                let batch = format!("the batch the model is running ({running} tokens)");
+                let waiting = format!("{queued} tokens of {requests} requests waiting");
+                let ahead = match (running, queued) {
+                    (_, 0) => batch,
+                    (0, _) => waiting,
+                    _ => format!("{batch} and {waiting}"),
+                };
+                write!(f, "behind {ahead}, this request would miss its timeout")
+            }
+            InTheWay::Admitted { tokens } => write!(
+                f,
+                "this request would make one admitted before it ({tokens} tokens still waiting) miss its timeout"
+            ),
+        }
+    }
 }
 
 /// Prompt tokens the model scores per second: measured at warm-up, then over real batches,
@@ -361,8 +401,8 @@ impl Batcher {
                 });
             }
             match late_by(throughput, load, requested, time_left, submitted) {
-                Some(expected_wait) => Err(BatchError::Busy {
-                    queued,
+                Some((expected_wait, in_the_way)) => Err(BatchError::Busy {
+                    in_the_way,
                     expected_wait,
                 }),
                 None => Ok(()),
@@ -383,22 +423,27 @@ impl Batcher {
 }
 
 /// How late a request of `requested` tokens joining `load` would make itself or a waiting
-/// request that is on time now, the longest; `None` when every one still makes it. Served
-/// in turns, the newcomer waits for at most its own size of every other request, and
-/// delays each by at most its own size.
+/// request that is on time now, the longest, and which; `None` when every one still makes
+/// it. Served in turns, the newcomer waits for at most its own size of every other request,
+/// and delays each by at most its own size.
 fn late_by(
     throughput: &Throughput,
     load: &Load,
     requested: usize,
     time_left: Duration,
     now: Instant,
-) -> Option<Duration> {
+) -> Option<(Duration, InTheWay)> {
     let overrun = |tokens: usize, time_left: Duration| {
         planned(throughput, tokens)
             .and_then(|time| time.checked_sub(time_left))
             .filter(|late| !late.is_zero())
     };
-    let own = overrun(load.work_until_done(requested), time_left);
+    let ahead = InTheWay::Ahead {
+        running: load.running,
+        queued: load.queued(),
+        requests: load.waiting.len(),
+    };
+    let own = overrun(load.work_until_done(requested), time_left).map(|late| (late, ahead));
     let others = load.waiting.iter().filter_map(|&(tokens, deadline)| {
         let time_left = deadline.saturating_duration_since(now);
         // It is among the waiting, so `work_until_done` counts it twice.
@@ -407,8 +452,9 @@ fn late_by(
             .is_none()
             .then(|| overrun(before + requested.min(tokens), time_left))
             .flatten()
+            .map(|late| (late, InTheWay::Admitted { tokens }))
     });
-    own.into_iter().chain(others).max()
+    own.into_iter().chain(others).max_by_key(|(late, _)| *late)
 }
 
 /// Takes a request's pairs off the queue when its caller stops waiting.

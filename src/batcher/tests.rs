@@ -131,14 +131,14 @@ fn spawn_score(
     tokio::spawn(async move { batcher.score(sequences, timeout).await })
 }
 
-/// The expected wait of a 429 for a queue of `queued` tokens.
-fn busy_wait(refused: Result<Scored, BatchError>, queued: usize) -> Duration {
+/// The expected wait of a 429 that names `in_the_way`.
+fn busy_wait(refused: Result<Scored, BatchError>, in_the_way: InTheWay) -> Duration {
     match refused {
         Err(BatchError::Busy {
-            queued: found,
+            in_the_way: found,
             expected_wait,
-        }) if found == queued => expected_wait,
-        other => panic!("a 429 for {queued} queued tokens expected, got {other:?}"),
+        }) if found == in_the_way => expected_wait,
+        other => panic!("a 429 for {in_the_way:?} expected, got {other:?}"),
     }
 }
 
@@ -339,19 +339,55 @@ fn requests_that_cannot_finish_in_time_are_refused_at_once() {
         // spare waits its turn.
         let first = spawn_score(&batcher, vec![sequence(2, 50)], LONG);
         until("the first request in the model", || gate.arrived() == 1).await;
+        // With nothing queued, the batch running is what is in the way: 50 + 100 tokens are
+        // 1.875 s with the margin, 0.375 s over a 1.5 s budget.
+        let refused = batcher
+            .score(vec![sequence(7, 100)], Duration::from_millis(1_500))
+            .await;
+        let message = refused.as_ref().unwrap_err().to_string();
+        assert!(
+            message.starts_with("behind the batch the model is running (50 tokens), this"),
+            "{message}"
+        );
+        let running_only = InTheWay::Ahead {
+            running: 50,
+            queued: 0,
+            requests: 0,
+        };
+        assert_eq!(
+            busy_wait(refused, running_only),
+            Duration::from_millis(375)
+        );
         let queued = spawn_score(
             &batcher,
             vec![sequence(3, 150)],
             Duration::from_millis(3_500),
         );
         until("150 tokens queued", || metrics.queue_tokens.get() == 150).await;
-        let refused = batcher.score(vec![sequence(4, 100)], Duration::from_secs(2));
-        assert_eq!(busy_wait(refused.await, 150), Duration::from_millis(1_125));
+        let refused = batcher
+            .score(vec![sequence(4, 100)], Duration::from_secs(2))
+            .await;
+        let message = refused.as_ref().unwrap_err().to_string();
+        assert!(
+            message.starts_with(
+                "behind the batch the model is running (50 tokens) and 150 tokens of 1 requests waiting"
+            ),
+            "{message}"
+        );
+        let ahead = InTheWay::Ahead {
+            running: 50,
+            queued: 150,
+            requests: 1,
+        };
+        assert_eq!(busy_wait(refused, ahead), Duration::from_millis(1_125));
         // The waiting request needs 200 tokens' work, 2.5 s with the margin, of its 3.5 s. A
         // newcomer of 100 tokens, with all the time it wants, would delay it by 100 tokens
         // (1.25 s): refused, so that the admitted request still makes it. One of 10 tokens
         // fits beside it.
-        let wait = busy_wait(batcher.score(vec![sequence(5, 100)], LONG).await, 150);
+        let refused = batcher.score(vec![sequence(5, 100)], LONG).await;
+        let message = refused.as_ref().unwrap_err().to_string();
+        assert!(message.contains("one admitted before it (150 tokens"), "{message}");
+        let wait = busy_wait(refused, InTheWay::Admitted { tokens: 150 });
         assert!(wait >= Duration::from_millis(250), "{wait:?}");
         let small = spawn_score(&batcher, vec![sequence(6, 10)], LONG);
         until("the small request queued", || {
