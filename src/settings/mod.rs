@@ -289,7 +289,8 @@ pub struct ScoreFiles {
     pub batch_tokens: Option<usize>,
     /// Continue an interrupted run: keep the scores already in --output and append those
     /// of the remaining pairs. Refused when the settings recorded in `<output>.settings.json`
-    /// differ from this run's, or the output has more scores than the input has pairs.
+    /// differ from this run's (batch sizes aside), the input's first lines are not those
+    /// scored, or the output has more scores than the input has pairs.
     #[arg(long)]
     pub resume: bool,
 }
