@@ -9,9 +9,9 @@ use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::queue::Pending;
-use super::{BatchError, BatchScorer, Request, Throughput};
+use super::{BatchError, BatchScorer, Request, Throughput, batch_work};
 use crate::metrics::ModelMetrics;
-use crate::model::{BatchBudget, ModelError};
+use crate::model::ModelError;
 
 pub(super) type BatchMessage = (Vec<Pending>, OwnedSemaphorePermit);
 
@@ -20,14 +20,13 @@ pub(super) fn spawn(
     mut incoming: mpsc::Receiver<BatchMessage>,
     alive: Arc<AtomicBool>,
     throughput: Arc<Throughput>,
-    budget: BatchBudget,
     metrics: ModelMetrics,
 ) {
     std::thread::Builder::new()
         .name("zerank-model".into())
         .spawn(move || {
             while let Some((batch, permit)) = incoming.blocking_recv() {
-                run_and_answer(engine.as_ref(), batch, &throughput, budget, &metrics);
+                run_and_answer(engine.as_ref(), batch, &throughput, &metrics);
                 drop(permit);
             }
             alive.store(false, Ordering::SeqCst);
@@ -39,7 +38,6 @@ fn run_and_answer(
     engine: &dyn BatchScorer,
     batch: Vec<Pending>,
     throughput: &Throughput,
-    budget: BatchBudget,
     metrics: &ModelMetrics,
 ) {
     let mut requests: Vec<&Arc<Request>> = Vec::new();
@@ -81,8 +79,11 @@ fn run_and_answer(
 
     match outcome {
         Ok(Ok(scored)) => {
-            let fill = tokens as f64 / budget.max_tokens.max(1) as f64;
-            throughput.observe(tokens, inference.as_secs_f64(), fill);
+            let work = batch_work(scored.computed_tokens, tokens, batch.len());
+            throughput.observe(work, inference.as_secs_f64());
+            if let Some(rate) = throughput.tokens_per_sec() {
+                metrics.estimated_tokens_per_second.set(rate);
+            }
             for request in &requests {
                 request.add_inference_time(inference);
             }

@@ -110,8 +110,8 @@ impl ServedModel {
     }
 }
 
-/// What the start-up log and `/info` price: a request of 100 documents of 400 prompt tokens,
-/// at `tokens_per_sec`.
+/// What the start-up log and `/info` price: a request of 100 documents of 400 prompt tokens
+/// (no shared prefix), at `tokens_per_sec` units of work.
 pub(super) fn typical_request_secs(tokens_per_sec: f64) -> f64 {
-    (100 * 400) as f64 / tokens_per_sec
+    crate::batcher::batch_work(100 * 400, 100 * 400, 100) / tokens_per_sec
 }
