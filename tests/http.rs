@@ -56,6 +56,11 @@ fn concurrent_requests_score_as_sequential_ones_and_share_batches() {
         "no batch held pairs of more than one request"
     );
     assert_eq!(server.metric("zerank_queue_pairs"), 0.0);
+    // The estimate admission plans with, as measured on these batches.
+    let estimate = server.metric("zerank_estimated_tokens_per_second");
+    let info = server.get("/info").json();
+    assert!(estimate > 0.0, "{estimate}");
+    assert_eq!(info["models"][0]["tokens_per_sec"].as_f64(), Some(estimate));
 }
 
 #[test]

@@ -387,7 +387,8 @@ pub struct ModelEntry {
     /// `cpu`: its model and the instructions its matmuls can use (AVX2, AVX-512, bf16).
     #[schema(value_type = Object)]
     pub model: serde_json::Value,
-    /// Measured prompt tokens per second (warm-up, then real batches).
+    /// The rate admission plans with (also `zerank_estimated_tokens_per_second`): units of
+    /// work per second, measured at warm-up, then on real batches (see README, Admission).
     pub tokens_per_sec: Option<f64>,
     /// Time for 100 documents of 400 tokens at that rate.
     pub typical_request_secs: Option<f64>,
