@@ -87,7 +87,9 @@ def main():
             tokens = after["zerank_batch_computed_tokens_sum"] - before["zerank_batch_computed_tokens_sum"]
             seconds = after["zerank_inference_duration_seconds_sum"] - before["zerank_inference_duration_seconds_sum"]
             counts = {s: statuses.count(s) for s in sorted(set(statuses))}
-            print(f"| {name} | {counts} | {tokens / seconds:.0f} | {after['zerank_estimated_tokens_per_second']:.0f} |")
+            actual = f"{tokens / seconds:.0f}" if seconds > 0 else "(nothing ran)"
+            estimate = after["zerank_estimated_tokens_per_second"]
+            print(f"| {name} | {counts} | {actual} | {estimate:.0f} |")
             before = after
     finally:
         server.terminate()

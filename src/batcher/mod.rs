@@ -9,7 +9,7 @@ mod rate;
 mod tests;
 mod worker;
 
-pub use rate::{Throughput, batch_work, request_work};
+pub use rate::{Throughput, WorkModel};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -248,6 +248,7 @@ impl Batcher {
         worker::spawn(
             engine,
             incoming,
+            queue.clone(),
             worker_alive.clone(),
             throughput.clone(),
             metrics.clone(),
@@ -293,7 +294,7 @@ impl Batcher {
     /// rate measured recently (413); one that could not finish in its turns behind the
     /// batch running and beside the requests waiting, at the estimate with
     /// [`ADMISSION_MARGIN`], or that would make one of them miss its own time (429, with
-    /// the expected wait). Work is counted as the engine does it: see [`request_work`].
+    /// the expected wait). Work is counted as the engine does it: see [`WorkModel::request`].
     pub async fn score(
         &self,
         sequences: Vec<Vec<u32>>,
@@ -314,7 +315,10 @@ impl Batcher {
         if requested > limit {
             return Err(BatchError::TooLarge { requested, limit });
         }
-        let work = request_work(&sequences, self.budget.max_tokens);
+        let work = self
+            .throughput
+            .work()
+            .request(&sequences, self.budget.max_tokens);
         if let Some(best) = self.throughput.best_tokens_per_sec()
             && work / best > time_left.as_secs_f64()
         {

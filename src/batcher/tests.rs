@@ -327,7 +327,7 @@ fn the_queue_refuses_tokens_past_its_limit() {
 fn requests_that_cannot_finish_in_time_are_refused_at_once() {
     runtime().block_on(async {
         // 100 units of work a second, as if measured at warm-up. A sequence of n tokens is
-        // n * (1 + n / 4096) units (see `batch_work`; these share no prefix).
+        // n * (1 + n / 4095) units (see `WorkModel`; these share no prefix).
         let throughput = Throughput::default();
         throughput.observe(100.0, 1.0);
         let (batcher, metrics, gate) = batcher_at(ONE_AT_A_TIME, usize::MAX, throughput);
@@ -505,7 +505,7 @@ fn a_pessimistic_estimate_refuses_no_request_of_half_its_timeout() {
             .map(|i| [query.clone(), sequence(i, 10)].concat())
             .collect();
         for (case, sequences) in [("short documents", short), ("a shared query", shared)] {
-            let work = request_work(&sequences, ONE_AT_A_TIME.max_tokens);
+            let work = WorkModel::default().request(&sequences, ONE_AT_A_TIME.max_tokens);
             assert!(work / 100.0 <= 2.0, "{case}: {work} units");
             let scored = batcher.score(sequences, timeout).await;
             assert!(scored.is_ok(), "{case}: {scored:?}");

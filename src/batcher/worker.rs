@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
-use super::queue::Pending;
-use super::{BatchError, BatchScorer, Request, Throughput, batch_work};
+use super::queue::{Pending, Queue};
+use super::{BatchError, BatchScorer, Request, Throughput};
 use crate::metrics::ModelMetrics;
 use crate::model::ModelError;
 
@@ -18,6 +18,7 @@ pub(super) type BatchMessage = (Vec<Pending>, OwnedSemaphorePermit);
 pub(super) fn spawn(
     engine: Arc<dyn BatchScorer>,
     mut incoming: mpsc::Receiver<BatchMessage>,
+    queue: Arc<Queue>,
     alive: Arc<AtomicBool>,
     throughput: Arc<Throughput>,
     metrics: ModelMetrics,
@@ -26,7 +27,7 @@ pub(super) fn spawn(
         .name("zerank-model".into())
         .spawn(move || {
             while let Some((batch, permit)) = incoming.blocking_recv() {
-                run_and_answer(engine.as_ref(), batch, &throughput, &metrics);
+                run_and_answer(engine.as_ref(), batch, &queue, &throughput, &metrics);
                 drop(permit);
             }
             alive.store(false, Ordering::SeqCst);
@@ -37,6 +38,7 @@ pub(super) fn spawn(
 fn run_and_answer(
     engine: &dyn BatchScorer,
     batch: Vec<Pending>,
+    queue: &Queue,
     throughput: &Throughput,
     metrics: &ModelMetrics,
 ) {
@@ -65,6 +67,8 @@ fn run_and_answer(
     // A panic inside the forward fails this batch's requests, not the server.
     let outcome = catch_unwind(AssertUnwindSafe(|| engine.score_batch(&sequences)));
     let inference = started.elapsed();
+    // Before any answer: a request sent on it must not see this batch as still running.
+    queue.model_idle();
     drop(forward_spans);
     let computed = match &outcome {
         Ok(Ok(scored)) => Some(scored.computed_tokens),
@@ -79,7 +83,9 @@ fn run_and_answer(
 
     match outcome {
         Ok(Ok(scored)) => {
-            let work = batch_work(scored.computed_tokens, tokens, batch.len());
+            let work = throughput
+                .work()
+                .batch(scored.computed_tokens, tokens, batch.len());
             throughput.observe(work, inference.as_secs_f64());
             if let Some(rate) = throughput.tokens_per_sec() {
                 metrics.estimated_tokens_per_second.set(rate);

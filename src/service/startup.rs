@@ -8,7 +8,7 @@ use tokio::sync::Semaphore;
 use super::cache::ScoreCache;
 use super::served::{ServedModel, typical_request_secs};
 use super::{RequestLimits, Service};
-use crate::batcher::{Batcher, Throughput, batch_work};
+use crate::batcher::{Batcher, Throughput, WorkModel};
 use crate::metrics::Metrics;
 use crate::model::Engine;
 use crate::settings::{ModelSettings, Settings};
@@ -45,9 +45,11 @@ impl Service {
                     .for_model(&model.served_names[0])
                     .model_load_seconds
                     .set(started.elapsed().as_secs_f64());
-                let throughput = Arc::new(Throughput::default());
+                let info = engine.info();
+                let work = WorkModel::of(info.hidden_size, info.prefix_sharing);
+                let throughput = Arc::new(Throughput::new(work));
                 throughput.observe(
-                    batch_work(warmup.computed_tokens, warmup.tokens(), warmup.pairs),
+                    work.batch(warmup.computed_tokens, warmup.tokens(), warmup.pairs),
                     warmup.seconds,
                 );
                 if let Some(rate) = throughput.tokens_per_sec() {
@@ -57,7 +59,7 @@ impl Service {
                         .set(rate);
                 }
                 let tokens_per_sec = throughput.tokens_per_sec().unwrap_or(f64::INFINITY);
-                let typical_secs = typical_request_secs(tokens_per_sec);
+                let typical_secs = typical_request_secs(&work, tokens_per_sec);
                 tracing::info!(
                     model = %model.load.model,
                     names = ?model.served_names,
