@@ -105,6 +105,10 @@ per_model_metrics! {
         Opts::new("zerank_queue_tokens", "Tokens waiting in the batch queue"),
     input_tokens: HistogramVec -> Histogram =
         exponential("zerank_input_tokens", "Prompt tokens per pair", 16.0, 12),
+    estimated_tokens_per_second: GaugeVec -> Gauge = Opts::new(
+        "zerank_estimated_tokens_per_second",
+        "The rate admission plans with: units of work (prompt tokens computed after prefix sharing, longer prompts weighing more) per second",
+    ),
     model_load_seconds: GaugeVec -> Gauge = Opts::new(
         "zerank_model_load_seconds",
         "Time it took to load the model and warm it up",

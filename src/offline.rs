@@ -6,27 +6,33 @@
 //! - Pairs are read and scored in chunks of four full batches, so that a file of any size
 //!   streams through; every batch's scores are written as soon as it has run.
 //! - `--resume` keeps the complete chunks already in `--output` and scores the rest. Batches
-//!   are planned within chunks from the start of the input, so a resumed run forms the same
-//!   batches as an uninterrupted one and writes the same bytes.
-//! - The settings that decide the scores are kept beside the output, in
-//!   `<output>.settings.json`, so that the output stays one score per line for its readers; a
-//!   resumed run with other settings, or on an input with fewer pairs than the output has
-//!   scores, is refused before anything is cut or appended.
-//! - On a terminal, stderr shows the pairs done, the rate and the time left.
+//!   are planned within chunks from the start of the input, so a resumed run with the same
+//!   batch settings forms the same batches as an uninterrupted one and writes the same bytes.
+//! - The settings that decide the scores, and a SHA-256 of the input lines scored, are kept
+//!   beside the output in `<output>.settings.json` (see [`record`]), so that the output stays
+//!   one score per line for its readers; a resumed run with other settings, or on other input
+//!   lines, is refused before anything is cut or appended. The batch settings may change.
+//! - On a terminal, stderr shows the pairs done, the rate and the time left; otherwise a
+//!   line per chunk, and a closing line. Ctrl-C says how to resume.
+
+mod record;
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{BufRead, BufReader, IsTerminal, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 use crate::json::json_kind;
-use crate::model::{BatchBudget, Engine, LoadOptions, ModelError, Score, TokenLimits};
+use crate::model::{BatchBudget, Engine, ModelError, Score, TokenLimits};
 use crate::settings::{ScoreFiles, Settings};
+use record::{InputDigest, resume, scoring_record, write_record};
 
 /// Full batches of pairs per chunk: the last batch of a chunk may be short, and with four
 /// that costs little.
@@ -49,19 +55,26 @@ pub fn score_file(files: &ScoreFiles, settings: &Settings) -> anyhow::Result<()>
     });
     let model = settings.models()?.swap_remove(0);
     let record = scoring_record(files, settings, &model.load);
-    let (output, done) = match &files.output {
+    let (output, done, mut digest) = match &files.output {
         Some(path) if files.resume => resume(path, &mut input, chunk, &record)?,
         Some(path) => {
             // Emptied before the record is replaced: a run killed in between leaves no
             // scores that the new record would misdescribe.
             let file =
                 File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-            write_record(path, &record)?;
-            (Box::new(file) as Box<dyn Write>, 0)
+            let digest = InputDigest::default();
+            write_record(path, &record, &digest)?;
+            (Box::new(file) as Box<dyn Write>, 0, digest)
         }
-        None => (Box::new(std::io::stdout().lock()) as Box<dyn Write>, 0),
+        None => (
+            Box::new(std::io::stdout().lock()) as Box<dyn Write>,
+            0,
+            InputDigest::default(),
+        ),
     };
     let output = &mut std::io::BufWriter::new(output);
+    let written = Arc::new(AtomicUsize::new(done));
+    say_how_to_resume_on_interrupt(files, written.clone());
 
     let engine = Engine::load(&model.load)?;
     let limits = TokenLimits {
@@ -69,7 +82,8 @@ pub fn score_file(files: &ScoreFiles, settings: &Settings) -> anyhow::Result<()>
         ..TokenLimits::default()
     };
     // Counting the pairs costs a read of the file: only for a file, and a terminal to show it.
-    let progress = if std::io::stderr().is_terminal() {
+    let on_terminal = std::io::stderr().is_terminal();
+    let progress = if on_terminal {
         let total = if stdin || !files.input.is_file() {
             None
         } else {
@@ -79,8 +93,15 @@ pub fn score_file(files: &ScoreFiles, settings: &Settings) -> anyhow::Result<()>
     } else {
         ProgressBar::hidden()
     };
+    let started = Instant::now();
+    let log_line = |what: &str| {
+        let pairs = written.load(Ordering::SeqCst) - done;
+        let seconds = started.elapsed().as_secs_f64();
+        let rate = pairs as f64 / seconds.max(1e-9);
+        eprintln!("{what} {pairs} pairs in {seconds:.1} s ({rate:.1} pairs/s)");
+    };
     let mut sequences: Vec<Vec<u32>> = Vec::with_capacity(chunk);
-    let mut write_scores = |sequences: &mut Vec<Vec<u32>>| -> anyhow::Result<()> {
+    let mut write_scores = |sequences: &mut Vec<Vec<u32>>, digest: &InputDigest| {
         engine.score_sequences(sequences, budget, |scores: &[Score]| {
             for score in scores {
                 writeln!(
@@ -90,13 +111,22 @@ pub fn score_file(files: &ScoreFiles, settings: &Settings) -> anyhow::Result<()>
                 )?;
             }
             output.flush()?;
+            written.fetch_add(scores.len(), Ordering::SeqCst);
             progress.inc(scores.len() as u64);
             anyhow::Ok(())
         })?;
+        // The record vouches for the input lines of the scores written.
+        if let Some(path) = &files.output {
+            write_record(path, &record, digest)?;
+        }
+        if !on_terminal && !sequences.is_empty() {
+            log_line("scored");
+        }
         sequences.clear();
-        Ok(())
+        anyhow::Ok(())
     };
     while input.advance()? {
+        digest.add(&input.line);
         let pair = parse_pair(input.number, &input.line)?;
         let ids = engine
             .encoder()
@@ -117,12 +147,46 @@ pub fn score_file(files: &ScoreFiles, settings: &Settings) -> anyhow::Result<()>
             .ids;
         sequences.push(ids);
         if sequences.len() == chunk {
-            write_scores(&mut sequences)?;
+            write_scores(&mut sequences, &digest)?;
         }
     }
-    write_scores(&mut sequences)?;
+    write_scores(&mut sequences, &digest)?;
     progress.finish();
+    let resumed = if done > 0 {
+        format!(", resumed after {done} pairs")
+    } else {
+        String::new()
+    };
+    log_line(&format!("done{resumed}: scored"));
     Ok(())
+}
+
+/// On Ctrl-C (SIGINT), says how many pairs were written and how to go on, then exits: the
+/// output and its record stay as `--resume` takes them (a partial line is cut away).
+fn say_how_to_resume_on_interrupt(files: &ScoreFiles, written: Arc<AtomicUsize>) {
+    let advice = match &files.output {
+        Some(path) => format!(
+            "{} keeps them; run the same command with --resume to score the rest",
+            path.display()
+        ),
+        None => "scores written to stdout cannot be resumed; give --output FILE".to_owned(),
+    };
+    let watch = move || -> std::io::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(tokio::signal::ctrl_c())?;
+        let written = written.load(Ordering::SeqCst);
+        eprintln!("interrupted after {written} pairs scored; {advice}");
+        std::process::exit(130)
+    };
+    let _ = std::thread::Builder::new()
+        .name("zerank-interrupt".into())
+        .spawn(move || {
+            if let Err(err) = watch() {
+                tracing::warn!(error = %err, "Ctrl-C will stop without a message");
+            }
+        });
 }
 
 /// The server's batch budget, with `--batch-tokens` in place of `max_batch_tokens`.
@@ -252,166 +316,6 @@ fn parse_pair(number: usize, line: &[u8]) -> anyhow::Result<PairLine> {
         document: text("document", true)?.expect("a required field is present"),
         instruction: text("instruction", false)?,
     })
-}
-
-/// The output of an interrupted run, opened to append to, and the scores it keeps: those of
-/// its complete chunks, whose pairs are skipped in `input`. What follows them (a chunk cut
-/// short, a partial line) is cut away, to be scored again in the same batches. Refused,
-/// untouched, when it holds scores of other settings than `record`, or more scores than the
-/// input has pairs.
-fn resume<R: BufRead>(
-    path: &Path,
-    input: &mut PairLines<R>,
-    chunk: usize,
-    record: &Map<String, Value>,
-) -> anyhow::Result<(Box<dyn Write>, usize)> {
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    // An empty output keeps nothing, whatever wrote it.
-    if file.metadata()?.len() > 0 {
-        check_record(path, record)?;
-    }
-    let (mut lines, mut offset) = (0, 0u64);
-    let (mut kept, mut kept_bytes) = (0, 0u64);
-    let mut reader = BufReader::new(&file);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let read = reader
-            .read_until(b'\n', &mut line)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if read == 0 || line.last() != Some(&b'\n') {
-            break;
-        }
-        lines += 1;
-        offset += read as u64;
-        let score = std::str::from_utf8(&line)
-            .ok()
-            .and_then(|text| text.trim().parse::<f32>().ok());
-        if score.is_none() {
-            bail!(
-                "--resume: line {lines} of {} is not a score; is it the --output of an earlier run?",
-                path.display()
-            );
-        }
-        if lines % chunk == 0 {
-            (kept, kept_bytes) = (lines, offset);
-        }
-    }
-    let mut pairs = 0;
-    while pairs < kept && input.advance()? {
-        pairs += 1;
-    }
-    // The scores past the kept chunks are scored again; their pairs are read ahead only to
-    // be sure there are as many.
-    pairs += input.look_ahead(lines - pairs)?;
-    if pairs < lines {
-        bail!(
-            "--resume: {} holds {lines} scores, but the input only {pairs} pairs: it is not this input's output",
-            path.display()
-        );
-    }
-    file.set_len(kept_bytes)
-        .with_context(|| format!("cannot truncate {}", path.display()))?;
-    file.seek(SeekFrom::End(0))?;
-    write_record(path, record)?;
-    Ok((Box::new(file), kept))
-}
-
-/// What decides the scores of a run, keyed by the flag that sets each: the model and how it
-/// scores, the truncation, `--raw`, and the batches (which a resumed run must form again
-/// to write the same bytes).
-fn scoring_record(
-    files: &ScoreFiles,
-    settings: &Settings,
-    model: &LoadOptions,
-) -> Map<String, Value> {
-    let budget = batch_budget(files, settings);
-    let record = json!({
-        "--model": model.model,
-        "--revision": model.revision,
-        "--recipe": model.recipe.to_string(),
-        "--instruction": model.instruction,
-        "--score-temperature": model.score_temperature,
-        "--dtype": model.dtype.to_string(),
-        "--device": model.device.to_string(),
-        "--max-length": model.max_length,
-        "--max-tokens-per-doc": settings.max_tokens_per_doc,
-        "--prefix-sharing": model.prefix_sharing,
-        "--cpu-blas": model.cpu_blas.to_string(),
-        "--cpu-bf16-gemm": model.cpu_bf16_gemm.to_string(),
-        "--batch-tokens": budget.max_tokens,
-        "--max-batch-pairs": budget.max_sequences,
-        "--raw": files.raw,
-    });
-    let Value::Object(record) = record else {
-        unreachable!("a JSON object literal")
-    };
-    record
-}
-
-/// Where the record of `output`'s settings is kept.
-fn record_path(output: &Path) -> PathBuf {
-    let mut path = output.as_os_str().to_owned();
-    path.push(".settings.json");
-    path.into()
-}
-
-/// Replaces the record of `output`'s settings whole: written aside, then renamed over, so
-/// that an interrupted run leaves the old record or the new one.
-fn write_record(output: &Path, record: &Map<String, Value>) -> anyhow::Result<()> {
-    let path = record_path(output);
-    let mut aside = path.as_os_str().to_owned();
-    aside.push(".partial");
-    let text = serde_json::to_string_pretty(record)? + "\n";
-    std::fs::write(&aside, text).with_context(|| format!("cannot write {}", path.display()))?;
-    std::fs::rename(&aside, &path).with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// Refuses to add to `output` when its record says other settings wrote it, naming each.
-fn check_record(output: &Path, record: &Map<String, Value>) -> anyhow::Result<()> {
-    let path = record_path(output);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => bail!(
-            "--resume: {} holds scores, but there is no {} to say which settings wrote them; score it again without --resume",
-            output.display(),
-            path.display()
-        ),
-        Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
-    };
-    let written: Map<String, Value> = serde_json::from_str(&text)
-        .with_context(|| format!("--resume: {} is not a settings record", path.display()))?;
-    let shown = |value: Option<&Value>| match value {
-        None | Some(Value::Null) => "not set".to_owned(),
-        Some(value) => value.to_string(),
-    };
-    let differences: Vec<String> = record
-        .keys()
-        .chain(written.keys().filter(|key| !record.contains_key(*key)))
-        .filter(|key| written.get(*key) != record.get(*key))
-        .map(|key| {
-            format!(
-                "{key} was {} there and is {} now",
-                shown(written.get(key)),
-                shown(record.get(key))
-            )
-        })
-        .collect();
-    if !differences.is_empty() {
-        bail!(
-            "--resume: {} was written with other settings ({}): {}. Resume with its settings, or score again without --resume",
-            output.display(),
-            path.display(),
-            differences.join("; ")
-        );
-    }
-    Ok(())
 }
 
 /// Pairs done, their rate and the time left (`remaining` pairs, when known), redrawn while

@@ -4,12 +4,15 @@
 //! busy one packs pairs of many requests, and a small request never waits out a big one.
 
 mod queue;
+mod rate;
 #[cfg(test)]
 mod tests;
 mod worker;
 
+pub use rate::{Throughput, WorkModel};
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -38,10 +41,11 @@ pub enum BatchError {
     )]
     TooLarge { requested: usize, limit: usize },
     #[error(
-        "the request's {requested} prompt tokens would take about {seconds:.0} s at the measured {tokens_per_sec:.0} tokens/s with admission's 1.25x margin, over the {time_left:.0} s it has (request_timeout_secs); send fewer or shorter documents"
+        "the request's {requested} prompt tokens ({work:.0} units of work after prefix sharing, longer prompts weighing more) would take about {seconds:.1} s even at the best rate measured recently, {tokens_per_sec:.0} units/s, over the {time_left:.1} s it has; raise `request_timeout_secs`, send fewer or shorter documents, or serve a smaller model"
     )]
     TooSlow {
         requested: usize,
+        work: f64,
         tokens_per_sec: f64,
         seconds: f64,
         time_left: f64,
@@ -56,10 +60,10 @@ pub enum BatchError {
         expected_wait: Duration,
     },
     #[error(
-        "with the {queued} tokens queued, this request or one admitted before it would miss its timeout by about {:.0} s at the measured throughput; retry later or send fewer documents", expected_wait.as_secs_f64()
+        "{in_the_way} by about {:.1} s at the measured throughput; retry later or send fewer documents", expected_wait.as_secs_f64()
     )]
     Busy {
-        queued: usize,
+        in_the_way: InTheWay,
         expected_wait: Duration,
     },
     /// The input cannot be scored (found during the forward, e.g. too long for the model).
@@ -73,52 +77,55 @@ pub enum BatchError {
     Stopped,
 }
 
-/// Prompt tokens the model scores per second: measured at warm-up, then over real batches,
-/// each moving the estimate in proportion to how much of the token budget it filled (a
-/// lone short pair says little about the rate of full batches). Unknown (no refusals on time
-/// grounds) until measured.
-#[derive(Default)]
-pub struct Throughput(AtomicU64);
+/// What would make a request late, for the 429's message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InTheWay {
+    /// The request itself would miss its timeout behind the batch in the model (`running`
+    /// tokens, 0 when idle) and its turns beside `queued` tokens of `requests` waiting.
+    Ahead {
+        running: usize,
+        queued: usize,
+        requests: usize,
+    },
+    /// Its turns would make a request admitted before it, `tokens` (of work) still waiting,
+    /// miss its own timeout.
+    Admitted { tokens: usize },
+}
 
-impl Throughput {
-    /// Weight of a full batch in the estimate.
-    const FULL_BATCH_WEIGHT: f64 = 0.3;
-
-    pub fn tokens_per_sec(&self) -> Option<f64> {
-        let rate = f64::from_bits(self.0.load(Ordering::Relaxed));
-        (rate > 0.0 && rate.is_finite()).then_some(rate)
-    }
-
-    /// `fill`: the batch's share of the token budget (1 for a full one); the first
-    /// measurement sets the rate whatever its size.
-    pub fn observe(&self, tokens: usize, seconds: f64, fill: f64) {
-        if tokens == 0 || seconds <= 0.0 {
-            return;
+impl std::fmt::Display for InTheWay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            InTheWay::Ahead {
+                running,
+                queued,
+                requests,
+            } => {
+                let batch = format!("the batch the model is running ({running} units of work)");
+                let waiting = format!("{queued} units of work of {requests} requests waiting");
+                let ahead = match (running, queued) {
+                    (_, 0) => batch,
+                    (0, _) => waiting,
+                    _ => format!("{batch} and {waiting}"),
+                };
+                write!(f, "behind {ahead}, this request would miss its timeout")
+            }
+            InTheWay::Admitted { tokens } => write!(
+                f,
+                "this request would make one admitted before it ({tokens} units of work still waiting) miss its timeout"
+            ),
         }
-        let now = tokens as f64 / seconds;
-        let rate = match self.tokens_per_sec() {
-            Some(rate) => rate + Self::FULL_BATCH_WEIGHT * fill.clamp(0.0, 1.0) * (now - rate),
-            None => now,
-        };
-        self.0.store(rate.to_bits(), Ordering::Relaxed);
-    }
-
-    /// Time to score `tokens` at the measured rate.
-    pub fn time_for(&self, tokens: usize) -> Option<Duration> {
-        self.tokens_per_sec()
-            .map(|rate| Duration::from_secs_f64(tokens as f64 / rate))
     }
 }
 
-/// How much longer than the estimate admission plans for: the rate is measured on the
-/// batches that ran, and long prompts cost more per token (attention grows with length).
-/// The attack that set it saw a request estimated at 46.5 s take 54.7 s (1.18x).
+/// How much longer than the estimate admission plans the queue for: the rate is measured
+/// on the batches that ran. The attack that set it saw a request estimated at 46.5 s take
+/// 54.7 s (1.18x).
 pub const ADMISSION_MARGIN: f64 = 1.25;
 
-/// What admission expects `tokens` to take, with its margin; `None` until measured.
-fn planned(throughput: &Throughput, tokens: usize) -> Option<Duration> {
+/// What admission expects `work` to take, with its margin; `None` until measured.
+fn planned(throughput: &Throughput, work: f64) -> Option<Duration> {
     throughput
-        .time_for(tokens)
+        .time_for(work)
         .map(|time| time.mul_f64(ADMISSION_MARGIN))
 }
 
@@ -217,6 +224,7 @@ impl Request {
 #[derive(Clone)]
 pub struct Batcher {
     queue: Arc<Queue>,
+    budget: BatchBudget,
     max_queued_tokens: usize,
     worker_alive: Arc<AtomicBool>,
     throughput: Arc<Throughput>,
@@ -240,9 +248,9 @@ impl Batcher {
         worker::spawn(
             engine,
             incoming,
+            queue.clone(),
             worker_alive.clone(),
             throughput.clone(),
-            budget,
             metrics.clone(),
         );
         let model_free = Arc::new(Semaphore::new(1));
@@ -261,6 +269,7 @@ impl Batcher {
         });
         Batcher {
             queue,
+            budget,
             max_queued_tokens,
             worker_alive,
             throughput,
@@ -281,10 +290,11 @@ impl Batcher {
     /// the future (client gone, timeout) takes the request's remaining pairs off the queue.
     ///
     /// Refused at once, so that it never holds the queue for nothing: a request over the
-    /// queue's budget, or one that could not finish in `time_left` at the measured
-    /// throughput (with [`ADMISSION_MARGIN`]) alone (413), or in its turns beside the
-    /// requests waiting, or that would make one of them miss its own time (429, with the
-    /// expected wait).
+    /// queue's budget, or one that could not finish in `time_left` alone even at the best
+    /// rate measured recently (413); one that could not finish in its turns behind the
+    /// batch running and beside the requests waiting, at the estimate with
+    /// [`ADMISSION_MARGIN`], or that would make one of them miss its own time (429, with
+    /// the expected wait). Work is counted as the engine does it: see [`WorkModel::request`].
     pub async fn score(
         &self,
         sequences: Vec<Vec<u32>>,
@@ -305,16 +315,22 @@ impl Batcher {
         if requested > limit {
             return Err(BatchError::TooLarge { requested, limit });
         }
-        if let Some(own) = planned(&self.throughput, requested)
-            && own > time_left
+        let work = self
+            .throughput
+            .work()
+            .request(&sequences, self.budget.max_tokens);
+        if let Some(best) = self.throughput.best_tokens_per_sec()
+            && work / best > time_left.as_secs_f64()
         {
             return Err(BatchError::TooSlow {
                 requested,
-                tokens_per_sec: self.throughput.tokens_per_sec().unwrap_or_default(),
-                seconds: own.as_secs_f64(),
+                work,
+                tokens_per_sec: best,
+                seconds: work / best,
                 time_left: time_left.as_secs_f64(),
             });
         }
+        let work_each = work / sequences.len() as f64;
         for seq in &sequences {
             self.metrics.input_tokens.observe(seq.len() as f64);
         }
@@ -345,24 +361,25 @@ impl Batcher {
                 request: request.clone(),
                 position,
                 ids,
+                work: work_each,
             })
             .collect();
         let throughput = &self.throughput;
         self.queue.push(request.clone(), pending, |load| {
-            let queued = load.queued();
+            let queued = load.queued_tokens;
             if queued + requested > limit {
                 return Err(BatchError::QueueFull {
                     queued,
                     requested,
                     limit,
                     expected_wait: throughput
-                        .time_for(queued)
+                        .time_for(load.queued())
                         .unwrap_or(Duration::from_secs(1)),
                 });
             }
-            match late_by(throughput, load, requested, time_left, submitted) {
-                Some(expected_wait) => Err(BatchError::Busy {
-                    queued,
+            match late_by(throughput, load, work, time_left, submitted) {
+                Some((expected_wait, in_the_way)) => Err(BatchError::Busy {
+                    in_the_way,
                     expected_wait,
                 }),
                 None => Ok(()),
@@ -382,33 +399,46 @@ impl Batcher {
     }
 }
 
-/// How late a request of `requested` tokens joining `load` would make itself or a waiting
-/// request that is on time now, the longest; `None` when every one still makes it. Served
-/// in turns, the newcomer waits for at most its own size of every other request, and
-/// delays each by at most its own size.
+/// How late a request of `work` joining `load` would make itself or a waiting request
+/// that is on time now, the longest, and which; `None` when every one still makes it.
+/// Served in turns, the newcomer waits for at most its own size of every other request,
+/// and delays each by at most its own size. Into an idle model a request is never late on
+/// the queue's account: alone, it was judged by the best rate.
 fn late_by(
     throughput: &Throughput,
     load: &Load,
-    requested: usize,
+    work: f64,
     time_left: Duration,
     now: Instant,
-) -> Option<Duration> {
-    let overrun = |tokens: usize, time_left: Duration| {
-        planned(throughput, tokens)
+) -> Option<(Duration, InTheWay)> {
+    if load.is_empty() {
+        return None;
+    }
+    let overrun = |work: f64, time_left: Duration| {
+        planned(throughput, work)
             .and_then(|time| time.checked_sub(time_left))
             .filter(|late| !late.is_zero())
     };
-    let own = overrun(load.work_until_done(requested), time_left);
-    let others = load.waiting.iter().filter_map(|&(tokens, deadline)| {
+    let ahead = InTheWay::Ahead {
+        running: load.running.round() as usize,
+        queued: load.queued().round() as usize,
+        requests: load.waiting.len(),
+    };
+    let own = overrun(load.work_until_done(work), time_left).map(|late| (late, ahead));
+    let others = load.waiting.iter().filter_map(|&(other, deadline)| {
         let time_left = deadline.saturating_duration_since(now);
         // It is among the waiting, so `work_until_done` counts it twice.
-        let before = load.work_until_done(tokens) - tokens;
+        let before = load.work_until_done(other) - other;
         overrun(before, time_left)
             .is_none()
-            .then(|| overrun(before + requested.min(tokens), time_left))
+            .then(|| overrun(before + work.min(other), time_left))
             .flatten()
+            .map(|late| {
+                let tokens = other.round() as usize;
+                (late, InTheWay::Admitted { tokens })
+            })
     });
-    own.into_iter().chain(others).max()
+    own.into_iter().chain(others).max_by_key(|(late, _)| *late)
 }
 
 /// Takes a request's pairs off the queue when its caller stops waiting.

@@ -22,6 +22,8 @@ pub(super) struct Pending {
     /// The pair's position in its request.
     pub position: usize,
     pub ids: Vec<u32>,
+    /// Its share of its request's work (see [`super::request_work`]).
+    pub work: f64,
 }
 
 /// One request's pairs still waiting, in order.
@@ -29,31 +31,38 @@ struct Line {
     request: Arc<Request>,
     pairs: VecDeque<Pending>,
     tokens: usize,
+    work: f64,
 }
 
 /// What a request joins: what admission weighs.
 pub(super) struct Load {
-    /// Tokens of the batch in the model now (0 when it is idle).
-    pub running: usize,
-    /// Each waiting request's tokens, and when it must be answered.
-    pub waiting: Vec<(usize, Instant)>,
+    /// Work of the batch in the model now (0 when it is idle).
+    pub running: f64,
+    /// Each waiting request's work, and when it must be answered.
+    pub waiting: Vec<(f64, Instant)>,
+    /// Tokens waiting, for the queue's token budget.
+    pub queued_tokens: usize,
 }
 
 impl Load {
-    pub fn queued(&self) -> usize {
-        self.waiting.iter().map(|&(tokens, _)| tokens).sum()
+    pub fn queued(&self) -> f64 {
+        self.waiting.iter().map(|&(work, _)| work).sum()
     }
 
-    /// Tokens scored before the last of `tokens` more of one request is, served in turns:
-    /// the batch in the model, then at most as many of every other request's tokens.
-    pub fn work_until_done(&self, tokens: usize) -> usize {
+    pub fn is_empty(&self) -> bool {
+        self.running == 0.0 && self.waiting.is_empty()
+    }
+
+    /// Work done before the last of `work` more of one request is, served in turns: the
+    /// batch in the model, then at most as much of every other request's work.
+    pub fn work_until_done(&self, work: f64) -> f64 {
         self.running
-            + tokens
+            + work
             + self
                 .waiting
                 .iter()
-                .map(|&(other, _)| other.min(tokens))
-                .sum::<usize>()
+                .map(|&(other, _)| other.min(work))
+                .sum::<f64>()
     }
 }
 
@@ -62,7 +71,7 @@ struct Waiting {
     lines: VecDeque<Line>,
     pairs: usize,
     tokens: usize,
-    running: usize,
+    running: f64,
 }
 
 pub(super) struct Queue {
@@ -79,7 +88,7 @@ impl Queue {
                 lines: VecDeque::new(),
                 pairs: 0,
                 tokens: 0,
-                running: 0,
+                running: 0.0,
             }),
             arrived: Notify::new(),
             budget,
@@ -100,6 +109,7 @@ impl Queue {
         admit: impl FnOnce(&Load) -> Result<(), BatchError>,
     ) -> Result<(), BatchError> {
         let tokens: usize = pairs.iter().map(|p| p.ids.len()).sum();
+        let work: f64 = pairs.iter().map(|p| p.work).sum();
         {
             let mut waiting = self.lock();
             let load = Load {
@@ -107,8 +117,9 @@ impl Queue {
                 waiting: waiting
                     .lines
                     .iter()
-                    .map(|line| (line.tokens, line.request.deadline))
+                    .map(|line| (line.work, line.request.deadline))
                     .collect(),
+                queued_tokens: waiting.tokens,
             };
             admit(&load)?;
             waiting.tokens += tokens;
@@ -117,6 +128,7 @@ impl Queue {
                 request,
                 pairs: pairs.into(),
                 tokens,
+                work,
             });
             self.publish(&waiting);
         }
@@ -141,7 +153,7 @@ impl Queue {
 
     /// The model finished its batch and nothing runs until the next is taken.
     pub fn model_idle(&self) {
-        self.lock().running = 0;
+        self.lock().running = 0.0;
     }
 
     /// Waits for pairs, then takes the next batch.
@@ -195,9 +207,13 @@ impl Queue {
         }
         let mut batch = Vec::with_capacity(count);
         let (mut served, mut unserved) = (VecDeque::new(), VecDeque::new());
+        let mut work = 0.0;
         for (mut line, (own_count, own_tokens)) in waiting.lines.drain(..).zip(taken) {
+            let own_work: f64 = line.pairs.iter().take(own_count).map(|p| p.work).sum();
             batch.extend(line.pairs.drain(..own_count));
             line.tokens -= own_tokens;
+            line.work -= own_work;
+            work += own_work;
             match own_count {
                 0 => unserved.push_back(line),
                 _ if !line.pairs.is_empty() => served.push_back(line),
@@ -208,7 +224,7 @@ impl Queue {
         waiting.lines = unserved;
         waiting.tokens -= tokens;
         waiting.pairs -= count;
-        waiting.running = tokens;
+        waiting.running = work;
         self.publish(waiting);
         batch
     }

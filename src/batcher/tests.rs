@@ -131,15 +131,23 @@ fn spawn_score(
     tokio::spawn(async move { batcher.score(sequences, timeout).await })
 }
 
-/// The expected wait of a 429 for a queue of `queued` tokens.
-fn busy_wait(refused: Result<Scored, BatchError>, queued: usize) -> Duration {
+/// The expected wait of a 429 that names `in_the_way`.
+fn busy_wait(refused: Result<Scored, BatchError>, in_the_way: InTheWay) -> Duration {
     match refused {
         Err(BatchError::Busy {
-            queued: found,
+            in_the_way: found,
             expected_wait,
-        }) if found == queued => expected_wait,
-        other => panic!("a 429 for {queued} queued tokens expected, got {other:?}"),
+        }) if found == in_the_way => expected_wait,
+        other => panic!("a 429 for {in_the_way:?} expected, got {other:?}"),
     }
+}
+
+/// `wait` is `seconds`, to the millisecond (the clock runs between two admissions).
+fn assert_near(wait: Duration, seconds: f64) {
+    assert!(
+        (wait.as_secs_f64() - seconds).abs() < 0.01,
+        "{wait:?}, not {seconds} s"
+    );
 }
 
 /// Waits until `condition` holds (a state the test brought about, not a time).
@@ -318,12 +326,13 @@ fn the_queue_refuses_tokens_past_its_limit() {
 #[test]
 fn requests_that_cannot_finish_in_time_are_refused_at_once() {
     runtime().block_on(async {
-        // 100 tokens a second, as if measured at warm-up.
+        // 100 units of work a second, as if measured at warm-up. A sequence of n tokens is
+        // n * (1 + n / 4095) units (see `WorkModel`; these share no prefix).
         let throughput = Throughput::default();
-        throughput.observe(100, 1.0, 1.0);
+        throughput.observe(100.0, 1.0);
         let (batcher, metrics, gate) = batcher_at(ONE_AT_A_TIME, usize::MAX, throughput);
         gate.close();
-        // Alone, 500 tokens take 5 s: over a 2 s budget, refused before it queues.
+        // Alone, 500 tokens take 5.6 s: over a 2 s budget, refused before it queues.
         let err = batcher
             .score(vec![sequence(1, 500)], Duration::from_secs(2))
             .await
@@ -332,26 +341,75 @@ fn requests_that_cannot_finish_in_time_are_refused_at_once() {
             matches!(err, BatchError::TooSlow { requested: 500, .. }),
             "{err}"
         );
+        // It says which estimate, and what would help.
+        let message = err.to_string();
+        for advice in [
+            "about 5.6 s even at the best rate measured recently, 100 units/s",
+            "over the 2.0 s it has",
+            "`request_timeout_secs`",
+            "fewer or shorter documents",
+            "smaller model",
+        ] {
+            assert!(message.contains(advice), "{advice:?} not in {message}");
+        }
         assert_eq!(gate.arrived(), 0);
         // 50 tokens in the model and 150 waiting: in turns, another 100-token request waits
-        // for 50 + 100 of them, 2.5 s of work at 100 tokens/s, 3.125 s with the margin: it
-        // would miss a 2 s budget by 1.125 s, so 429 with that wait. A request with time to
+        // for 50 + 100 of them, 255 units of work at 100 a second, 3.19 s with the margin: it
+        // would miss a 2 s budget by 1.19 s, so 429 with that wait. A request with time to
         // spare waits its turn.
         let first = spawn_score(&batcher, vec![sequence(2, 50)], LONG);
         until("the first request in the model", || gate.arrived() == 1).await;
+        // With nothing queued, the batch running is what is in the way: 50 + 100 tokens are
+        // 153 units, 1.91 s with the margin, 0.41 s over a 1.5 s budget.
+        let refused = batcher
+            .score(vec![sequence(7, 100)], Duration::from_millis(1_500))
+            .await;
+        let message = refused.as_ref().unwrap_err().to_string();
+        assert!(
+            message.starts_with(
+                "behind the batch the model is running (51 units of work), this"
+            ),
+            "{message}"
+        );
+        let running_only = InTheWay::Ahead {
+            running: 51,
+            queued: 0,
+            requests: 0,
+        };
+        assert_near(busy_wait(refused, running_only), 0.413);
         let queued = spawn_score(
             &batcher,
             vec![sequence(3, 150)],
             Duration::from_millis(3_500),
         );
         until("150 tokens queued", || metrics.queue_tokens.get() == 150).await;
-        let refused = batcher.score(vec![sequence(4, 100)], Duration::from_secs(2));
-        assert_eq!(busy_wait(refused.await, 150), Duration::from_millis(1_125));
-        // The waiting request needs 200 tokens' work, 2.5 s with the margin, of its 3.5 s. A
-        // newcomer of 100 tokens, with all the time it wants, would delay it by 100 tokens
-        // (1.25 s): refused, so that the admitted request still makes it. One of 10 tokens
+        let refused = batcher
+            .score(vec![sequence(4, 100)], Duration::from_secs(2))
+            .await;
+        let message = refused.as_ref().unwrap_err().to_string();
+        assert!(
+            message.starts_with(
+                "behind the batch the model is running (51 units of work) and 155 units of work of 1 requests waiting"
+            ),
+            "{message}"
+        );
+        let ahead = InTheWay::Ahead {
+            running: 51,
+            queued: 155,
+            requests: 1,
+        };
+        assert_near(busy_wait(refused, ahead), 1.194);
+        // The waiting request needs 206 units, 2.58 s with the margin, of its 3.5 s. A
+        // newcomer of 100 tokens, with all the time it wants, would delay it by 102 units
+        // (1.28 s): refused, so that the admitted request still makes it. One of 10 tokens
         // fits beside it.
-        let wait = busy_wait(batcher.score(vec![sequence(5, 100)], LONG).await, 150);
+        let refused = batcher.score(vec![sequence(5, 100)], LONG).await;
+        let message = refused.as_ref().unwrap_err().to_string();
+        assert!(
+            message.contains("one admitted before it (155 units of work"),
+            "{message}"
+        );
+        let wait = busy_wait(refused, InTheWay::Admitted { tokens: 155 });
         assert!(wait >= Duration::from_millis(250), "{wait:?}");
         let small = spawn_score(&batcher, vec![sequence(6, 10)], LONG);
         until("the small request queued", || {
@@ -425,4 +483,60 @@ fn a_small_request_is_served_in_the_next_batch_behind_a_big_one() {
         assert!(second[at + 1].contains(&4242));
         assert_eq!(batches.len(), 21);
     });
+}
+
+/// A server whose estimate is pessimistic (half the model's real rate, as when it warmed up
+/// beside busy neighbours) accepts, from the first requests on, every request that takes
+/// at most half its timeout at the real rate: one of short documents, and one whose
+/// documents share a long query (counted once a batch, as the engine computes it).
+#[test]
+fn a_pessimistic_estimate_refuses_no_request_of_half_its_timeout() {
+    runtime().block_on(async {
+        // Real rate 100 units/s; the estimate says 50.
+        let throughput = Throughput::default();
+        throughput.observe(50.0, 1.0);
+        let (batcher, _, _) = batcher_at(ONE_AT_A_TIME, usize::MAX, throughput);
+        let timeout = Duration::from_secs(4);
+        let short: Vec<Vec<u32>> = (0..8).map(|i| sequence(i, 12)).collect();
+        // 10 documents of 10 tokens under a 60-token query: 700 prompt tokens, 160 computed,
+        // 163 units: 1.6 s at the real rate, 3.3 s at the estimate.
+        let query = sequence(99, 60);
+        let shared: Vec<Vec<u32>> = (0..10)
+            .map(|i| [query.clone(), sequence(i, 10)].concat())
+            .collect();
+        for (case, sequences) in [("short documents", short), ("a shared query", shared)] {
+            let work = WorkModel::default().request(&sequences, ONE_AT_A_TIME.max_tokens);
+            assert!(work / 100.0 <= 2.0, "{case}: {work} units");
+            let scored = batcher.score(sequences, timeout).await;
+            assert!(scored.is_ok(), "{case}: {scored:?}");
+        }
+    });
+}
+
+/// A slow spell (a slow warm-up) is forgotten within a few batches, whatever their fill;
+/// a flood of tiny batches and one pathological batch cannot pull the estimate down far.
+#[test]
+fn the_estimate_recovers_and_resists_tiny_and_pathological_batches() {
+    let throughput = Throughput::default();
+    throughput.observe(8_000.0, 100.0); // warm-up at 80 units/s, beside busy neighbours
+    // Real batches run at 240 units/s, each a tenth of a 16,384-token budget.
+    for _ in 0..3 {
+        throughput.observe(1_638.0, 1_638.0 / 240.0);
+    }
+    let rate = throughput.tokens_per_sec().unwrap();
+    assert!(rate >= 200.0, "{rate} units/s after three batches");
+    assert_eq!(throughput.best_tokens_per_sec(), Some(240.0));
+    // A thousand one-pair batches, slow per token (their time is the forward's fixed cost).
+    for _ in 0..1_000 {
+        throughput.observe(12.0, 0.5);
+    }
+    assert_eq!(throughput.tokens_per_sec(), Some(rate));
+    // One batch at a hundredth of the rate (a page-in, a huge prompt): at most halved.
+    throughput.observe(2_000.0, 2_000.0 / 2.4);
+    let after = throughput.tokens_per_sec().unwrap();
+    assert!(after >= rate * 0.75 - 1e-9, "{after} after {rate}");
+    assert_eq!(throughput.best_tokens_per_sec(), Some(240.0));
+    // An ordinary request of 40 s at the real rate, in a 60 s timeout, is still admitted.
+    let ordinary = 40.0 * 240.0;
+    assert!(ordinary / throughput.best_tokens_per_sec().unwrap() <= 60.0);
 }

@@ -8,26 +8,26 @@ use std::time::Instant;
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
-use super::queue::Pending;
+use super::queue::{Pending, Queue};
 use super::{BatchError, BatchScorer, Request, Throughput};
 use crate::metrics::ModelMetrics;
-use crate::model::{BatchBudget, ModelError};
+use crate::model::ModelError;
 
 pub(super) type BatchMessage = (Vec<Pending>, OwnedSemaphorePermit);
 
 pub(super) fn spawn(
     engine: Arc<dyn BatchScorer>,
     mut incoming: mpsc::Receiver<BatchMessage>,
+    queue: Arc<Queue>,
     alive: Arc<AtomicBool>,
     throughput: Arc<Throughput>,
-    budget: BatchBudget,
     metrics: ModelMetrics,
 ) {
     std::thread::Builder::new()
         .name("zerank-model".into())
         .spawn(move || {
             while let Some((batch, permit)) = incoming.blocking_recv() {
-                run_and_answer(engine.as_ref(), batch, &throughput, budget, &metrics);
+                run_and_answer(engine.as_ref(), batch, &queue, &throughput, &metrics);
                 drop(permit);
             }
             alive.store(false, Ordering::SeqCst);
@@ -38,8 +38,8 @@ pub(super) fn spawn(
 fn run_and_answer(
     engine: &dyn BatchScorer,
     batch: Vec<Pending>,
+    queue: &Queue,
     throughput: &Throughput,
-    budget: BatchBudget,
     metrics: &ModelMetrics,
 ) {
     let mut requests: Vec<&Arc<Request>> = Vec::new();
@@ -67,6 +67,8 @@ fn run_and_answer(
     // A panic inside the forward fails this batch's requests, not the server.
     let outcome = catch_unwind(AssertUnwindSafe(|| engine.score_batch(&sequences)));
     let inference = started.elapsed();
+    // Before any answer: a request sent on it must not see this batch as still running.
+    queue.model_idle();
     drop(forward_spans);
     let computed = match &outcome {
         Ok(Ok(scored)) => Some(scored.computed_tokens),
@@ -81,8 +83,13 @@ fn run_and_answer(
 
     match outcome {
         Ok(Ok(scored)) => {
-            let fill = tokens as f64 / budget.max_tokens.max(1) as f64;
-            throughput.observe(tokens, inference.as_secs_f64(), fill);
+            let work = throughput
+                .work()
+                .batch(scored.computed_tokens, tokens, batch.len());
+            throughput.observe(work, inference.as_secs_f64());
+            if let Some(rate) = throughput.tokens_per_sec() {
+                metrics.estimated_tokens_per_second.set(rate);
+            }
             for request in &requests {
                 request.add_inference_time(inference);
             }

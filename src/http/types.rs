@@ -11,8 +11,8 @@ use crate::settings::LongDocuments;
 use super::error::ApiError;
 
 /// `POST /rerank`, `/v1/rerank`, `/v2/rerank`, `/v1/models/rerank`: the union of the
-/// Cohere, Jina, TEI and ZeroEntropy request fields. One of `documents` or `texts` is required
-/// and must not be empty.
+/// Cohere, Jina, TEI and ZeroEntropy request fields. Exactly one of `documents` or `texts`
+/// is required and must not be empty.
 #[derive(Debug, Deserialize, ToSchema)]
 #[schema(example = json!({
     "query": "What is the capital of France?",
@@ -111,7 +111,12 @@ impl RerankRequest {
     /// The document texts, from `documents` (strings or `{"text"}` objects) or `texts`.
     pub fn document_texts(&self) -> Result<Vec<String>, ApiError> {
         match (&self.documents, &self.texts) {
-            (Some(documents), _) => documents
+            // Two names for one field: taking either would silently drop the other.
+            (Some(_), Some(_)) => Err(ApiError::Validation(
+                "the body has both `documents` and `texts`, two names for the same field: send one"
+                    .into(),
+            )),
+            (Some(documents), None) => documents
                 .iter()
                 .enumerate()
                 .map(|(i, doc)| match doc {
@@ -382,7 +387,8 @@ pub struct ModelEntry {
     /// `cpu`: its model and the instructions its matmuls can use (AVX2, AVX-512, bf16).
     #[schema(value_type = Object)]
     pub model: serde_json::Value,
-    /// Measured prompt tokens per second (warm-up, then real batches).
+    /// The rate admission plans with (also `zerank_estimated_tokens_per_second`): units of
+    /// work per second, measured at warm-up, then on real batches (see README, Admission).
     pub tokens_per_sec: Option<f64>,
     /// Time for 100 documents of 400 tokens at that rate.
     pub typical_request_secs: Option<f64>,

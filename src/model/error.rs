@@ -3,8 +3,19 @@ use std::path::PathBuf;
 /// Everything that can go wrong below the HTTP layer, each variant naming what it found.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("model `{0}` is neither a local directory nor a Hugging Face Hub id (owner/name)")]
-    ModelNotFound(String),
+    #[error(
+        "no directory `{model}` in {}, and `{model}` is not a Hugging Face Hub id (owner/name)",
+        cwd.display()
+    )]
+    ModelNotFound { model: String, cwd: PathBuf },
+    /// A `--model` shaped like a Hub id that names no local directory either: a mistyped
+    /// path reads as one, so the error says both.
+    #[error("no directory `{model}` in {}; as a Hugging Face Hub id: {hub}", cwd.display())]
+    NeitherDirectoryNorHub {
+        model: String,
+        cwd: PathBuf,
+        hub: Box<ModelError>,
+    },
     #[error("`{file}` is missing from model directory {}", dir.display())]
     MissingFile { dir: PathBuf, file: String },
     #[error(

@@ -68,6 +68,8 @@ impl Score {
 pub struct WarmUp {
     pub pairs: usize,
     pub tokens_each: usize,
+    /// The tokens the forward computed (after prefix sharing).
+    pub computed_tokens: usize,
     /// The measured run's time.
     pub seconds: f64,
 }
@@ -308,10 +310,12 @@ impl Engine {
     }
 
     /// Runs a batch twice, so that a model that does not fit shows at boot rather than on
-    /// the first user, and measures the second run: on a GPU a batch that fills the budget,
-    /// on a CPU one sequence of up to 128 tokens.
+    /// the first user, and measures the second run, the rate admission starts from: on a GPU
+    /// a batch that fills the budget, on a CPU one of up to 1,024 tokens in sequences of up
+    /// to 128 (a batch of real traffic's shape; a full budget takes a minute there).
     pub fn warm_up(&self, budget: BatchBudget) -> Result<WarmUp> {
         const CPU_WARMUP_TOKENS: usize = 128;
+        const CPU_WARMUP_BATCH_TOKENS: usize = 1_024;
         let sample = self.encoder.encode(
             "What does a reranker do?",
             "A reranker scores each retrieved document against the query.",
@@ -319,11 +323,13 @@ impl Engine {
             TokenLimits::default(),
         )?;
         let (count, length) = if self.info.device == "cpu" {
+            let length = CPU_WARMUP_TOKENS
+                .min(self.info.max_length)
+                .max(sample.ids.len());
+            let batch_tokens = CPU_WARMUP_BATCH_TOKENS.min(budget.max_tokens);
             (
-                1,
-                CPU_WARMUP_TOKENS
-                    .min(self.info.max_length)
-                    .max(sample.ids.len()),
+                (batch_tokens / length).clamp(1, budget.max_sequences.max(1)),
+                length,
             )
         } else {
             let length = (budget.max_tokens / budget.max_sequences.max(1))
@@ -342,10 +348,11 @@ impl Engine {
         let batch = vec![warm.as_slice(); count];
         self.score_batch(&batch)?;
         let started = Instant::now();
-        self.score_batch(&batch)?;
+        let scored = self.score_batch(&batch)?;
         Ok(WarmUp {
             pairs: count,
             tokens_each: length,
+            computed_tokens: scored.computed_tokens,
             seconds: started.elapsed().as_secs_f64(),
         })
     }

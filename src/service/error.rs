@@ -11,7 +11,9 @@ pub enum ServiceError {
         requested: String,
         served: Vec<String>,
     },
-    #[error("{count} documents is over the limit of {limit} per request")]
+    #[error(
+        "{count} documents is over the limit of {limit} per request (`max_documents_per_request`); send fewer or raise the setting"
+    )]
     TooManyDocuments { count: usize, limit: usize },
     #[error(
         "model `{model}` takes no instruction: its prompt has no place for one; send the request without `instruction`"

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::cache::{self, Found, PromptKey, ScoreCache};
-use crate::batcher::{BatchError, Batcher, Scored};
+use crate::batcher::{BatchError, Batcher, Scored, WorkModel};
 use crate::metrics::ModelMetrics;
 use crate::model::{Engine, ModelInfo, Score};
 
@@ -27,8 +27,9 @@ impl ServedModel {
     /// The model's measured prompt tokens per second, and what a typical request (100
     /// documents of 400 tokens) takes at that rate.
     pub fn speed(&self) -> Option<(f64, f64)> {
-        let rate = self.batcher.throughput().tokens_per_sec()?;
-        Some((rate, typical_request_secs(rate)))
+        let throughput = self.batcher.throughput();
+        let rate = throughput.tokens_per_sec()?;
+        Some((rate, typical_request_secs(throughput.work(), rate)))
     }
 
     /// Scores prompts (token ids), in their order. With a cache, the prompts it holds skip
@@ -110,8 +111,8 @@ impl ServedModel {
     }
 }
 
-/// What the start-up log and `/info` price: a request of 100 documents of 400 prompt tokens,
-/// at `tokens_per_sec`.
-pub(super) fn typical_request_secs(tokens_per_sec: f64) -> f64 {
-    (100 * 400) as f64 / tokens_per_sec
+/// What the start-up log and `/info` price: a request of 100 documents of 400 prompt tokens
+/// (no shared prefix), at `tokens_per_sec` units of work.
+pub(super) fn typical_request_secs(work: &WorkModel, tokens_per_sec: f64) -> f64 {
+    work.batch(100 * 400, 100 * 400, 100) / tokens_per_sec
 }

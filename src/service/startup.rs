@@ -8,7 +8,7 @@ use tokio::sync::Semaphore;
 use super::cache::ScoreCache;
 use super::served::{ServedModel, typical_request_secs};
 use super::{RequestLimits, Service};
-use crate::batcher::{ADMISSION_MARGIN, Batcher, Throughput};
+use crate::batcher::{Batcher, Throughput, WorkModel};
 use crate::metrics::Metrics;
 use crate::model::Engine;
 use crate::settings::{ModelSettings, Settings};
@@ -45,10 +45,21 @@ impl Service {
                     .for_model(&model.served_names[0])
                     .model_load_seconds
                     .set(started.elapsed().as_secs_f64());
-                let throughput = Arc::new(Throughput::default());
-                throughput.observe(warmup.tokens(), warmup.seconds, 1.0);
+                let info = engine.info();
+                let work = WorkModel::of(info.hidden_size, info.prefix_sharing);
+                let throughput = Arc::new(Throughput::new(work));
+                throughput.observe(
+                    work.batch(warmup.computed_tokens, warmup.tokens(), warmup.pairs),
+                    warmup.seconds,
+                );
+                if let Some(rate) = throughput.tokens_per_sec() {
+                    metrics
+                        .for_model(&model.served_names[0])
+                        .estimated_tokens_per_second
+                        .set(rate);
+                }
                 let tokens_per_sec = throughput.tokens_per_sec().unwrap_or(f64::INFINITY);
-                let typical_secs = typical_request_secs(tokens_per_sec);
+                let typical_secs = typical_request_secs(&work, tokens_per_sec);
                 tracing::info!(
                     model = %model.load.model,
                     names = ?model.served_names,
@@ -61,10 +72,10 @@ impl Service {
                     info = ?engine.info(),
                     "model ready"
                 );
-                if typical_secs * ADMISSION_MARGIN > settings.request_timeout_secs {
+                if typical_secs > settings.request_timeout_secs {
                     tracing::warn!(
                         model = %model.load.model,
-                        "a request of 100 documents of 400 tokens would take about {typical_secs:.0} s at the measured {:.0} tokens/s, with admission's {ADMISSION_MARGIN}x margin over request_timeout_secs = {}; such requests will be refused with 413 (raise the timeout, or use a GPU or a smaller model)",
+                        "a request of 100 documents of 400 tokens would take about {typical_secs:.0} s at the measured {:.0} units of work/s, over request_timeout_secs = {}; such requests will be refused with 413 unless real batches run faster (raise the timeout, or use a GPU or a smaller model)",
                         tokens_per_sec,
                         settings.request_timeout_secs
                     );

@@ -310,7 +310,8 @@ pub struct ScoreFiles {
     pub batch_tokens: Option<usize>,
     /// Continue an interrupted run: keep the scores already in --output and append those
     /// of the remaining pairs. Refused when the settings recorded in `<output>.settings.json`
-    /// differ from this run's, or the output has more scores than the input has pairs.
+    /// differ from this run's (batch sizes aside), the input's first lines are not those
+    /// scored, or the output has more scores than the input has pairs.
     #[arg(long)]
     pub resume: bool,
 }
@@ -401,7 +402,6 @@ impl Settings {
         if let Some((path, file)) = file {
             let known = serde_json::to_value(Settings::default())?;
             let known = known.as_object().expect("settings serialize as a map");
-            let mut file_only = known.clone();
             for (key, value) in file {
                 anyhow::ensure!(
                     known.contains_key(&key),
@@ -409,7 +409,13 @@ impl Settings {
                     path.display()
                 );
                 let value = serde_json::to_value(value)?;
-                file_only.insert(key.clone(), value.clone());
+                // Checked alone among the defaults, so that a bad value is reported with its
+                // key (serde's message names only the type) and the file's name.
+                let mut alone = known.clone();
+                alone.insert(key.clone(), value.clone());
+                serde_json::from_value::<Settings>(serde_json::Value::Object(alone)).map_err(
+                    |err| anyhow::anyhow!("settings file {}: {key}: {err}", path.display()),
+                )?;
                 let given = matches!(
                     matches.value_source(&key),
                     Some(ValueSource::CommandLine | ValueSource::EnvVariable)
@@ -418,9 +424,6 @@ impl Settings {
                     merged[&key] = value;
                 }
             }
-            // A bad value in the file is reported with the file's name.
-            serde_json::from_value::<Settings>(serde_json::Value::Object(file_only))
-                .map_err(|err| anyhow::anyhow!("settings file {}: {err}", path.display()))?;
         }
         let mut settings: Settings = serde_json::from_value(merged)?;
         // The file read, named whether it was given or found: the start-up log shows it.

@@ -52,20 +52,27 @@ fn flags_override_the_file_which_overrides_defaults() {
 }
 
 #[test]
-fn unknown_file_keys_and_bad_values_name_the_file() {
+fn unknown_file_keys_and_bad_values_name_the_key_and_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("s.toml");
     let config = file.to_str().unwrap();
-    for (text, needle) in [
-        ("prot = 9000\n", "prot"),
-        ("device = \"tpu\"\n", "tpu"),
-        ("max_batch_pairs = \"many\"\n", "many"),
+    for (text, needles) in [
+        ("prot = 9000\n", &["`prot`"][..]),
+        ("device = \"tpu\"\n", &["device: ", "tpu"]),
+        (
+            "max_batch_pairs = \"many\"\n",
+            &["max_batch_pairs: ", "many"],
+        ),
+        ("host = \"h\"\nport = 70000\n", &["port: ", "70000", "u16"]),
     ] {
         std::fs::write(&file, text).unwrap();
         let err = resolve(&["zerank-server", "--config", config])
             .unwrap_err()
             .to_string();
-        assert!(err.contains(needle) && err.contains(config), "{err}");
+        assert!(err.contains(config), "{err}");
+        for needle in needles {
+            assert!(err.contains(needle), "{needle:?} not in {err}");
+        }
     }
 }
 

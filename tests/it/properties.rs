@@ -61,6 +61,7 @@ proptest! {
             if let Ok(request) = serde_json::from_str::<RerankRequest>(&text)
                 && let Ok(texts) = request.document_texts()
             {
+                prop_assert!(request.documents.is_none() || request.texts.is_none());
                 let given = request.documents.as_ref().map(Vec::len).or(request.texts.as_ref().map(Vec::len));
                 prop_assert_eq!(Some(texts.len()), given);
             }

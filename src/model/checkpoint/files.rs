@@ -54,11 +54,18 @@ impl ModelSource {
         if path.is_dir() {
             return Ok(ModelSource::Local(path.to_owned()));
         }
+        // The Hub's names: letters, digits, `-`, `_` and `.`, not leading.
+        let hub_name = |part: &str| {
+            !part.is_empty()
+                && !part.starts_with('.')
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        };
         let mut parts = model.split('/');
         let is_hub_id = matches!(
             (parts.next(), parts.next(), parts.next()),
-            (Some(owner), Some(name), None) if !owner.is_empty() && !name.is_empty()
-                && !model.starts_with('.') && !path.exists()
+            (Some(owner), Some(name), None) if hub_name(owner) && hub_name(name) && !path.exists()
         );
         if is_hub_id {
             Ok(ModelSource::Hub {
@@ -66,16 +73,33 @@ impl ModelSource {
                 revision: revision.map(str::to_owned),
             })
         } else {
-            Err(ModelError::ModelNotFound(model.to_owned()))
+            Err(ModelError::ModelNotFound {
+                model: model.to_owned(),
+                cwd: working_directory(),
+            })
         }
     }
 
     pub fn locate(&self) -> Result<CheckpointFiles> {
         match self {
             ModelSource::Local(dir) => locate_with(&LocalDir(dir.clone())),
-            ModelSource::Hub { repo, revision } => locate_with(&HubRepo::new(repo, revision)?),
+            ModelSource::Hub { repo, revision } => HubRepo::new(repo, revision)
+                .and_then(|hub| locate_with(&hub))
+                .map_err(|err| match err {
+                    hub @ ModelError::Hub { .. } => ModelError::NeitherDirectoryNorHub {
+                        model: repo.clone(),
+                        cwd: working_directory(),
+                        hub: Box::new(hub),
+                    },
+                    other => other,
+                }),
         }
     }
+}
+
+/// Where a relative `--model` was looked for.
+fn working_directory() -> PathBuf {
+    std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."))
 }
 
 /// One way of turning a file name of the checkpoint into a local path.
@@ -362,9 +386,14 @@ mod tests {
             "a/b/c",
             "/abs/missing",
             "owner/",
+            "~/models/zerank",
         ] {
             let err = ModelSource::parse(bad, None).unwrap_err();
-            assert!(matches!(err, ModelError::ModelNotFound(_)), "{bad}: {err}");
+            assert!(
+                matches!(err, ModelError::ModelNotFound { .. }),
+                "{bad}: {err}"
+            );
+            assert!(err.to_string().starts_with("no directory"), "{err}");
         }
     }
 }
