@@ -2,9 +2,7 @@
 //! and off, the peak of the engine's own GEMM (f32 or bf16, measured in the same run on the
 //! model's linear shapes and the same threads), the fraction of it the forward reaches without
 //! sharing (the roofline line of BENCHMARKS.md), the time per token inside and outside the
-//! matmul libraries (and the share of the forward outside them), and peak resident memory.
-//! `ZERANK_CPU_ATTENTION=unfused` runs round 4's attention (matmul, softmax, matmul) instead
-//! of the fused kernel, for before/after comparisons in one build.
+//! matmul libraries, and peak resident memory.
 //!
 //!     python3 bench/workload.py --documents 100 > /tmp/pairs.jsonl
 //!     cargo bench --bench engine -- --model /tmp/zerank-0.6b --pairs /tmp/pairs.jsonl
@@ -152,12 +150,6 @@ fn main() -> anyhow::Result<()> {
                 // gemm, under --cpu-blas off, counts as the rest).
                 "matmul_us_per_token": us_per_token(matmul_seconds),
                 "outside_matmul_us_per_token": us_per_token(seconds - matmul_seconds),
-                "outside_matmul_share": round(1.0 - matmul_seconds / seconds, 3),
-                // The CPU attention: fused (the default), or round 4's unfused path.
-                "attention": std::env::var("ZERANK_CPU_ATTENTION").unwrap_or_else(|_| "fused".into()),
-                "load_average": std::fs::read_to_string("/proc/loadavg")
-                    .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-                    .unwrap_or_default(),
                 "model_gflop_per_token": round(flops / tokens as f64 / 1e9, 3),
                 "model_gflops_per_s": round(flops / seconds / 1e9, 1),
                 // Only without sharing: with it, `flops` counts the shared prefixes once per pair,

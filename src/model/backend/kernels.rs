@@ -34,7 +34,7 @@ fn f32_data<'a>(
 /// baseline x86-64 target), so that the loops of the softmax and SwiGLU vectorise. Arguments
 /// past f32's range saturate: 0 below about -87, a large finite value above 88.
 #[inline(always)]
-pub(super) fn exp(x: f32) -> f32 {
+fn exp(x: f32) -> f32 {
     /// 1.5 · 2^23: adding and subtracting it rounds to the nearest integer.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
@@ -59,7 +59,7 @@ pub(super) fn exp(x: f32) -> f32 {
 }
 
 /// What a kernel writes: f32, or bf16 where its output feeds the bf16 GEMM.
-pub(super) trait Element: Copy + Send + Sync {
+trait Element: Copy + Send + Sync {
     const ZERO: Self;
     fn from_f32(value: f32) -> Self;
 }
@@ -349,25 +349,16 @@ pub struct Kernels {
     /// Kernels whose output feeds a matmul write bf16 (the CPU's bf16 GEMM path; f32
     /// activations otherwise).
     pub bf16_matmul_inputs: bool,
-    /// Attention as one kernel (`attention.rs`), with the norms and rotary folded into the
-    /// passes beside it (`fused.rs`); else a matmul, a softmax and a matmul per query chunk.
-    pub fused_attention: bool,
 }
-
-/// Set to `unfused`, the CPU runs attention as round 4 did (matmul, softmax, matmul per
-/// query chunk): a switch for the engine bench's before/after comparison.
-const ATTENTION_VARIABLE: &str = "ZERANK_CPU_ATTENTION";
 
 impl Kernels {
     /// The kernels for activations of `dtype` on `device`, feeding matmuls that multiply
     /// bf16 (`matmul_multiplies_bf16`) or not.
     pub fn new(device: &Device, dtype: DType, matmul_multiplies_bf16: bool) -> Kernels {
         let cpu_f32 = device.is_cpu() && dtype == DType::F32;
-        let unfused = std::env::var(ATTENTION_VARIABLE).is_ok_and(|v| v == "unfused");
         Kernels {
             cpu_f32,
             bf16_matmul_inputs: cpu_f32 && matmul_multiplies_bf16,
-            fused_attention: cpu_f32 && !unfused,
         }
     }
 
@@ -491,7 +482,7 @@ impl Kernels {
 }
 
 /// `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`, PyTorch's `gelu(approximate="tanh")`.
-pub(super) fn gelu_tanh(x: f32) -> f32 {
+fn gelu_tanh(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
 }

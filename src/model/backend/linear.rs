@@ -119,24 +119,6 @@ impl Linear {
         })
     }
 
-    /// One layer of `layers`' outputs side by side (their weights stacked): one GEMM for
-    /// several projections of the same input (the attention's q, k and v).
-    pub fn concat(layers: &[Linear]) -> candle_core::Result<Self> {
-        let Some(first) = layers.first() else {
-            candle_core::bail!("concatenating no linear layers");
-        };
-        let weights: Vec<&Tensor> = layers.iter().map(|l| &l.weight).collect();
-        let biases: Option<Vec<&Tensor>> = layers.iter().map(|l| l.bias.as_ref()).collect();
-        if biases.is_none() && layers.iter().any(|l| l.bias.is_some()) {
-            candle_core::bail!("concatenating linear layers with and without bias");
-        }
-        Ok(Linear {
-            weight: Tensor::cat(&weights, 0)?,
-            bias: biases.map(|b| Tensor::cat(&b, 0)).transpose()?,
-            gemm: first.gemm.clone(),
-        })
-    }
-
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = match &self.gemm {
             LinearGemm::Bf16(bf16) => bf16.linear(x, &self.weight)?,

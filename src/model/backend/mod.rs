@@ -2,19 +2,15 @@
 //! linear layers' matmuls (a BLAS library loaded at run time, a bf16 GEMM library, or
 //! candle's), and the fused kernels of the forward.
 
-mod attention;
 mod bf16;
 mod blas;
 mod buffers;
 mod device;
-mod fused;
 mod kernels;
 mod linear;
 
-pub use attention::{AttentionMask, AttentionShape, Span, attention};
 pub use blas::{Blas, CpuLibrary, matmul_time};
 pub use device::{CpuFeatures, DTypeSpec, DeviceSpec};
-pub use fused::{NormRope, RmsWeights};
 pub use kernels::Kernels;
 pub use linear::{Linear, LinearGemm};
 

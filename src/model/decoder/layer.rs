@@ -8,9 +8,8 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{RmsNorm, VarBuilder};
 
 use super::config::ModelConfig;
-use crate::model::backend::{
-    AttentionMask, AttentionShape, Kernels, Linear, LinearGemm, NormRope, RmsWeights, attention,
-};
+use crate::model::backend::Kernels;
+use crate::model::backend::{Linear, LinearGemm};
 use crate::model::packing::Span;
 
 /// Queries attended at once: bounds the score matrix to heads × 512 × length.
@@ -81,11 +80,6 @@ impl Norm {
                 .to_dtype(x.dtype());
         }
         self.norm.forward(x)
-    }
-
-    /// Its weight and epsilon for the fused kernels (the (1 + w) weight already folded in).
-    fn weights(&self) -> candle_core::Result<RmsWeights> {
-        RmsWeights::new(&self.norm)
     }
 
     /// `forward(x)` where its output feeds a linear layer: written as that layer's input
@@ -159,13 +153,12 @@ pub(super) struct PassContext<'a> {
 }
 
 struct Attention {
-    /// q, k and v in one product: (tokens, (heads + 2 kv_heads) × head_dim).
-    qkv_proj: Linear,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
     o_proj: Linear,
     /// Per-head norms of q and k, where the block has them.
     qk_norm: Option<(RmsNorm, RmsNorm)>,
-    /// The same for the fused kernels.
-    qk_norm_weights: Option<(RmsWeights, RmsWeights)>,
     /// For the attention matmuls, as for the projections.
     gemm: LinearGemm,
     heads: usize,
@@ -192,19 +185,12 @@ impl Attention {
             )),
             false => None,
         };
-        let qk_norm_weights = match &qk_norm {
-            Some((q, k)) => Some((RmsWeights::new(q)?, RmsWeights::new(k)?)),
-            None => None,
-        };
         Ok(Attention {
-            qkv_proj: Linear::concat(&[
-                linear(hidden, heads * head_dim, bias, "q_proj")?,
-                linear(hidden, kv_heads * head_dim, bias, "k_proj")?,
-                linear(hidden, kv_heads * head_dim, bias, "v_proj")?,
-            ])?,
+            q_proj: linear(hidden, heads * head_dim, bias, "q_proj")?,
+            k_proj: linear(hidden, kv_heads * head_dim, bias, "k_proj")?,
+            v_proj: linear(hidden, kv_heads * head_dim, bias, "v_proj")?,
             o_proj: linear(heads * head_dim, hidden, false, "o_proj")?,
             qk_norm,
-            qk_norm_weights,
             gemm: gemm.clone(),
             heads,
             kv_heads,
@@ -214,49 +200,13 @@ impl Attention {
 
     /// `x`: (tokens, hidden), packed.
     fn forward(&self, x: &Tensor, pass: &PassContext) -> candle_core::Result<Tensor> {
-        let qkv = self.qkv_proj.forward(x)?;
-        let (q_width, kv_width) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
-        if pass.kernels.fused_attention {
-            // q and k normalised and rotated where the projection wrote them; the kernel
-            // reads q, k and v there.
-            let rope = NormRope {
-                q_heads: self.heads,
-                k_heads: self.kv_heads,
-                head_dim: self.head_dim,
-                norms: self.qk_norm_weights.as_ref(),
-            };
-            let rotation = (&pass.rotation.cos, &pass.rotation.sin);
-            pass.kernels.norm_rope_in_place(&qkv, &rope, rotation)?;
-            let shape = AttentionShape {
-                heads: self.heads,
-                kv_heads: self.kv_heads,
-                head_dim: self.head_dim,
-            };
-            let causal = AttentionMask {
-                causal: true,
-                window: None,
-            };
-            let inputs = (
-                &qkv.narrow(1, 0, q_width)?,
-                &qkv.narrow(1, q_width, kv_width)?,
-                &qkv.narrow(1, q_width + kv_width, kv_width)?,
-            );
-            let bf16_out = pass.kernels.bf16_matmul_inputs;
-            return self
-                .o_proj
-                .forward(&attention(inputs, pass.spans, shape, causal, bf16_out)?);
-        }
         let tokens = x.dim(0)?;
-        let split_heads = |start: usize, n: usize| {
-            qkv.narrow(1, start, n * self.head_dim)?
-                .contiguous()?
-                .reshape((tokens, n, self.head_dim))
-        };
-        let q = split_heads(0, self.heads)?;
-        let k = split_heads(q_width, self.kv_heads)?;
+        let split_heads = |t: Tensor, n: usize| t.reshape((tokens, n, self.head_dim));
+        let q = split_heads(self.q_proj.forward(x)?, self.heads)?;
+        let k = split_heads(self.k_proj.forward(x)?, self.kv_heads)?;
         let v = pass
             .kernels
-            .head_major(&split_heads(q_width + kv_width, self.kv_heads)?)?;
+            .head_major(&split_heads(self.v_proj.forward(x)?, self.kv_heads)?)?;
         let (q, k) = match &self.qk_norm {
             Some((q_norm, k_norm)) => (q_norm.forward(&q)?, k_norm.forward(&k)?),
             None => (q, k),
@@ -331,8 +281,8 @@ impl Attention {
 
 /// `down(act(gate(x)) · up(x))`.
 struct Mlp {
-    /// gate and up in one product: (tokens, 2 × intermediate_size).
-    gate_up_proj: Linear,
+    gate_proj: Linear,
+    up_proj: Linear,
     down_proj: Linear,
     activation: Activation,
 }
@@ -348,29 +298,15 @@ impl Mlp {
         let linear =
             |in_dim, out_dim, name| Linear::load(in_dim, out_dim, false, vb.pp(name), gemm);
         Ok(Mlp {
-            gate_up_proj: Linear::concat(&[
-                linear(hidden, inner, "gate_proj")?,
-                linear(hidden, inner, "up_proj")?,
-            ])?,
+            gate_proj: linear(hidden, inner, "gate_proj")?,
+            up_proj: linear(hidden, inner, "up_proj")?,
             down_proj: linear(inner, hidden, "down_proj")?,
             activation,
         })
     }
 
     fn forward(&self, x: &Tensor, kernels: Kernels) -> candle_core::Result<Tensor> {
-        let gate_up = self.gate_up_proj.forward(x)?;
-        if kernels.fused_attention {
-            let gated = match self.activation {
-                Activation::Silu => kernels.swiglu_halves(&gate_up)?,
-                Activation::GeluTanh => kernels.geglu_halves(&gate_up)?,
-            };
-            return self.down_proj.forward(&gated);
-        }
-        let inner = gate_up.dim(1)? / 2;
-        let (gate, up) = (
-            gate_up.narrow(1, 0, inner)?,
-            gate_up.narrow(1, inner, inner)?,
-        );
+        let (gate, up) = (self.gate_proj.forward(x)?, self.up_proj.forward(x)?);
         let gated = match self.activation {
             Activation::Silu => kernels.swiglu(&gate, &up)?,
             Activation::GeluTanh => kernels.geglu(&gate, &up)?,
@@ -384,8 +320,6 @@ pub(super) struct DecoderLayer {
     input_layernorm: Norm,
     attention: Attention,
     post_attention_layernorm: Norm,
-    /// The same for the fused kernels.
-    post_attention_norm: RmsWeights,
     mlp: Mlp,
 }
 
@@ -404,12 +338,10 @@ impl DecoderLayer {
                 vb.pp(name),
             )
         };
-        let post_attention_layernorm = norm("post_attention_layernorm")?;
         Ok(DecoderLayer {
             input_layernorm: norm("input_layernorm")?,
             attention: Attention::load(config, block, vb.pp("self_attn"), gemm)?,
-            post_attention_norm: post_attention_layernorm.weights()?,
-            post_attention_layernorm,
+            post_attention_layernorm: norm("post_attention_layernorm")?,
             mlp: Mlp::load(config, block.activation, vb.pp("mlp"), gemm)?,
         })
     }
@@ -419,15 +351,11 @@ impl DecoderLayer {
         let attended = self
             .attention
             .forward(&self.input_layernorm.before_matmul(x, kernels)?, pass)?;
-        let (x, normed) = match kernels.fused_attention {
-            true => kernels.add_norm(x, attended, &self.post_attention_norm)?,
-            false => {
-                let x = kernels.add(x, &attended)?;
-                let normed = self.post_attention_layernorm.before_matmul(&x, kernels)?;
-                (x, normed)
-            }
-        };
-        let transformed = self.mlp.forward(&normed, kernels)?;
+        let x = kernels.add(x, &attended)?;
+        let transformed = self.mlp.forward(
+            &self.post_attention_layernorm.before_matmul(&x, kernels)?,
+            kernels,
+        )?;
         pass.kernels.add(&x, &transformed)
     }
 }

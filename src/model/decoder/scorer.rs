@@ -173,6 +173,3 @@ fn causal_mask(seq_len: usize, dtype: DType, device: &Device) -> candle_core::Re
         .collect();
     Tensor::from_vec(mask, (seq_len, seq_len), device)?.to_dtype(dtype)
 }
-
-#[cfg(test)]
-mod fused_tests;

@@ -5,18 +5,15 @@ use candle_core::{DType, Device};
 const ON_CPU: Kernels = Kernels {
     cpu_f32: true,
     bf16_matmul_inputs: false,
-    fused_attention: false,
 };
 const CANDLE: Kernels = Kernels {
     cpu_f32: false,
     bf16_matmul_inputs: false,
-    fused_attention: false,
 };
 /// The CPU's bf16 path: kernels before a matmul write bf16.
 const BF16_OUT: Kernels = Kernels {
     cpu_f32: true,
     bf16_matmul_inputs: true,
-    fused_attention: false,
 };
 
 /// `t` rounded to bf16 and back: what a bf16-writing kernel must equal.
