@@ -37,17 +37,7 @@ fn score_writes_one_golden_score_per_line() {
             input.to_str().unwrap(),
         ]);
         command.args(flag);
-        let output = command.output().unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let scores: Vec<f32> = String::from_utf8(output.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| l.parse().unwrap())
-            .collect();
+        let scores = common::offline_scores(&mut command);
         assert_eq!(scores.len(), pairs.len());
         for (i, score) in scores.iter().enumerate() {
             let want = if flag.is_some() {

@@ -573,17 +573,7 @@ fn the_offline_scorer_writes_predicts_scores() {
         if raw {
             command.arg("--raw");
         }
-        let output = command.output().unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let scores: Vec<f32> = String::from_utf8(output.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| l.parse().unwrap())
-            .collect();
+        let scores = common::offline_scores(&mut command);
         assert_eq!(scores.len(), golden.pairs.len());
         for (i, (score, pair)) in scores.iter().zip(&golden.pairs).enumerate() {
             // bert-st's activation is Sigmoid: predict's own score is the server's score.
