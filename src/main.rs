@@ -26,14 +26,15 @@ fn run() -> anyhow::Result<()> {
         Invocation::Serve(settings) => {
             // Before the runtime: the trace exporter's client must not live inside it.
             let export = settings
+                .server
                 .otlp_endpoint
                 .as_deref()
                 .map(|endpoint| TraceExport {
                     endpoint,
-                    service_name: &settings.otlp_service_name,
+                    service_name: &settings.server.otlp_service_name,
                 });
             // Dropped last, after the runtime: the spans still buffered are sent on the way out.
-            let _telemetry = telemetry::init(settings.log_format, export)?;
+            let _telemetry = telemetry::init(settings.server.log_format, export)?;
             tracing::info!("starting zerank-server {}", env!("CARGO_PKG_VERSION"));
             let file = settings.config.as_deref();
             tracing::info!(
@@ -43,7 +44,7 @@ fn run() -> anyhow::Result<()> {
             for (setting, value, source) in settings.non_defaults(&arguments) {
                 tracing::info!(%value, %source, "setting {setting}");
             }
-            if let Some(warning) = settings.open_listener_warning() {
+            if let Some(warning) = settings.server.open_listener_warning() {
                 tracing::warn!("{warning}");
             }
             let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -31,7 +31,7 @@ use serde_json::Value;
 
 use crate::json::json_kind;
 use crate::model::{BatchBudget, Engine, ModelError, Score, TokenLimits};
-use crate::settings::{ScoreFiles, Settings};
+use crate::settings::{ScoreFiles, ScoringSettings};
 use record::{InputDigest, resume, scoring_record, write_record};
 
 /// Full batches of pairs per chunk: the last batch of a chunk may be short, and with four
@@ -39,7 +39,7 @@ use record::{InputDigest, resume, scoring_record, write_record};
 const BATCHES_PER_CHUNK: usize = 4;
 
 /// Scores every pair of `files.input` with the first model of `settings`.
-pub fn score_file(files: &ScoreFiles, settings: &Settings) -> anyhow::Result<()> {
+pub fn score_file(files: &ScoreFiles, settings: &ScoringSettings) -> anyhow::Result<()> {
     if files.resume && files.output.is_none() {
         bail!(
             "--resume continues the scores of an earlier run in --output FILE; give --output (scores written to stdout cannot be resumed)"
@@ -53,8 +53,8 @@ pub fn score_file(files: &ScoreFiles, settings: &Settings) -> anyhow::Result<()>
     } else {
         Box::new(BufReader::new(open(&files.input)?))
     });
-    let model = settings.models()?.swap_remove(0);
-    let record = scoring_record(files, settings, &model.load);
+    let model = settings.loads()?.swap_remove(0);
+    let record = scoring_record(files, settings, &model);
     let (output, done, mut digest) = match &files.output {
         Some(path) if files.resume => resume(path, &mut input, chunk, &record)?,
         Some(path) => {
@@ -76,7 +76,7 @@ pub fn score_file(files: &ScoreFiles, settings: &Settings) -> anyhow::Result<()>
     let written = Arc::new(AtomicUsize::new(done));
     say_how_to_resume_on_interrupt(files, written.clone());
 
-    let engine = Engine::load(&model.load)?;
+    let engine = Engine::load(&model)?;
     let limits = TokenLimits {
         max_tokens_per_doc: settings.max_tokens_per_doc,
         ..TokenLimits::default()
@@ -190,7 +190,7 @@ fn say_how_to_resume_on_interrupt(files: &ScoreFiles, written: Arc<AtomicUsize>)
 }
 
 /// The server's batch budget, with `--batch-tokens` in place of `max_batch_tokens`.
-fn batch_budget(files: &ScoreFiles, settings: &Settings) -> BatchBudget {
+fn batch_budget(files: &ScoreFiles, settings: &ScoringSettings) -> BatchBudget {
     BatchBudget {
         max_tokens: files.batch_tokens.unwrap_or(settings.max_batch_tokens),
         ..settings.batch_budget()
@@ -356,10 +356,10 @@ mod tests {
 
     #[test]
     fn batch_tokens_replaces_the_servers_token_budget() {
-        let settings = Settings {
+        let settings = ScoringSettings {
             max_batch_tokens: 1000,
             max_batch_pairs: 7,
-            ..Settings::default()
+            ..ScoringSettings::default()
         };
         let mut files = ScoreFiles {
             input: "-".into(),

@@ -38,9 +38,9 @@ impl Listeners {
                     .map_err(|err| anyhow::anyhow!("cannot listen on {address}{what}: {err}"))
             }
         };
-        let main = bind(&settings.host, settings.port, "").await?;
-        let admin = match settings.admin_port {
-            Some(port) => Some(bind(&settings.admin_host, port, " (admin_port)").await?),
+        let main = bind(&settings.server.host, settings.server.port, "").await?;
+        let admin = match settings.server.admin_port {
+            Some(port) => Some(bind(&settings.server.admin_host, port, " (admin_port)").await?),
             None => None,
         };
         Ok(Listeners { main, admin })
@@ -65,7 +65,7 @@ pub async fn serve_on(
         tracing::info!(address = %admin.local_addr()?, "admin listener: /health and /metrics");
     }
     http::ensure_open_file_limit(
-        settings.max_connections + admin.as_ref().map_or(0, |_| ADMIN_MAX_CONNECTIONS),
+        settings.server.max_connections + admin.as_ref().map_or(0, |_| ADMIN_MAX_CONNECTIONS),
     )?;
     let metrics = Arc::new(Metrics::new());
     let state = Arc::new(AppState::new(settings.clone(), metrics.clone()));
@@ -94,7 +94,7 @@ pub async fn serve_on(
     let mut listeners = vec![Listener {
         socket: main,
         app: http::router(state.clone()),
-        max_connections: settings.max_connections,
+        max_connections: settings.server.max_connections,
         header_read_timeout: limits.header_read_timeout,
         evict_idle: false,
     }];

@@ -18,7 +18,7 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
-        let body_timeout = state.settings.body_read_timeout_secs;
+        let body_timeout = state.settings.server.body_read_timeout_secs;
         if let Some(content_type) = req.headers().get(header::CONTENT_TYPE) {
             let value = content_type.to_str().unwrap_or("").to_ascii_lowercase();
             let mime = value.split(';').next().unwrap_or("").trim();
@@ -26,7 +26,7 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
                 return Err(ApiError::UnsupportedMediaType(value));
             }
         }
-        let limit = state.settings.payload_limit_bytes;
+        let limit = state.settings.server.payload_limit_bytes;
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -43,7 +43,7 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
                 ApiError::PayloadTooLarge { limit }
             } else if caused_by::<BodyMemoryFull>(&rejection) {
                 ApiError::BodyMemoryFull {
-                    limit: state.settings.request_body_memory_bytes,
+                    limit: state.settings.server.request_body_memory_bytes,
                 }
             } else if caused_by::<tower_http::timeout::TimeoutError>(&rejection) {
                 ApiError::BodyTimeout(body_timeout)

@@ -41,12 +41,14 @@ pub struct ConnectionLimits {
 impl ConnectionLimits {
     pub fn from_settings(settings: &crate::settings::Settings) -> Self {
         ConnectionLimits {
-            header_read_timeout: Duration::from_secs_f64(settings.header_read_timeout_secs),
+            header_read_timeout: Duration::from_secs_f64(settings.server.header_read_timeout_secs),
             // hyper's buffer is the hard stop; the router answers 431 in JSON below it.
-            max_head_bytes: (settings.max_header_bytes * 4).max(64 * 1024),
-            http2_max_concurrent_streams: settings.http2_max_concurrent_streams,
-            response_write_timeout: Duration::from_secs_f64(settings.response_write_timeout_secs),
-            drain_deadline: Duration::from_secs_f64(settings.drain_deadline_secs),
+            max_head_bytes: (settings.server.max_header_bytes * 4).max(64 * 1024),
+            http2_max_concurrent_streams: settings.server.http2_max_concurrent_streams,
+            response_write_timeout: Duration::from_secs_f64(
+                settings.server.response_write_timeout_secs,
+            ),
+            drain_deadline: Duration::from_secs_f64(settings.server.drain_deadline_secs),
         }
     }
 }

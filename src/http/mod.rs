@@ -122,12 +122,12 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
 fn router_of(state: Arc<AppState>, serves: impl Fn(&Route) -> bool) -> Router {
     let mut routes = Router::new();
     for route in route_table() {
-        if !serves(&route) || (route.path == DOCS_PATH && !state.settings.docs_page) {
+        if !serves(&route) || (route.path == DOCS_PATH && !state.settings.server.docs_page) {
             continue;
         }
         let guarded = match route.access {
             Access::Guarded => true,
-            Access::Probe => state.settings.protect_health_and_metrics,
+            Access::Probe => state.settings.server.protect_health_and_metrics,
             Access::Open => false,
         };
         let handler = if guarded {
@@ -144,13 +144,15 @@ fn router_of(state: Arc<AppState>, serves: impl Fn(&Route) -> bool) -> Router {
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(state.settings.payload_limit_bytes))
+        .layer(DefaultBodyLimit::max(
+            state.settings.server.payload_limit_bytes,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             body_budget::budget_body,
         ))
         .layer(RequestBodyDeadlineLayer::new(Duration::from_secs_f64(
-            state.settings.body_read_timeout_secs,
+            state.settings.server.body_read_timeout_secs,
         )))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal("the request handler panicked".into()).into_response()
@@ -202,7 +204,7 @@ async fn check_head(State(state): State<Arc<AppState>>, request: Request, next: 
             .iter()
             .map(|(name, value)| name.as_str().len() + value.len() + 4)
             .sum::<usize>();
-    let limit = state.settings.max_header_bytes;
+    let limit = state.settings.server.max_header_bytes;
     if head_bytes > limit {
         return ApiError::HeadersTooLarge { limit }.into_response();
     }
@@ -210,7 +212,7 @@ async fn check_head(State(state): State<Arc<AppState>>, request: Request, next: 
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    let payload_limit = state.settings.payload_limit_bytes;
+    let payload_limit = state.settings.server.payload_limit_bytes;
     if declared.is_some_and(|n| n > payload_limit as u64) {
         return ApiError::PayloadTooLarge {
             limit: payload_limit,

@@ -270,7 +270,7 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Result<Json<Health>, 
     responses((status = 200, description = "Server information.", body = InfoResponse)))]
 pub async fn info(State(state): State<Arc<AppState>>) -> Result<Json<InfoResponse>, ApiError> {
     let service = state.service()?;
-    let s = &state.settings;
+    let (scoring, server) = (&state.settings.scoring, &state.settings.server);
     let first = service.models()[0].info();
     let char_limits = service.char_limits();
     let as_json = |info| serde_json::to_value(info).expect("model info serializes");
@@ -292,15 +292,15 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Result<Json<InfoRespons
             })
             .collect(),
         limits: serde_json::json!({
-            "max_batch_tokens": s.max_batch_tokens,
-            "max_batch_pairs": s.max_batch_pairs,
-            "max_concurrent_requests": s.max_concurrent_requests,
-            "max_queued_tokens": s.max_queued_tokens,
-            "max_documents_per_request": s.max_documents_per_request,
-            "max_tokens_per_doc": s.max_tokens_per_doc,
+            "max_batch_tokens": scoring.max_batch_tokens,
+            "max_batch_pairs": scoring.max_batch_pairs,
+            "max_concurrent_requests": server.max_concurrent_requests,
+            "max_queued_tokens": server.max_queued_tokens,
+            "max_documents_per_request": server.max_documents_per_request,
+            "max_tokens_per_doc": scoring.max_tokens_per_doc,
             "max_length": first.max_length,
-            "payload_limit_bytes": s.payload_limit_bytes,
-            "request_timeout_secs": s.request_timeout_secs,
+            "payload_limit_bytes": server.payload_limit_bytes,
+            "request_timeout_secs": server.request_timeout_secs,
             "query_char_limit": char_limits.query,
             "document_char_limit": char_limits.document,
         }),

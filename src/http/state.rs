@@ -25,8 +25,8 @@ pub struct AppState {
 impl AppState {
     pub fn new(settings: Settings, metrics: Arc<Metrics>) -> Self {
         AppState {
-            api_key_digest: settings.api_key.as_deref().map(digest),
-            body_memory: super::body_budget::budget(settings.request_body_memory_bytes),
+            api_key_digest: settings.server.api_key.as_deref().map(digest),
+            body_memory: super::body_budget::budget(settings.server.request_body_memory_bytes),
             settings,
             metrics,
             service: OnceLock::new(),

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{PairLines, ScoreFiles, Settings, batch_budget};
+use super::{PairLines, ScoreFiles, ScoringSettings, batch_budget};
 use crate::model::LoadOptions;
 
 /// The record's key for the input scored so far.
@@ -140,7 +140,7 @@ fn complete_chunks(
 /// scores, the truncation, `--raw`; and the batches, which may change (see [`BATCH_KEYS`]).
 pub(super) fn scoring_record(
     files: &ScoreFiles,
-    settings: &Settings,
+    settings: &ScoringSettings,
     model: &LoadOptions,
 ) -> Map<String, Value> {
     let budget = batch_budget(files, settings);

@@ -25,7 +25,7 @@ impl Service {
     /// that does not fit shows at boot rather than on the first user. Blocking: call off the
     /// async runtime.
     pub fn load_models(settings: &Settings, metrics: &Metrics) -> anyhow::Result<Vec<LoadedModel>> {
-        let budget = settings.batch_budget();
+        let budget = settings.scoring.batch_budget();
         settings
             .models()?
             .into_iter()
@@ -35,9 +35,9 @@ impl Service {
                     .map_err(|err| anyhow::anyhow!("model `{}`: {err}", model.load.model))?;
                 let window = engine.info().max_length;
                 anyhow::ensure!(
-                    settings.chunk_overlap_tokens.saturating_mul(2) < window,
+                    settings.server.chunk_overlap_tokens.saturating_mul(2) < window,
                     "chunk_overlap_tokens = {} is not under half of model `{}`'s longest chunk window, {window} tokens (its max_length): windows must advance by at least half a window",
-                    settings.chunk_overlap_tokens,
+                    settings.server.chunk_overlap_tokens,
                     model.load.model
                 );
                 let warmup = engine.warm_up(budget)?;
@@ -68,16 +68,16 @@ impl Service {
                     warmup_tokens = warmup.tokens_each,
                     tokens_per_sec,
                     typical_request_secs = typical_secs,
-                    request_timeout_secs = settings.request_timeout_secs,
+                    request_timeout_secs = settings.server.request_timeout_secs,
                     info = ?engine.info(),
                     "model ready"
                 );
-                if typical_secs > settings.request_timeout_secs {
+                if typical_secs > settings.server.request_timeout_secs {
                     tracing::warn!(
                         model = %model.load.model,
                         "a request of 100 documents of 400 tokens would take about {typical_secs:.0} s at the measured {:.0} units of work/s, over request_timeout_secs = {}; such requests will be refused with 413 unless real batches run faster (raise the timeout, or use a GPU or a smaller model)",
                         tokens_per_sec,
-                        settings.request_timeout_secs
+                        settings.server.request_timeout_secs
                     );
                 }
                 Ok(LoadedModel {
@@ -93,7 +93,7 @@ impl Service {
     pub fn start(models: Vec<LoadedModel>, settings: &Settings, metrics: Arc<Metrics>) -> Self {
         // KiB: the semaphore counts in u32, and a request's estimate is never that fine.
         let tokenizing_budget_kib =
-            (settings.tokenizing_memory_bytes / 1024).clamp(1, u32::MAX as usize);
+            (settings.server.tokenizing_memory_bytes / 1024).clamp(1, u32::MAX as usize);
         let models = models
             .into_iter()
             .map(|loaded| {
@@ -101,8 +101,8 @@ impl Service {
                 let model_metrics = metrics.for_model(&loaded.settings.served_names[0]);
                 let batcher = Batcher::spawn(
                     engine.clone(),
-                    settings.batch_budget(),
-                    settings.max_queued_tokens,
+                    settings.scoring.batch_budget(),
+                    settings.server.max_queued_tokens,
                     loaded.throughput,
                     model_metrics.clone(),
                 );
@@ -110,7 +110,10 @@ impl Service {
                     names: loaded.settings.served_names,
                     engine,
                     batcher,
-                    cache: ScoreCache::new(settings.score_cache_bytes, model_metrics.clone()),
+                    cache: ScoreCache::new(
+                        settings.server.score_cache_bytes,
+                        model_metrics.clone(),
+                    ),
                     metrics: model_metrics,
                 }
             })
@@ -118,18 +121,18 @@ impl Service {
         Service {
             models,
             limits: RequestLimits {
-                max_documents: settings.max_documents_per_request,
-                timeout: Duration::from_secs_f64(settings.request_timeout_secs),
-                max_tokens_per_doc: settings.max_tokens_per_doc,
-                max_request_tokens: settings.max_queued_tokens,
+                max_documents: settings.server.max_documents_per_request,
+                timeout: Duration::from_secs_f64(settings.server.request_timeout_secs),
+                max_tokens_per_doc: settings.scoring.max_tokens_per_doc,
+                max_request_tokens: settings.server.max_queued_tokens,
             },
-            admission: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
-            max_concurrent: settings.max_concurrent_requests,
+            admission: Arc::new(Semaphore::new(settings.server.max_concurrent_requests)),
+            max_concurrent: settings.server.max_concurrent_requests,
             tokenizing_memory: Arc::new(Semaphore::new(tokenizing_budget_kib)),
             tokenizing_budget_kib,
-            model_name_policy: settings.model_name_policy,
-            long_documents: settings.long_documents,
-            chunking: settings.chunking(),
+            model_name_policy: settings.server.model_name_policy,
+            long_documents: settings.server.long_documents,
+            chunking: settings.server.chunking(),
             metrics,
         }
     }

@@ -4,7 +4,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::Settings;
+use super::{ScoringSettings, Settings};
 use crate::model::LoadOptions;
 
 /// One served model: what to load, and the names requests may use for it.
@@ -33,21 +33,16 @@ impl FromStr for NameList {
     }
 }
 
-impl Settings {
-    /// Every served model with its own settings, in order.
-    pub fn models(&self) -> anyhow::Result<Vec<ModelSettings>> {
+impl ScoringSettings {
+    /// What to load for each model, in order.
+    pub fn loads(&self) -> anyhow::Result<Vec<LoadOptions>> {
         let count = self.model.len();
         anyhow::ensure!(count > 0, "no model to serve: `model` is empty");
         let revisions = per_model("revision", &self.revision, count)?;
         let recipes = per_model("recipe", &self.recipe, count)?;
         let instructions = per_model("instruction", &self.instruction, count)?;
         let temperatures = per_model("score_temperature", &self.score_temperature, count)?;
-        anyhow::ensure!(
-            self.served_model_names.len() <= count,
-            "served_model_names has {} lists of names for {count} models",
-            self.served_model_names.len()
-        );
-        let mut models = Vec::with_capacity(count);
+        let mut loads = Vec::with_capacity(count);
         for (i, model) in self.model.iter().enumerate() {
             if let Some(t) = temperatures[i] {
                 anyhow::ensure!(
@@ -55,27 +50,46 @@ impl Settings {
                     "score_temperature must be a positive number; got {t}"
                 );
             }
-            let names = match self.served_model_names.get(i) {
-                Some(NameList(names)) if !names.is_empty() => names.clone(),
-                _ => default_names(model),
-            };
-            models.push(ModelSettings {
-                load: LoadOptions {
-                    model: model.clone(),
-                    revision: revisions[i].clone(),
-                    device: self.device,
-                    dtype: self.dtype,
-                    max_length: self.max_length,
-                    prefix_sharing: self.prefix_sharing,
-                    cpu_blas: self.cpu_blas.clone(),
-                    cpu_bf16_gemm: self.cpu_bf16_gemm.clone(),
-                    recipe: recipes[i].unwrap_or_default(),
-                    score_temperature: temperatures[i],
-                    instruction: instructions[i].clone().filter(|s| !s.is_empty()),
-                },
-                served_names: names,
+            loads.push(LoadOptions {
+                model: model.clone(),
+                revision: revisions[i].clone(),
+                device: self.device,
+                dtype: self.dtype,
+                max_length: self.max_length,
+                prefix_sharing: self.prefix_sharing,
+                cpu_blas: self.cpu_blas.clone(),
+                cpu_bf16_gemm: self.cpu_bf16_gemm.clone(),
+                recipe: recipes[i].unwrap_or_default(),
+                score_temperature: temperatures[i],
+                instruction: instructions[i].clone().filter(|s| !s.is_empty()),
             });
         }
+        Ok(loads)
+    }
+}
+
+impl Settings {
+    /// Every served model with its own settings, in order.
+    pub fn models(&self) -> anyhow::Result<Vec<ModelSettings>> {
+        let loads = self.scoring.loads()?;
+        let given_names = &self.server.served_model_names;
+        anyhow::ensure!(
+            given_names.len() <= loads.len(),
+            "served_model_names has {} lists of names for {} models",
+            given_names.len(),
+            loads.len()
+        );
+        let models: Vec<ModelSettings> = loads
+            .into_iter()
+            .enumerate()
+            .map(|(i, load)| {
+                let served_names = match given_names.get(i) {
+                    Some(NameList(names)) if !names.is_empty() => names.clone(),
+                    _ => default_names(&load.model),
+                };
+                ModelSettings { load, served_names }
+            })
+            .collect();
         let mut seen = std::collections::HashSet::new();
         for name in models.iter().flat_map(|m| &m.served_names) {
             anyhow::ensure!(

@@ -2,7 +2,7 @@ use clap::CommandFactory;
 
 use super::models::default_names;
 use super::*;
-use crate::model::RecipeChoice;
+use crate::model::{DeviceSpec, RecipeChoice};
 
 /// Flags that override the settings file in the tests below.
 const PORT_AND_KEY: [&str; 4] = ["--port", "9100", "--api-key", "s3cret"];
@@ -11,8 +11,17 @@ const PORT_AND_KEY: [&str; 4] = ["--port", "9100", "--api-key", "s3cret"];
 fn resolve(args: &[&str]) -> anyhow::Result<Settings> {
     let matches = Cli::command().try_get_matches_from(args)?;
     match Invocation::resolve(&matches)? {
-        Invocation::Serve(settings) | Invocation::Score(_, settings) => Ok(settings),
-        Invocation::Openapi => anyhow::bail!("no settings"),
+        Invocation::Serve(settings) => Ok(settings),
+        _ => anyhow::bail!("no serve settings"),
+    }
+}
+
+/// The settings `score` runs with for the command line `args`.
+fn resolve_score(args: &[&str]) -> anyhow::Result<ScoringSettings> {
+    let matches = Cli::command().try_get_matches_from(args)?;
+    match Invocation::resolve(&matches)? {
+        Invocation::Score(_, settings) => Ok(settings),
+        _ => anyhow::bail!("no score settings"),
     }
 }
 
@@ -31,15 +40,15 @@ fn flags_override_the_file_which_overrides_defaults() {
     ]
     .concat();
     let settings = resolve(&args).unwrap();
-    assert_eq!(settings.port, 9100);
-    assert_eq!(settings.max_batch_pairs, 8);
-    assert_eq!(settings.host, "127.0.0.1");
-    assert_eq!(settings.device, DeviceSpec::Cpu);
-    assert_eq!(settings.max_batch_tokens, 16_384);
-    assert_eq!(settings.model, vec![DEFAULT_MODEL.to_owned()]);
+    assert_eq!(settings.server.port, 9100);
+    assert_eq!(settings.scoring.max_batch_pairs, 8);
+    assert_eq!(settings.server.host, "127.0.0.1");
+    assert_eq!(settings.scoring.device, DeviceSpec::Cpu);
+    assert_eq!(settings.scoring.max_batch_tokens, 16_384);
+    assert_eq!(settings.scoring.model, vec![DEFAULT_MODEL.to_owned()]);
     assert!(!format!("{:?}", settings.redacted()).contains("s3cret"));
     // The subcommand reads the same settings.
-    let scored = resolve(&[
+    let scored = resolve_score(&[
         "zerank-server",
         "score",
         "--input",
@@ -269,7 +278,7 @@ fn settings_out_of_their_working_range_are_refused_by_name_and_range() {
         assert!(err.contains("admin_port"), "{bad}: {err}");
     }
     let settings = resolve(&["zerank-server", "--admin-port", "9090"]).unwrap();
-    assert_eq!(settings.admin_port, Some(9090));
+    assert_eq!(settings.server.admin_port, Some(9090));
 }
 
 #[test]
@@ -295,7 +304,7 @@ fn an_empty_or_blank_api_key_refuses_to_start() {
         assert!(err.contains("api_key is empty"), "{key:?}: {err}");
     }
     let settings = resolve(&["zerank-server", "--api-key", "s3cret\n"]).unwrap();
-    assert_eq!(settings.api_key.as_deref(), Some("s3cret"));
+    assert_eq!(settings.server.api_key.as_deref(), Some("s3cret"));
 }
 
 #[test]
@@ -306,12 +315,12 @@ fn boolean_settings_are_switches_too() {
         "--prefix-sharing",
     ])
     .unwrap();
-    assert!(bare.protect_health_and_metrics && bare.prefix_sharing);
+    assert!(bare.server.protect_health_and_metrics && bare.scoring.prefix_sharing);
     let explicit = resolve(&["zerank-server", "--prefix-sharing=false"]).unwrap();
-    assert!(!explicit.prefix_sharing);
-    assert!(resolve(&["zerank-server"]).unwrap().docs_page);
+    assert!(!explicit.scoring.prefix_sharing);
+    assert!(resolve(&["zerank-server"]).unwrap().server.docs_page);
     let off = resolve(&["zerank-server", "--docs-page", "false"]).unwrap();
-    assert!(!off.docs_page);
+    assert!(!off.server.docs_page);
 }
 
 #[test]
@@ -409,10 +418,10 @@ fn every_environment_variable_is_zerank_and_the_key() {
 
 #[test]
 fn listening_beyond_loopback_without_a_key_is_warned_about() {
-    let with = |host: &str, api_key: Option<&str>| Settings {
+    let with = |host: &str, api_key: Option<&str>| ServerSettings {
         host: host.into(),
         api_key: api_key.map(Into::into),
-        ..Settings::default()
+        ..ServerSettings::default()
     };
     let warning = with("0.0.0.0", None).open_listener_warning().unwrap();
     assert!(

@@ -1,7 +1,7 @@
 //! The ranges each setting must fall in: below a bound the server cannot work, above one
 //! the value is a typo.
 
-use super::{MAX_BATCH_TOKENS, Settings};
+use super::{MAX_BATCH_TOKENS, ScoringSettings, ServerSettings, Settings};
 
 /// Past any model's window: a larger chunk overlap is a typo.
 const MAX_CHUNK_OVERLAP_TOKENS: usize = 1 << 20;
@@ -9,11 +9,29 @@ const MAX_CHUNK_OVERLAP_TOKENS: usize = 1 << 20;
 /// A day: a longer duration setting is a typo.
 const MAX_DURATION_SECS: f64 = 86_400.0;
 
+/// Every value in `least..=most`, or an error naming the first that is not.
+fn check_counts(counts: &[(&str, usize, usize, usize)]) -> anyhow::Result<()> {
+    for &(name, value, least, most) in counts {
+        anyhow::ensure!(
+            (least..=most).contains(&value),
+            "{name} must be between {least} and {most}; got {value}"
+        );
+    }
+    Ok(())
+}
+
 impl Settings {
     pub(super) fn validate(&self) -> anyhow::Result<()> {
-        // Each range holds only values a server can work with: below a bound, every request
-        // (or every probe) would fail; above one, the value is a typo.
-        let counts = [
+        self.scoring.validate()?;
+        self.server.validate()?;
+        self.models()?;
+        Ok(())
+    }
+}
+
+impl ScoringSettings {
+    pub(super) fn validate(&self) -> anyhow::Result<()> {
+        check_counts(&[
             (
                 "max_batch_tokens",
                 self.max_batch_tokens,
@@ -21,6 +39,28 @@ impl Settings {
                 MAX_BATCH_TOKENS as usize,
             ),
             ("max_batch_pairs", self.max_batch_pairs, 1, 1 << 16),
+        ])?;
+        for (name, value) in [
+            ("max_tokens_per_doc", self.max_tokens_per_doc),
+            ("max_length", self.max_length),
+        ] {
+            let most = MAX_BATCH_TOKENS as usize;
+            anyhow::ensure!(
+                value.is_none_or(|v| (1..=most).contains(&v)),
+                "{name} must be between 1 and {most}; got {}",
+                value.unwrap_or_default()
+            );
+        }
+        self.loads()?;
+        Ok(())
+    }
+}
+
+impl ServerSettings {
+    fn validate(&self) -> anyhow::Result<()> {
+        // Each range holds only values a server can work with: below a bound, every request
+        // (or every probe) would fail; above one, the value is a typo.
+        check_counts(&[
             (
                 "max_concurrent_requests",
                 self.max_concurrent_requests,
@@ -74,13 +114,7 @@ impl Settings {
                 1 << 12,
             ),
             ("score_cache_bytes", self.score_cache_bytes, 0, 1 << 40),
-        ];
-        for (name, value, least, most) in counts {
-            anyhow::ensure!(
-                (least..=most).contains(&value),
-                "{name} must be between {least} and {most}; got {value}"
-            );
-        }
+        ])?;
         anyhow::ensure!(
             self.request_body_memory_bytes >= self.payload_limit_bytes,
             "request_body_memory_bytes ({}) must hold at least one body of payload_limit_bytes ({}): raise it or lower payload_limit_bytes",
@@ -93,17 +127,6 @@ impl Settings {
             "chunk_overlap_tokens must be at most {MAX_CHUNK_OVERLAP_TOKENS}, and under half of a chunk window; got {}",
             self.chunk_overlap_tokens
         );
-        for (name, value) in [
-            ("max_tokens_per_doc", self.max_tokens_per_doc),
-            ("max_length", self.max_length),
-        ] {
-            let most = MAX_BATCH_TOKENS as usize;
-            anyhow::ensure!(
-                value.is_none_or(|v| (1..=most).contains(&v)),
-                "{name} must be between 1 and {most}; got {}",
-                value.unwrap_or_default()
-            );
-        }
         if let Some(admin_port) = self.admin_port {
             anyhow::ensure!(
                 admin_port != 0 && admin_port != self.port,
@@ -121,7 +144,6 @@ impl Settings {
                 "api_key is empty: set a key, or leave ZERANK_API_KEY / --api-key unset to serve without one"
             );
         }
-        self.models()?;
         Ok(())
     }
 

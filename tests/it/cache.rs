@@ -28,9 +28,11 @@ fn pairs_computed(server: &TestServer) -> f64 {
 
 /// A server with the default cache budget.
 fn cached_server() -> TestServer {
-    let budget = zerank_server::settings::Settings::default().score_cache_bytes;
+    let budget = zerank_server::settings::Settings::default()
+        .server
+        .score_cache_bytes;
     assert!(budget > 0, "the cache is on by default");
-    TestServer::start(|s| s.score_cache_bytes = budget)
+    TestServer::start(|s| s.server.score_cache_bytes = budget)
 }
 
 #[test]
@@ -62,7 +64,7 @@ fn cached_scores_equal_those_of_a_server_without_a_cache() {
     let cached = cached_server();
     rerank_raw(&cached, "capital of France", &DOCUMENTS);
     let from_cache = rerank_raw(&cached, "capital of France", &DOCUMENTS);
-    let uncached = TestServer::start(|s| s.score_cache_bytes = 0);
+    let uncached = TestServer::start(|s| s.server.score_cache_bytes = 0);
     let fresh = rerank_raw(&uncached, "capital of France", &DOCUMENTS);
     assert_eq!(from_cache, fresh);
     rerank_raw(&uncached, "capital of France", &DOCUMENTS);
@@ -92,7 +94,7 @@ fn sixteen_concurrent_identical_requests_compute_once() {
 #[test]
 fn the_cache_keeps_to_its_byte_budget() {
     // Room for 8 scores of about 92 bytes.
-    let server = TestServer::start(|s| s.score_cache_bytes = 8 * 92 + 50);
+    let server = TestServer::start(|s| s.server.score_cache_bytes = 8 * 92 + 50);
     let documents: Vec<String> = (0..40).map(|i| format!("document number {i}")).collect();
     for chunk in documents.chunks(10) {
         let texts: Vec<&str> = chunk.iter().map(String::as_str).collect();

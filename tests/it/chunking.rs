@@ -25,9 +25,9 @@ fn long_document() -> String {
 
 fn server(configure: impl FnOnce(&mut zerank_server::settings::Settings)) -> TestServer {
     TestServer::start(|s| {
-        s.max_length = Some(MAX_LENGTH);
-        s.chunk_overlap_tokens = OVERLAP;
-        s.max_chunks_per_document = 64;
+        s.scoring.max_length = Some(MAX_LENGTH);
+        s.server.chunk_overlap_tokens = OVERLAP;
+        s.server.max_chunks_per_document = 64;
         configure(s);
     })
 }
@@ -185,7 +185,8 @@ fn the_window_is_reported_only_where_the_shape_has_room_for_it() {
 
 #[test]
 fn the_server_default_applies_and_a_request_may_override_it() {
-    let server = server(|s| s.long_documents = zerank_server::settings::LongDocuments::Chunk);
+    let server =
+        server(|s| s.server.long_documents = zerank_server::settings::LongDocuments::Chunk);
     let document = long_document();
     let by_default = server.post("/rerank", &json!({"query": QUERY, "documents": [document]}));
     assert!(by_default.json()["results"][0]["chunk"].is_object());
@@ -208,7 +209,7 @@ fn the_server_default_applies_and_a_request_may_override_it() {
 #[test]
 fn the_chunk_cap_and_the_queue_budget_give_413() {
     let document = long_document();
-    let capped = server(|s| s.max_chunks_per_document = 2);
+    let capped = server(|s| s.server.max_chunks_per_document = 2);
     let reply = capped.post(
         "/rerank",
         &json!({"query": QUERY, "documents": ["short", document], "long_documents": "chunk"}),
@@ -219,7 +220,7 @@ fn the_chunk_cap_and_the_queue_budget_give_413() {
     assert!(message.contains("more than 2 windows"), "{message}");
 
     // Each window fits, but all of them together are over the queue's budget.
-    let budget = server(|s| s.max_queued_tokens = 4 * MAX_LENGTH);
+    let budget = server(|s| s.server.max_queued_tokens = 4 * MAX_LENGTH);
     let reply = budget.post(
         "/rerank",
         &json!({"query": QUERY, "documents": [document], "long_documents": "chunk"}),
@@ -287,7 +288,7 @@ fn windows_advance_by_half_the_window_the_character_cut_leaves() {
 #[test]
 fn the_window_count_refusal_names_the_character_cut_that_binds() {
     let server = TestServer::start(|s| {
-        s.long_documents = zerank_server::settings::LongDocuments::Chunk;
+        s.server.long_documents = zerank_server::settings::LongDocuments::Chunk;
     });
     let document: String = long_document().chars().cycle().take(226_000).collect();
     let reply = server.post("/rerank", &json!({"query": QUERY, "documents": [document]}));
@@ -317,12 +318,12 @@ fn the_window_count_refusal_names_the_character_cut_that_binds() {
 }
 
 fn server_with_short_prompts(max_chunks: usize) -> TestServer {
-    server(|s| s.max_chunks_per_document = max_chunks)
+    server(|s| s.server.max_chunks_per_document = max_chunks)
 }
 
 #[test]
 fn a_document_of_whitespace_scores_the_same_in_both_modes() {
-    let server = server(|s| s.max_chunks_per_document = 2);
+    let server = server(|s| s.server.max_chunks_per_document = 2);
     for blank in ["\t", "\u{a0}", "\u{3000}", " \t\u{a0}\u{3000}\n"] {
         let document = blank.repeat(40_000 / blank.chars().count());
         let scores: Vec<f64> = ["truncate", "chunk"]
@@ -346,9 +347,15 @@ fn a_document_of_whitespace_scores_the_same_in_both_modes() {
 fn chunk_overlaps_past_half_a_window_are_refused_at_start() {
     let metrics = zerank_server::metrics::Metrics::new();
     let settings = |overlap: usize| zerank_server::settings::Settings {
-        model: vec![fixture("tiny").to_string_lossy().into_owned()],
-        chunk_overlap_tokens: overlap,
-        max_length: Some(MAX_LENGTH),
+        scoring: zerank_server::settings::ScoringSettings {
+            model: vec![fixture("tiny").to_string_lossy().into_owned()],
+            max_length: Some(MAX_LENGTH),
+            ..Default::default()
+        },
+        server: zerank_server::settings::ServerSettings {
+            chunk_overlap_tokens: overlap,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let err = zerank_server::service::Service::load_models(&settings(MAX_LENGTH / 2), &metrics)

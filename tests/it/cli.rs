@@ -81,6 +81,58 @@ fn failed(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// `score` takes only the settings it uses: the server's flags are refused by name, while the
+/// shared settings file (whose server keys it passes over) and the server's environment
+/// variables leave it working.
+#[test]
+fn score_refuses_the_servers_flags_and_passes_over_its_other_settings() {
+    let work = tempfile::tempdir().unwrap();
+    let input = work.path().join("pairs.jsonl");
+    std::fs::write(&input, varied_pairs(3)).unwrap();
+    for server_flag in [
+        &["--port", "9000"][..],
+        &["--api-key", "k"],
+        &["--otlp-endpoint", "http://collector:4318"],
+        &["--max-connections", "5"],
+    ] {
+        let refused = score("tiny", &input, server_flag);
+        assert_eq!(refused.status.code(), Some(2), "{server_flag:?}");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            stderr.contains(&format!("unexpected argument '{}'", server_flag[0])),
+            "{server_flag:?}: {stderr}"
+        );
+    }
+    let settings_file = work.path().join("settings.toml");
+    let server_keys = "port = 9000\napi_key = \"k\"\nmax_connections = 0\n";
+    std::fs::write(
+        &settings_file,
+        format!("{server_keys}max_batch_pairs = 2\n"),
+    )
+    .unwrap();
+    let scored = Command::new(env!("CARGO_BIN_EXE_zerank-server"))
+        .args(["score", "--model", fixture("tiny").to_str().unwrap()])
+        .args(["--device", "cpu", "--dtype", "f32", "--input"])
+        .arg(&input)
+        .arg("--config")
+        .arg(&settings_file)
+        // Values the server would refuse: `score` never reads them.
+        .env("ZERANK_PORT", "not a port")
+        .env("ZERANK_MAX_CONNECTIONS", "0")
+        .output()
+        .unwrap();
+    assert_eq!(succeeded(&scored).lines().count(), 3);
+    // A key that is no setting at all is still an error.
+    std::fs::write(&settings_file, "max_batch_pairz = 2\n").unwrap();
+    let refused = score(
+        "tiny",
+        &input,
+        &["--config", settings_file.to_str().unwrap()],
+    );
+    let stderr = failed(&refused);
+    assert!(stderr.contains("unknown key `max_batch_pairz`"), "{stderr}");
+}
+
 /// Lines of varied pairs, one blank line after every seventh.
 fn varied_pairs(count: usize) -> String {
     let mut text = String::new();
@@ -367,24 +419,14 @@ fn an_interrupted_run_says_how_to_resume_and_resumes() {
     let mut stdin = run.stdin.take().unwrap();
     let first_chunk: String = text.lines().take(9).map(|l| format!("{l}\n")).collect();
     stdin.write_all(first_chunk.as_bytes()).unwrap();
-    let started = std::time::Instant::now();
-    while std::fs::read_to_string(&output)
-        .unwrap_or_default()
-        .lines()
-        .count()
-        < 8
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no chunk scored"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let killed = Command::new("kill")
-        .args(["-INT", &run.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    common::server::wait_until("no chunk scored", Duration::from_secs(60), || {
+        std::fs::read_to_string(&output)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            >= 8
+    });
+    common::server::send_signal(&run, libc::SIGINT);
     let stopped = run.wait_with_output().unwrap();
     drop(stdin);
     let stderr = failed(&stopped);

@@ -18,7 +18,7 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 #[test]
 fn idle_http2_connections_are_closed_within_the_idle_limit() {
-    let server = TestServer::start(|settings| settings.header_read_timeout_secs = 1.0);
+    let server = TestServer::start(|settings| settings.server.header_read_timeout_secs = 1.0);
     // The preface and nothing more: no handshake, no stream.
     let mut preface_only = TcpStream::connect(server.address).unwrap();
     preface_only.write_all(PREFACE).unwrap();
@@ -56,7 +56,7 @@ fn idle_http2_connections_are_closed_within_the_idle_limit() {
 
 #[test]
 fn an_http2_client_that_never_opens_its_flow_control_window_is_closed() {
-    let server = TestServer::start(|settings| settings.response_write_timeout_secs = 1.0);
+    let server = TestServer::start(|settings| settings.server.response_write_timeout_secs = 1.0);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -98,8 +98,8 @@ fn an_http2_client_that_never_opens_its_flow_control_window_is_closed() {
 #[test]
 fn the_admin_port_answers_health_and_metrics_while_the_main_port_is_full() {
     let server = TestServer::start_with_admin(|settings| {
-        settings.max_connections = 3;
-        settings.header_read_timeout_secs = 30.0;
+        settings.server.max_connections = 3;
+        settings.server.header_read_timeout_secs = 30.0;
     });
     let admin_port = server.admin_address.unwrap().port();
     let admin = |path: &str| {

@@ -404,13 +404,13 @@ const ENCODERS: [&str; 3] = ["bert", "xlm-roberta", "modernbert"];
 /// A Qwen3 reranker (tiny) and three encoders in one process.
 fn mixed_server() -> TestServer {
     TestServer::start(|settings| {
-        settings.model = std::iter::once("tiny")
+        settings.scoring.model = std::iter::once("tiny")
             .chain(ENCODERS)
             .map(fixture_path)
             .collect();
         // The fixtures' windows are 48 to 64 tokens: the default overlap of 64 is too long.
-        settings.chunk_overlap_tokens = 4;
-        settings.max_chunks_per_document = 64;
+        settings.server.chunk_overlap_tokens = 4;
+        settings.server.max_chunks_per_document = 64;
     })
 }
 

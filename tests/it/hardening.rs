@@ -16,8 +16,8 @@ use serde_json::json;
 
 fn quick_timeouts() -> TestServer {
     TestServer::start(|settings| {
-        settings.header_read_timeout_secs = 1.0;
-        settings.body_read_timeout_secs = 1.0;
+        settings.server.header_read_timeout_secs = 1.0;
+        settings.server.body_read_timeout_secs = 1.0;
     })
 }
 
@@ -77,8 +77,8 @@ fn silent_and_slow_connections_are_closed_in_time() {
 #[test]
 fn past_the_connection_cap_new_connections_are_refused_and_open_ones_still_answer() {
     let server = TestServer::start(|settings| {
-        settings.max_connections = 3;
-        settings.header_read_timeout_secs = 30.0;
+        settings.server.max_connections = 3;
+        settings.server.header_read_timeout_secs = 30.0;
     });
     // Wait until this connection is the only one open: the start-up health probes' have
     // been closed on the server's side too, so exactly three connections fill the cap.
@@ -116,7 +116,7 @@ fn past_the_connection_cap_new_connections_are_refused_and_open_ones_still_answe
 #[test]
 fn an_oversized_request_gets_413_at_once_while_a_small_one_is_served() {
     let server = TestServer::start(|settings| {
-        settings.max_queued_tokens = 3_000;
+        settings.server.max_queued_tokens = 3_000;
     });
     let big: Vec<String> = (0..40)
         .map(|i| format!("document {i} {}", "many words of text ".repeat(20)))
@@ -145,7 +145,7 @@ fn an_oversized_request_gets_413_at_once_while_a_small_one_is_served() {
 #[test]
 fn every_answer_of_the_server_is_a_counted_json_error() {
     let server = TestServer::start(|settings| {
-        settings.max_header_bytes = 4_096;
+        settings.server.max_header_bytes = 4_096;
     });
     // Headers over the limit: 431 in JSON.
     let reply = common::server::Reply::from(

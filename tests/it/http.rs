@@ -66,8 +66,8 @@ fn concurrent_requests_score_as_sequential_ones_and_share_batches() {
 #[test]
 fn requests_over_a_limit_get_clear_errors_and_the_server_keeps_serving() {
     let server = TestServer::start(|s| {
-        s.max_documents_per_request = 4;
-        s.payload_limit_bytes = 4_096;
+        s.server.max_documents_per_request = 4;
+        s.server.payload_limit_bytes = 4_096;
     });
     let ok = json!({ "query": "q", "documents": ["a", "b"] });
     let too_many = server
@@ -158,7 +158,7 @@ fn requests_over_a_limit_get_clear_errors_and_the_server_keeps_serving() {
 
 #[test]
 fn past_the_concurrency_limit_clients_get_429_with_retry_after() {
-    let server = Arc::new(TestServer::start(|s| s.max_concurrent_requests = 1));
+    let server = Arc::new(TestServer::start(|s| s.server.max_concurrent_requests = 1));
     let documents: Vec<String> = (0..60)
         .map(|i| format!("document {i} {}", "text ".repeat(60)))
         .collect();
@@ -268,7 +268,7 @@ fn sigterm_during_load_answers_every_accepted_request_then_exits_zero() {
 
 #[test]
 fn the_api_key_guards_scoring_routes_and_optionally_probes() {
-    let server = TestServer::start(|s| s.api_key = Some("s3cret".into()));
+    let server = TestServer::start(|s| s.server.api_key = Some("s3cret".into()));
     let body = json!({ "query": "q", "documents": ["a"] }).to_string();
     let with = |auth: Option<&str>| {
         let mut request =
@@ -292,8 +292,8 @@ fn the_api_key_guards_scoring_routes_and_optionally_probes() {
     drop(server);
 
     let strict = TestServer::start(|s| {
-        s.api_key = Some("s3cret".into());
-        s.protect_health_and_metrics = true;
+        s.server.api_key = Some("s3cret".into());
+        s.server.protect_health_and_metrics = true;
     });
     strict.get("/metrics").assert_error(401, "unauthorized");
     let health = ureq::get(&strict.url("/health"))
@@ -347,7 +347,7 @@ fn the_docs_page_is_self_contained_and_can_be_turned_off() {
     assert!(spec.json()["paths"]["/docs"]["get"].is_object());
     drop(server);
 
-    let off = TestServer::start(|s| s.docs_page = false);
+    let off = TestServer::start(|s| s.server.docs_page = false);
     off.get("/docs").assert_error(404, "not_found");
     assert_eq!(off.get("/openapi.json").status, 200);
 }
@@ -357,8 +357,8 @@ fn a_client_that_disconnects_leaves_the_queue() {
     use std::io::Write;
     // A long timeout: admission must let the second request queue behind the first.
     let server = Arc::new(TestServer::start(|s| {
-        s.max_batch_pairs = 1;
-        s.request_timeout_secs = 600.0;
+        s.scoring.max_batch_pairs = 1;
+        s.server.request_timeout_secs = 600.0;
     }));
     let documents: Vec<String> = (0..100)
         .map(|i| format!("document {i} {}", "some text ".repeat(30)))
@@ -462,8 +462,8 @@ fn a_request_past_its_timeout_gets_504_and_leaves_nothing_queued() {
     let documents: Vec<String> = (0..300).map(|i| format!("a short document {i}")).collect();
     let request = json!({ "query": "q", "documents": documents });
     let one_pair_a_batch = |s: &mut zerank_server::settings::Settings| {
-        s.max_batch_pairs = 1;
-        s.score_cache_bytes = 0;
+        s.scoring.max_batch_pairs = 1;
+        s.server.score_cache_bytes = 0;
     };
     // How long a first server on this machine takes it; then a timeout under that which
     // admission still lets in (it plans without the forward's fixed cost): the first of a
@@ -481,7 +481,7 @@ fn a_request_past_its_timeout_gets_504_and_leaves_nothing_queued() {
         .find_map(|fraction| {
             let server = TestServer::start(|s| {
                 one_pair_a_batch(s);
-                s.request_timeout_secs = (takes * fraction).max(0.1);
+                s.server.request_timeout_secs = (takes * fraction).max(0.1);
             });
             let reply = server.post("/rerank", &request);
             statuses.push((fraction, reply.status));

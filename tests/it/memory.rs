@@ -114,13 +114,13 @@ fn a_7_5_mb_document_is_refused_or_scored_in_bounded_memory() {
 
     for (recipe, long_documents, max_chunks, status) in cases {
         let server = TestServer::start(|s| {
-            s.recipe = vec![recipe];
-            s.long_documents = long_documents;
-            s.max_chunks_per_document = max_chunks;
-            s.max_queued_tokens = 100_000;
+            s.scoring.recipe = vec![recipe];
+            s.server.long_documents = long_documents;
+            s.server.max_chunks_per_document = max_chunks;
+            s.server.max_queued_tokens = 100_000;
             // Short prompts: the forward's own memory stays small beside the document's.
-            s.max_length = Some(512);
-            s.payload_limit_bytes = 16 * 1024 * 1024;
+            s.scoring.max_length = Some(512);
+            s.server.payload_limit_bytes = 16 * 1024 * 1024;
         });
         // Warm: the first request's allocations (pools, the forward's buffers) are not the
         // document's.
@@ -158,8 +158,8 @@ fn requests_over_the_tokenizing_budget_take_turns() {
     // 1 KiB: every request's estimate is over it, so each takes the whole budget in turn
     // rather than waiting for more than there is.
     let server = TestServer::start(|s| {
-        s.tokenizing_memory_bytes = 1024;
-        s.request_timeout_secs = 120.0;
+        s.server.tokenizing_memory_bytes = 1024;
+        s.server.request_timeout_secs = 120.0;
     });
     let started = Instant::now();
     std::thread::scope(|scope| {

@@ -13,8 +13,8 @@ const MODELS: [&str; 3] = ["tiny", "native-yes", "native-yes-no"];
 
 fn three_models() -> TestServer {
     TestServer::start(|settings| {
-        settings.model = MODELS.iter().map(|m| fixture_path(m)).collect();
-        settings.served_model_names = vec![
+        settings.scoring.model = MODELS.iter().map(|m| fixture_path(m)).collect();
+        settings.server.served_model_names = vec![
             NameList(vec!["tiny".into(), "zerank-tiny".into()]),
             NameList(vec!["native-yes".into()]),
         ];
@@ -169,7 +169,7 @@ fn one_process_serves_a_qwen3_a_qwen2_and_a_gemma_routed_by_model() {
         ("gemma", "GemmaForCausalLM"),
     ];
     let server = TestServer::start(|settings| {
-        settings.model = architectures.iter().map(|(m, _)| fixture_path(m)).collect();
+        settings.scoring.model = architectures.iter().map(|(m, _)| fixture_path(m)).collect();
     });
     let info = server.get("/info").json();
     for (i, (_, class)) in architectures.iter().enumerate() {

@@ -235,7 +235,7 @@ fn the_vllm_score_shape_keeps_input_order() {
 fn unknown_model_names_follow_the_policy() {
     // `any`: the first model serves, and the answer names it.
     let server = TestServer::start(|settings| {
-        settings.model_name_policy = zerank_server::settings::ModelNamePolicy::Any;
+        settings.server.model_name_policy = zerank_server::settings::ModelNamePolicy::Any;
     });
     for name in ["rerank-english-v3.0", "jina-reranker-v1-base-en"] {
         let body = server

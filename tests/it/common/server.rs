@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use zerank_server::model::{Engine, TokenLimits};
 use zerank_server::server::Listeners;
-use zerank_server::settings::Settings;
+use zerank_server::settings::{ScoringSettings, ServerSettings, Settings};
 
 use super::fixture;
 
@@ -33,19 +33,25 @@ impl TestServer {
 
     fn launch(configure: impl FnOnce(&mut Settings), with_admin: bool) -> Self {
         let mut settings = Settings {
-            model: vec![fixture("tiny").to_string_lossy().into_owned()],
-            device: zerank_server::model::DeviceSpec::Cpu,
-            // The goldens are f32; `auto` takes bf16 on CPUs with AVX512-BF16 or AMX.
-            dtype: zerank_server::model::DTypeSpec::F32,
-            host: "127.0.0.1".into(),
-            port: 0,
-            // Off: a test that compares scores must have them computed; tests/cache.rs
-            // turns it on.
-            score_cache_bytes: 0,
+            scoring: ScoringSettings {
+                model: vec![fixture("tiny").to_string_lossy().into_owned()],
+                device: zerank_server::model::DeviceSpec::Cpu,
+                // The goldens are f32; `auto` takes bf16 on CPUs with AVX512-BF16 or AMX.
+                dtype: zerank_server::model::DTypeSpec::F32,
+                ..ScoringSettings::default()
+            },
+            server: ServerSettings {
+                host: "127.0.0.1".into(),
+                port: 0,
+                // Off: a test that compares scores must have them computed; tests/cache.rs
+                // turns it on.
+                score_cache_bytes: 0,
+                ..ServerSettings::default()
+            },
             ..Settings::default()
         };
         configure(&mut settings);
-        let api_key = settings.api_key.clone();
+        let api_key = settings.server.api_key.clone();
         // Bound here and handed over: the port is known before the server starts, and no
         // other process can take it in between.
         let bind = || {
@@ -282,12 +288,17 @@ fn listening_port(line: &str) -> u16 {
 
 /// Sends SIGTERM, as an orchestrator stops the server.
 pub fn sigterm(child: &Child) {
+    send_signal(child, libc::SIGTERM);
+}
+
+/// Sends `signal` to a process this test started.
+pub fn send_signal(child: &Child, signal: libc::c_int) {
     let pid = libc::pid_t::try_from(child.id()).unwrap();
     // SAFETY: kill only sends a signal, to a process this test started and has not reaped.
     assert_eq!(
-        unsafe { libc::kill(pid, libc::SIGTERM) },
+        unsafe { libc::kill(pid, signal) },
         0,
-        "SIGTERM not sent"
+        "signal {signal} not sent"
     );
 }
 
