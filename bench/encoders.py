@@ -110,8 +110,8 @@ def time_onnx(session, tokenizer, names, pairs):
     return time.perf_counter() - started, np.asarray(raw)
 
 
-def start_server(binary, checkpoint, port):
-    process = subprocess.Popen([binary, "--model", str(checkpoint), "--device", "cpu", "--dtype", "f32",
+def start_server(binary, checkpoint, port, dtype):
+    process = subprocess.Popen([binary, "--model", str(checkpoint), "--device", "cpu", "--dtype", dtype,
                                 "--host", "127.0.0.1", "--port", str(port), "--score-cache-bytes", "0"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
@@ -148,6 +148,8 @@ def main():
     parser.add_argument("--chars", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--port", type=int, default=18400)
+    parser.add_argument("--dtype", default="f32",
+                        help="the service's dtype (bf16 takes MKL or oneDNN from LD_LIBRARY_PATH; /info's matmul says what ran)")
     args = parser.parse_args()
     import onnxruntime
 
@@ -156,10 +158,13 @@ def main():
     make_checkpoint(args.shape, checkpoint)
     pairs = pairs_of(args.documents, args.chars)
     model = CrossEncoder(str(checkpoint), device="cpu")
-    tokens = int(model.tokenizer(pairs, truncation=True, padding=False, return_length=True)["length"].sum())
+    tokens = int(sum(model.tokenizer(pairs, truncation=True, padding=False, return_length=True)["length"]))
     onnx_path, names = export_onnx(model, args.shape, work)
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    server = start_server(args.server, checkpoint, args.port)
+    server = start_server(args.server, checkpoint, args.port, args.dtype)
+    with urllib.request.urlopen(f"http://127.0.0.1:{args.port}/info") as reply:
+        served = json.loads(reply.read())["model"]
+    print(json.dumps({"service_dtype": served.get("dtype"), "service_matmul": served.get("matmul")}), flush=True)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     common = {"shape": args.shape, "pairs": len(pairs), "tokens": tokens, "cpu": cpu, "threads": torch.get_num_threads()}
     scores = {}
