@@ -96,7 +96,9 @@ def export_onnx(model, shape, out):
     optimized = optimizer.optimize_model(str(raw_path), model_type="bert", num_heads=heads,
                                          hidden_size=hidden)
     optimized_path = out / "model.opt.onnx"
-    optimized.save_model_to_file(str(optimized_path))
+    # Past protobuf's 2 GB (XLM-R large in f32), the weights go to a file beside the graph.
+    too_large = hf.num_parameters() * 4 > 1.8e9
+    optimized.save_model_to_file(str(optimized_path), use_external_data_format=too_large)
     return optimized_path, names
 
 
