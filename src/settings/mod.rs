@@ -208,7 +208,7 @@ impl Settings {
         parsed.server.check_durations()?;
         let file = read_file(parsed.config.as_deref())?;
         let file_path = file.as_ref().map(|(path, _)| path.clone());
-        let mut settings = with_file(&parsed, file, matches, &[])?;
+        let mut settings = with_file(&parsed, file, matches, &serde_json::Map::new())?;
         // The file read, named whether it was given or found: the start-up log shows it.
         settings.config = file_path;
         // A trailing newline from a mounted secret is not part of the key.
@@ -263,13 +263,12 @@ impl ScoringSettings {
         config: Option<&Path>,
         matches: &ArgMatches,
     ) -> anyhow::Result<Self> {
-        let server_keys = serde_json::to_value(ServerSettings::default())?;
-        let server_keys = server_keys
-            .as_object()
-            .expect("settings serialize as a map");
-        let file = read_file(config)?;
-        let server_keys: Vec<String> = server_keys.keys().cloned().collect();
-        let settings = with_file(&parsed, file, matches, &server_keys)?;
+        let serde_json::Value::Object(server_keys) =
+            serde_json::to_value(ServerSettings::default())?
+        else {
+            unreachable!("settings serialize as a map")
+        };
+        let settings = with_file(&parsed, read_file(config)?, matches, &server_keys)?;
         settings.validate()?;
         Ok(settings)
     }
@@ -282,7 +281,7 @@ fn with_file<T: Serialize + DeserializeOwned + Default>(
     parsed: &T,
     file: Option<(PathBuf, toml::Table)>,
     matches: &ArgMatches,
-    passed_over: &[String],
+    passed_over: &serde_json::Map<String, serde_json::Value>,
 ) -> anyhow::Result<T> {
     let mut merged = serde_json::to_value(parsed)?;
     let Some((path, file)) = file else {
@@ -291,7 +290,7 @@ fn with_file<T: Serialize + DeserializeOwned + Default>(
     let known = serde_json::to_value(T::default())?;
     let known = known.as_object().expect("settings serialize as a map");
     for (key, value) in file {
-        if passed_over.contains(&key) {
+        if passed_over.contains_key(&key) {
             continue;
         }
         anyhow::ensure!(
