@@ -10,6 +10,7 @@ use candle_core::{
 };
 use candle_nn::{Module, RmsNorm};
 use half::bf16;
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::buffers::{contiguous_data, uninit_vec};
@@ -54,8 +55,47 @@ fn exp(x: f32) -> f32 {
     ] {
         p = p * r + c;
     }
-    // 2^n from its exponent bits: n is in -126..=127 after the clamp.
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n from its exponent bits: n + 127 is in 1..=254 after the clamp. Adding it to ROUND
+    // puts it in the low bits of the mantissa, without a float-to-int cast (which does not
+    // vectorise).
+    let biased = (n + (127.0 + ROUND)).to_bits() - ROUND.to_bits();
+    p * f32::from_bits(biased << 23)
+}
+
+/// Independent accumulators of a reduction: a sum in order is one chain of dependent adds,
+/// which does not vectorise; sixteen chains fill an AVX-512 register.
+const LANES: usize = 16;
+
+/// Folds `values` into `LANES` accumulators, value `i` into lane `i % LANES`; `acc` starts
+/// at the fold's identity.
+#[inline(always)]
+fn lanes(values: &[f32], acc: &mut [f32; LANES], fold: impl Fn(f32, f32) -> f32) {
+    let chunks = values.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a = fold(*a, v);
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(rest) {
+        *a = fold(*a, v);
+    }
+}
+
+/// Σ `values`, in lanes.
+#[inline(always)]
+fn sum(values: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    lanes(values, &mut acc, |a, v| a + v);
+    acc.iter().sum()
+}
+
+/// The largest of `values` (-∞ for none), in lanes.
+#[inline(always)]
+fn max(values: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    lanes(values, &mut acc, f32::max);
+    acc.iter().copied().fold(f32::NEG_INFINITY, f32::max)
 }
 
 /// What a kernel writes: f32, or bf16 where its output feeds the bf16 GEMM.
@@ -66,6 +106,7 @@ trait Element: Copy + Send + Sync {
 
 impl Element for f32 {
     const ZERO: Self = 0.0;
+    #[inline(always)]
     fn from_f32(value: f32) -> Self {
         value
     }
@@ -73,8 +114,18 @@ impl Element for f32 {
 
 impl Element for bf16 {
     const ZERO: Self = bf16::ZERO;
+    /// Rounded to nearest, ties to even, as `bf16::from_f32`, without its branches, so that
+    /// the loops writing bf16 vectorise.
+    #[inline(always)]
     fn from_f32(value: f32) -> Self {
-        bf16::from_f32(value)
+        let bits = value.to_bits();
+        let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16;
+        // A NaN stays a (quiet) NaN instead of rounding into infinity.
+        let bits = match value.is_nan() {
+            true => (bits >> 16) | 0x40,
+            false => rounded,
+        };
+        bf16::from_bits(bits as u16)
     }
 }
 
@@ -84,12 +135,12 @@ macro_rules! output {
     ($as_bf16:expr, $len:expr, |$out:ident| $kernel:expr) => {
         match $as_bf16 {
             true => {
-                let mut $out = uninit_vec::<bf16>($len);
+                let mut $out = $crate::model::backend::buffers::uninit_vec::<half::bf16>($len);
                 $kernel;
                 CpuStorage::BF16($out)
             }
             false => {
-                let mut $out = uninit_vec::<f32>($len);
+                let mut $out = $crate::model::backend::buffers::uninit_vec::<f32>($len);
                 $kernel;
                 CpuStorage::F32($out)
             }
@@ -97,56 +148,8 @@ macro_rules! output {
     };
 }
 
-/// `softmax(scale · scores)` over the last dim, causal: in scores of shape
-/// (…, count, keys), the row of query `i` (`i` = row index mod `count`) sees keys
-/// `0..=first_key + i`; the rest get probability 0.
-struct CausalSoftmax {
-    scale: f32,
-    first_key: usize,
-    count: usize,
-    bf16_out: bool,
-}
-
-impl CausalSoftmax {
-    fn rows<T: Element>(&self, scores: &[f32], keys: usize, probs: &mut [T]) {
-        probs
-            .par_chunks_mut(keys)
-            .zip(scores.par_chunks(keys))
-            .enumerate()
-            .with_min_len((MIN_CHUNK / keys).max(1))
-            .for_each_init(Vec::new, |exps: &mut Vec<f32>, (row, (probs, scores))| {
-                let seen = (self.first_key + row % self.count + 1).min(keys);
-                let (visible, hidden) = probs.split_at_mut(seen);
-                hidden.fill(T::ZERO);
-                let scores = &scores[..seen];
-                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                exps.clear();
-                exps.extend(scores.iter().map(|&s| exp((s - max) * self.scale)));
-                let inverse = 1.0 / exps.iter().sum::<f32>();
-                for (p, &e) in visible.iter_mut().zip(exps.iter()) {
-                    *p = T::from_f32(e * inverse);
-                }
-            });
-    }
-}
-
-impl CustomOp1 for CausalSoftmax {
-    fn name(&self) -> &'static str {
-        "causal-softmax"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let scores = f32_data(storage, layout, self.name())?;
-        let keys = layout.dims().last().copied().unwrap_or(1).max(1);
-        let probs = output!(self.bf16_out, scores.len(), |probs| self
-            .rows(scores, keys, &mut probs));
-        Ok((probs, layout.shape().clone()))
-    }
-}
+mod encoder;
+mod softmax;
 
 /// `map(a, b)` element-wise over two tensors of one shape; generic, so that `map` is
 /// inlined into the loop.
@@ -158,10 +161,16 @@ struct ZipMap<F> {
 
 impl<F: Fn(f32, f32) -> f32 + Send + Sync> ZipMap<F> {
     fn zip<T: Element>(&self, a: &[f32], b: &[f32], out: &mut [T]) {
-        out.par_iter_mut()
-            .zip(a.par_iter().zip(b))
-            .with_min_len(MIN_CHUNK)
-            .for_each(|(out, (&x, &y))| *out = T::from_f32((self.map)(x, y)));
+        out.par_chunks_mut(MIN_CHUNK)
+            .zip(a.par_chunks(MIN_CHUNK).zip(b.par_chunks(MIN_CHUNK)))
+            .for_each(|(out, (a, b))| zip_chunk(a, b, out, &self.map));
+    }
+}
+
+#[multiversion(targets = "simd")]
+fn zip_chunk<T: Element, F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], out: &mut [T], map: &F) {
+    for (out, (&x, &y)) in out.iter_mut().zip(a.iter().zip(b)) {
+        *out = T::from_f32(map(x, y));
     }
 }
 
@@ -308,13 +317,18 @@ impl RmsNormKernel<'_> {
         out.par_chunks_mut(dim)
             .zip(x.par_chunks(dim))
             .with_min_len((MIN_CHUNK / dim).max(1))
-            .for_each(|(out, x)| {
-                let mean_square = x.iter().map(|v| v * v).sum::<f32>() / dim as f32;
-                let inverse = 1.0 / (mean_square + self.eps).sqrt();
-                for ((o, &v), &w) in out.iter_mut().zip(x).zip(self.weight) {
-                    *o = T::from_f32(v * inverse * w);
-                }
-            });
+            .for_each(|(out, x)| rms_norm_row(x, self.weight, self.eps, out));
+    }
+}
+
+#[multiversion(targets = "simd")]
+fn rms_norm_row<T: Element>(x: &[f32], weight: &[f32], eps: f32, out: &mut [T]) {
+    let mut squares = [0f32; LANES];
+    lanes(x, &mut squares, |sum, v| sum + v * v);
+    let mean_square = squares.iter().sum::<f32>() / x.len().max(1) as f32;
+    let inverse = 1.0 / (mean_square + eps).sqrt();
+    for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
+        *o = T::from_f32(v * inverse * w);
     }
 }
 
@@ -404,19 +418,18 @@ impl Kernels {
         })
     }
 
-    /// `gelu(gate) · up` with the tanh approximation of GELU (Gemma's GeGLU).
-    pub fn geglu(&self, gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
+    /// `gelu(gate) · up` (GeGLU: Gemma's with the tanh approximation, ModernBERT's exact).
+    pub fn geglu(&self, gate: &Tensor, up: &Tensor, gelu: Gelu) -> candle_core::Result<Tensor> {
         match self.cpu_f32 {
             true => gate.contiguous()?.apply_op2_no_bwd(
                 &up.contiguous()?,
                 &ZipMap {
                     name: "geglu",
-                    map: |gate: f32, up: f32| gelu_tanh(gate) * up,
+                    map: |gate: f32, up: f32| gelu.apply(gate) * up,
                     bf16_out: self.bf16_matmul_inputs,
                 },
             ),
-            // candle's `gelu` is the tanh approximation (`gelu_erf` is the exact one).
-            false => gate.gelu()? * up,
+            false => gelu.candle(gate)? * up,
         }
     }
 
@@ -451,51 +464,48 @@ impl Kernels {
             false => x.transpose(0, 1)?.contiguous(),
         }
     }
+}
 
-    /// `softmax(scale · scores + mask)` over the last dim of scores (…, count, keys), where
-    /// query `i` of the chunk sees keys `0..=first_key + i`; `causal_block` is the additive
-    /// mask of a chunk against itself, used off the CPU.
-    pub fn causal_softmax(
-        &self,
-        scores: &Tensor,
-        scale: f64,
-        first_key: usize,
-        causal_block: &Tensor,
-    ) -> candle_core::Result<Tensor> {
-        let (count, keys) = scores.dims().split_last().map_or((1, 1), |(&keys, rest)| {
-            (rest.last().copied().unwrap_or(1), keys)
-        });
-        match self.cpu_f32 {
-            true => scores.contiguous()?.apply_op1_no_bwd(&CausalSoftmax {
-                scale: scale as f32,
-                first_key,
-                count,
-                bf16_out: self.bf16_matmul_inputs,
-            }),
-            false => {
-                let mask = chunk_mask(causal_block, first_key, count)?;
-                debug_assert_eq!(mask.dim(1)?, keys);
-                candle_nn::ops::softmax_last_dim(&scores.affine(scale, 0.0)?.broadcast_add(&mask)?)
+/// Which GELU: transformers' `gelu` (exact, through erf) or `gelu_new` /
+/// `gelu_pytorch_tanh` (the tanh approximation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gelu {
+    Erf,
+    Tanh,
+}
+
+impl Gelu {
+    #[inline(always)]
+    fn apply(self, x: f32) -> f32 {
+        match self {
+            Gelu::Erf => 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)),
+            Gelu::Tanh => {
+                const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+                0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
             }
+        }
+    }
+
+    /// candle's op for it (its `gelu` is the tanh approximation).
+    fn candle(self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Gelu::Erf => x.gelu_erf(),
+            Gelu::Tanh => x.gelu(),
         }
     }
 }
 
-/// `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`, PyTorch's `gelu(approximate="tanh")`.
-fn gelu_tanh(x: f32) -> f32 {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
-}
-
-/// The mask of queries `start..start + count` against keys `0..start + count`: earlier keys
-/// are all visible, the chunk's own keys only up to each query's position.
-fn chunk_mask(causal_block: &Tensor, start: usize, count: usize) -> candle_core::Result<Tensor> {
-    let own = causal_block.narrow(0, 0, count)?.narrow(1, 0, count)?;
-    if start == 0 {
-        return Ok(own);
+/// erf(x) to within 1e-6 (Abramowitz and Stegun 7.1.26, on `exp` above) in plain
+/// arithmetic, so that the loops around it vectorise: libm's `erff` is a call per value.
+#[inline(always)]
+fn erf(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let mut poly = 1.061_405_4;
+    for c in [-1.453_152_1, 1.421_413_7, -0.284_496_74, 0.254_829_6] {
+        poly = poly * t + c;
     }
-    let earlier = Tensor::zeros((count, start), own.dtype(), own.device())?;
-    Tensor::cat(&[&earlier, &own], 1)
+    (1.0 - poly * t * exp(-a * a)).copysign(x)
 }
 
 #[cfg(test)]

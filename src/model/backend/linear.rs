@@ -119,14 +119,46 @@ impl Linear {
         })
     }
 
+    /// Layers that take one input (q, k and v) as one: their weights stacked into one
+    /// (sum of `out_dims`, in) product, so that the input is read and rounded once.
+    pub fn load_stacked(
+        in_dim: usize,
+        out_dims: &[usize],
+        bias: bool,
+        vbs: &[VarBuilder],
+        gemm: &LinearGemm,
+    ) -> candle_core::Result<Self> {
+        let parts = out_dims
+            .iter()
+            .zip(vbs)
+            .map(|(&out_dim, vb)| Linear::load(in_dim, out_dim, bias, vb.clone(), gemm))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let weights: Vec<&Tensor> = parts.iter().map(|part| &part.weight).collect();
+        let biases: Option<Vec<&Tensor>> = parts.iter().map(|part| part.bias.as_ref()).collect();
+        Ok(Linear {
+            weight: Tensor::cat(&weights, 0)?,
+            bias: biases.map(|biases| Tensor::cat(&biases, 0)).transpose()?,
+            gemm: gemm.clone(),
+        })
+    }
+
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = match &self.gemm {
-            LinearGemm::Bf16(bf16) => bf16.linear(x, &self.weight)?,
-            gemm => matmul(gemm.blas(), x, &self.weight.t()?)?,
-        };
+        let y = self.product(x)?;
         match &self.bias {
             Some(bias) => y.broadcast_add(bias),
             None => Ok(y),
         }
+    }
+
+    /// `x @ w^T` without the bias, for a kernel that adds it on its way.
+    pub fn product(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.gemm {
+            LinearGemm::Bf16(bf16) => bf16.linear(x, &self.weight),
+            gemm => matmul(gemm.blas(), x, &self.weight.t()?),
+        }
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
     }
 }

@@ -11,7 +11,7 @@ mod linear;
 
 pub use blas::{Blas, CpuLibrary, matmul_time};
 pub use device::{CpuFeatures, DTypeSpec, DeviceSpec};
-pub use kernels::Kernels;
+pub use kernels::{Gelu, Kernels};
 pub use linear::{Linear, LinearGemm};
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{RmsNorm, VarBuilder};
 
 use super::config::ModelConfig;
-use crate::model::backend::Kernels;
+use crate::model::backend::{Gelu, Kernels};
 use crate::model::backend::{Linear, LinearGemm};
 use crate::model::packing::Span;
 
@@ -309,7 +309,7 @@ impl Mlp {
         let (gate, up) = (self.gate_proj.forward(x)?, self.up_proj.forward(x)?);
         let gated = match self.activation {
             Activation::Silu => kernels.swiglu(&gate, &up)?,
-            Activation::GeluTanh => kernels.geglu(&gate, &up)?,
+            Activation::GeluTanh => kernels.geglu(&gate, &up, Gelu::Tanh)?,
         };
         self.down_proj.forward(&gated)
     }

@@ -14,7 +14,7 @@ use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
 use super::{Pooling, attend_within_spans};
-use crate::model::backend::{Linear, LinearGemm};
+use crate::model::backend::{Gelu, Kernels, Linear, LinearGemm};
 use crate::model::checkpoint::Architecture;
 use crate::model::error::{ModelError, Result};
 use crate::model::packing::Packing;
@@ -114,9 +114,8 @@ impl BertConfig {
 
 /// Attention, then the MLP, each added back and layer-normed (post-norm).
 struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    /// query, key and value stacked: (3 × hidden, hidden).
+    qkv: Linear,
     attention_out: Linear,
     attention_norm: LayerNorm,
     intermediate: Linear,
@@ -130,10 +129,9 @@ impl Layer {
         let linear = |i, o, vb: VarBuilder| Linear::load(i, o, true, vb, gemm);
         let norm = |vb: VarBuilder| candle_nn::layer_norm(hidden, config.layer_norm_eps, vb);
         let attention = vb.pp("attention");
+        let projections = ["query", "key", "value"].map(|name| attention.pp("self").pp(name));
         Ok(Layer {
-            query: linear(hidden, hidden, attention.pp("self").pp("query"))?,
-            key: linear(hidden, hidden, attention.pp("self").pp("key"))?,
-            value: linear(hidden, hidden, attention.pp("self").pp("value"))?,
+            qkv: Linear::load_stacked(hidden, &[hidden; 3], true, &projections, gemm)?,
             attention_out: linear(hidden, hidden, attention.pp("output").pp("dense"))?,
             attention_norm: norm(attention.pp("output").pp("LayerNorm"))?,
             intermediate: linear(hidden, inner, vb.pp("intermediate").pp("dense"))?,
@@ -142,25 +140,30 @@ impl Layer {
         })
     }
 
+    /// Each projection's bias is added by the kernel after it.
     fn forward(&self, x: &Tensor, model: &Bert, packing: &Packing) -> candle_core::Result<Tensor> {
-        let heads = model.heads;
-        let split = |t: Tensor| t.reshape((t.dim(0)?, heads, ()));
-        let (q, k, v) = (
-            split(self.query.forward(x)?)?,
-            split(self.key.forward(x)?)?,
-            split(self.value.forward(x)?)?,
-        );
-        let attended = attend_within_spans((&q, &k, &v), &packing.spans, None, &model.gemm)?;
-        let x = self
-            .attention_norm
-            .forward(&(self.attention_out.forward(&attended)? + x)?)?;
-        let inner = self.intermediate.forward(&x)?;
-        let inner = match model.exact_gelu {
-            true => inner.gelu_erf()?,
-            false => inner.gelu()?,
-        };
-        self.output_norm
-            .forward(&(self.output.forward(&inner)? + x)?)
+        let kernels = model.kernels;
+        let qkv = kernels.split_heads(&self.qkv.product(x)?, self.qkv.bias(), 3, model.heads)?;
+        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+        let attended =
+            attend_within_spans((&q, &k, &v), &packing.spans, None, (&model.gemm, kernels))?;
+        let x = kernels.add_layer_norm(
+            &self.attention_out.product(&attended)?,
+            self.attention_out.bias(),
+            x,
+            &self.attention_norm,
+        )?;
+        let inner = kernels.bias_gelu(
+            &self.intermediate.product(&x)?,
+            self.intermediate.bias(),
+            model.gelu,
+        )?;
+        kernels.add_layer_norm(
+            &self.output.product(&inner)?,
+            self.output.bias(),
+            &x,
+            &self.output_norm,
+        )
     }
 }
 
@@ -175,11 +178,12 @@ pub struct Bert {
     pooler: Linear,
     classifier: Linear,
     heads: usize,
-    exact_gelu: bool,
+    gelu: Gelu,
     position_offset: u32,
     /// BERT's `[SEP]`: the second token type starts after its first one.
     separator: Option<u32>,
     gemm: LinearGemm,
+    kernels: Kernels,
 }
 
 impl Bert {
@@ -223,10 +227,14 @@ impl Bert {
             pooler: Linear::load(hidden, hidden, true, pooler, gemm)?,
             classifier: Linear::load(hidden, 1, true, classifier, gemm)?,
             heads: config.num_attention_heads,
-            exact_gelu: config.hidden_act == "gelu",
+            gelu: match config.hidden_act.as_str() {
+                "gelu" => Gelu::Erf,
+                _ => Gelu::Tanh,
+            },
             position_offset: config.position_offset() as u32,
             separator: separator.filter(|_| !config.is_roberta() && config.type_vocab_size > 1),
             gemm: gemm.clone(),
+            kernels: Kernels::new(vb.device(), vb.dtype(), gemm.multiplies_bf16()),
         })
     }
 

@@ -15,7 +15,7 @@ use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
-use super::backend::LinearGemm;
+use super::backend::{Kernels, LinearGemm};
 use super::checkpoint::Architecture;
 use super::error::{ModelError, Result, invalid_config};
 use super::packing::{Packing, Span};
@@ -158,65 +158,33 @@ impl CrossEncoder {
 const QUERY_CHUNK: usize = 512;
 
 /// Multi-head self-attention of each span over itself only, both directions: `q`, `k`, `v`
-/// are (tokens, heads, head_dim) over all packed tokens; `window`: a key further than this
-/// from its query is not seen (ModernBERT's local layers). Returns (tokens, heads × head_dim).
+/// are head-major (heads, tokens, head_dim) over all packed tokens, in the attention
+/// matmuls' dtype; `window`: a key further than this from its query is not seen
+/// (ModernBERT's local layers). Returns (tokens, heads × head_dim).
 fn attend_within_spans(
     (q, k, v): (&Tensor, &Tensor, &Tensor),
     spans: &[Span],
     window: Option<usize>,
-    gemm: &LinearGemm,
+    (gemm, kernels): (&LinearGemm, Kernels),
 ) -> candle_core::Result<Tensor> {
-    let (_, heads, head_dim) = q.dims3()?;
+    let (heads, _, head_dim) = q.dims3()?;
     let scale = 1.0 / (head_dim as f64).sqrt();
     let outputs = spans
         .iter()
-        .map(|span| {
-            let len = span.tokens.len();
-            let of_span = |t: &Tensor| -> candle_core::Result<Tensor> {
-                t.narrow(0, span.tokens.start, len)?
+        .flat_map(|span| {
+            let (start, len) = (span.tokens.start, span.tokens.len());
+            (0..len).step_by(QUERY_CHUNK).map(move |first| {
+                let count = QUERY_CHUNK.min(len - first);
+                let queries = q.narrow(1, start + first, count)?;
+                let scores = gemm.matmul(&queries, &k.narrow(1, start, len)?.t()?)?;
+                let probs = kernels.bidirectional_softmax(&scores, scale, first, window)?;
+                gemm.matmul(&probs, &v.narrow(1, start, len)?)?
                     .transpose(0, 1)?
-                    .contiguous()
-            };
-            let (q, keys, v) = (of_span(q)?, of_span(k)?.t()?.contiguous()?, of_span(v)?);
-            let chunks = (0..len)
-                .step_by(QUERY_CHUNK)
-                .map(|start| {
-                    let count = QUERY_CHUNK.min(len - start);
-                    let queries = q.narrow(1, start, count)?.contiguous()?;
-                    let mut scores = gemm.matmul(&queries, &keys)?.affine(scale, 0.0)?;
-                    if let Some(window) = window.filter(|&w| w + 1 < len) {
-                        let mask = window_mask(start..start + count, len, window, q.device())?;
-                        scores = scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?;
-                    }
-                    gemm.matmul(&candle_nn::ops::softmax_last_dim(&scores)?, &v)
-                })
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            Tensor::cat(&chunks, 1)?
-                .transpose(0, 1)?
-                .reshape((len, heads * head_dim))
+                    .reshape((count, heads * head_dim))
+            })
         })
         .collect::<candle_core::Result<Vec<_>>>()?;
     Tensor::cat(&outputs, 0)
-}
-
-/// The additive mask of a sliding window for `queries` against keys `0..keys`: 0 where
-/// |query - key| ≤ `window`, -∞ elsewhere.
-fn window_mask(
-    queries: std::ops::Range<usize>,
-    keys: usize,
-    window: usize,
-    device: &candle_core::Device,
-) -> candle_core::Result<Tensor> {
-    let rows = queries.len();
-    let mask: Vec<f32> = queries
-        .flat_map(|i| {
-            (0..keys).map(move |j| match i.abs_diff(j) <= window {
-                true => 0.0,
-                false => f32::NEG_INFINITY,
-            })
-        })
-        .collect();
-    Tensor::from_vec(mask, (rows, keys), device)
 }
 
 /// How a sequence's hidden states become the one vector its head reads.
@@ -251,24 +219,29 @@ mod tests {
     use super::*;
     use crate::model::backend::testing::max_abs_diff;
 
-    /// One span's attention in one matmul, the window as a mask over all of it.
+    /// One span's attention in one matmul, the window as a mask over all of it, in candle's
+    /// ops.
     fn unchunked(q: &Tensor, k: &Tensor, v: &Tensor, window: Option<usize>) -> Tensor {
-        let (len, heads, head_dim) = q.dims3().unwrap();
-        let head_major = |t: &Tensor| t.transpose(0, 1).unwrap().contiguous().unwrap();
-        let scores = head_major(q)
-            .matmul(&head_major(k).t().unwrap())
+        let (heads, len, head_dim) = q.dims3().unwrap();
+        let mask: Vec<f32> = (0..len)
+            .flat_map(|i| {
+                (0..len).map(move |j| match window.is_some_and(|w| i.abs_diff(j) > w) {
+                    true => f32::NEG_INFINITY,
+                    false => 0.0,
+                })
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (len, len), &Device::Cpu).unwrap();
+        let scores = q
+            .matmul(&k.t().unwrap())
             .unwrap()
             .affine(1.0 / (head_dim as f64).sqrt(), 0.0)
+            .unwrap()
+            .broadcast_add(&mask)
             .unwrap();
-        let scores = match window {
-            Some(w) => scores
-                .broadcast_add(&window_mask(0..len, len, w, &Device::Cpu).unwrap())
-                .unwrap(),
-            None => scores,
-        };
         candle_nn::ops::softmax_last_dim(&scores)
             .unwrap()
-            .matmul(&head_major(v))
+            .matmul(v)
             .unwrap()
             .transpose(0, 1)
             .unwrap()
@@ -279,15 +252,17 @@ mod tests {
     #[test]
     fn attention_in_query_chunks_equals_one_matmul_with_and_without_a_window() {
         let len = 2 * QUERY_CHUNK + 37;
-        let random = || Tensor::randn(0f32, 1.0, (len, 2, 8), &Device::Cpu).unwrap();
+        let random = || Tensor::randn(0f32, 1.0, (2, len, 8), &Device::Cpu).unwrap();
         let (q, k, v) = (random(), random(), random());
         let span = [Span {
             tokens: 0..len,
             context: None,
         }];
+        let on_cpu = Kernels::new(&Device::Cpu, candle_core::DType::F32, false);
         for window in [None, Some(64)] {
             let chunked =
-                attend_within_spans((&q, &k, &v), &span, window, &LinearGemm::Candle).unwrap();
+                attend_within_spans((&q, &k, &v), &span, window, (&LinearGemm::Candle, on_cpu))
+                    .unwrap();
             let whole = unchunked(&q, &k, &v, window);
             assert!(max_abs_diff(&chunked, &whole) < 1e-5, "{window:?}");
         }

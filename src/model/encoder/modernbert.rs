@@ -10,7 +10,7 @@ use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
 use super::{Pooling, attend_within_spans};
-use crate::model::backend::{Linear, LinearGemm};
+use crate::model::backend::{Gelu, Kernels, Linear, LinearGemm};
 use crate::model::error::{ModelError, Result};
 use crate::model::packing::Packing;
 
@@ -181,12 +181,21 @@ impl Rotary {
         })
     }
 
-    /// `x` (tokens, heads, head_dim) rotated by each token's position.
-    fn apply(&self, x: &Tensor, positions: &Tensor) -> candle_core::Result<Tensor> {
-        let cos = self.cos.index_select(positions, 0)?.to_dtype(x.dtype())?;
-        let sin = self.sin.index_select(positions, 0)?.to_dtype(x.dtype())?;
-        candle_nn::rotary_emb::rope_thd(&x.unsqueeze(0)?.contiguous()?, &cos, &sin)?.squeeze(0)
+    /// The rotation of each packed token: (cos, sin) rows, (tokens, head_dim / 2) each.
+    fn at(&self, positions: &Tensor, dtype: DType) -> candle_core::Result<(Tensor, Tensor)> {
+        Ok((
+            self.cos.index_select(positions, 0)?.to_dtype(dtype)?,
+            self.sin.index_select(positions, 0)?.to_dtype(dtype)?,
+        ))
     }
+}
+
+/// What every layer of one forward pass shares: the packing and each θ's rotation of its
+/// tokens.
+struct Pass<'a> {
+    packing: &'a Packing,
+    global: (Tensor, Tensor),
+    local: (Tensor, Tensor),
 }
 
 struct Layer {
@@ -250,13 +259,8 @@ impl Layer {
         })
     }
 
-    fn forward(
-        &self,
-        x: &Tensor,
-        model: &ModernBert,
-        packing: &Packing,
-        positions: &Tensor,
-    ) -> candle_core::Result<Tensor> {
+    fn forward(&self, x: &Tensor, model: &ModernBert, pass: &Pass) -> candle_core::Result<Tensor> {
+        let kernels = model.kernels;
         let normed = match &self.attention_norm {
             Some(norm) => norm.forward(x)?,
             None => x.clone(),
@@ -266,20 +270,29 @@ impl Layer {
             .qkv
             .forward(&normed)?
             .reshape((tokens, 3, model.heads, ()))?;
-        let rotary = match self.window {
-            Some(_) => &model.local_rotary,
-            None => &model.global_rotary,
+        let (cos, sin) = match self.window {
+            Some(_) => &pass.local,
+            None => &pass.global,
         };
-        let q = rotary.apply(&qkv.narrow(1, 0, 1)?.squeeze(1)?, positions)?;
-        let k = rotary.apply(&qkv.narrow(1, 1, 1)?.squeeze(1)?, positions)?;
-        let v = qkv.narrow(1, 2, 1)?.squeeze(1)?;
-        let attended = attend_within_spans((&q, &k, &v), &packing.spans, self.window, &model.gemm)?;
-        let x = (x + self.attention_out.forward(&attended)?)?;
+        let part = |index| qkv.narrow(1, index, 1)?.squeeze(1);
+        let q = kernels.rope_head_major(&part(0)?, cos, sin)?;
+        let k = kernels.rope_head_major(&part(1)?, cos, sin)?;
+        let v = kernels.head_major(&part(2)?)?;
+        let attended = attend_within_spans(
+            (&q, &k, &v),
+            &pass.packing.spans,
+            self.window,
+            (&model.gemm, kernels),
+        )?;
+        let x = kernels.add(x, &self.attention_out.forward(&attended)?)?;
         let inner = self.mlp_in.forward(&self.mlp_norm.forward(&x)?)?;
         let half = inner.dim(D::Minus1)? / 2;
-        let gated = (inner.narrow(D::Minus1, 0, half)?.gelu_erf()?
-            * inner.narrow(D::Minus1, half, half)?)?;
-        x + self.mlp_out.forward(&gated)?
+        let gated = kernels.geglu(
+            &inner.narrow(D::Minus1, 0, half)?,
+            &inner.narrow(D::Minus1, half, half)?,
+            Gelu::Erf,
+        )?;
+        kernels.add(&x, &self.mlp_out.forward(&gated)?)
     }
 }
 
@@ -297,6 +310,7 @@ pub struct ModernBert {
     local_rotary: Rotary,
     heads: usize,
     gemm: LinearGemm,
+    kernels: Kernels,
     /// Of the activations (the embedding table may be stored in another).
     dtype: DType,
 }
@@ -345,6 +359,7 @@ impl ModernBert {
             local_rotary: rotary(config.local_rope_theta)?,
             heads: config.num_attention_heads,
             gemm: gemm.clone(),
+            kernels: Kernels::new(vb.device(), vb.dtype(), gemm.multiplies_bf16()),
         })
     }
 
@@ -356,8 +371,13 @@ impl ModernBert {
         let positions = Tensor::from_slice(&packing.positions, tokens, device)?;
         let embedded = self.embeddings.forward(&ids)?.to_dtype(self.dtype)?;
         let mut hidden = self.embedding_norm.forward(&embedded)?;
+        let pass = Pass {
+            packing,
+            global: self.global_rotary.at(&positions, self.dtype)?,
+            local: self.local_rotary.at(&positions, self.dtype)?,
+        };
         for layer in &self.layers {
-            hidden = layer.forward(&hidden, self, packing, &positions)?;
+            hidden = layer.forward(&hidden, self, &pass)?;
         }
         let hidden = self.final_norm.forward(&hidden)?;
         let pooled = self.pooling.pool(&hidden, &packing.spans)?;

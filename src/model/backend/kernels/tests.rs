@@ -1,6 +1,8 @@
 use super::super::testing::max_abs_diff as max_diff;
 use super::*;
 use candle_core::{DType, Device};
+use candle_nn::LayerNorm;
+use half::bf16;
 
 const ON_CPU: Kernels = Kernels {
     cpu_f32: true,
@@ -51,8 +53,14 @@ fn each_kernel_computes_what_candles_ops_compute() {
     );
     assert!(
         max_diff(
-            &ON_CPU.geglu(&a, &b).unwrap(),
-            &CANDLE.geglu(&a, &b).unwrap()
+            &ON_CPU.geglu(&a, &b, Gelu::Tanh).unwrap(),
+            &CANDLE.geglu(&a, &b, Gelu::Tanh).unwrap()
+        ) < 1e-6
+    );
+    assert!(
+        max_diff(
+            &ON_CPU.geglu(&a, &b, Gelu::Erf).unwrap(),
+            &CANDLE.geglu(&a, &b, Gelu::Erf).unwrap()
         ) < 1e-6
     );
 
@@ -145,6 +153,126 @@ fn exp_is_within_a_few_ulp_of_libm_and_saturates() {
     assert_eq!(exp(0.0), 1.0);
     assert!(exp(-1000.0) < 1e-37 && exp(-1000.0) >= 0.0);
     assert!(exp(1000.0).is_finite() && exp(1000.0) > 1e38);
+}
+
+#[test]
+fn erf_is_within_1e_6_of_candles() {
+    let xs: Vec<f32> = (-6000..6000)
+        .map(|i| i as f32 / 1000.0 + 0.000_37)
+        .collect();
+    let reference = Tensor::new(xs.as_slice(), &Device::Cpu)
+        .unwrap()
+        .erf()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let worst = xs
+        .iter()
+        .zip(&reference)
+        .map(|(&x, &r)| (erf(x) - r).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-6, "worst absolute error {worst}");
+    assert_eq!((erf(-20.0), erf(20.0), erf(-0.7)), (-1.0, 1.0, -erf(0.7)));
+}
+
+#[test]
+fn encoder_kernels_compute_what_candles_ops_compute() {
+    // A fused projection of 37 tokens: 3 parts of 4 heads of 16.
+    let (x, bias) = (random(&[37, 192], 8), random(&[192], 9));
+    let split = ON_CPU.split_heads(&x, Some(&bias), 3, 4).unwrap();
+    assert_eq!(split.dims(), &[3, 4, 37, 16]);
+    let reference = CANDLE.split_heads(&x, Some(&bias), 3, 4).unwrap();
+    assert!(max_diff(&split, &reference) == 0.0);
+    let split = BF16_OUT.split_heads(&x, None, 3, 4).unwrap();
+    assert_eq!(split.dtype(), DType::BF16);
+    let reference = CANDLE.split_heads(&x, None, 3, 4).unwrap();
+    assert!(max_diff(&split, &rounded(&reference)) == 0.0);
+
+    for gelu in [Gelu::Erf, Gelu::Tanh] {
+        let fused = ON_CPU.bias_gelu(&x, Some(&bias), gelu).unwrap();
+        let reference = CANDLE.bias_gelu(&x, Some(&bias), gelu).unwrap();
+        assert!(max_diff(&fused, &reference) < 1e-6, "{gelu:?}");
+        let fused = BF16_OUT.bias_gelu(&x, Some(&bias), gelu).unwrap();
+        assert_eq!(fused.dtype(), DType::BF16);
+        assert!(
+            max_diff(&fused, &rounded(&reference)) <= 1.0 / 128.0,
+            "{gelu:?}"
+        );
+    }
+
+    let (residual, weight, shift) = (
+        random(&[37, 192], 10),
+        random(&[192], 11),
+        random(&[192], 12),
+    );
+    for norm in [
+        LayerNorm::new(weight.clone(), shift, 1e-12),
+        LayerNorm::new_no_bias(weight, 1e-5),
+    ] {
+        let fused = ON_CPU
+            .add_layer_norm(&x, Some(&bias), &residual, &norm)
+            .unwrap();
+        let reference = CANDLE
+            .add_layer_norm(&x, Some(&bias), &residual, &norm)
+            .unwrap();
+        assert!(max_diff(&fused, &reference) < 1e-5);
+        // The residual stream stays f32.
+        let fused = BF16_OUT.add_layer_norm(&x, None, &residual, &norm).unwrap();
+        assert_eq!(fused.dtype(), DType::F32);
+    }
+
+    // Four heads, a chunk of 5 queries from the 4th of 14 keys, with and without a window.
+    let scores = random(&[4, 5, 14], 13);
+    for window in [None, Some(3), Some(13)] {
+        let fused = ON_CPU
+            .bidirectional_softmax(&scores, 0.125, 3, window)
+            .unwrap();
+        let reference = CANDLE
+            .bidirectional_softmax(&scores, 0.125, 3, window)
+            .unwrap();
+        assert!(max_diff(&fused, &reference) < 1e-6, "{window:?}");
+        let probs = BF16_OUT
+            .bidirectional_softmax(&scores, 0.125, 3, window)
+            .unwrap();
+        assert_eq!(probs.dtype(), DType::BF16);
+        assert!(max_diff(&probs, &rounded(&fused)) == 0.0);
+    }
+    let windowed = ON_CPU
+        .bidirectional_softmax(&scores, 0.125, 3, Some(3))
+        .unwrap();
+    // Query 0 of the chunk is key 3: keys 0..=6 seen, key 7 not.
+    let first_row = windowed
+        .get(0)
+        .unwrap()
+        .get(0)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert!(first_row[..7].iter().all(|&p| p > 0.0) && first_row[7..].iter().all(|&p| p == 0.0));
+}
+
+#[test]
+fn bf16_rounding_is_halfs_on_every_kind_of_value() {
+    let specials = [
+        0.0,
+        -0.0,
+        f32::MAX,
+        f32::MIN_POSITIVE,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        1.0 + f32::EPSILON,
+        f32::from_bits(0x3F80_8000), // a tie rounded to even (down)
+        f32::from_bits(0x3F81_8000), // a tie rounded to even (up)
+        f32::from_bits(0x0000_8001), // a subnormal
+    ];
+    let spread = (0..200_000u32).map(|i| f32::from_bits(i.wrapping_mul(2_654_435_761)));
+    for value in specials.into_iter().chain(spread) {
+        let (ours, halfs) = (<bf16 as Element>::from_f32(value), bf16::from_f32(value));
+        match value.is_nan() {
+            true => assert!(ours.is_nan(), "{value}"),
+            false => assert_eq!(ours.to_bits(), halfs.to_bits(), "{value:e}"),
+        }
+    }
 }
 
 #[test]
