@@ -15,6 +15,7 @@ mod encoder;
 mod error;
 mod packing;
 mod precision;
+mod shape;
 mod weights;
 
 use std::time::Instant;
@@ -31,6 +32,7 @@ pub use checkpoint::{
 };
 pub use decoder::{ModelConfig, NetworkConfig};
 pub use error::{ModelError, Result};
+pub use shape::{AttentionReach, NetworkShape};
 
 use checkpoint::{PromptFiles, Recipe};
 use decoder::Scorer;
