@@ -7,7 +7,9 @@
 //!
 //!     python3 bench/workload.py --documents 100 > /tmp/pairs.jsonl
 //!     cargo bench --bench engine -- --model /tmp/zerank-0.6b --pairs /tmp/pairs.jsonl
-//!     cargo bench --bench engine -- --model /tmp/minilm-ckpt --pairs /tmp/pairs.jsonl  # bench/encoders.py
+//!     # an encoder: BERT, RoBERTa, XLM-RoBERTa or ModernBERT (bench/encoders.py's
+//!     # make_checkpoint writes random-weight ones of the real shapes)
+//!     cargo bench --bench engine -- --model /tmp/minilm-ckpt --pairs /tmp/pairs.jsonl
 //!
 //! Prints one JSON object per line.
 
