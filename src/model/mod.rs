@@ -5,7 +5,8 @@
 //! network), a room per model family (`decoder/`: the causal-LM rerankers, their configs,
 //! layers and scoring forward; `encoder/`: the encoder cross-encoders, BERT, RoBERTa,
 //! XLM-RoBERTa and ModernBERT), and `backend/` (device, dtype, matmuls and kernels); here,
-//! what every family shares (the engine, packing, batches, the weight files).
+//! what every family shares (the engine, packing, batches, the weight files, the networks'
+//! matrix shapes that benchmarks count FLOPs from).
 
 mod backend;
 mod batch;
