@@ -1,11 +1,15 @@
-//! The scoring engine on a checkpoint of a real shape: tokens/s with query-prefix sharing on
-//! and off, the peak of the engine's own GEMM (f32 or bf16, measured in the same run on the
+//! The scoring engine on a checkpoint of a real shape, decoder or encoder: tokens/s with
+//! query-prefix sharing on and off (an encoder runs once, without: the engine turns sharing off
+//! for it), the peak of the engine's own GEMM (f32 or bf16, measured in the same run on the
 //! model's linear shapes and the same threads), the fraction of it the forward reaches without
 //! sharing (the roofline line of BENCHMARKS.md), the time per token inside and outside the
 //! matmul libraries, and peak resident memory.
 //!
 //!     python3 bench/workload.py --documents 100 > /tmp/pairs.jsonl
 //!     cargo bench --bench engine -- --model /tmp/zerank-0.6b --pairs /tmp/pairs.jsonl
+//!     # an encoder: BERT, RoBERTa, XLM-RoBERTa or ModernBERT (bench/encoders.py's
+//!     # make_checkpoint writes random-weight ones of the real shapes)
+//!     cargo bench --bench engine -- --model /tmp/minilm-ckpt --pairs /tmp/pairs.jsonl
 //!
 //! Prints one JSON object per line.
 
@@ -19,7 +23,7 @@ use serde::Deserialize;
 use serde_json::json;
 use zerank_server::model::{
     BatchBudget, CpuFeatures, CpuLibrary, DTypeSpec, DeviceSpec, Engine, LinearGemm, LoadOptions,
-    ModelConfig, ModelError, ModelSource, Score, TokenLimits, matmul_time,
+    ModelError, ModelSource, NetworkConfig, NetworkShape, Score, TokenLimits, matmul_time,
 };
 
 #[derive(Parser)]
@@ -30,7 +34,7 @@ struct Args {
     /// JSON lines of {"query", "document"} (see bench/workload.py).
     #[arg(long)]
     pairs: PathBuf,
-    /// Prefix sharing settings to run, in order.
+    /// Prefix sharing settings to run, in order (an encoder runs once, without).
     #[arg(long, value_delimiter = ',', default_value = "off,on")]
     sharing: Vec<String>,
     #[arg(long, default_value_t = 16_384)]
@@ -75,23 +79,33 @@ fn main() -> anyhow::Result<()> {
         max_sequences: args.max_batch_pairs,
     };
 
-    let config = ModelConfig::from_file(&ModelSource::parse(&args.model, None)?.locate()?.config)?;
-    let weights_mib = f32_weight_mib(&config);
+    let config =
+        NetworkConfig::from_file(&ModelSource::parse(&args.model, None)?.locate()?.config)?;
+    let shape = config.shape();
+    let mut sharing = args
+        .sharing
+        .iter()
+        .map(|setting| match setting.as_str() {
+            "on" => Ok(true),
+            "off" => Ok(false),
+            other => anyhow::bail!("--sharing takes on and off, not `{other}`"),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if config.architecture().is_encoder() {
+        // The engine turns sharing off for an encoder: every setting would run the same.
+        sharing = vec![false];
+    }
     let mut peak = None;
     let mut unshared: Option<Vec<f32>> = None;
-    for (run, setting) in args.sharing.iter().enumerate() {
-        let prefix_sharing = match setting.as_str() {
-            "on" => true,
-            "off" => false,
-            other => anyhow::bail!("--sharing takes on and off, not `{other}`"),
-        };
+    for (run, requested) in sharing.into_iter().enumerate() {
         let engine = Engine::load(&LoadOptions {
             model: args.model.clone(),
             device: DeviceSpec::Cpu,
             dtype: args.dtype,
-            prefix_sharing,
+            prefix_sharing: requested,
             ..LoadOptions::default()
         })?;
+        let prefix_sharing = engine.info().prefix_sharing;
         let rss_after_load = rss_mib("VmRSS:");
         // The first load's peak, before anything else ran: the target is at most 1.1x the
         // resident memory after it.
@@ -101,7 +115,7 @@ fn main() -> anyhow::Result<()> {
                 "bf16" => DType::BF16,
                 _ => DType::F32,
             };
-            peak = Some(gemm_peak(&config, args.gemm_rows, dtype)?);
+            peak = Some(gemm_peak(&shape, args.gemm_rows, dtype)?);
         }
         let tokens: usize = pairs
             .iter()
@@ -133,12 +147,13 @@ fn main() -> anyhow::Result<()> {
         if !prefix_sharing {
             unshared = Some(raw);
         }
-        let flops = forward_flops(&config, &pairs, &engine)?;
+        let flops = forward_flops(&shape, &pairs, &engine)?;
         println!(
             "{}",
             json!({
                 "runner": "engine",
                 "workload": args.workload,
+                "architecture": engine.info().architecture,
                 "dtype": engine.info().dtype,
                 "prefix_sharing": prefix_sharing,
                 "pairs": pairs.len(),
@@ -170,36 +185,21 @@ fn main() -> anyhow::Result<()> {
     }
     println!(
         "{}",
-        json!({ "peak_rss_mib": rss_mib("VmHWM:"), "f32_weights_mib": weights_mib })
+        json!({ "peak_rss_mib": rss_mib("VmHWM:"), "f32_weights_mib": f32_weight_mib(&shape) })
     );
     Ok(())
 }
 
 /// Bytes of the weights at f32: what the resident set cannot go below on CPU.
-fn f32_weight_mib(config: &ModelConfig) -> f64 {
-    let (hidden, inner) = (config.hidden_size, config.intermediate_size);
-    let q = config.num_attention_heads * config.head_dim;
-    let kv = config.num_key_value_heads * config.head_dim;
-    let per_layer =
-        hidden * (q + 2 * kv) + q * hidden + 3 * hidden * inner + 2 * hidden + 2 * config.head_dim;
-    let embedding = config.vocab_size * hidden;
-    let head = if config.tie_word_embeddings {
-        0
-    } else {
-        hidden
-    };
-    let params = embedding + config.num_hidden_layers * per_layer + hidden + head;
-    round(params as f64 * 4.0 / (1 << 20) as f64, 1)
+fn f32_weight_mib(shape: &NetworkShape) -> f64 {
+    round(shape.parameters() as f64 * 4.0 / (1 << 20) as f64, 1)
 }
 
 /// The best GFLOP/s of the matmul the engine runs at its dtype (the bf16 GEMM library under
 /// bf16, the BLAS that `cpu_blas = auto` finds under f32, else candle's gemm) over the
 /// model's linear shapes, `rows` tokens at a time (`x @ w^T` with inputs already in the
 /// matmul's dtype, as the forward gives them), on the same rayon threads as the forward.
-fn gemm_peak(config: &ModelConfig, rows: usize, dtype: DType) -> anyhow::Result<f64> {
-    let (hidden, inner) = (config.hidden_size, config.intermediate_size);
-    let q = config.num_attention_heads * config.head_dim;
-    let kv = config.num_key_value_heads * config.head_dim;
+fn gemm_peak(shape: &NetworkShape, rows: usize, dtype: DType) -> anyhow::Result<f64> {
     let libraries = (&CpuLibrary::Auto, &CpuLibrary::Auto);
     let (gemm, _) = LinearGemm::open(&Device::Cpu, dtype, libraries, &CpuFeatures::detect())?;
     let inputs = if gemm.multiplies_bf16() {
@@ -208,13 +208,12 @@ fn gemm_peak(config: &ModelConfig, rows: usize, dtype: DType) -> anyhow::Result<
         DType::F32
     };
     let mut best: f64 = 0.0;
-    for (k, n) in [
-        (hidden, q),
-        (hidden, kv),
-        (q, hidden),
-        (hidden, inner),
-        (inner, hidden),
-    ] {
+    let mut probed = Vec::new();
+    for &(k, n) in &shape.layer_linears {
+        if probed.contains(&(k, n)) {
+            continue;
+        }
+        probed.push((k, n));
         let x = Tensor::randn(0f32, 1.0, (rows, k), &Device::Cpu)?.to_dtype(inputs)?;
         let w = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?.to_dtype(inputs)?;
         let wt = w.t()?;
@@ -258,27 +257,15 @@ fn score_pairs(engine: &Engine, pairs: &[Pair], budget: BatchBudget) -> anyhow::
     Ok(scores)
 }
 
-/// Matmul FLOPs of scoring every pair alone (no sharing): the linear layers at every token,
-/// causal attention (q·k and p·v over the visible keys), and the one head row at the last.
-fn forward_flops(config: &ModelConfig, pairs: &[Pair], engine: &Engine) -> anyhow::Result<f64> {
-    let (hidden, inner, layers) = (
-        config.hidden_size as f64,
-        config.intermediate_size as f64,
-        config.num_hidden_layers as f64,
-    );
-    let q = (config.num_attention_heads * config.head_dim) as f64;
-    let kv = (config.num_key_value_heads * config.head_dim) as f64;
-    let linear_per_token =
-        2.0 * layers * (hidden * (q + 2.0 * kv) + q * hidden + 3.0 * hidden * inner);
+/// Matmul FLOPs of scoring every pair alone (no sharing; see [`NetworkShape::forward_flops`]).
+fn forward_flops(shape: &NetworkShape, pairs: &[Pair], engine: &Engine) -> anyhow::Result<f64> {
     let mut total = 0.0;
     for pair in pairs {
-        let n = engine
-            .encoder()
-            .encode(&pair.query, &pair.document, None, TokenLimits::default())?
-            .ids
-            .len() as f64;
-        let attention = 2.0 * 2.0 * layers * q * n * (n + 1.0) / 2.0;
-        total += n * linear_per_token + attention + 2.0 * hidden;
+        let encoded =
+            engine
+                .encoder()
+                .encode(&pair.query, &pair.document, None, TokenLimits::default())?;
+        total += shape.forward_flops(encoded.ids.len());
     }
     Ok(total)
 }

@@ -5,7 +5,8 @@
 //! network), a room per model family (`decoder/`: the causal-LM rerankers, their configs,
 //! layers and scoring forward; `encoder/`: the encoder cross-encoders, BERT, RoBERTa,
 //! XLM-RoBERTa and ModernBERT), and `backend/` (device, dtype, matmuls and kernels); here,
-//! what every family shares (the engine, packing, batches, the weight files).
+//! what every family shares (the engine, packing, batches, the weight files, the networks'
+//! matrix shapes that benchmarks count FLOPs from).
 
 mod backend;
 mod batch;
@@ -15,6 +16,7 @@ mod encoder;
 mod error;
 mod packing;
 mod precision;
+mod shape;
 mod weights;
 
 use std::time::Instant;
@@ -31,6 +33,7 @@ pub use checkpoint::{
 };
 pub use decoder::{ModelConfig, NetworkConfig};
 pub use error::{ModelError, Result};
+pub use shape::{AttentionReach, NetworkShape};
 
 use checkpoint::{PromptFiles, Recipe};
 use decoder::Scorer;

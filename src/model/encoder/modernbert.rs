@@ -152,6 +152,13 @@ impl ModernBertConfig {
         }
         Ok(self)
     }
+
+    /// Half the local window for a sliding layer (a key further than this from its query is
+    /// not seen), `None` for a global one.
+    pub fn attention_window(&self, layer: usize) -> Option<usize> {
+        let sliding = self.layer_types.as_ref().expect("settled")[layer] == "sliding_attention";
+        sliding.then_some(self.local_attention / 2)
+    }
 }
 
 /// Rotary tables of one θ for positions `0..max_len`: (max_len, head_dim / 2) each.
@@ -227,7 +234,6 @@ impl Layer {
         gemm: &LinearGemm,
     ) -> candle_core::Result<Self> {
         let (hidden, inner) = (config.hidden_size, config.intermediate_size);
-        let sliding = config.layer_types.as_ref().expect("settled")[index] == "sliding_attention";
         Ok(Layer {
             attention_norm: (index > 0)
                 .then(|| layer_norm(config, vb.pp("attn_norm")))
@@ -255,7 +261,7 @@ impl Layer {
                 gemm,
             )?,
             mlp_out: Linear::load(inner, hidden, config.mlp_bias, vb.pp("mlp").pp("Wo"), gemm)?,
-            window: sliding.then_some(config.local_attention / 2),
+            window: config.attention_window(index),
         })
     }
 
