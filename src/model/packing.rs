@@ -10,14 +10,7 @@ use std::ops::Range;
 /// A shared prefix is worth its bookkeeping from this many tokens on.
 const MIN_SHARED_PREFIX: usize = 8;
 
-/// A run of packed tokens that attend among themselves (causally, or both ways for an
-/// encoder), after `context`: the packed tokens of the prefix they continue, all visible to
-/// them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Span {
-    pub tokens: Range<usize>,
-    pub context: Option<Range<usize>>,
-}
+pub use super::backend::Span;
 
 /// The packed batch.
 #[derive(Debug, Clone, PartialEq, Eq)]

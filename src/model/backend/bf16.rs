@@ -25,7 +25,7 @@ use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use super::blas::{
-    Blas, CblasGemm, CpuLibrary, LibraryMatmul, Product, Split, cblas_product, matmul,
+    Blas, CblasGemm, CpuLibrary, LibraryMatmul, Product, Split, cblas_product, extent, matmul,
 };
 use super::buffers::{contiguous_data, uninit_vec};
 use super::device::CpuFeatures;
@@ -174,6 +174,7 @@ impl Bf16Library {
             k,
             out: out.as_mut_ptr(),
             ldc: n,
+            accumulate: false,
         })?;
         for (i, &got) in out.iter().enumerate() {
             let (row, col) = (i / n, i % n);
@@ -220,7 +221,7 @@ impl Bf16Library {
                         dim(p.a_layout.1),
                         p.b.as_ptr(),
                         dim(p.b_layout.1),
-                        0.0,
+                        p.beta(),
                         p.out,
                         dim(p.ldc),
                     )
@@ -235,19 +236,6 @@ impl Bf16Library {
             }
         }
     }
-}
-
-/// Values a matrix of `rows` × `cols` spans, stored as `(transposed, leading)` says.
-fn extent((transposed, leading): (bool, usize), (rows, cols): (usize, usize)) -> usize {
-    let (outer, inner) = if transposed {
-        (cols, rows)
-    } else {
-        (rows, cols)
-    };
-    if outer == 0 || inner == 0 {
-        return 0;
-    }
-    (outer - 1) * leading + inner
 }
 
 /// ` 2026.2`, from MKL's version string, or nothing.
@@ -351,6 +339,14 @@ impl Bf16Matmul {
             None => format!(
                 "bf16 weights widened to f32 per matmul: candle's gemm (attention: {f32_matmul})"
             ),
+        }
+    }
+
+    /// One product on the calling thread, through the library.
+    pub(super) fn product(&self, p: Product<bf16>) -> std::result::Result<(), String> {
+        match &self.library {
+            Some(library) => library.gemm(p),
+            None => Err("no bf16 GEMM library".into()),
         }
     }
 

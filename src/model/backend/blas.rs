@@ -86,6 +86,12 @@ pub(super) fn timed_matmul<R>(multiply: impl FnOnce() -> R) -> R {
     result
 }
 
+/// Adds `elapsed` to [`matmul_time`]: library calls timed one by one, their sum over the
+/// threads divided by the thread count.
+pub(super) fn add_matmul_time(elapsed: Duration) {
+    MATMUL_NANOS.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+}
+
 /// A GEMM of the CBLAS interface with 32-bit sizes, `C = alpha·op(A)·op(B) + beta·C` of `T`
 /// into f32: `cblas_sgemm`, and MKL's `cblas_gemm_bf16bf16f32`.
 pub(super) type CblasGemm<T> = unsafe extern "C" fn(
@@ -109,7 +115,7 @@ const CBLAS_ROW_MAJOR: c_int = 101;
 const CBLAS_NO_TRANS: c_int = 111;
 const CBLAS_TRANS: c_int = 112;
 
-/// `out = a @ b` of one product through a CBLAS GEMM; refused when a size is past i32.
+/// `out = a @ b` (or `+=`) of one product through a CBLAS GEMM; refused when a size is past i32.
 ///
 /// # Safety
 /// `p.a` and `p.b` hold the m × k and k × n values their transpositions and leading
@@ -141,12 +147,25 @@ pub(super) unsafe fn cblas_product<T>(
             int(p.a_layout.1)?,
             p.b.as_ptr(),
             int(p.b_layout.1)?,
-            0.0,
+            p.beta(),
             p.out,
             int(p.ldc)?,
         )
     };
     Ok(())
+}
+
+/// Values a matrix of `rows` × `cols` spans, stored as `(transposed, leading)` says.
+pub(super) fn extent((transposed, leading): (bool, usize), (rows, cols): (usize, usize)) -> usize {
+    let (outer, inner) = if transposed {
+        (cols, rows)
+    } else {
+        (rows, cols)
+    };
+    if outer == 0 || inner == 0 {
+        return 0;
+    }
+    (outer - 1) * leading + inner
 }
 
 /// A loaded BLAS library.
@@ -215,6 +234,23 @@ impl Blas {
     /// The library, as `/info` and the start-up log name it.
     pub fn description(&self) -> &str {
         &self.description
+    }
+
+    /// Whether each call runs on the calling thread alone.
+    pub(super) fn single_threaded(&self) -> bool {
+        self.single_threaded
+    }
+
+    /// One product on the calling thread (of a library set to one thread per call).
+    pub(super) fn product(&self, p: Product<f32>) -> std::result::Result<(), String> {
+        let extents_ok = p.a.len() >= extent(p.a_layout, (p.m, p.k))
+            && p.b.len() >= extent(p.b_layout, (p.k, p.n));
+        if !extents_ok {
+            return Err("an operand shorter than its layout".into());
+        }
+        // SAFETY: the operands hold what their layouts say (checked above); `out` has m rows
+        // of n values at leading `ldc` that the caller gives this call alone.
+        unsafe { cblas_product(self.sgemm, &p) }.map_err(str::to_owned)
     }
 
     /// `a @ b` for f32 CPU tensors of rank 2 or 3 (a batch of matrices), each matrix stored
@@ -314,6 +350,18 @@ pub(super) struct Product<'a, T> {
     pub k: usize,
     pub out: *mut f32,
     pub ldc: usize,
+    /// `out += a @ b` instead of `out = a @ b`.
+    pub accumulate: bool,
+}
+
+impl<T> Product<'_, T> {
+    /// The GEMM's `beta`.
+    pub(super) fn beta(&self) -> f32 {
+        match self.accumulate {
+            true => 1.0,
+            false => 0.0,
+        }
+    }
 }
 
 /// How a matrix is divided among threads when the batch has fewer matrices than threads.
@@ -416,6 +464,7 @@ pub(super) fn batched_matmul<T: Sync>(
                 // < n); the block's rows × columns at leading n are this task's alone.
                 out: unsafe { out.0.add(matrix * m * n + first_row * n + first_column) },
                 ldc: n,
+                accumulate: false,
             })
         })
     })?;
@@ -457,79 +506,4 @@ pub fn matmul(blas: Option<&Blas>, a: &Tensor, b: &Tensor) -> candle_core::Resul
 }
 
 #[cfg(test)]
-mod tests {
-    use candle_core::{Device, IndexOp};
-
-    use super::*;
-
-    /// The installed BLAS. The tests that need one are ignored by default (reported as
-    /// such, never as passed); `.ci/run` installs OpenBLAS and runs them with `--ignored`.
-    fn blas() -> Arc<Blas> {
-        Blas::open(&CpuLibrary::Auto)
-            .unwrap()
-            .expect("no BLAS library found: install OpenBLAS (libopenblas0-pthread), BLIS or MKL")
-    }
-
-    fn assert_close(a: &Tensor, b: &Tensor) {
-        let diff = super::super::testing::max_abs_diff(a, b);
-        assert!(diff < 1e-4, "max |Δ| {diff}");
-    }
-
-    #[test]
-    #[ignore = "needs a BLAS library; run with --ignored where one is installed"]
-    fn blas_matmul_equals_candle_on_every_layout() {
-        let blas = blas();
-        let device = Device::Cpu;
-        let x = Tensor::randn(0f32, 1.0, (37, 24), &device).unwrap();
-        let w = Tensor::randn(0f32, 1.0, (19, 24), &device).unwrap();
-        // A linear layer: x @ w^T.
-        let wt = w.t().unwrap();
-        assert_close(&blas.matmul(&x, &wt).unwrap(), &x.matmul(&wt).unwrap());
-        // Batches, rows of a wider tensor (attention over a span of the packed tokens), and
-        // a transposed right side (keys).
-        let q = Tensor::randn(0f32, 1.0, (3, 50, 8), &device).unwrap();
-        let k = Tensor::randn(0f32, 1.0, (3, 50, 8), &device).unwrap();
-        let (q_span, k_span) = (q.narrow(1, 10, 17).unwrap(), k.narrow(1, 5, 22).unwrap());
-        let kt = k_span.t().unwrap();
-        let scores = blas.matmul(&q_span, &kt).unwrap();
-        assert_close(&scores, &q_span.contiguous().unwrap().matmul(&kt).unwrap());
-        let v = k.narrow(1, 0, 22).unwrap();
-        assert_close(
-            &blas.matmul(&scores, &v).unwrap(),
-            &scores.matmul(&v).unwrap(),
-        );
-        // A transposed left side, and one row.
-        let xt = x.t().unwrap();
-        assert_close(&blas.matmul(&xt, &x).unwrap(), &xt.matmul(&x).unwrap());
-        let row = x.i(3..4).unwrap();
-        assert_close(&blas.matmul(&row, &wt).unwrap(), &row.matmul(&wt).unwrap());
-    }
-
-    #[test]
-    #[ignore = "needs a BLAS library; run with --ignored where one is installed"]
-    fn blas_row_blocks_stay_inside_their_matrix() {
-        let blas = blas();
-        // More threads than matrices, and rows that do not divide among them: every matrix
-        // splits into row blocks of its own.
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(4)
-            .build()
-            .unwrap();
-        let a = Tensor::randn(0f32, 1.0, (2, 10, 6), &Device::Cpu).unwrap();
-        let b = Tensor::randn(0f32, 1.0, (2, 6, 5), &Device::Cpu).unwrap();
-        let product = pool.install(|| blas.matmul(&a, &b)).unwrap();
-        assert_close(&product, &a.matmul(&b).unwrap());
-    }
-
-    #[test]
-    fn a_library_that_does_not_load_is_an_error_naming_it() {
-        let err = Blas::open(&CpuLibrary::Library("libno-such-blas.so".into()))
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(err.contains("libno-such-blas.so"), "{err}");
-        assert!(Blas::open(&CpuLibrary::Off).unwrap().is_none());
-        assert_eq!("auto".parse::<CpuLibrary>(), Ok(CpuLibrary::Auto));
-        assert!("".parse::<CpuLibrary>().is_err());
-    }
-}
+mod tests;

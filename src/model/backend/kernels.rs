@@ -35,7 +35,7 @@ fn f32_data<'a>(
 /// baseline x86-64 target), so that the loops of the softmax and SwiGLU vectorise. Arguments
 /// past f32's range saturate: 0 below about -87, a large finite value above 88.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(super) fn exp(x: f32) -> f32 {
     /// 1.5 · 2^23: adding and subtracting it rounds to the nearest integer.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
@@ -64,7 +64,7 @@ fn exp(x: f32) -> f32 {
 
 /// Independent accumulators of a reduction: a sum in order is one chain of dependent adds,
 /// which does not vectorise; sixteen chains fill an AVX-512 register.
-const LANES: usize = 16;
+pub(super) const LANES: usize = 16;
 
 /// Folds `values` into `LANES` accumulators, value `i` into lane `i % LANES`; `acc` starts
 /// at the fold's identity.
@@ -92,14 +92,14 @@ fn sum(values: &[f32]) -> f32 {
 
 /// The largest of `values` (-∞ for none), in lanes.
 #[inline(always)]
-fn max(values: &[f32]) -> f32 {
+pub(super) fn max(values: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     lanes(values, &mut acc, f32::max);
     acc.iter().copied().fold(f32::NEG_INFINITY, f32::max)
 }
 
 /// What a kernel writes: f32, or bf16 where its output feeds the bf16 GEMM.
-trait Element: Copy + Send + Sync {
+pub(super) trait Element: Copy + Send + Sync {
     const ZERO: Self;
     fn from_f32(value: f32) -> Self;
 }

@@ -2,6 +2,7 @@
 //! linear layers' matmuls (a BLAS library loaded at run time, a bf16 GEMM library, or
 //! candle's), and the fused kernels of the forward.
 
+mod attention;
 mod bf16;
 mod blas;
 mod buffers;
@@ -9,6 +10,7 @@ mod device;
 mod kernels;
 mod linear;
 
+pub use attention::{Mask, Span, attend};
 pub use blas::{Blas, CpuLibrary, matmul_time};
 pub use device::{CpuFeatures, DTypeSpec, DeviceSpec};
 pub use kernels::{Gelu, Kernels};

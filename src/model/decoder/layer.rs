@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{RmsNorm, VarBuilder};
 
 use super::config::ModelConfig;
-use crate::model::backend::{Gelu, Kernels};
+use crate::model::backend::{Gelu, Kernels, Mask, attend};
 use crate::model::backend::{Linear, LinearGemm};
 use crate::model::packing::Span;
 
@@ -215,6 +215,10 @@ impl Attention {
             pass.rotation.apply(&q, pass.kernels)?,
             pass.rotation.apply(&k, pass.kernels)?,
         );
+        if pass.kernels.cpu_f32 && self.gemm.fuses_attention() {
+            let attended = attend((&q, &k, &v), pass.spans, Mask::Causal, &self.gemm)?;
+            return self.o_proj.forward(&attended);
+        }
         let spans = pass
             .spans
             .iter()

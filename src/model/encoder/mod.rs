@@ -15,7 +15,7 @@ use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
-use super::backend::{Kernels, LinearGemm};
+use super::backend::{Kernels, LinearGemm, Mask, attend};
 use super::checkpoint::Architecture;
 use super::error::{ModelError, Result, invalid_config};
 use super::packing::{Packing, Span};
@@ -167,6 +167,9 @@ fn attend_within_spans(
     window: Option<usize>,
     (gemm, kernels): (&LinearGemm, Kernels),
 ) -> candle_core::Result<Tensor> {
+    if kernels.cpu_f32 && gemm.fuses_attention() {
+        return attend((q, k, v), spans, Mask::Bidirectional { window }, gemm);
+    }
     let (heads, _, head_dim) = q.dims3()?;
     let scale = 1.0 / (head_dim as f64).sqrt();
     let outputs = spans
