@@ -5,9 +5,7 @@
 //! path), so nothing rounds it again; every output is written whole, never zero-filled
 //! first. Other devices and dtypes keep candle's ops (see [`Kernels`]).
 
-use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor,
-};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Shape, Tensor};
 use candle_nn::{Module, RmsNorm};
 use half::bf16;
 use multiversion::multiversion;
@@ -149,6 +147,7 @@ macro_rules! output {
 }
 
 mod encoder;
+mod rotary;
 mod softmax;
 
 /// `map(a, b)` element-wise over two tensors of one shape; generic, so that `map` is
@@ -200,107 +199,6 @@ impl<F: Fn(f32, f32) -> f32 + Send + Sync> CustomOp2 for ZipMap<F> {
         }
         let out = output!(self.bf16_out, a.len(), |out| self.zip(a, b, &mut out));
         Ok((out, a_layout.shape().clone()))
-    }
-}
-
-/// Rotary embedding of packed tokens (tokens, heads, head_dim), by the rotation of each
-/// token's position (cos and sin, (tokens, head_dim / 2) each), written head-major
-/// (heads, tokens, head_dim). Without a rotation, the head-major copy alone.
-struct RopeHeadMajor {
-    bf16_out: bool,
-}
-
-impl RopeHeadMajor {
-    fn rotate<T: Element>(
-        x: &[f32],
-        (tokens, heads, dim): (usize, usize, usize),
-        rotation: Option<(&[f32], &[f32])>,
-        out: &mut [T],
-    ) {
-        let half = dim / 2;
-        out.par_chunks_mut((tokens * dim).max(1))
-            .enumerate()
-            .for_each(|(head, out)| {
-                for token in 0..tokens {
-                    let x = &x[(token * heads + head) * dim..][..dim];
-                    let out = &mut out[token * dim..][..dim];
-                    let Some((cos, sin)) = rotation else {
-                        out.iter_mut()
-                            .zip(x)
-                            .for_each(|(o, &v)| *o = T::from_f32(v));
-                        continue;
-                    };
-                    let (cos, sin) = (&cos[token * half..][..half], &sin[token * half..][..half]);
-                    for i in 0..half {
-                        let (a, b) = (x[i], x[i + half]);
-                        out[i] = T::from_f32(a * cos[i] - b * sin[i]);
-                        out[i + half] = T::from_f32(a * sin[i] + b * cos[i]);
-                    }
-                }
-            });
-    }
-}
-
-impl CustomOp3 for RopeHeadMajor {
-    fn name(&self) -> &'static str {
-        "rope-head-major"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        x_layout: &Layout,
-        cos: &CpuStorage,
-        cos_layout: &Layout,
-        sin: &CpuStorage,
-        sin_layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x_data = f32_data(x, x_layout, self.name())?;
-        let (cos, sin) = (
-            f32_data(cos, cos_layout, self.name())?,
-            f32_data(sin, sin_layout, self.name())?,
-        );
-        let (tokens, heads, dim) = x_layout.shape().dims3()?;
-        let half = dim / 2;
-        if cos.len() != tokens * half || sin.len() != tokens * half {
-            candle_core::bail!("rope: rotation tables do not match {tokens} tokens of {dim}");
-        }
-        let dims = (tokens, heads, dim);
-        let out = output!(self.bf16_out, x_data.len(), |out| Self::rotate(
-            x_data,
-            dims,
-            Some((cos, sin)),
-            &mut out
-        ));
-        Ok((out, Shape::from((heads, tokens, dim))))
-    }
-}
-
-/// (tokens, heads, head_dim) → head-major (heads, tokens, head_dim): the values of the
-/// attention, copied once in the matmul's dtype.
-struct HeadMajor {
-    bf16_out: bool,
-}
-
-impl CustomOp1 for HeadMajor {
-    fn name(&self) -> &'static str {
-        "head-major"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_data(storage, layout, self.name())?;
-        let (tokens, heads, dim) = layout.shape().dims3()?;
-        let out = output!(self.bf16_out, x.len(), |out| RopeHeadMajor::rotate(
-            x,
-            (tokens, heads, dim),
-            None,
-            &mut out
-        ));
-        Ok((out, Shape::from((heads, tokens, dim))))
     }
 }
 
@@ -430,38 +328,6 @@ impl Kernels {
                 },
             ),
             false => gelu.candle(gate)? * up,
-        }
-    }
-
-    /// `x` (tokens, heads, head_dim) rotated, head-major (heads, tokens, head_dim).
-    pub fn rope_head_major(
-        &self,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-    ) -> candle_core::Result<Tensor> {
-        match self.cpu_f32 {
-            true => x.contiguous()?.apply_op3_no_bwd(
-                &cos.contiguous()?,
-                &sin.contiguous()?,
-                &RopeHeadMajor {
-                    bf16_out: self.bf16_matmul_inputs,
-                },
-            ),
-            false => candle_nn::rotary_emb::rope_thd(&x.unsqueeze(0)?, cos, sin)?
-                .squeeze(0)?
-                .transpose(0, 1)?
-                .contiguous(),
-        }
-    }
-
-    /// `x` (tokens, heads, head_dim) head-major (heads, tokens, head_dim), contiguous.
-    pub fn head_major(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match self.cpu_f32 {
-            true => x.contiguous()?.apply_op1_no_bwd(&HeadMajor {
-                bf16_out: self.bf16_matmul_inputs,
-            }),
-            false => x.transpose(0, 1)?.contiguous(),
         }
     }
 }

@@ -136,10 +136,15 @@ pub(super) struct Rotation {
 }
 
 impl Rotation {
-    /// `x`: (tokens, heads, head_dim) → rotated, head-major (heads, tokens, head_dim), so that
-    /// a span is a row range of every head.
-    fn apply(&self, x: &Tensor, kernels: Kernels) -> candle_core::Result<Tensor> {
-        kernels.rope_head_major(x, &self.cos, &self.sin)
+    /// `x`: (tokens, heads, head_dim) → normalised per head by `norm` where given, rotated,
+    /// head-major (heads, tokens, head_dim), so that a span is a row range of every head.
+    fn apply(
+        &self,
+        x: &Tensor,
+        norm: Option<&RmsNorm>,
+        kernels: Kernels,
+    ) -> candle_core::Result<Tensor> {
+        kernels.rope_head_major(x, norm, (&self.cos, &self.sin))
     }
 }
 
@@ -207,13 +212,13 @@ impl Attention {
         let v = pass
             .kernels
             .head_major(&split_heads(self.v_proj.forward(x)?, self.kv_heads)?)?;
-        let (q, k) = match &self.qk_norm {
-            Some((q_norm, k_norm)) => (q_norm.forward(&q)?, k_norm.forward(&k)?),
-            None => (q, k),
+        let (q_norm, k_norm) = match &self.qk_norm {
+            Some((q_norm, k_norm)) => (Some(q_norm), Some(k_norm)),
+            None => (None, None),
         };
         let (q, k) = (
-            pass.rotation.apply(&q, pass.kernels)?,
-            pass.rotation.apply(&k, pass.kernels)?,
+            pass.rotation.apply(&q, q_norm, pass.kernels)?,
+            pass.rotation.apply(&k, k_norm, pass.kernels)?,
         );
         if pass.kernels.cpu_f32 && self.gemm.fuses_attention() {
             let attended = attend((&q, &k, &v), pass.spans, Mask::Causal, &self.gemm)?;

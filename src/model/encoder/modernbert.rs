@@ -281,8 +281,8 @@ impl Layer {
             None => &pass.global,
         };
         let part = |index| qkv.narrow(1, index, 1)?.squeeze(1);
-        let q = kernels.rope_head_major(&part(0)?, cos, sin)?;
-        let k = kernels.rope_head_major(&part(1)?, cos, sin)?;
+        let q = kernels.rope_head_major(&part(0)?, None, (cos, sin))?;
+        let k = kernels.rope_head_major(&part(1)?, None, (cos, sin))?;
         let v = kernels.head_major(&part(2)?)?;
         let attended = attend_within_spans(
             (&q, &k, &v),

@@ -69,9 +69,23 @@ fn each_kernel_computes_what_candles_ops_compute() {
         random(&[37, 8], 4).cos().unwrap(),
         random(&[37, 8], 5).sin().unwrap(),
     );
-    let fused = ON_CPU.rope_head_major(&x, &cos, &sin).unwrap();
+    let fused = ON_CPU.rope_head_major(&x, None, (&cos, &sin)).unwrap();
     assert_eq!(fused.dims(), &[4, 37, 16]);
-    assert!(max_diff(&fused, &CANDLE.rope_head_major(&x, &cos, &sin).unwrap()) < 1e-6);
+    assert!(
+        max_diff(
+            &fused,
+            &CANDLE.rope_head_major(&x, None, (&cos, &sin)).unwrap()
+        ) < 1e-6
+    );
+    // Qwen3's per-head norm folded in before the rotation.
+    let head_norm = RmsNorm::new(random(&[16], 14), 1e-6);
+    let fused = ON_CPU
+        .rope_head_major(&x, Some(&head_norm), (&cos, &sin))
+        .unwrap();
+    let reference = CANDLE
+        .rope_head_major(&x, Some(&head_norm), (&cos, &sin))
+        .unwrap();
+    assert!(max_diff(&fused, &reference) < 1e-5);
 
     let block = causal_mask_block();
     // Two key/value heads, groups of 3 query heads, a chunk of 5 queries after 9 keys.
@@ -103,12 +117,12 @@ fn kernels_before_a_matmul_write_bf16_the_rounded_f32_result() {
         random(&[37, 8], 4).cos().unwrap(),
         random(&[37, 8], 5).sin().unwrap(),
     );
-    let rotated = BF16_OUT.rope_head_major(&x, &cos, &sin).unwrap();
+    let rotated = BF16_OUT.rope_head_major(&x, None, (&cos, &sin)).unwrap();
     assert_eq!(
         (rotated.dtype(), rotated.dims()),
         (DType::BF16, &[4, 37, 16][..])
     );
-    let f32_rotated = ON_CPU.rope_head_major(&x, &cos, &sin).unwrap();
+    let f32_rotated = ON_CPU.rope_head_major(&x, None, (&cos, &sin)).unwrap();
     assert!(max_diff(&rotated, &rounded(&f32_rotated)) == 0.0);
 
     let head_major = x.transpose(0, 1).unwrap().contiguous().unwrap();

@@ -1,0 +1,201 @@
+//! q, k and v into the attention's head-major layout in one pass each: rotary embedding,
+//! with the per-head RMSNorm of q and k (Qwen3) folded in before it.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
+use candle_nn::{Module, RmsNorm};
+use multiversion::multiversion;
+use rayon::prelude::*;
+
+use super::{Element, Kernels, LANES, f32_data, lanes};
+
+/// Packed tokens (tokens, heads, head_dim), each head normalised by `norm` where set, then
+/// rotated by its token's position (cos and sin, (tokens, head_dim / 2) each), written
+/// head-major (heads, tokens, head_dim). Without a rotation, the head-major copy alone.
+struct RopeHeadMajor<'a> {
+    norm: Option<HeadNorm<'a>>,
+    bf16_out: bool,
+}
+
+/// A per-head RMSNorm: its weight (head_dim) and epsilon.
+#[derive(Clone, Copy)]
+struct HeadNorm<'a> {
+    weight: &'a [f32],
+    eps: f32,
+}
+
+impl RopeHeadMajor<'_> {
+    fn rotate<T: Element>(
+        &self,
+        x: &[f32],
+        (tokens, heads, dim): (usize, usize, usize),
+        rotation: Option<(&[f32], &[f32])>,
+        out: &mut [T],
+    ) {
+        let half = dim / 2;
+        out.par_chunks_mut((tokens * dim).max(1))
+            .enumerate()
+            .for_each(|(head, out)| {
+                for token in 0..tokens {
+                    let x = &x[(token * heads + head) * dim..][..dim];
+                    let out = &mut out[token * dim..][..dim];
+                    let rotation = rotation.map(|(cos, sin)| {
+                        (&cos[token * half..][..half], &sin[token * half..][..half])
+                    });
+                    rotate_row(x, self.norm, rotation, out);
+                }
+            });
+    }
+}
+
+/// One head of one token: `x` normalised, rotated by (cos, sin), into `out`.
+#[multiversion(targets = "simd")]
+fn rotate_row<T: Element>(
+    x: &[f32],
+    norm: Option<HeadNorm>,
+    rotation: Option<(&[f32], &[f32])>,
+    out: &mut [T],
+) {
+    // x · scale · weight; without a norm, scale 1 and weight 1.
+    let scale = norm.map_or(1.0, |norm| {
+        let mut squares = [0f32; LANES];
+        lanes(x, &mut squares, |sum, v| sum + v * v);
+        1.0 / (squares.iter().sum::<f32>() / x.len().max(1) as f32 + norm.eps).sqrt()
+    });
+    let value = |i: usize| match norm {
+        Some(norm) => x[i] * scale * norm.weight[i],
+        None => x[i],
+    };
+    let Some((cos, sin)) = rotation else {
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = T::from_f32(value(i));
+        }
+        return;
+    };
+    let half = cos.len();
+    for i in 0..half {
+        let (a, b) = (value(i), value(i + half));
+        out[i] = T::from_f32(a * cos[i] - b * sin[i]);
+        out[i + half] = T::from_f32(a * sin[i] + b * cos[i]);
+    }
+}
+
+impl CustomOp3 for RopeHeadMajor<'_> {
+    fn name(&self) -> &'static str {
+        "rope-head-major"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        cos: &CpuStorage,
+        cos_layout: &Layout,
+        sin: &CpuStorage,
+        sin_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x_data = f32_data(x, x_layout, self.name())?;
+        let (cos, sin) = (
+            f32_data(cos, cos_layout, self.name())?,
+            f32_data(sin, sin_layout, self.name())?,
+        );
+        let (tokens, heads, dim) = x_layout.shape().dims3()?;
+        let half = dim / 2;
+        if cos.len() != tokens * half || sin.len() != tokens * half {
+            candle_core::bail!("rope: rotation tables do not match {tokens} tokens of {dim}");
+        }
+        if self.norm.is_some_and(|norm| norm.weight.len() != dim) {
+            candle_core::bail!("rope: a head norm's weight is not {dim} long");
+        }
+        let dims = (tokens, heads, dim);
+        let out = output!(self.bf16_out, x_data.len(), |out| self.rotate(
+            x_data,
+            dims,
+            Some((cos, sin)),
+            &mut out
+        ));
+        Ok((out, Shape::from((heads, tokens, dim))))
+    }
+}
+
+/// (tokens, heads, head_dim) → head-major (heads, tokens, head_dim): the values of the
+/// attention, copied once in the matmul's dtype.
+struct HeadMajor {
+    bf16_out: bool,
+}
+
+impl CustomOp1 for HeadMajor {
+    fn name(&self) -> &'static str {
+        "head-major"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_data(storage, layout, self.name())?;
+        let (tokens, heads, dim) = layout.shape().dims3()?;
+        let copy = RopeHeadMajor {
+            norm: None,
+            bf16_out: self.bf16_out,
+        };
+        let out = output!(self.bf16_out, x.len(), |out| copy.rotate(
+            x,
+            (tokens, heads, dim),
+            None,
+            &mut out
+        ));
+        Ok((out, Shape::from((heads, tokens, dim))))
+    }
+}
+
+impl Kernels {
+    /// `x` (tokens, heads, head_dim), each head normalised by `norm` where given (Qwen3's
+    /// q and k norms), rotated, head-major (heads, tokens, head_dim).
+    pub fn rope_head_major(
+        &self,
+        x: &Tensor,
+        norm: Option<&RmsNorm>,
+        (cos, sin): (&Tensor, &Tensor),
+    ) -> candle_core::Result<Tensor> {
+        if !self.cpu_f32 {
+            let x = match norm {
+                Some(norm) => norm.forward(x)?,
+                None => x.clone(),
+            };
+            return candle_nn::rotary_emb::rope_thd(&x.unsqueeze(0)?, cos, sin)?
+                .squeeze(0)?
+                .transpose(0, 1)?
+                .contiguous();
+        }
+        let weight = norm
+            .map(|norm| {
+                norm.weight()
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_vec1::<f32>()
+            })
+            .transpose()?;
+        let norm = norm.zip(weight.as_deref()).map(|(norm, weight)| HeadNorm {
+            weight,
+            eps: norm.eps() as f32,
+        });
+        x.contiguous()?.apply_op3_no_bwd(
+            &cos.contiguous()?,
+            &sin.contiguous()?,
+            &RopeHeadMajor {
+                norm,
+                bf16_out: self.bf16_matmul_inputs,
+            },
+        )
+    }
+
+    /// `x` (tokens, heads, head_dim) head-major (heads, tokens, head_dim), contiguous.
+    pub fn head_major(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self.cpu_f32 {
+            true => x.contiguous()?.apply_op1_no_bwd(&HeadMajor {
+                bf16_out: self.bf16_matmul_inputs,
+            }),
+            false => x.transpose(0, 1)?.contiguous(),
+        }
+    }
+}
