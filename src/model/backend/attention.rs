@@ -383,17 +383,12 @@ impl Plan<'_> {
                 ldc: width,
                 accumulate: false,
             })?;
-            for (i, range) in seen.iter().enumerate() {
-                let local = range.start.clamp(block.start, block.end) - block.start
-                    ..range.end.clamp(block.start, block.end) - block.start;
-                online_softmax_row(
-                    &scores[i * width..][..width],
-                    (local, scale),
-                    (&mut max[i], &mut sum[i]),
-                    &mut probs[i * width..][..width],
-                    &mut acc[i * head_dim..][..head_dim],
-                );
-            }
+            online_softmax_block(
+                (scores, &seen, block.clone(), scale),
+                (max, sum),
+                probs,
+                (acc, head_dim),
+            );
             gemm(Product {
                 a: probs,
                 a_layout: (false, width),
@@ -424,10 +419,34 @@ impl Plan<'_> {
     }
 }
 
+/// The online softmax's step for every query of a block of keys: `scores` and `probs` rows
+/// of the block's width, `acc` rows of `head_dim`. One SIMD-level choice per block, not per
+/// row.
+#[multiversion(targets = "simd")]
+fn online_softmax_block<T: Element>(
+    (scores, seen, block, scale): (&[f32], &[Range<usize>], Range<usize>, f32),
+    (max, sum): (&mut [f32], &mut [f32]),
+    probs: &mut [T],
+    (acc, head_dim): (&mut [f32], usize),
+) {
+    let width = block.len();
+    for (i, range) in seen.iter().enumerate() {
+        let local = range.start.clamp(block.start, block.end) - block.start
+            ..range.end.clamp(block.start, block.end) - block.start;
+        online_softmax_row(
+            &scores[i * width..][..width],
+            (local, scale),
+            (&mut max[i], &mut sum[i]),
+            &mut probs[i * width..][..width],
+            &mut acc[i * head_dim..][..head_dim],
+        );
+    }
+}
+
 /// One query's step of the online softmax over a block of scores: the keys of `visible` get
 /// `exp(scale · score - max)` in `probs` (the others 0), where `max` is the running maximum
 /// with this block's; the running `sum` and the output row `acc` so far are rescaled to it.
-#[multiversion(targets = "simd")]
+#[inline(always)]
 fn online_softmax_row<T: Element>(
     scores: &[f32],
     (visible, scale): (Range<usize>, f32),

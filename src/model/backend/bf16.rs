@@ -22,6 +22,7 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use half::bf16;
 use half::slice::HalfFloatSliceExt;
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::blas::{
@@ -29,6 +30,7 @@ use super::blas::{
 };
 use super::buffers::{contiguous_data, uninit_vec};
 use super::device::CpuFeatures;
+use super::kernels::Element;
 use crate::model::error::{ModelError, Result};
 
 /// Libraries tried, in order, when the choice is automatic: MKL (PyPI's `mkl`; the faster of
@@ -415,11 +417,17 @@ impl CustomOp1 for RoundToBf16 {
         let CpuStorage::F32(data) = storage else {
             candle_core::bail!("{}: f32 data only", self.name());
         };
-        let rounded = convert_in_parallel(
-            contiguous_data(data, layout, self.name())?,
-            |data, out: &mut [bf16]| out.convert_from_f32_slice(data),
-        );
+        let rounded =
+            convert_in_parallel(contiguous_data(data, layout, self.name())?, round_to_bf16);
         Ok((CpuStorage::BF16(rounded), layout.shape().clone()))
+    }
+}
+
+/// `data` rounded to bf16 into `out` (nearest, ties to even), vectorised.
+#[multiversion(targets = "simd")]
+fn round_to_bf16(data: &[f32], out: &mut [bf16]) {
+    for (o, &v) in out.iter_mut().zip(data) {
+        *o = <bf16 as Element>::from_f32(v);
     }
 }
 

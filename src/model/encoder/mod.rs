@@ -220,37 +220,7 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     use super::*;
-    use crate::model::backend::testing::max_abs_diff;
-
-    /// One span's attention in one matmul, the window as a mask over all of it, in candle's
-    /// ops.
-    fn unchunked(q: &Tensor, k: &Tensor, v: &Tensor, window: Option<usize>) -> Tensor {
-        let (heads, len, head_dim) = q.dims3().unwrap();
-        let mask: Vec<f32> = (0..len)
-            .flat_map(|i| {
-                (0..len).map(move |j| match window.is_some_and(|w| i.abs_diff(j) > w) {
-                    true => f32::NEG_INFINITY,
-                    false => 0.0,
-                })
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (len, len), &Device::Cpu).unwrap();
-        let scores = q
-            .matmul(&k.t().unwrap())
-            .unwrap()
-            .affine(1.0 / (head_dim as f64).sqrt(), 0.0)
-            .unwrap()
-            .broadcast_add(&mask)
-            .unwrap();
-        candle_nn::ops::softmax_last_dim(&scores)
-            .unwrap()
-            .matmul(v)
-            .unwrap()
-            .transpose(0, 1)
-            .unwrap()
-            .reshape((len, heads * head_dim))
-            .unwrap()
-    }
+    use crate::model::backend::testing::{attention_reference, max_abs_diff};
 
     #[test]
     fn attention_in_query_chunks_equals_one_matmul_with_and_without_a_window() {
@@ -266,7 +236,7 @@ mod tests {
             let chunked =
                 attend_within_spans((&q, &k, &v), &span, window, (&LinearGemm::Candle, on_cpu))
                     .unwrap();
-            let whole = unchunked(&q, &k, &v, window);
+            let whole = attention_reference((&q, &k, &v), &span, Mask::Bidirectional { window });
             assert!(max_abs_diff(&chunked, &whole) < 1e-5, "{window:?}");
         }
     }

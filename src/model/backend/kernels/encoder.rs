@@ -2,6 +2,8 @@
 //! with its bias added, the MLP's bias and GELU in one pass, and the post-norm's bias,
 //! residual add and LayerNorm in one pass.
 
+use std::ops::Range;
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, DType, Layout, Shape, Tensor};
 use candle_nn::{LayerNorm, Module};
 use rayon::prelude::*;
@@ -27,26 +29,22 @@ impl SplitHeads<'_> {
             .for_each(|(head, out)| {
                 let columns = head * dim..(head + 1) * dim;
                 let bias = self.bias.map(|bias| &bias[columns.clone()]);
-                for (token, out) in out.chunks_exact_mut(dim).enumerate() {
-                    add_bias_row(&x[token * width..][columns.clone()], bias, out);
-                }
+                split_head((x, width, columns), bias, out);
             });
     }
 }
 
+/// One head's `columns` of every token (rows of `width`), bias added, into `out`. The loop
+/// over tokens is inside the multiversioned function: a head is a few dozen values, too few
+/// to pay for choosing the SIMD level at each.
 #[multiversion(targets = "simd")]
-fn add_bias_row<T: Element>(x: &[f32], bias: Option<&[f32]>, out: &mut [T]) {
-    match bias {
-        Some(bias) => {
-            for (o, (&v, &b)) in out.iter_mut().zip(x.iter().zip(bias)) {
-                *o = T::from_f32(v + b);
-            }
-        }
-        None => {
-            for (o, &v) in out.iter_mut().zip(x) {
-                *o = T::from_f32(v);
-            }
-        }
+fn split_head<T: Element>(
+    (x, width, columns): (&[f32], usize, Range<usize>),
+    bias: Option<&[f32]>,
+    out: &mut [T],
+) {
+    for (token, out) in out.chunks_exact_mut(columns.len().max(1)).enumerate() {
+        bias_map_row(&x[token * width..][columns.clone()], bias, |v| v, out);
     }
 }
 
@@ -84,30 +82,36 @@ impl BiasGelu<'_> {
         out.par_chunks_mut(width)
             .zip(x.par_chunks(width))
             .with_min_len((MIN_CHUNK / width).max(1))
-            .for_each(|(out, x)| match self.gelu {
-                Gelu::Erf => bias_gelu_row(x, self.bias, |v| Gelu::Erf.apply(v), out),
-                Gelu::Tanh => bias_gelu_row(x, self.bias, |v| Gelu::Tanh.apply(v), out),
-            });
+            .for_each(|(out, x)| bias_gelu_row(x, self.bias, self.gelu, out));
     }
 }
 
-/// `gelu` is a closure of one GELU, so that each is inlined into the loop.
 #[multiversion(targets = "simd")]
-fn bias_gelu_row<T: Element, G: Fn(f32) -> f32>(
+fn bias_gelu_row<T: Element>(x: &[f32], bias: Option<&[f32]>, gelu: Gelu, out: &mut [T]) {
+    match gelu {
+        Gelu::Erf => bias_map_row(x, bias, |v| Gelu::Erf.apply(v), out),
+        Gelu::Tanh => bias_map_row(x, bias, |v| Gelu::Tanh.apply(v), out),
+    }
+}
+
+/// `map(x + bias)` of one row into `out`; `map` is a closure (one GELU, or none), so that
+/// it is inlined into the loop.
+#[inline(always)]
+fn bias_map_row<T: Element, F: Fn(f32) -> f32>(
     x: &[f32],
     bias: Option<&[f32]>,
-    gelu: G,
+    map: F,
     out: &mut [T],
 ) {
     match bias {
         Some(bias) => {
             for (o, (&v, &b)) in out.iter_mut().zip(x.iter().zip(bias)) {
-                *o = T::from_f32(gelu(v + b));
+                *o = T::from_f32(map(v + b));
             }
         }
         None => {
             for (o, &v) in out.iter_mut().zip(x) {
-                *o = T::from_f32(gelu(v));
+                *o = T::from_f32(map(v));
             }
         }
     }

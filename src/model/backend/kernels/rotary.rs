@@ -31,24 +31,34 @@ impl RopeHeadMajor<'_> {
         rotation: Option<(&[f32], &[f32])>,
         out: &mut [T],
     ) {
-        let half = dim / 2;
         out.par_chunks_mut((tokens * dim).max(1))
             .enumerate()
-            .for_each(|(head, out)| {
-                for token in 0..tokens {
-                    let x = &x[(token * heads + head) * dim..][..dim];
-                    let out = &mut out[token * dim..][..dim];
-                    let rotation = rotation.map(|(cos, sin)| {
-                        (&cos[token * half..][..half], &sin[token * half..][..half])
-                    });
-                    rotate_row(x, self.norm, rotation, out);
-                }
-            });
+            .for_each(|(head, out)| rotate_head(x, (head, heads, dim), self.norm, rotation, out));
+    }
+}
+
+/// One head of every token into `out` (tokens, head_dim). The loop over tokens is inside the
+/// multiversioned function: a head is too few values to pay for choosing the SIMD level at
+/// each.
+#[multiversion(targets = "simd")]
+fn rotate_head<T: Element>(
+    x: &[f32],
+    (head, heads, dim): (usize, usize, usize),
+    norm: Option<HeadNorm>,
+    rotation: Option<(&[f32], &[f32])>,
+    out: &mut [T],
+) {
+    let half = dim / 2;
+    for (token, out) in out.chunks_exact_mut(dim.max(1)).enumerate() {
+        let x = &x[(token * heads + head) * dim..][..dim];
+        let rotation =
+            rotation.map(|(cos, sin)| (&cos[token * half..][..half], &sin[token * half..][..half]));
+        rotate_row(x, norm, rotation, out);
     }
 }
 
 /// One head of one token: `x` normalised, rotated by (cos, sin), into `out`.
-#[multiversion(targets = "simd")]
+#[inline(always)]
 fn rotate_row<T: Element>(
     x: &[f32],
     norm: Option<HeadNorm>,
