@@ -161,10 +161,12 @@ fn main() -> anyhow::Result<()> {
                 "seconds": round(seconds, 2),
                 "tokens_per_s": round(tokens as f64 / seconds, 1),
                 "pairs_per_s": round(pairs.len() as f64 / seconds, 2),
-                // Wall time inside the matmul libraries' calls, and the rest (candle's own
-                // gemm, under --cpu-blas off, counts as the rest).
+                // Wall time inside the matmul libraries' calls (the attention kernel's block
+                // products summed over the threads and divided by them), its share, and the
+                // rest (candle's own gemm, under --cpu-blas off, counts as the rest).
                 "matmul_us_per_token": us_per_token(matmul_seconds),
                 "outside_matmul_us_per_token": us_per_token(seconds - matmul_seconds),
+                "matmul_share": round(matmul_seconds / seconds, 3),
                 "model_gflop_per_token": round(flops / tokens as f64 / 1e9, 3),
                 "model_gflops_per_s": round(flops / seconds / 1e9, 1),
                 // Only without sharing: with it, `flops` counts the shared prefixes once per pair,
