@@ -77,16 +77,19 @@ fn causal_spans() -> Vec<Span> {
     ]
 }
 
-#[test]
-fn fused_attention_equals_each_spans_softmax_causal_with_context_and_grouped_heads() {
-    let spans = causal_spans();
-    let tokens = spans.last().unwrap().tokens.end;
-    // Four query heads on two key/value heads.
-    let (q, k, v) = (
+/// q, k, v of `tokens`: four query heads on two key/value heads.
+fn grouped_heads(tokens: usize) -> (Tensor, Tensor, Tensor) {
+    (
         random((4, tokens, 16), 1),
         random((2, tokens, 16), 2),
         random((2, tokens, 16), 3),
-    );
+    )
+}
+
+#[test]
+fn fused_attention_equals_each_spans_softmax_causal_with_context_and_grouped_heads() {
+    let spans = causal_spans();
+    let (q, k, v) = grouped_heads(spans.last().unwrap().tokens.end);
     let expected = reference((&q, &k, &v), &spans, Mask::Causal);
     let got = fused::<f32>((&q, &k, &v), &spans, Mask::Causal);
     assert!(max_abs_diff(&got, &expected) < 1e-5);
@@ -173,12 +176,7 @@ fn blas_fused_attention_equals_the_reference() {
     let gemm = LinearGemm::Blas(blas);
     assert!(gemm.fuses_attention());
     let spans = causal_spans();
-    let tokens = spans.last().unwrap().tokens.end;
-    let (q, k, v) = (
-        random((4, tokens, 16), 1),
-        random((2, tokens, 16), 2),
-        random((2, tokens, 16), 3),
-    );
+    let (q, k, v) = grouped_heads(spans.last().unwrap().tokens.end);
     let got = attend((&q, &k, &v), &spans, Mask::Causal, &gemm).unwrap();
     assert!(max_abs_diff(&got, &reference((&q, &k, &v), &spans, Mask::Causal)) < 1e-5);
 }
