@@ -263,9 +263,22 @@ impl Plan<'_> {
                     })
             })
             .collect();
+        // The tasks write their spans' rows unsynchronised: spans must be disjoint, in order,
+        // and cover the tokens; contexts must lie inside them.
+        let in_order = self
+            .spans
+            .windows(2)
+            .all(|pair| pair[0].tokens.end <= pair[1].tokens.start);
         let covered: usize = self.spans.iter().map(|s| s.tokens.len()).sum();
-        if covered != tokens || self.spans.iter().any(|s| s.tokens.end > tokens) {
-            candle_core::bail!("attention: spans covering {covered} of {tokens} tokens");
+        let inside = |r: &Range<usize>| r.start <= r.end && r.end <= tokens;
+        let contexts_inside = self
+            .spans
+            .iter()
+            .all(|s| inside(&s.tokens) && s.context.as_ref().is_none_or(inside));
+        if !in_order || covered != tokens || !contexts_inside {
+            candle_core::bail!(
+                "attention: spans that do not cover the {tokens} tokens once, in order"
+            );
         }
         let mut out = uninit_vec::<T>(tokens * heads * head_dim);
         let target = Out(out.as_mut_ptr());

@@ -141,7 +141,7 @@ fn fused_attention_reads_token_major_inputs_in_place_and_runs_in_bf16() {
 }
 
 #[test]
-fn spans_that_do_not_cover_the_tokens_are_refused() {
+fn spans_that_do_not_cover_the_tokens_once_in_order_are_refused() {
     let (q, k, v) = (
         random((2, 10, 4), 1),
         random((2, 10, 4), 2),
@@ -159,12 +159,17 @@ fn spans_that_do_not_cover_the_tokens_are_refused() {
         _ => unreachable!(),
     };
     let (q_d, k_d, v_d) = (slice(&q_s), slice(&k_s), slice(&v_s));
-    let inputs = Inputs::new((&q_d, q_l), (&k_d, k_l), (&v_d, v_l)).unwrap();
-    let plan = Plan {
-        spans: &short,
-        mask: Mask::Causal,
-    };
-    assert!(plan.run(inputs, &naive::<f32>).is_err());
+    let span = |tokens, context| Span { tokens, context };
+    let overlapping = [span(0..6, None), span(2..6, None)];
+    let context_past_the_end = [span(0..6, None), span(6..10, Some(8..12))];
+    for spans in [&short[..], &overlapping[..], &context_past_the_end[..]] {
+        let inputs = Inputs::new((&q_d, q_l), (&k_d, k_l), (&v_d, v_l)).unwrap();
+        let plan = Plan {
+            spans,
+            mask: Mask::Causal,
+        };
+        assert!(plan.run(inputs, &naive::<f32>).is_err());
+    }
 }
 
 #[test]
