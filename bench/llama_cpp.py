@@ -14,8 +14,8 @@ Steps, each skipped when its output exists under --work:
    OpenSSL, targets llama-server and llama-bench, under `nice`.
 2. GGUFs (f32, bf16, q8_0) by its convert_hf_to_gguf.py, which makes a rank-pooling reranker
    of a Qwen3 checkpoint whose directory name contains `qwen3-reranker` (a link to
-   --checkpoint of that name). This python needs torch and transformers; gguf comes from the
-   vendored gguf-py.
+   --checkpoint of that name). This python needs torch, transformers and sentencepiece; gguf
+   comes from the vendored gguf-py.
 3. For each round: one request of all pairs to each server (llama-server per GGUF, then
    zerank-server per --service-dtypes), after a warm-up request. One JSON line per timing.
 
