@@ -163,6 +163,9 @@ def main():
         command = [binaries / "llama-server", "-m", ggufs[outtype], "--rerank", "--port", str(port),
                    "-t", str(args.threads), "-np", str(slots), "-c", str(2048 * slots), "-b", "8192",
                    "-ub", "8192", "--no-webui"]
+        if outtype == "f32":
+            # f32 throughout: llama-server keeps its KV cache in f16 unless told.
+            command += ["-ctk", "f32", "-ctv", "f32"]
         return Server([str(c) for c in command], port, args.work / f"llama-server-{outtype}.log")
 
     def service(dtype):
@@ -180,7 +183,13 @@ def main():
     tokens = None
     for round_ in range(args.rounds):
         for name, dtype, start, llama in runners:
-            server = start()
+            try:
+                server = start()
+            except RuntimeError as err:
+                # A server that dies at start (llama-server's q8_0 kernels under SIGILL on a
+                # CPU its native build misjudged) is reported, and the others still run.
+                print(json.dumps({"runner": name, "dtype": dtype, "round": round_, "error": str(err)}), flush=True)
+                continue
             try:
                 rerank(server, query, documents[:1], llama)  # warm-up
                 seconds, logits, counted = rerank(server, query, documents, llama)
