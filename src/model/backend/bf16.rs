@@ -26,7 +26,7 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::blas::{
-    Blas, CblasGemm, CpuLibrary, LibraryMatmul, Product, Split, cblas_product, extent, matmul,
+    Blas, CblasGemm, CpuLibrary, LibraryMatmul, Product, Split, cblas_product, matmul,
 };
 use super::buffers::{contiguous_data, uninit_vec};
 use super::device::CpuFeatures;
@@ -194,11 +194,7 @@ impl Bf16Library {
 
     /// One product on the calling thread.
     fn gemm(&self, p: Product<bf16>) -> std::result::Result<(), String> {
-        let (a_needed, b_needed) = (
-            extent(p.a_layout, (p.m, p.k)),
-            extent(p.b_layout, (p.k, p.n)),
-        );
-        assert!(p.a.len() >= a_needed && p.b.len() >= b_needed);
+        assert!(p.operands_fit());
         match self.gemm {
             // SAFETY: the operands hold what their layouts say (asserted above); `out` has m
             // rows of n values at leading `ldc` that this call alone writes.

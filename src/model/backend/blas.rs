@@ -156,7 +156,7 @@ pub(super) unsafe fn cblas_product<T>(
 }
 
 /// Values a matrix of `rows` × `cols` spans, stored as `(transposed, leading)` says.
-pub(super) fn extent((transposed, leading): (bool, usize), (rows, cols): (usize, usize)) -> usize {
+fn extent((transposed, leading): (bool, usize), (rows, cols): (usize, usize)) -> usize {
     let (outer, inner) = if transposed {
         (cols, rows)
     } else {
@@ -243,9 +243,7 @@ impl Blas {
 
     /// One product on the calling thread (of a library set to one thread per call).
     pub(super) fn product(&self, p: Product<f32>) -> std::result::Result<(), String> {
-        let extents_ok = p.a.len() >= extent(p.a_layout, (p.m, p.k))
-            && p.b.len() >= extent(p.b_layout, (p.k, p.n));
-        if !extents_ok {
+        if !p.operands_fit() {
             return Err("an operand shorter than its layout".into());
         }
         // SAFETY: the operands hold what their layouts say (checked above); `out` has m rows
@@ -355,6 +353,12 @@ pub(super) struct Product<'a, T> {
 }
 
 impl<T> Product<'_, T> {
+    /// Whether `a` and `b` hold the values their layouts and sizes say.
+    pub(super) fn operands_fit(&self) -> bool {
+        self.a.len() >= extent(self.a_layout, (self.m, self.k))
+            && self.b.len() >= extent(self.b_layout, (self.k, self.n))
+    }
+
     /// The GEMM's `beta`.
     pub(super) fn beta(&self) -> f32 {
         match self.accumulate {

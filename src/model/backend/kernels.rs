@@ -88,6 +88,14 @@ fn sum(values: &[f32]) -> f32 {
     acc.iter().sum()
 }
 
+/// `1 / sqrt(mean(x²) + eps)`, RMSNorm's scale, the squares summed in lanes.
+#[inline(always)]
+pub(super) fn inverse_rms(x: &[f32], eps: f32) -> f32 {
+    let mut squares = [0f32; LANES];
+    lanes(x, &mut squares, |sum, v| sum + v * v);
+    1.0 / (squares.iter().sum::<f32>() / x.len().max(1) as f32 + eps).sqrt()
+}
+
 /// The largest of `values` (-∞ for none), in lanes.
 #[inline(always)]
 pub(super) fn max(values: &[f32]) -> f32 {
@@ -221,10 +229,7 @@ impl RmsNormKernel<'_> {
 
 #[multiversion(targets = "simd")]
 fn rms_norm_row<T: Element>(x: &[f32], weight: &[f32], eps: f32, out: &mut [T]) {
-    let mut squares = [0f32; LANES];
-    lanes(x, &mut squares, |sum, v| sum + v * v);
-    let mean_square = squares.iter().sum::<f32>() / x.len().max(1) as f32;
-    let inverse = 1.0 / (mean_square + eps).sqrt();
+    let inverse = inverse_rms(x, eps);
     for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
         *o = T::from_f32(v * inverse * w);
     }

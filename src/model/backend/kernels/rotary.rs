@@ -6,7 +6,7 @@ use candle_nn::{Module, RmsNorm};
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-use super::{Element, Kernels, LANES, f32_data, lanes};
+use super::{Element, Kernels, f32_data, inverse_rms};
 
 /// Packed tokens (tokens, heads, head_dim), each head normalised by `norm` where set, then
 /// rotated by its token's position (cos and sin, (tokens, head_dim / 2) each), written
@@ -66,11 +66,7 @@ fn rotate_row<T: Element>(
     out: &mut [T],
 ) {
     // x · scale · weight; without a norm, scale 1 and weight 1.
-    let scale = norm.map_or(1.0, |norm| {
-        let mut squares = [0f32; LANES];
-        lanes(x, &mut squares, |sum, v| sum + v * v);
-        1.0 / (squares.iter().sum::<f32>() / x.len().max(1) as f32 + norm.eps).sqrt()
-    });
+    let scale = norm.map_or(1.0, |norm| inverse_rms(x, norm.eps));
     let value = |i: usize| match norm {
         Some(norm) => x[i] * scale * norm.weight[i],
         None => x[i],
