@@ -197,6 +197,9 @@ impl Engine {
         // download.
         let (device, device_spec) = options.device.open()?;
         let cpu = device.is_cpu().then(CpuFeatures::detect);
+        if device.is_cpu() {
+            crate::keep_freed_memory();
+        }
         let features = cpu.clone().unwrap_or_default();
         let source = ModelSource::parse(&options.model, options.revision.as_deref())?;
         let files = source.locate()?;
