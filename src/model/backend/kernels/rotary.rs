@@ -23,6 +23,10 @@ struct HeadNorm<'a> {
     eps: f32,
 }
 
+/// Tokens of one task: their rows are read in order (a token's heads are adjacent), each
+/// head's written to that head's rows.
+const TOKEN_BLOCK: usize = 16;
+
 impl RopeHeadMajor<'_> {
     fn rotate<T: Element>(
         &self,
@@ -31,29 +35,53 @@ impl RopeHeadMajor<'_> {
         rotation: Option<(&[f32], &[f32])>,
         out: &mut [T],
     ) {
-        out.par_chunks_mut((tokens * dim).max(1))
+        // The output of each head, in blocks of TOKEN_BLOCK tokens; then, per block of
+        // tokens, its piece of every head.
+        let mut per_head: Vec<_> = out
+            .chunks_mut((tokens * dim).max(1))
+            .map(|head| head.chunks_mut((TOKEN_BLOCK * dim).max(1)))
+            .collect();
+        let blocks: Vec<Vec<&mut [T]>> = (0..tokens.div_ceil(TOKEN_BLOCK))
+            .map(|_| per_head.iter_mut().filter_map(Iterator::next).collect())
+            .collect();
+        blocks
+            .into_par_iter()
             .enumerate()
-            .for_each(|(head, out)| rotate_head(x, (head, heads, dim), self.norm, rotation, out));
+            .for_each(|(block, mut outs)| {
+                rotate_tokens(
+                    x,
+                    (block * TOKEN_BLOCK, heads, dim),
+                    self.norm,
+                    rotation,
+                    &mut outs,
+                )
+            });
     }
 }
 
-/// One head of every token into `out` (tokens, head_dim). The loop over tokens is inside the
-/// multiversioned function: a head is too few values to pay for choosing the SIMD level at
-/// each.
+/// The tokens from `first` on, every head, into `outs` (one (tokens, head_dim) piece per
+/// head). The loops are inside the multiversioned function: a row is too few values to pay
+/// for choosing the SIMD level at each.
 #[multiversion(targets = "simd")]
-fn rotate_head<T: Element>(
+fn rotate_tokens<T: Element>(
     x: &[f32],
-    (head, heads, dim): (usize, usize, usize),
+    (first, heads, dim): (usize, usize, usize),
     norm: Option<HeadNorm>,
     rotation: Option<(&[f32], &[f32])>,
-    out: &mut [T],
+    outs: &mut [&mut [T]],
 ) {
     let half = dim / 2;
-    for (token, out) in out.chunks_exact_mut(dim.max(1)).enumerate() {
-        let x = &x[(token * heads + head) * dim..][..dim];
-        let rotation =
-            rotation.map(|(cos, sin)| (&cos[token * half..][..half], &sin[token * half..][..half]));
-        rotate_row(x, norm, rotation, out);
+    let count = outs.first().map_or(0, |out| out.len() / dim.max(1));
+    for t in 0..count {
+        let token = first + t;
+        let rotation = match rotation {
+            Some((cos, sin)) => Some((&cos[token * half..][..half], &sin[token * half..][..half])),
+            None => None,
+        };
+        for (head, out) in outs.iter_mut().enumerate() {
+            let x = &x[(token * heads + head) * dim..][..dim];
+            rotate_row(x, norm, rotation, &mut out[t * dim..][..dim]);
+        }
     }
 }
 
@@ -65,23 +93,52 @@ fn rotate_row<T: Element>(
     rotation: Option<(&[f32], &[f32])>,
     out: &mut [T],
 ) {
-    // x · scale · weight; without a norm, scale 1 and weight 1.
-    let scale = norm.map_or(1.0, |norm| inverse_rms(x, norm.eps));
-    let value = |i: usize| match norm {
-        Some(norm) => x[i] * scale * norm.weight[i],
-        None => x[i],
+    // x · scale · weight; without a norm, scale 1 and weight 1. A `match`, not `map_or`: a
+    // closure handed to a library function may be compiled apart from the SIMD level chosen.
+    let scale = match norm {
+        Some(norm) => inverse_rms(x, norm.eps),
+        None => 1.0,
     };
+    // Zipped slices, not indices: no bounds checks, so that the loops vectorise.
     let Some((cos, sin)) = rotation else {
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = T::from_f32(value(i));
+        match norm {
+            Some(norm) => {
+                for ((o, &v), &w) in out.iter_mut().zip(x).zip(norm.weight) {
+                    *o = T::from_f32(v * scale * w);
+                }
+            }
+            None => {
+                for (o, &v) in out.iter_mut().zip(x) {
+                    *o = T::from_f32(v);
+                }
+            }
         }
         return;
     };
     let half = cos.len();
-    for i in 0..half {
-        let (a, b) = (value(i), value(i + half));
-        out[i] = T::from_f32(a * cos[i] - b * sin[i]);
-        out[i + half] = T::from_f32(a * sin[i] + b * cos[i]);
+    let (x1, x2) = x.split_at(half);
+    let (out1, out2) = out.split_at_mut(half);
+    let (rows, out) = (x1.iter().zip(x2), out1.iter_mut().zip(out2));
+    let rotations = cos.iter().zip(sin);
+    // (a, b) rotated by (cos, sin) into the two halves.
+    let rotate = |(o1, o2): (&mut T, &mut T), a: f32, b: f32, (&c, &s): (&f32, &f32)| {
+        *o1 = T::from_f32(a * c - b * s);
+        *o2 = T::from_f32(a * s + b * c);
+    };
+    match norm {
+        Some(norm) => {
+            let (w1, w2) = norm.weight.split_at(half);
+            for (((o, (&a, &b)), (&wa, &wb)), r) in
+                out.zip(rows).zip(w1.iter().zip(w2)).zip(rotations)
+            {
+                rotate(o, a * scale * wa, b * scale * wb, r);
+            }
+        }
+        None => {
+            for ((o, (&a, &b)), r) in out.zip(rows).zip(rotations) {
+                rotate(o, a, b, r);
+            }
+        }
     }
 }
 
