@@ -5,7 +5,11 @@
 //! path), so nothing rounds it again; every output is written whole, never zero-filled
 //! first. Other devices and dtypes keep candle's ops (see [`Kernels`]).
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Shape, Tensor};
+use std::sync::Mutex;
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, DType, Device, InplaceOp2, Layout, Shape, Tensor,
+};
 use candle_nn::{Module, RmsNorm};
 use half::bf16;
 use multiversion::multiversion;
@@ -258,6 +262,79 @@ impl CustomOp1 for RmsNormKernel<'_> {
     }
 }
 
+/// A residual add and the RMS norm after it in one pass: `x += residual` in place, and
+/// `x / rms(x) · weight` written as a new tensor (`normed`, taken after the op).
+struct AddThenNorm<'a> {
+    weight: &'a [f32],
+    eps: f32,
+    bf16_out: bool,
+    normed: Mutex<Option<CpuStorage>>,
+}
+
+impl AddThenNorm<'_> {
+    fn rows<T: Element>(&self, x: &mut [f32], residual: &[f32], out: &mut [T]) {
+        let dim = self.weight.len().max(1);
+        out.par_chunks_mut(dim)
+            .zip(x.par_chunks_mut(dim).zip(residual.par_chunks(dim)))
+            .with_min_len((MIN_CHUNK / dim).max(1))
+            .for_each(|(out, (x, residual))| {
+                add_rms_norm_row(x, residual, self.weight, self.eps, out)
+            });
+    }
+}
+
+#[multiversion(targets = "simd")]
+fn add_rms_norm_row<T: Element>(
+    x: &mut [f32],
+    residual: &[f32],
+    weight: &[f32],
+    eps: f32,
+    out: &mut [T],
+) {
+    for (v, &r) in x.iter_mut().zip(residual) {
+        *v += r;
+    }
+    let inverse = inverse_rms(x, eps);
+    for ((o, &v), &w) in out.iter_mut().zip(x.iter()).zip(weight) {
+        *o = T::from_f32(v * inverse * w);
+    }
+}
+
+impl InplaceOp2 for AddThenNorm<'_> {
+    fn name(&self) -> &'static str {
+        "add-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &mut CpuStorage,
+        x_layout: &Layout,
+        residual: &CpuStorage,
+        residual_layout: &Layout,
+    ) -> candle_core::Result<()> {
+        let (CpuStorage::F32(x), Some((start, end))) = (x, x_layout.contiguous_offsets()) else {
+            candle_core::bail!("{}: contiguous f32 data only", self.name());
+        };
+        let x = &mut x[start..end];
+        let residual = f32_data(residual, residual_layout, self.name())?;
+        if x_layout.shape() != residual_layout.shape()
+            || x_layout.dims().last() != Some(&self.weight.len())
+        {
+            candle_core::bail!(
+                "{}: {:?} and {:?} against a weight of {}",
+                self.name(),
+                x_layout.dims(),
+                residual_layout.dims(),
+                self.weight.len()
+            );
+        }
+        let out = output!(self.bf16_out, x.len(), |out| self
+            .rows(x, residual, &mut out));
+        *self.normed.lock().expect("no panic while held") = Some(out);
+        Ok(())
+    }
+}
+
 /// Which implementation the forward's element-wise steps use: these kernels for f32 on the
 /// CPU, candle's ops elsewhere. Both compute the same functions.
 #[derive(Debug, Clone, Copy)]
@@ -319,6 +396,36 @@ impl Kernels {
             eps: norm.eps() as f32,
             bf16_out: true,
         })
+    }
+
+    /// `residual + delta`, and its RMS norm written as the input of a linear layer, in one
+    /// pass over the rows: `delta` (a layer's fresh output, held nowhere else) becomes the
+    /// sum. The norm's statistics in f32; the f32 CPU only.
+    pub fn add_rms_norm(
+        &self,
+        residual: &Tensor,
+        delta: Tensor,
+        norm: &RmsNorm,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        if !self.cpu_f32 {
+            candle_core::bail!("add-rms-norm: f32 on the CPU only");
+        }
+        let weight = norm.weight().to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let op = AddThenNorm {
+            weight: &weight,
+            eps: norm.eps() as f32,
+            bf16_out: self.bf16_matmul_inputs,
+            normed: Mutex::new(None),
+        };
+        let sum = delta.contiguous()?;
+        sum.inplace_op2(&residual.contiguous()?, &op)?;
+        let shape = sum.shape().clone();
+        let normed = match op.normed.into_inner().expect("no panic while held") {
+            Some(CpuStorage::BF16(values)) => Tensor::from_vec(values, shape, &Device::Cpu)?,
+            Some(CpuStorage::F32(values)) => Tensor::from_vec(values, shape, &Device::Cpu)?,
+            _ => candle_core::bail!("add-rms-norm: no output"),
+        };
+        Ok((sum, normed))
     }
 
     /// `gelu(gate) · up` (GeGLU: Gemma's with the tanh approximation, ModernBERT's exact).

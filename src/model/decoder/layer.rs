@@ -82,6 +82,22 @@ impl Norm {
         self.norm.forward(x)
     }
 
+    /// `x + delta`, and `before_matmul` of it: in one pass on the f32 CPU.
+    pub fn add_before_matmul(
+        &self,
+        x: &Tensor,
+        delta: Tensor,
+        kernels: Kernels,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        if kernels.cpu_f32 {
+            // The (1 + w) weight is already folded in, and the kernel computes in f32.
+            return kernels.add_rms_norm(x, delta, &self.norm);
+        }
+        let sum = kernels.add(x, &delta)?;
+        let normed = self.before_matmul(&sum, kernels)?;
+        Ok((sum, normed))
+    }
+
     /// `forward(x)` where its output feeds a linear layer: written as that layer's input
     /// dtype (bf16 on the CPU's bf16 path; the (1 + w) weight is already folded in).
     pub fn before_matmul(&self, x: &Tensor, kernels: Kernels) -> candle_core::Result<Tensor> {
@@ -355,16 +371,43 @@ impl DecoderLayer {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, pass: &PassContext) -> candle_core::Result<Tensor> {
+    pub fn forward(&self, x: Residual, pass: &PassContext) -> candle_core::Result<Residual> {
         let kernels = pass.kernels;
-        let attended = self
-            .attention
-            .forward(&self.input_layernorm.before_matmul(x, kernels)?, pass)?;
-        let x = kernels.add(x, &attended)?;
-        let transformed = self.mlp.forward(
-            &self.post_attention_layernorm.before_matmul(&x, kernels)?,
-            kernels,
-        )?;
-        pass.kernels.add(&x, &transformed)
+        let (x, normed) = match x.pending {
+            Some(delta) => self
+                .input_layernorm
+                .add_before_matmul(&x.sum, delta, kernels)?,
+            None => {
+                let normed = self.input_layernorm.before_matmul(&x.sum, kernels)?;
+                (x.sum, normed)
+            }
+        };
+        let attended = self.attention.forward(&normed, pass)?;
+        let (x, normed) = self
+            .post_attention_layernorm
+            .add_before_matmul(&x, attended, kernels)?;
+        Ok(Residual {
+            sum: x,
+            pending: Some(self.mlp.forward(&normed, kernels)?),
+        })
+    }
+}
+
+/// The residual stream between layers: its sum so far, and the last block's output not yet
+/// added, which the next layer's first norm adds in its own pass (and the scorer only at the
+/// rows it reads).
+pub(super) struct Residual {
+    pub sum: Tensor,
+    pub pending: Option<Tensor>,
+}
+
+impl Residual {
+    /// Rows `rows` of the stream, what is pending added.
+    pub fn rows(&self, rows: &Tensor) -> candle_core::Result<Tensor> {
+        let sum = self.sum.index_select(rows, 0)?;
+        match &self.pending {
+            Some(pending) => sum + pending.index_select(rows, 0)?,
+            None => Ok(sum),
+        }
     }
 }

@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::ModelConfig;
-use super::layer::{DecoderLayer, Norm, PassContext, QUERY_CHUNK, Rotary};
+use super::layer::{DecoderLayer, Norm, PassContext, QUERY_CHUNK, Residual, Rotary};
 use crate::model::backend::Kernels;
 use crate::model::backend::LinearGemm;
 use crate::model::error::{ModelError, Result};
@@ -142,16 +142,19 @@ impl Scorer {
         if let Some(scale) = self.embedding_scale {
             hidden = hidden.affine(scale, 0.0)?;
         }
-        let mut hidden = hidden.to_dtype(self.dtype)?;
+        let mut hidden = Residual {
+            sum: hidden.to_dtype(self.dtype)?,
+            pending: None,
+        };
         for layer in &self.layers {
-            hidden = layer.forward(&hidden, &pass)?;
+            hidden = layer.forward(hidden, &pass)?;
         }
         let last_tokens = Tensor::from_slice(
             &packing.last_tokens,
             packing.last_tokens.len(),
             &self.device,
         )?;
-        let last = hidden.index_select(&last_tokens, 0)?.to_dtype(DType::F32)?;
+        let last = hidden.rows(&last_tokens)?.to_dtype(DType::F32)?;
         let normed = self.final_norm.forward(&last)?;
         let logits = normed
             .matmul(&self.head_rows.t()?)?

@@ -294,3 +294,40 @@ fn other_dtypes_are_refused_not_misread() {
     let a = random(&[4, 4], 1).to_dtype(DType::BF16).unwrap();
     assert!(ON_CPU.add(&a, &a).is_err());
 }
+
+#[test]
+fn the_residual_add_and_the_norm_in_one_pass_equal_the_two_steps() {
+    let (residual, delta) = (random(&[70, 300], 11), random(&[70, 300], 12));
+    let norm = RmsNorm::new(random(&[300], 13), 1e-6);
+    let sum = (&residual + &delta).unwrap();
+    for kernels in [ON_CPU, BF16_OUT] {
+        let (fused_sum, normed) = kernels
+            .add_rms_norm(&residual, delta.copy().unwrap(), &norm)
+            .unwrap();
+        assert!(max_diff(&fused_sum, &sum) == 0.0);
+        assert_eq!(fused_sum.dtype(), DType::F32);
+        // The same row kernel as the norm alone, on the sum.
+        let alone = kernels.rms_norm(&sum, &norm).unwrap();
+        let alone = match kernels.bf16_matmul_inputs {
+            true => alone,
+            false => sum
+                .apply_op1_no_bwd(&RmsNormKernel {
+                    weight: &norm.weight().to_vec1::<f32>().unwrap(),
+                    eps: 1e-6,
+                    bf16_out: false,
+                })
+                .unwrap(),
+        };
+        assert_eq!(normed.dtype(), alone.dtype());
+        assert!(max_diff(&normed, &alone) == 0.0);
+        // And candle's norm, to bf16's precision.
+        let reference = norm.forward(&sum).unwrap();
+        let largest = reference.abs().unwrap().max_all().unwrap();
+        let largest = largest.to_scalar::<f32>().unwrap();
+        assert!(max_diff(&normed, &reference) <= largest / 128.0);
+    }
+    // Shapes that do not match are refused.
+    let short = random(&[70, 299], 14);
+    assert!(ON_CPU.add_rms_norm(&short, delta.copy().unwrap(), &norm).is_err());
+    assert!(CANDLE.add_rms_norm(&residual, delta, &norm).is_err());
+}
