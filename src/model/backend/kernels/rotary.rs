@@ -74,10 +74,8 @@ fn rotate_tokens<T: Element>(
     let count = outs.first().map_or(0, |out| out.len() / dim.max(1));
     for t in 0..count {
         let token = first + t;
-        let rotation = match rotation {
-            Some((cos, sin)) => Some((&cos[token * half..][..half], &sin[token * half..][..half])),
-            None => None,
-        };
+        let rotation =
+            rotation.map(|(cos, sin)| (&cos[token * half..][..half], &sin[token * half..][..half]));
         for (head, out) in outs.iter_mut().enumerate() {
             let x = &x[(token * heads + head) * dim..][..dim];
             rotate_row(x, norm, rotation, &mut out[t * dim..][..dim]);

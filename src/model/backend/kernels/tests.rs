@@ -328,6 +328,10 @@ fn the_residual_add_and_the_norm_in_one_pass_equal_the_two_steps() {
     }
     // Shapes that do not match are refused.
     let short = random(&[70, 299], 14);
-    assert!(ON_CPU.add_rms_norm(&short, delta.copy().unwrap(), &norm).is_err());
+    assert!(
+        ON_CPU
+            .add_rms_norm(&short, delta.copy().unwrap(), &norm)
+            .is_err()
+    );
     assert!(CANDLE.add_rms_norm(&residual, delta, &norm).is_err());
 }
