@@ -223,11 +223,16 @@ impl Attention {
     fn forward(&self, x: &Tensor, pass: &PassContext) -> candle_core::Result<Tensor> {
         let tokens = x.dim(0)?;
         let split_heads = |t: Tensor, n: usize| t.reshape((tokens, n, self.head_dim));
+        let fused = pass.kernels.cpu_f32 && self.gemm.fuses_attention();
         let q = split_heads(self.q_proj.forward(x)?, self.heads)?;
         let k = split_heads(self.k_proj.forward(x)?, self.kv_heads)?;
-        let v = pass
-            .kernels
-            .head_major(&split_heads(self.v_proj.forward(x)?, self.kv_heads)?)?;
+        let v = split_heads(self.v_proj.forward(x)?, self.kv_heads)?;
+        let v = match fused && !pass.kernels.bf16_matmul_inputs {
+            // The f32 kernel reads the values where they lie, token-major through a transpose.
+            // (On the bf16 path the head-major copy is also their rounding to bf16.)
+            true => v.transpose(0, 1)?,
+            false => pass.kernels.head_major(&v)?,
+        };
         let (q_norm, k_norm) = match &self.qk_norm {
             Some((q_norm, k_norm)) => (Some(q_norm), Some(k_norm)),
             None => (None, None),
@@ -236,7 +241,7 @@ impl Attention {
             pass.rotation.apply(&q, q_norm, pass.kernels)?,
             pass.rotation.apply(&k, k_norm, pass.kernels)?,
         );
-        if pass.kernels.cpu_f32 && self.gemm.fuses_attention() {
+        if fused {
             let attended = attend((&q, &k, &v), pass.spans, Mask::Causal, &self.gemm)?;
             return self.o_proj.forward(&attended);
         }
