@@ -11,7 +11,8 @@ Qwen3-Reranker's prompt, the service's `qwen3-reranker` recipe the margin itself
 Steps, each skipped when its output exists under --work:
 1. llama.cpp's source: the PyPI sdist of llama-cpp-python (its vendor/llama.cpp), fetched with
    pip; built with cmake (on PATH, or `pip install cmake`), Release, GGML_NATIVE, no curl or
-   OpenSSL, targets llama-server and llama-bench, under `nice`.
+   OpenSSL, targets llama-server and llama-bench, under `nice`. `--no-amx` builds it without
+   AMX under --work/build-noamx (where ggml's AMX q8_0 kernels die with SIGILL).
 2. GGUFs (f32, bf16, q8_0) by its convert_hf_to_gguf.py, which makes a rank-pooling reranker
    of a Qwen3 checkpoint whose directory name contains `qwen3-reranker` (a link to
    --checkpoint of that name). This python needs torch, transformers and sentencepiece; gguf
@@ -44,8 +45,9 @@ def run(command, **kwargs):
     subprocess.run(command, check=True, **kwargs)
 
 
-def build(work: Path, jobs: int) -> Path:
-    binaries = work / "build" / "bin"
+def build(work: Path, jobs: int, amx: bool) -> Path:
+    build_dir = work / ("build" if amx else "build-noamx")
+    binaries = build_dir / "bin"
     if (binaries / "llama-server").exists():
         return binaries
     sdist_dir = work / "sdist"
@@ -59,9 +61,16 @@ def build(work: Path, jobs: int) -> Path:
     (work / "llama.cpp").unlink(missing_ok=True)
     (work / "llama.cpp").symlink_to(source.resolve())
     cmake = shutil.which("cmake") or str(Path(sys.executable).parent / "cmake")
-    run(["nice", cmake, "-S", source, "-B", work / "build", "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON",
-         "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF"])
-    run(["nice", cmake, "--build", work / "build", "-j", str(jobs), "--target", "llama-server", "llama-bench"])
+    configure = [cmake, "-S", source, "-B", build_dir, "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON",
+                 "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF"]
+    if not amx:
+        # The native build without AMX (GCC keeps an explicit -mno-* over what -march=native
+        # implies): ggml's AMX int8 kernels, which its q8_0 matmuls use, die with SIGILL on
+        # a KVM guest (tileloadd on a thread whose tiles were never configured).
+        no_amx = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+        configure += [f"-DCMAKE_C_FLAGS={no_amx}", f"-DCMAKE_CXX_FLAGS={no_amx}"]
+    run(["nice", *configure])
+    run(["nice", cmake, "--build", build_dir, "-j", str(jobs), "--target", "llama-server", "llama-bench"])
     return binaries
 
 
@@ -146,10 +155,13 @@ def main():
     parser.add_argument("--service-binary", type=Path,
                         default=Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release/zerank-server")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--no-amx", action="store_true",
+                        help="build llama.cpp natively but without AMX (its q8_0 kernels die with SIGILL on some "
+                             "guests); under --work/build-noamx")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
 
-    binaries = build(args.work, args.threads)
+    binaries = build(args.work, args.threads, amx=not args.no_amx)
     ggufs = {t: convert(args.work, args.checkpoint, t) for t in args.gguf_types.split(",")}
     workload = subprocess.run([sys.executable, ROOT / "bench/workload.py", "--documents", str(args.documents)],
                               check=True, capture_output=True, text=True).stdout
@@ -186,8 +198,8 @@ def main():
             try:
                 server = start()
             except RuntimeError as err:
-                # A server that dies at start (llama-server's q8_0 kernels under SIGILL on a
-                # CPU its native build misjudged) is reported, and the others still run.
+                # A server that dies at start (llama-server's q8_0 AMX kernels under SIGILL,
+                # see --no-amx) is reported, and the others still run.
                 print(json.dumps({"runner": name, "dtype": dtype, "round": round_, "error": str(err)}), flush=True)
                 continue
             try:
