@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """zerank-server against llama.cpp's `llama-server --rerank` on one random-weight Qwen3
 checkpoint, the same pairs, the same machine: tokens/s of each, alternated, and each score's
-difference from llama.cpp's f32 (as a logit: llama.cpp returns P(yes) = sigmoid(margin) of
+difference from llama.cpp's f32 without flash attention, its clean f32 (as a logit: llama.cpp returns P(yes) = sigmoid(margin) of
 Qwen3-Reranker's prompt, the service's `qwen3-reranker` recipe the margin itself).
 
     python3 bench/make_checkpoint.py qwen3-0.6b /tmp/qwen3-reranker-0.6b
@@ -150,7 +150,8 @@ def main():
     parser.add_argument("--work", type=Path, default=Path("/tmp/llama-cpp"))
     parser.add_argument("--documents", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--gguf-types", default="f32,bf16,q8_0")
+    parser.add_argument("--llama-variants", default="f32,f32-fa,bf16,q8_0",
+                        help="GGUF types for llama-server; f32-fa is f32 with its flash attention")
     parser.add_argument("--service-dtypes", default="f32,bf16")
     parser.add_argument("--service-binary", type=Path,
                         default=Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release/zerank-server")
@@ -162,13 +163,15 @@ def main():
     args.work.mkdir(parents=True, exist_ok=True)
 
     binaries = build(args.work, args.threads, amx=not args.no_amx)
-    ggufs = {t: convert(args.work, args.checkpoint, t) for t in args.gguf_types.split(",")}
+    variants = args.llama_variants.split(",")
+    ggufs = {t: convert(args.work, args.checkpoint, t) for t in {v.partition("-")[0] for v in variants}}
     workload = subprocess.run([sys.executable, ROOT / "bench/workload.py", "--documents", str(args.documents)],
                               check=True, capture_output=True, text=True).stdout
     pairs = [json.loads(line) for line in workload.splitlines() if line.strip()]
     query, documents = pairs[0]["query"], [p["document"] for p in pairs]
 
-    def llama_server(outtype):
+    def llama_server(variant):
+        outtype, _, flash = variant.partition("-")
         port = free_port()
         # One slot per document, each with room for its prompt; one batch for them all.
         slots = len(documents)
@@ -176,9 +179,12 @@ def main():
                    "-t", str(args.threads), "-np", str(slots), "-c", str(2048 * slots), "-b", "8192",
                    "-ub", "8192", "--no-webui"]
         if outtype == "f32":
-            # f32 throughout: llama-server keeps its KV cache in f16 unless told.
-            command += ["-ctk", "f32", "-ctv", "f32"]
-        return Server([str(c) for c in command], port, args.work / f"llama-server-{outtype}.log")
+            # f32 throughout: llama-server keeps its KV cache in f16 unless told, and its flash
+            # attention (on by default where the CPU runs it) casts K and V to f16 and, on
+            # short chunks, sums in f16: 4.1e-3 logit from HF's f32 where `-fa off` is 2.5e-6.
+            # `f32` is that clean f32 (the scores' reference); `f32-fa` its default attention.
+            command += ["-ctk", "f32", "-ctv", "f32", "-fa", "on" if flash == "fa" else "off"]
+        return Server([str(c) for c in command], port, args.work / f"llama-server-{variant}.log")
 
     def service(dtype):
         port = free_port()
@@ -189,7 +195,7 @@ def main():
                    "--dtype", dtype, "--host", "127.0.0.1", "--port", str(port), "--score-cache-bytes", "0"]
         return Server([str(c) for c in command], port, args.work / f"zerank-server-{dtype}.log")
 
-    runners = [("llama-server", t, lambda t=t: llama_server(t), True) for t in ggufs]
+    runners = [("llama-server", v, lambda v=v: llama_server(v), True) for v in variants]
     runners += [("zerank-server", d, lambda d=d: service(d), False) for d in args.service_dtypes.split(",") if d]
     reference = None
     tokens = None
