@@ -108,6 +108,19 @@ pub(super) fn max(values: &[f32]) -> f32 {
     acc.iter().copied().fold(f32::NEG_INFINITY, f32::max)
 }
 
+/// A vector's values as f32, for a kernel to read.
+pub(super) fn values(t: &Tensor) -> candle_core::Result<Vec<f32>> {
+    t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
+}
+
+/// `x · inverse · weight` (an RMS norm's output, its scale `inverse` given) into `out`.
+#[inline(always)]
+pub(super) fn write_normed<T: Element>(x: &[f32], inverse: f32, weight: &[f32], out: &mut [T]) {
+    for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
+        *o = T::from_f32(v * inverse * w);
+    }
+}
+
 /// What a kernel writes: f32, or bf16 where its output feeds the bf16 GEMM.
 pub(super) trait Element: Copy + Send + Sync {
     const ZERO: Self;
@@ -233,10 +246,7 @@ impl RmsNormKernel<'_> {
 
 #[multiversion(targets = "simd")]
 fn rms_norm_row<T: Element>(x: &[f32], weight: &[f32], eps: f32, out: &mut [T]) {
-    let inverse = inverse_rms(x, eps);
-    for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
-        *o = T::from_f32(v * inverse * w);
-    }
+    write_normed(x, inverse_rms(x, eps), weight, out);
 }
 
 impl CustomOp1 for RmsNormKernel<'_> {
@@ -294,10 +304,7 @@ fn add_rms_norm_row<T: Element>(
     for (v, &r) in x.iter_mut().zip(residual) {
         *v += r;
     }
-    let inverse = inverse_rms(x, eps);
-    for ((o, &v), &w) in out.iter_mut().zip(x.iter()).zip(weight) {
-        *o = T::from_f32(v * inverse * w);
-    }
+    write_normed(x, inverse_rms(x, eps), weight, out);
 }
 
 impl InplaceOp2 for AddThenNorm<'_> {
@@ -390,7 +397,7 @@ impl Kernels {
         if !self.bf16_matmul_inputs {
             return norm.forward(x);
         }
-        let weight = norm.weight().to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let weight = values(norm.weight())?;
         x.contiguous()?.apply_op1_no_bwd(&RmsNormKernel {
             weight: &weight,
             eps: norm.eps() as f32,
@@ -410,7 +417,7 @@ impl Kernels {
         if !self.cpu_f32 {
             candle_core::bail!("add-rms-norm: f32 on the CPU only");
         }
-        let weight = norm.weight().to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let weight = values(norm.weight())?;
         let op = AddThenNorm {
             weight: &weight,
             eps: norm.eps() as f32,

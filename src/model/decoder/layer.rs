@@ -82,18 +82,21 @@ impl Norm {
         self.norm.forward(x)
     }
 
-    /// `x + delta`, and `before_matmul` of it: in one pass on the f32 CPU.
+    /// The stream `x` with what is pending added, and `before_matmul` of it: the add and the
+    /// norm in one pass on the f32 CPU.
     pub fn add_before_matmul(
         &self,
-        x: &Tensor,
-        delta: Tensor,
+        x: Residual,
         kernels: Kernels,
     ) -> candle_core::Result<(Tensor, Tensor)> {
-        if kernels.cpu_f32 {
+        let sum = match x.pending {
             // The (1 + w) weight is already folded in, and the kernel computes in f32.
-            return kernels.add_rms_norm(x, delta, &self.norm);
-        }
-        let sum = kernels.add(x, &delta)?;
+            Some(delta) if kernels.cpu_f32 => {
+                return kernels.add_rms_norm(&x.sum, delta, &self.norm);
+            }
+            Some(delta) => kernels.add(&x.sum, &delta)?,
+            None => x.sum,
+        };
         let normed = self.before_matmul(&sum, kernels)?;
         Ok((sum, normed))
     }
@@ -378,19 +381,15 @@ impl DecoderLayer {
 
     pub fn forward(&self, x: Residual, pass: &PassContext) -> candle_core::Result<Residual> {
         let kernels = pass.kernels;
-        let (x, normed) = match x.pending {
-            Some(delta) => self
-                .input_layernorm
-                .add_before_matmul(&x.sum, delta, kernels)?,
-            None => {
-                let normed = self.input_layernorm.before_matmul(&x.sum, kernels)?;
-                (x.sum, normed)
-            }
-        };
+        let (x, normed) = self.input_layernorm.add_before_matmul(x, kernels)?;
         let attended = self.attention.forward(&normed, pass)?;
-        let (x, normed) = self
-            .post_attention_layernorm
-            .add_before_matmul(&x, attended, kernels)?;
+        let (x, normed) = self.post_attention_layernorm.add_before_matmul(
+            Residual {
+                sum: x,
+                pending: Some(attended),
+            },
+            kernels,
+        )?;
         Ok(Residual {
             sum: x,
             pending: Some(self.mlp.forward(&normed, kernels)?),

@@ -4,13 +4,13 @@
 
 use std::ops::Range;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, Layout, Shape, Tensor};
 use candle_nn::{LayerNorm, Module};
 use rayon::prelude::*;
 
 use multiversion::multiversion;
 
-use super::{Element, Gelu, Kernels, LANES, MIN_CHUNK, f32_data, lanes, sum};
+use super::{Element, Gelu, Kernels, LANES, MIN_CHUNK, f32_data, lanes, sum, values};
 
 /// (tokens, parts × heads × head_dim) → (parts, heads, tokens, head_dim), bias added: q, k
 /// and v of a fused projection, each head-major for the attention's matmuls.
@@ -219,11 +219,6 @@ impl CustomOp2 for ResidualLayerNorm<'_> {
         self.rows(x, residual, &mut out);
         Ok((CpuStorage::F32(out), x_layout.shape().clone()))
     }
-}
-
-/// A vector's values as f32, for a kernel to read.
-fn values(t: &Tensor) -> candle_core::Result<Vec<f32>> {
-    t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
 }
 
 impl Kernels {

@@ -6,7 +6,7 @@ use candle_nn::{Module, RmsNorm};
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-use super::{Element, Kernels, f32_data, inverse_rms};
+use super::{Element, Kernels, f32_data, inverse_rms, values, write_normed};
 
 /// Packed tokens (tokens, heads, head_dim), each head normalised by `norm` where set, then
 /// rotated by its token's position (cos and sin, (tokens, head_dim / 2) each), written
@@ -100,11 +100,7 @@ fn rotate_row<T: Element>(
     // Zipped slices, not indices: no bounds checks, so that the loops vectorise.
     let Some((cos, sin)) = rotation else {
         match norm {
-            Some(norm) => {
-                for ((o, &v), &w) in out.iter_mut().zip(x).zip(norm.weight) {
-                    *o = T::from_f32(v * scale * w);
-                }
-            }
+            Some(norm) => write_normed(x, scale, norm.weight, out),
             None => {
                 for (o, &v) in out.iter_mut().zip(x) {
                     *o = T::from_f32(v);
@@ -229,13 +225,7 @@ impl Kernels {
                 .transpose(0, 1)?
                 .contiguous();
         }
-        let weight = norm
-            .map(|norm| {
-                norm.weight()
-                    .to_dtype(candle_core::DType::F32)?
-                    .to_vec1::<f32>()
-            })
-            .transpose()?;
+        let weight = norm.map(|norm| values(norm.weight())).transpose()?;
         let norm = norm.zip(weight.as_deref()).map(|(norm, weight)| HeadNorm {
             weight,
             eps: norm.eps() as f32,
